@@ -1,0 +1,143 @@
+"""The ``fleetstream`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from fleetstream.settings import Settings, load_settings
+
+__all__ = ["main"]
+
+
+def _services(settings: Settings, args: argparse.Namespace) -> int:
+    from fleetstream import services
+
+    if args.action == "up":
+        services.up(settings)
+    elif args.action == "down":
+        services.down(settings)
+    print(json.dumps(services.status(settings), indent=2, default=str))
+    return 0
+
+
+def _db(settings: Settings, args: argparse.Namespace) -> int:
+    from store.db import migrate
+
+    applied = migrate(settings.dsn())
+    print("applied: " + (", ".join(applied) if applied else "nothing (schema is current)"))
+    return 0
+
+
+def _device(settings: Settings, args: argparse.Namespace) -> int:
+    from fleetstream import credentials
+
+    password = credentials.add_device(settings, args.tenant, args.vehicle, args.password)
+    print(json.dumps({"username": f"{args.tenant}.{args.vehicle}", "password": password,
+                      "publish_to": f"fleet/{args.tenant}/{args.vehicle}/#"}))
+    return 0
+
+
+def _engine(settings: Settings, args: argparse.Namespace) -> int:
+    from fleetstream.engine import run_engine
+
+    run_engine(settings, with_flow=not args.no_flow)
+    return 0
+
+
+def _gateway(settings: Settings, args: argparse.Namespace) -> int:
+    from ingest.gateway import run_gateway
+
+    run_gateway(settings, args.shard)
+    return 0
+
+
+def _flow(settings: Settings, args: argparse.Namespace) -> int:
+    from pipelines.run import run_flow
+
+    try:
+        run_flow(settings)
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
+def _simulate(settings: Settings, args: argparse.Namespace) -> int:
+    from fleetstream.demo import simulate
+
+    summary = simulate(settings, batch=args.batch)
+    print(json.dumps(summary, indent=2, default=str))
+    return 0
+
+
+def _demo(settings: Settings, args: argparse.Namespace) -> int:
+    from fleetstream.demo import run_demo
+
+    return run_demo(settings, batch=args.batch)
+
+
+def _bench(settings: Settings, args: argparse.Namespace) -> int:
+    from bench.ingest import run_benchmark
+
+    return run_benchmark(settings, readings=args.readings, quick=args.quick)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="fleetstream", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("services", help="start, stop or show the embedded Mosquitto and TimescaleDB")
+    p.add_argument("action", choices=["up", "down", "status"])
+    p.set_defaults(func=_services)
+
+    p = sub.add_parser("db", help="database schema")
+    p.add_argument("action", choices=["migrate"])
+    p.set_defaults(func=_db)
+
+    p = sub.add_parser("device", help="provision a device's MQTT account")
+    p.add_argument("action", choices=["add"])
+    p.add_argument("tenant")
+    p.add_argument("vehicle")
+    p.add_argument("--password", help="default: a generated one (printed)")
+    p.set_defaults(func=_device)
+
+    p = sub.add_parser("engine", help="run the gateway shards and the dataflow (foreground)")
+    p.add_argument("--no-flow", action="store_true", help="gateway only")
+    p.set_defaults(func=_engine)
+
+    p = sub.add_parser("gateway", help="run one gateway shard (the engine starts these)")
+    p.add_argument("--shard", type=int, required=True)
+    p.set_defaults(func=_gateway)
+
+    p = sub.add_parser("flow", help="run the dataflow (the engine starts it)")
+    p.set_defaults(func=_flow)
+
+    for name, func, text in (("simulate", _simulate, "publish a simulated fleet to the broker"),
+                             ("demo", _demo, "services + engine + simulated fleet, with live progress")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--vehicles", type=int, help="default: settings.sim_vehicles (50)")
+        p.add_argument("--minutes", type=float, help="wall-clock minutes (default: settings.sim_minutes)")
+        p.add_argument("--speedup", type=float, help="simulated seconds per wall second")
+        p.add_argument("--seed", type=int)
+        p.add_argument("--batch", action="store_true", help="publish batch messages (the contract's batch form)")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("bench", help="ingest benchmark with references measured in the same run")
+    p.add_argument("--readings", type=int, default=100_000, help="backlog size for the drain tests")
+    p.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    p.set_defaults(func=_bench)
+
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    overrides = {"sim_vehicles": getattr(args, "vehicles", None), "sim_minutes": getattr(args, "minutes", None),
+                 "sim_speedup": getattr(args, "speedup", None), "sim_seed": getattr(args, "seed", None)}
+    settings = load_settings(**overrides)
+    return int(args.func(settings, args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

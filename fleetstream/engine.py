@@ -1,0 +1,112 @@
+"""The engine: gateway shard processes plus the dataflow process, supervised.
+
+Each part runs in its own process (the gateway is CPU-bound Python, so shards
+use both cores). A child that dies is restarted; the dataflow resumes from its
+Bytewax recovery snapshot. Children get PDEATHSIG so a killed supervisor never
+leaves orphans that would hold a shard.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, fields
+
+from fleetstream.settings import Settings
+
+__all__ = ["Engine", "settings_env"]
+
+log = logging.getLogger("fleetstream.engine")
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent() -> None:
+    ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The environment that makes a child process load exactly these settings."""
+    env = dict(os.environ)
+    for f in fields(Settings):
+        env[f"FLEETSTREAM_{f.name.upper()}"] = str(getattr(settings, f.name))
+    return env
+
+
+@dataclass
+class _Child:
+    name: str
+    argv: list[str]
+    proc: subprocess.Popen[bytes] | None = None
+    restarts: int = 0
+
+
+class Engine:
+    """Start, watch and stop the engine's processes."""
+
+    def __init__(self, settings: Settings, with_flow: bool = True) -> None:
+        self.settings = settings
+        cli = [sys.executable, "-m", "fleetstream.cli"]
+        self.children = [_Child(f"gateway-{i}", [*cli, "gateway", "--shard", str(i)])
+                         for i in range(settings.gateway_workers)]
+        if with_flow:
+            self.children.append(_Child("flow", [*cli, "flow"]))
+        self._log = settings.state_dir / "logs"
+
+    def _spawn(self, child: _Child) -> None:
+        self._log.mkdir(parents=True, exist_ok=True)
+        with open(self._log / f"{child.name}.log", "ab") as out:
+            child.proc = subprocess.Popen(child.argv, env=settings_env(self.settings), stdout=out,
+                                          stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+        log.info("engine: started %s (pid %d)", child.name, child.proc.pid)
+
+    def start(self) -> None:
+        for child in self.children:
+            self._spawn(child)
+
+    def pids(self) -> dict[str, int]:
+        return {c.name: c.proc.pid for c in self.children if c.proc is not None}
+
+    def watch(self, stop: threading.Event) -> None:
+        """Restart children that exit until ``stop`` is set."""
+        while not stop.wait(0.5):
+            for child in self.children:
+                if child.proc is not None and child.proc.poll() is not None:
+                    log.warning("engine: %s exited with %s; restarting", child.name, child.proc.returncode)
+                    child.restarts += 1
+                    time.sleep(min(5.0, 0.5 * child.restarts))
+                    self._spawn(child)
+
+    def stop(self, timeout_s: float = 15.0) -> None:
+        """SIGTERM every child (SIGINT for the dataflow), then SIGKILL what is left."""
+        for child in self.children:
+            if child.proc is not None and child.proc.poll() is None:
+                child.proc.send_signal(signal.SIGINT if child.name == "flow" else signal.SIGTERM)
+        deadline = time.monotonic() + timeout_s
+        for child in self.children:
+            if child.proc is None:
+                continue
+            try:
+                child.proc.wait(max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                log.warning("engine: %s did not stop; killing pid %d", child.name, child.proc.pid)
+                child.proc.kill()
+                child.proc.wait()
+
+
+def run_engine(settings: Settings, with_flow: bool = True) -> None:
+    """Foreground entry point: run until SIGTERM or Ctrl-C."""
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    engine = Engine(settings, with_flow)
+    engine.start()
+    try:
+        engine.watch(stop)
+    finally:
+        engine.stop()

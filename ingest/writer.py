@@ -1,0 +1,196 @@
+"""Commit prepared batches of one gateway shard into TimescaleDB.
+
+Per batch, one transaction: binary COPY into session-local staging tables,
+``INSERT … SELECT … ON CONFLICT DO NOTHING`` into the hypertables (so a
+redelivered or retried reading is stored once), conflicts (same key, other
+content) turned into dead letters, the shard's counters advanced, and a NOTIFY
+that wakes the dataflow. The caller acknowledges the MQTT messages only after
+``write`` returns.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from ingest.batching import Prepared, dead_letter_row
+from store.db import connect
+
+__all__ = ["ShardWriter", "WriteResult", "COMMIT_CHANNEL"]
+
+log = logging.getLogger("fleetstream.writer")
+COMMIT_CHANNEL = "fleetstream_commit"
+_SHARD_LOCK = 0x67770000  # + shard: one writer per shard, so shard_seq follows commit order
+
+
+@dataclass(frozen=True)
+class _Table:
+    name: str
+    columns: tuple[str, ...]  # as prepared, without (shard, shard_seq)
+    types: tuple[str, ...]
+    content: tuple[str, ...]  # columns that must match for a repeat to be a duplicate
+    stream: str  # topic stream, for conflict dead letters
+
+
+_KEY = ("fix_time", "tenant", "vehicle_id", "seq")
+_KEY_TYPES = ("timestamptz", "text", "text", "int8")
+_TAIL = ("shard", "shard_seq")
+_TAIL_TYPES = ("int2", "int8")
+
+TABLES = (
+    _Table("positions",
+           _KEY + ("lat", "lon", "speed_mps", "heading_deg", "accuracy_m", "alt_m", "h3_cell", "device_time", "received_at"),
+           _KEY_TYPES + ("float8", "float8", "float4", "float4", "float4", "float4", "int8", "timestamptz", "timestamptz"),
+           ("lat", "lon", "speed_mps", "heading_deg", "accuracy_m", "alt_m"), "gps"),
+    _Table("temperatures",
+           _KEY + ("sensor", "celsius", "device_time", "received_at"),
+           _KEY_TYPES + ("text", "float4", "timestamptz", "timestamptz"),
+           ("sensor", "celsius"), "temp"),
+    _Table("door_events",
+           _KEY + ("door", "is_open", "device_time", "received_at"),
+           _KEY_TYPES + ("text", "bool", "timestamptz", "timestamptz"),
+           ("door", "is_open"), "door"),
+)
+
+
+@dataclass(frozen=True)
+class WriteResult:
+    """What one committed batch did."""
+
+    stored: int
+    duplicates: int
+    conflicts: int
+    dead_letters: int
+    last_seq: int
+
+
+class ShardWriter:
+    """The only writer of one shard (held by a session advisory lock)."""
+
+    def __init__(self, dsn: str, shard: int, raw_cap: int = 4096) -> None:
+        self.dsn = dsn
+        self.shard = shard
+        self.raw_cap = raw_cap
+        self.conn: psycopg.Connection | None = None
+        self.last_seq = 0
+        self._known_vehicles: set[tuple[str, str]] = set()
+
+    def open(self) -> None:
+        """Connect, take the shard lock (waits for a previous writer to die), load the sequence."""
+        conn = connect(self.dsn, autocommit=True, attempts=30)
+        conn.execute("SELECT pg_advisory_lock(%s)", (_SHARD_LOCK + self.shard,))
+        conn.execute("INSERT INTO gateway_shards (shard) VALUES (%s) ON CONFLICT DO NOTHING", (self.shard,))
+        row = conn.execute("SELECT last_seq FROM gateway_shards WHERE shard = %s", (self.shard,)).fetchone()
+        assert row is not None
+        self.last_seq = int(row[0])
+        for t in TABLES:
+            conn.execute(f"CREATE TEMP TABLE IF NOT EXISTS stage_{t.name} (LIKE {t.name}) ON COMMIT DELETE ROWS")
+        conn.autocommit = False
+        self.conn = conn
+        log.info("shard %d: writer ready at shard_seq %d", self.shard, self.last_seq)
+
+    def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+            self.conn = None
+
+    def write(self, batch: Prepared, messages: int) -> WriteResult:
+        """Commit ``batch`` (from ``messages`` MQTT messages) in one transaction."""
+        if self.conn is None or self.conn.closed:
+            self.open()
+        conn = self.conn
+        assert conn is not None
+        seq = self.last_seq
+        stored = 0
+        duplicates = batch.duplicates
+        dead = list(batch.dead_letters)
+        try:
+            with conn.cursor() as cur:
+                for table, rows in zip(TABLES, (batch.positions, batch.temperatures, batch.doors), strict=True):
+                    if not rows:
+                        continue
+                    staged = len(rows)
+                    columns = ", ".join(table.columns + _TAIL)
+                    with cur.copy(f"COPY stage_{table.name} ({columns}) FROM STDIN (FORMAT BINARY)") as copy:
+                        copy.set_types(list(table.types + _TAIL_TYPES))
+                        for row in rows:
+                            seq += 1
+                            copy.write_row((*row, self.shard, seq))
+                    cur.execute(f"INSERT INTO {table.name} ({columns}) SELECT {columns} FROM stage_{table.name} "
+                                "ON CONFLICT DO NOTHING")
+                    inserted = cur.rowcount
+                    stored += inserted
+                    if inserted < staged:
+                        conflicting = self._conflicts(cur, table)
+                        dead.extend(conflicting)
+                        duplicates += staged - inserted - len(conflicting)
+                new_vehicles = self._new_vehicles(cur, batch)
+                if batch.statuses:
+                    cur.executemany(
+                        "INSERT INTO device_status (sent_at, tenant, vehicle_id, state, details, received_at) "
+                        "VALUES (%s, %s, %s, %s, %s::jsonb, %s) ON CONFLICT DO NOTHING", batch.statuses)
+                dead_stored = self._dead_letters(cur, dead)
+                conflicts = sum(1 for d in dead if d[2] == "conflict")
+                cur.execute(
+                    "UPDATE gateway_shards SET last_seq = %s, stored = stored + %s, duplicates = duplicates + %s, "
+                    "conflicts = conflicts + %s, dead_letters = dead_letters + %s, messages = messages + %s, "
+                    "updated_at = now() WHERE shard = %s",
+                    (seq, stored, duplicates, conflicts, dead_stored, messages, self.shard))
+                if stored:
+                    cur.execute("SELECT pg_notify(%s, %s)", (COMMIT_CHANNEL, f"{self.shard}:{seq}"))
+            conn.commit()
+        except BaseException:
+            self._rollback()
+            raise
+        self.last_seq = seq
+        self._known_vehicles |= new_vehicles
+        return WriteResult(stored, duplicates, conflicts, dead_stored, seq)
+
+    def _rollback(self) -> None:
+        try:
+            if self.conn is not None and not self.conn.closed:
+                self.conn.rollback()
+        except psycopg.Error:
+            self.close()
+
+    def _conflicts(self, cur: psycopg.Cursor[Any], table: _Table) -> list[tuple[Any, ...]]:
+        """Staged rows not inserted whose stored twin has other content: dead letters."""
+        staged_content = ", ".join(f"s.{c}" for c in table.content)
+        stored_content = ", ".join(f"p.{c}" for c in table.content)
+        cur.execute(
+            f"SELECT s.tenant, s.vehicle_id, s.seq, s.fix_time, s.received_at, json_build_array({staged_content})::text "
+            f"FROM stage_{table.name} s JOIN {table.name} p USING (tenant, vehicle_id, fix_time, seq) "
+            f"WHERE (p.shard, p.shard_seq) <> (s.shard, s.shard_seq) "
+            f"AND ({stored_content}) IS DISTINCT FROM ({staged_content})")
+        rows = []
+        for tenant, vehicle, seq, fix_time, received_at, values in cur.fetchall():
+            topic = f"fleet/{tenant}/{vehicle}/{table.stream}"
+            payload = json.dumps({"seq": seq, "fix_time": fix_time.isoformat(), "values": json.loads(values)}).encode()
+            detail = f"{table.stream} seq {seq} at {fix_time.isoformat()} already stored with different content"
+            rows.append(dead_letter_row(topic, payload, received_at, "conflict", detail, None, self.raw_cap))
+        return rows
+
+    def _dead_letters(self, cur: psycopg.Cursor[Any], rows: list[tuple[Any, ...]]) -> int:
+        if not rows:
+            return 0
+        stored = 0
+        for row in rows:
+            cur.execute(
+                "INSERT INTO dead_letters (received_at, topic, reason, detail, batch_index, payload, payload_size, "
+                "digest, shard) SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s "
+                "WHERE NOT EXISTS (SELECT 1 FROM dead_letters WHERE digest = %s)",
+                (*row, self.shard, row[7]))
+            stored += cur.rowcount
+        return stored
+
+    def _new_vehicles(self, cur: psycopg.Cursor[Any], batch: Prepared) -> set[tuple[str, str]]:
+        new = {(r[1], r[2]) for rows in (batch.positions, batch.temperatures, batch.doors) for r in rows}
+        new -= self._known_vehicles
+        if new:
+            cur.executemany("INSERT INTO vehicles (tenant, vehicle_id) VALUES (%s, %s) ON CONFLICT DO NOTHING",
+                            sorted(new))
+        return new

@@ -1,0 +1,69 @@
+"""TimescaleDB connection and ordered SQL migrations."""
+
+from __future__ import annotations
+
+import logging
+import time
+from importlib import resources
+
+import psycopg
+
+__all__ = ["connect", "migrate", "migrations", "wait_for_db"]
+
+log = logging.getLogger("fleetstream.db")
+_MIGRATION_LOCK = 0x666C6565  # advisory lock id: one migrator at a time
+
+
+def connect(dsn: str, *, autocommit: bool = False, attempts: int = 1, delay_s: float = 1.0) -> psycopg.Connection:
+    """Open a connection, retrying ``attempts`` times ``delay_s`` apart."""
+    for attempt in range(1, attempts + 1):
+        try:
+            conn = psycopg.connect(dsn, autocommit=autocommit, connect_timeout=5)
+            conn.add_notice_handler(lambda diag: log.info("db: %s", diag.message_primary))
+            return conn
+        except psycopg.OperationalError:
+            if attempt == attempts:
+                raise
+            time.sleep(delay_s)
+    raise AssertionError("unreachable")
+
+
+def wait_for_db(dsn: str, timeout_s: float = 60.0) -> None:
+    """Block until the database accepts connections (or raise after ``timeout_s``)."""
+    connect(dsn, attempts=max(1, int(timeout_s)), delay_s=1.0).close()
+
+
+def migrations() -> list[tuple[int, str, str]]:
+    """(version, name, sql) of every migration shipped in store/migrations, in order."""
+    found = []
+    for entry in resources.files("store.migrations").iterdir():
+        if entry.name.endswith(".sql"):
+            version = int(entry.name.split("_", 1)[0])
+            found.append((version, entry.name, entry.read_text()))
+    return sorted(found)
+
+
+def migrate(dsn: str) -> list[str]:
+    """Apply the migrations not yet applied; returns the names applied now."""
+    applied_now: list[str] = []
+    with connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+        conn.execute("SELECT pg_advisory_lock(%s)", (_MIGRATION_LOCK,))
+        try:
+            conn.execute(
+                "CREATE TABLE IF NOT EXISTS schema_migrations ("
+                " version integer PRIMARY KEY, name text NOT NULL,"
+                " applied_at timestamptz NOT NULL DEFAULT now())"
+            )
+            done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+            for version, name, sql in migrations():
+                if version in done:
+                    continue
+                with conn.transaction():
+                    conn.execute(sql)  # type: ignore[arg-type]  # our own trusted files
+                    conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", (version, name))
+                log.info("db: applied migration %s", name)
+                applied_now.append(name)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (_MIGRATION_LOCK,))
+    return applied_now

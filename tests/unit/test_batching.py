@@ -1,0 +1,57 @@
+"""Batch preparation: rows, dead letters and in-batch duplicates."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+
+import h3
+
+from ingest.batching import Received, prepare
+from ingest.contract import GpsFix, Limits, encode_batch, encode_single
+
+NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
+
+
+def fix(seq: int, lat: float = 60.17) -> GpsFix:
+    return GpsFix("acme", "van-1", seq, NOW - timedelta(seconds=60 - seq), lat, 24.94, speed_mps=3.0)
+
+
+def received(reading: GpsFix) -> Received:
+    topic, payload = encode_single(reading)
+    return Received(topic, payload, NOW.timestamp())
+
+
+def test_rows_carry_h3_cell_and_server_time() -> None:
+    out = prepare([received(fix(1))], Limits(), 9, 4096)
+    (row,) = out.positions
+    assert row[:4] == (fix(1).fix_time, "acme", "van-1", 1)
+    assert row[10] == h3.str_to_int(h3.latlng_to_cell(60.17, 24.94, 9))
+    assert row[12] == NOW
+
+
+def test_identical_repeat_is_a_duplicate_and_other_content_a_conflict() -> None:
+    out = prepare([received(fix(1)), received(fix(1)), received(fix(1, lat=60.2)), received(fix(2))], Limits(), 9, 4096)
+    assert [r[3] for r in out.positions] == [1, 2]
+    assert out.duplicates == 1
+    assert out.conflicts == 1
+    assert [d[2] for d in out.dead_letters] == ["conflict"]
+
+
+def test_dead_letters_keep_topic_reason_capped_payload_and_a_stable_digest() -> None:
+    bad = Received("fleet/acme/van-1/gps", b"{" + b"x" * 9000, NOW.timestamp())
+    first = prepare([bad], Limits(), 9, 100).dead_letters
+    again = prepare([bad], Limits(), 9, 100).dead_letters
+    (row,) = first
+    received_at, topic, reason, _detail, index, payload, size, digest = row
+    assert (received_at, topic, reason, index, len(payload), size) == (NOW, "fleet/acme/van-1/gps", "bad_json", None, 100, 9001)
+    assert digest == again[0][7]
+
+
+def test_batch_message_splits_into_tables() -> None:
+    topic, payload = encode_batch("acme", "van-1", [fix(1), fix(2)])
+    body = json.loads(payload)
+    body["readings"].append({"type": "temp", "seq": 3, "fix_time": "2026-11-22T11:59:00Z", "sensor": "p", "celsius": 4.0})
+    body["readings"].append({"type": "door", "seq": 4, "fix_time": "2026-11-22T11:59:01Z", "door": "rear", "open": False})
+    out = prepare([Received(topic, json.dumps(body).encode(), NOW.timestamp())], Limits(), 9, 4096)
+    assert (len(out.positions), len(out.temperatures), len(out.doors), out.reading_count) == (2, 1, 1, 4)
