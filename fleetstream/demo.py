@@ -1,0 +1,142 @@
+"""The main job: embedded services, the engine and a simulated fleet, with live progress."""
+
+from __future__ import annotations
+
+import signal
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from fleetstream import credentials, services
+from fleetstream.engine import Engine
+from fleetstream.settings import Settings
+from store.db import connect, migrate
+
+__all__ = ["run_demo", "simulate", "fleet_summary"]
+
+
+@dataclass
+class _Sample:
+    at: float
+    published: int
+    stored: int
+    dead: int
+    duplicates: int
+    processed: int
+    lag_s: float | None
+
+
+def _sample(conn: Any, published: int) -> _Sample:
+    stored, dead, dups = conn.execute(
+        "SELECT coalesce(sum(stored), 0), coalesce(sum(dead_letters), 0), coalesce(sum(duplicates), 0) "
+        "FROM gateway_shards").fetchone()
+    processed, lag = conn.execute(
+        "SELECT coalesce(sum(gps_count + temp_count + door_count), 0), "
+        "extract(epoch FROM max(processed_at - last_received_at) FILTER (WHERE processed_at > now() - interval '5 s')) "
+        "FROM vehicle_state").fetchone()
+    return _Sample(time.monotonic(), published, int(stored), int(dead), int(dups), int(processed),
+                   float(lag) if lag is not None else None)
+
+
+def _progress_line(first: _Sample, prev: _Sample, cur: _Sample) -> str:
+    dt = max(cur.at - prev.at, 1e-6)
+    lag = f"{cur.lag_s:.1f} s" if cur.lag_s is not None else "-"
+    return (f"[{cur.at - first.at:6.0f} s] in {(cur.published - prev.published) / dt:7.0f}/s  "
+            f"stored {(cur.stored - prev.stored) / dt:7.0f}/s  total {cur.stored - first.stored:8d}  "
+            f"flow lag {lag:>6}  backlog {max(0, cur.stored - cur.processed):6d}  "
+            f"dead letters {cur.dead - first.dead:4d}  duplicates {cur.duplicates - first.duplicates:4d}")
+
+
+def fleet_summary(settings: Settings, tenant: str) -> dict[str, Any]:
+    """What TimescaleDB holds for ``tenant``: counts, time range, dead letters by reason."""
+    with connect(settings.dsn(), autocommit=True) as conn:
+        out: dict[str, Any] = {}
+        for table in ("positions", "temperatures", "door_events"):
+            count, first, last = conn.execute(
+                f"SELECT count(*), min(fix_time), max(fix_time) FROM {table} WHERE tenant = %s", (tenant,)).fetchone()
+            out[table] = {"rows": count, "first_fix": first, "last_fix": last}
+        out["vehicles"] = conn.execute("SELECT count(*) FROM vehicles WHERE tenant = %s", (tenant,)).fetchone()[0]
+        out["h3_cells_visited"] = conn.execute(
+            "SELECT count(DISTINCT h3_cell) FROM positions WHERE tenant = %s", (tenant,)).fetchone()[0]
+        out["dead_letters"] = dict(conn.execute(
+            "SELECT reason, count(*) FROM dead_letters WHERE topic LIKE %s GROUP BY reason ORDER BY reason",
+            (f"fleet/{tenant}/%",)).fetchall())
+        out["dataflow_vehicle_state"] = dict(zip(("vehicles", "gps", "temp", "door"), conn.execute(
+            "SELECT count(*), coalesce(sum(gps_count), 0), coalesce(sum(temp_count), 0), coalesce(sum(door_count), 0) "
+            "FROM vehicle_state WHERE tenant = %s", (tenant,)).fetchone(), strict=True))
+        return out
+
+
+def _provision(settings: Settings) -> dict[str, str]:
+    from edge.simulator import vehicle_ids
+
+    return credentials.add_devices(settings, settings.tenant, vehicle_ids(settings.sim_vehicles))
+
+
+def simulate(settings: Settings, batch: bool = False, stop: threading.Event | None = None,
+             progress: dict[str, int] | None = None) -> dict[str, Any]:
+    """Publish the simulated fleet with each vehicle's own credentials (provisioned here)."""
+    from edge.simulate import run_simulation
+
+    passwords = _provision(settings)
+
+    def on_progress(counts: dict[str, int]) -> None:
+        if progress is not None:
+            progress.update(counts)
+
+    return run_simulation(settings, vehicles=settings.sim_vehicles, minutes=settings.sim_minutes,
+                          speedup=settings.sim_speedup, seed=settings.sim_seed, batch=batch,
+                          device_passwords=passwords, on_progress=on_progress, stop_event=stop)
+
+
+def run_demo(settings: Settings, batch: bool = False) -> int:
+    """Services up, schema, engine, simulated fleet; live progress; summary from TimescaleDB."""
+    started = time.monotonic()
+    print(f"fleetstream demo: {settings.sim_vehicles} vehicles for {settings.sim_minutes:g} min "
+          f"({settings.sim_speedup:g}x simulated time), tenant {settings.tenant!r}", flush=True)
+    if settings.embedded_mqtt or settings.embedded_pg:
+        services.up(settings)
+    migrate(settings.dsn())
+    print(f"services and schema ready in {time.monotonic() - started:.1f} s", flush=True)
+    stop = threading.Event()
+    signal.signal(signal.SIGINT, lambda *_: stop.set())
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    engine = Engine(settings)
+    engine.start()
+    progress: dict[str, int] = {}
+    result: dict[str, Any] = {}
+
+    def drive() -> None:
+        result.update(simulate(settings, batch=batch, stop=stop, progress=progress))
+
+    sim = threading.Thread(target=drive, name="simulator", daemon=True)
+    sim.start()
+    tty = sys.stdout.isatty()
+    try:
+        with connect(settings.dsn(), autocommit=True) as conn:
+            first = prev = _sample(conn, 0)
+            quiet_since = None
+            while not stop.is_set():
+                time.sleep(1.0)
+                cur = _sample(conn, progress.get("published", 0))
+                line = _progress_line(first, prev, cur)
+                print(("\r" + line) if tty else line, end="" if tty else "\n", flush=True)
+                if not sim.is_alive():  # fleet done: wait until everything is stored and processed
+                    settled = cur.stored == prev.stored and cur.processed >= cur.stored
+                    quiet_since = quiet_since or (time.monotonic() if settled else None)
+                    if settled or (quiet_since and time.monotonic() - quiet_since > 30):
+                        break
+                prev = cur
+    finally:
+        stop.set()
+        sim.join(30)
+        engine.stop()
+    print("\n\nsimulator:", result or "(interrupted)")
+    print("\nTimescaleDB now holds, for tenant", repr(settings.tenant))
+    for key, value in fleet_summary(settings, settings.tenant).items():
+        print(f"  {key}: {value}")
+    print(f"\ndone in {time.monotonic() - started:.0f} s; services still running "
+          f"(stop them with: fleetstream services down)")
+    return 0
