@@ -1,0 +1,71 @@
+"""Shared fixtures of the integration tests: a real Mosquitto and a real TimescaleDB.
+
+The services run from their own state folder (``<repo>/.fleetstream-test``) on their
+own ports (MQTT 18831, PostgreSQL 55433), so a developer's running stack (18830 /
+55432) is never touched. They start once per test session and stop at its end.
+
+Fixtures
+    ``services``           (session) the test :class:`~fleetstream.settings.Settings`, services up
+    ``services_settings``  (session) the same object, for tests that want a clearer name
+    ``db``                 (session) an autocommit psycopg connection to the test database
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from fleetstream import services as fs_services
+from fleetstream.settings import Settings, load_settings
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+TEST_STATE_DIR = REPO_ROOT / ".fleetstream-test"
+TEST_MQTT_PORT = 18831
+TEST_PG_PORT = 55433
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Everything under tests/integration carries the ``integration`` marker."""
+    here = Path(__file__).parent
+    for item in items:
+        if here in Path(str(item.fspath)).parents:
+            item.add_marker(pytest.mark.integration)
+
+
+def integration_settings() -> Settings:
+    """Settings of the test services (embedded, own state dir and ports)."""
+    return load_settings(
+        state_dir=TEST_STATE_DIR,
+        mqtt_port=TEST_MQTT_PORT,
+        pg_port=TEST_PG_PORT,
+        mqtt_url="",
+        pg_dsn="",
+    )
+
+
+@pytest.fixture(scope="session")
+def services() -> Iterator[Settings]:
+    settings = integration_settings()
+    fs_services.up(settings)
+    try:
+        yield settings
+    finally:
+        fs_services.down(settings)
+
+
+@pytest.fixture(scope="session")
+def services_settings(services: Settings) -> Settings:
+    return services
+
+
+@pytest.fixture(scope="session")
+def db(services: Settings) -> Iterator[object]:
+    import psycopg
+
+    conn = psycopg.connect(services.dsn(), autocommit=True)
+    try:
+        yield conn
+    finally:
+        conn.close()
