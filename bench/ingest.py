@@ -184,7 +184,7 @@ def _prime_sessions(settings: Settings, tenant: str) -> None:
     """Create the engine's and the references' persistent sessions so the backlog queues for them."""
     engine = Engine(settings, with_flow=False)
     engine.start()
-    time.sleep(4)  # shards connect and subscribe
+    engine.wait_ready()
     engine.stop()
     ref = _client(settings, REF_PAHO)
     _connect(ref, settings)
@@ -281,7 +281,7 @@ def _latency(settings: Settings, rate: float, seconds: float) -> dict[str, float
     listening.wait(10)
     engine = Engine(settings, with_flow=True)
     engine.start()
-    time.sleep(4)
+    engine.wait_ready()
     readings = int(rate * seconds)
     achieved = _publish(settings, tenant, readings, 1, rate=rate, stamp=True)
     deadline = time.monotonic() + 60

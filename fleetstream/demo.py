@@ -105,6 +105,7 @@ def run_demo(settings: Settings, batch: bool = False) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     engine = Engine(settings)
     engine.start()
+    engine.wait_ready()
     progress: dict[str, int] = {}
     result: dict[str, Any] = {}
 

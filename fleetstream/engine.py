@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, fields
 
 from fleetstream.settings import Settings
+from ingest.gateway import ready_file
 
 __all__ = ["Engine", "settings_env"]
 
@@ -42,6 +43,7 @@ def settings_env(settings: Settings) -> dict[str, str]:
 class _Child:
     name: str
     argv: list[str]
+    shard: int | None = None
     proc: subprocess.Popen[bytes] | None = None
     restarts: int = 0
 
@@ -52,7 +54,7 @@ class Engine:
     def __init__(self, settings: Settings, with_flow: bool = True) -> None:
         self.settings = settings
         cli = [sys.executable, "-m", "fleetstream.cli"]
-        self.children = [_Child(f"gateway-{i}", [*cli, "gateway", "--shard", str(i)])
+        self.children = [_Child(f"gateway-{i}", [*cli, "gateway", "--shard", str(i)], shard=i)
                          for i in range(settings.gateway_workers)]
         if with_flow:
             self.children.append(_Child("flow", [*cli, "flow"]))
@@ -60,6 +62,8 @@ class Engine:
 
     def _spawn(self, child: _Child) -> None:
         self._log.mkdir(parents=True, exist_ok=True)
+        if child.shard is not None:
+            ready_file(self.settings, child.shard).unlink(missing_ok=True)
         with open(self._log / f"{child.name}.log", "ab") as out:
             child.proc = subprocess.Popen(child.argv, env=settings_env(self.settings), stdout=out,
                                           stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
@@ -68,6 +72,16 @@ class Engine:
     def start(self) -> None:
         for child in self.children:
             self._spawn(child)
+
+    def wait_ready(self, timeout_s: float = 60.0) -> None:
+        """Block until every gateway shard has subscribed (its queue then exists in the broker)."""
+        deadline = time.monotonic() + timeout_s
+        shards = [c.shard for c in self.children if c.shard is not None]
+        while not all(ready_file(self.settings, s).exists() for s in shards):
+            if time.monotonic() > deadline:
+                logs = self._log
+                raise TimeoutError(f"gateway shards not subscribed after {timeout_s} s; see {logs}")
+            time.sleep(0.05)
 
     def pids(self) -> dict[str, int]:
         return {c.name: c.proc.pid for c in self.children if c.proc is not None}
@@ -107,6 +121,8 @@ def run_engine(settings: Settings, with_flow: bool = True) -> None:
     engine = Engine(settings, with_flow)
     engine.start()
     try:
+        engine.wait_ready()
+        log.info("engine: ready (%d gateway shards subscribed)", settings.gateway_workers)
         engine.watch(stop)
     finally:
         engine.stop()

@@ -15,6 +15,7 @@ import signal
 import threading
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import paho.mqtt.client as mqtt
 import psycopg
@@ -27,10 +28,15 @@ from ingest.batching import Received, prepare
 from ingest.contract import Limits, subscription_filter
 from ingest.writer import ShardWriter
 
-__all__ = ["GatewayShard", "SHARE_GROUP", "run_gateway"]
+__all__ = ["GatewayShard", "SHARE_GROUP", "ready_file", "run_gateway"]
 
 log = logging.getLogger("fleetstream.gateway")
 SHARE_GROUP = "fleetstream"
+
+
+def ready_file(settings: Settings, shard: int) -> Path:
+    """Exists once the shard's subscription is in place (removed when the engine respawns it)."""
+    return settings.state_dir / "run" / f"gateway-{shard}.ready"
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +72,7 @@ class GatewayShard:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         return client
 
     def _on_connect(self, client: mqtt.Client, _userdata: object, _flags: object, reason: mqtt.ReasonCode,
@@ -78,6 +85,17 @@ class GatewayShard:
         client.subscribe(f"$share/{SHARE_GROUP}/{subscription_filter()}", qos=1)
         self._connected.set()
         log.info("shard %d: connected (session present: %s)", self.shard, getattr(_flags, "session_present", "?"))
+
+    def _on_subscribe(self, _client: mqtt.Client, _userdata: object, _mid: int, reasons: list[mqtt.ReasonCode],
+                      _props: object) -> None:
+        if any(r.is_failure for r in reasons):
+            log.error("shard %d: subscription refused: %s", self.shard, reasons)
+            return
+        # the engine waits for this before it reports ready: from now on the broker
+        # queues this shard's share even while the shard is down
+        ready = ready_file(self.settings, self.shard)
+        ready.parent.mkdir(parents=True, exist_ok=True)
+        ready.touch()
 
     def _on_disconnect(self, _client: mqtt.Client, _userdata: object, _flags: object, reason: mqtt.ReasonCode,
                        _props: object) -> None:

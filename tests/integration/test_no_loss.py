@@ -94,6 +94,7 @@ def test_no_loss_no_duplicates_through_kills_and_broker_restart(services_setting
 
     engine = Engine(settings)
     engine.start()
+    engine.wait_ready()  # the shards' sessions exist: from now on the broker queues for them
     try:
         _scenario(settings, db, engine, tenant, vehicles, passwords, base)
     finally:
