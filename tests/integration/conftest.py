@@ -7,7 +7,7 @@ own ports (MQTT 18831, PostgreSQL 55433), so a developer's running stack (18830 
 Fixtures
     ``services``           (session) the test :class:`~fleetstream.settings.Settings`, services up
     ``services_settings``  (session) the same object, for tests that want a clearer name
-    ``db``                 (session) an autocommit psycopg connection to the test database
+    ``db``                 (per test) an autocommit psycopg connection to the test database
 """
 
 from __future__ import annotations
@@ -60,7 +60,7 @@ def services_settings(services: Settings) -> Settings:
     return services
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture
 def db(services: Settings) -> Iterator[object]:
     import psycopg
 
