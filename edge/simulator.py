@@ -1,0 +1,658 @@
+"""A deterministic delivery-fleet simulation on a real road network (pure: no MQTT, no clock).
+
+Each vehicle leaves its depot, drives the quickest paths to 8-15 ordered delivery
+stops at 0.6-1.1 of the speed limit, serves each stop (rear door opened after
+arrival and closed before leaving), and returns. Its device reports GPS every
+``gps_period_s``, a reefer probe every 30 s and every door change, numbered by one
+``seq`` per vehicle across all streams, starting at 0.
+
+Anomalies are planned up front from the seed and labelled (ground truth for the
+analytics): ``long_dwell``, ``route_deviation``, ``temp_excursion``, ``door_away``,
+``offline`` (readings held back, then delivered late in a burst), ``malformed``
+(raw payloads the contract rejects) and ``duplicate`` (a message sent twice).
+
+Everything is a function of ``seed``: the same arguments give the same stream.
+Simulated times are UTC datetimes quantised to milliseconds; internally, seconds
+since ``start``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import heapq
+import json
+import math
+import random
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field, replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import numpy as np
+
+from edge.roads import RoadNetwork, RoadPath, bearing_deg, distance_to_polyline_m, haversine_m
+from ingest.contract import DoorEvent, GpsFix, Reading, TemperatureReading, encode_single, format_time
+
+__all__ = [
+    "ANOMALY_TYPES",
+    "AnomalyLabel",
+    "AnomalyPlan",
+    "FleetSimulator",
+    "RawMessage",
+    "SimEvent",
+    "vehicle_ids",
+]
+
+ANOMALY_TYPES = ("long_dwell", "route_deviation", "temp_excursion", "door_away", "offline", "malformed", "duplicate")
+MALFORMED_REASONS = ("bad_json", "not_finite", "out_of_range", "vehicle_mismatch", "missing_field")
+
+DOOR_ID = "rear"
+PROBE_ID = "reefer-1"
+TEMP_PERIOD_S = 30.0
+SETPOINT_C = 4.0  # reefer setpoint; the allowed range is TEMP_RANGE_C
+TEMP_RANGE_C = (2.0, 8.0)
+STOP_RADIUS_M = 50.0
+WINDOW_BEFORE_S, WINDOW_AFTER_S = 600.0, 1200.0  # delivery window around the planned arrival
+GPS_SIGMA_M = 3.5  # per axis: about 5 m horizontal RMS
+DEVIATION_M = 50.0  # off the planned leg by more than this counts as off-route
+DEFAULT_START = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)
+
+
+def vehicle_ids(count: int) -> list[str]:
+    """The vehicle ids a fleet of ``count`` uses: ``veh-001`` ... (valid contract ids)."""
+    return [f"veh-{i:03d}" for i in range(1, count + 1)]
+
+
+@dataclass(frozen=True)
+class AnomalyPlan:
+    """How often each anomaly happens. Probabilities per vehicle (at most one of each
+    per vehicle), rates per valid reading; durations and distances as (low, high) ranges
+    in seconds / metres. ``within_s`` limits anomaly start times to that many seconds
+    after the vehicle's own start (so a short run still sees them)."""
+
+    long_dwell: float = 0.1
+    route_deviation: float = 0.1
+    temp_excursion: float = 0.1
+    door_away: float = 0.1
+    offline: float = 0.1
+    malformed_rate: float = 0.002
+    duplicate_rate: float = 0.003
+    within_s: float | None = None
+    dwell_s: tuple[float, float] = (600.0, 1200.0)
+    door_away_s: tuple[float, float] = (90.0, 240.0)
+    offline_s: tuple[float, float] = (180.0, 480.0)
+    excursion_s: tuple[float, float] = (480.0, 900.0)
+    detour_m: tuple[float, float] = (300.0, 800.0)
+
+    @classmethod
+    def none(cls) -> AnomalyPlan:
+        """A clean fleet: no anomalies at all."""
+        return cls(0.0, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0)
+
+    @classmethod
+    def every(cls, **overrides: Any) -> AnomalyPlan:
+        """Every vehicle gets every anomaly (tests); higher message fault rates."""
+        return replace(cls(1.0, 1.0, 1.0, 1.0, 1.0, 0.01, 0.01), **overrides)
+
+
+class RawMessage(NamedTuple):
+    """A message published as-is: (topic, payload bytes, reason the gateway should give)."""
+
+    topic: str
+    payload: bytes
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class SimEvent:
+    """One thing the fleet sends, at simulated time ``at`` (UTC).
+
+    ``item`` is a reading (``at >= fix_time``) or a ``RawMessage``. ``late`` marks a
+    reading held back while its device was offline; ``duplicate`` the second copy of a
+    message already yielded.
+    """
+
+    at: datetime
+    vehicle: str
+    item: Reading | RawMessage
+    late: bool = False
+    duplicate: bool = False
+
+
+@dataclass(frozen=True)
+class AnomalyLabel:
+    """Ground truth for one anomaly; times in seconds since the simulation start."""
+
+    vehicle: str
+    type: str
+    start_s: float
+    end_s: float
+    stop_id: str | None = None
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Stop:
+    id: str
+    seq: int
+    node: int
+    lat: float
+    lon: float
+    planned_arrival_s: float
+    planned_service_s: float
+
+
+@dataclass
+class _Vehicle:
+    """One vehicle's whole day, built up front (trajectory knots, doors, temperatures)."""
+
+    index: int
+    id: str
+    depot: int
+    stops: list[_Stop]
+    planned_legs: list[RoadPath]
+    start_s: float = 0.0
+    end_s: float = 0.0
+    # trajectory: straight moves between knots; equal positions mean standing still
+    ts: list[float] = field(default_factory=list)
+    lats: list[float] = field(default_factory=list)
+    lons: list[float] = field(default_factory=list)
+    doors: list[tuple[float, bool]] = field(default_factory=list)
+    temps: list[tuple[float, float]] = field(default_factory=list)
+    visits: list[dict[str, Any]] = field(default_factory=list)
+    anomalies: list[AnomalyLabel] = field(default_factory=list)
+    offline: list[tuple[float, float]] = field(default_factory=list)
+    seg_speed: list[float] = field(default_factory=list)  # m/s per knot segment
+    seg_heading: list[float] = field(default_factory=list)
+
+    def knot(self, t: float, point: tuple[float, float]) -> None:
+        self.ts.append(_ms(t))
+        self.lats.append(point[0])
+        self.lons.append(point[1])
+
+
+def _ms(t: float) -> float:
+    """Quantise seconds to whole milliseconds (what the contract's timestamps carry)."""
+    return round(t * 1000.0) / 1000.0
+
+
+class FleetSimulator:
+    """A seeded fleet on ``network``; :meth:`events` streams what the devices send.
+
+    ``start`` is the UTC time of simulated second 0; vehicles start staggered over
+    ``stagger_s`` seconds. ``gps_period_s`` is the fix interval in seconds.
+    """
+
+    def __init__(self, network: RoadNetwork, vehicles: int = 50, seed: int = 7, start: datetime = DEFAULT_START,
+                 gps_period_s: float = 5.0, anomalies: AnomalyPlan | None = None, tenant: str = "demo",
+                 stagger_s: float = 300.0, depots: int = 3) -> None:
+        if start.tzinfo is None:
+            raise ValueError("start must be timezone-aware (UTC)")
+        if gps_period_s <= 0:
+            raise ValueError("gps_period_s must be > 0")
+        self.network = network
+        self.seed = seed
+        start = start.astimezone(UTC)
+        self.start = start.replace(microsecond=start.microsecond // 1000 * 1000)  # the wire carries milliseconds
+        self.gps_period_s = gps_period_s
+        self.anomalies = anomalies if anomalies is not None else AnomalyPlan()
+        self.tenant = tenant
+        self.stagger_s = stagger_s
+        fleet_rng = random.Random(f"{seed}:fleet")
+        self.depots = self._pick_spread(fleet_rng, depots, min_gap_m=400.0, avoid=[])
+        self.vehicle_ids = vehicle_ids(vehicles)
+        self._vehicles = [self._build_vehicle(i, vid) for i, vid in enumerate(self.vehicle_ids)]
+
+    # ------------------------------------------------------------ public
+
+    @property
+    def end(self) -> datetime:
+        """When the last vehicle stops reporting (UTC)."""
+        return self._time(max((v.end_s for v in self._vehicles), default=0.0))
+
+    def events(self, until: datetime | None = None) -> Iterator[SimEvent]:
+        """Everything the fleet sends up to ``until`` (inclusive, UTC), ordered by ``at``.
+
+        Restartable: each call replays the same stream from the beginning.
+        """
+        limit = math.inf if until is None else (until - self.start).total_seconds()
+        streams = [self._vehicle_events(v, limit) for v in self._vehicles]
+        # ties keep vehicle order: heapq.merge is stable
+        for _, _, event in heapq.merge(*streams, key=lambda e: (e[0], e[1])):
+            yield event
+
+    def plans(self) -> list[dict[str, Any]]:
+        """Per vehicle: depot, ordered stops (id, seq, lat, lon, radius_m, delivery window
+        from 10 min before to 20 min after the planned arrival, planned service seconds)
+        and the planned route polyline [[lat, lon], ...] (depot -> stops -> depot).
+        JSON-serializable; times RFC 3339 UTC."""
+        out = []
+        for v in self._vehicles:
+            route = self._planned_route(v)
+            stops = []
+            for s in v.stops:
+                stops.append({
+                    "id": s.id, "seq": s.seq, "lat": s.lat, "lon": s.lon, "radius_m": STOP_RADIUS_M,
+                    "window_start": format_time(self._time(s.planned_arrival_s - WINDOW_BEFORE_S)),
+                    "window_end": format_time(self._time(s.planned_arrival_s + WINDOW_AFTER_S)),
+                    "planned_arrival": format_time(self._time(s.planned_arrival_s)),
+                    "planned_service_s": s.planned_service_s,
+                })
+            depot_lat, depot_lon = self.network.coords(v.depot)
+            out.append({
+                "tenant": self.tenant, "vehicle": v.id, "depot": {"lat": depot_lat, "lon": depot_lon},
+                "start": format_time(self._time(v.start_s)), "stops": stops,
+                "route_m": round(route.length_m, 1),
+                "route": [[round(lat, 6), round(lon, 6)] for lat, lon in route.points],
+            })
+        return out
+
+    def labels(self, until: datetime | None = None) -> list[dict[str, Any]]:
+        """Ground truth up to ``until``: anomalies that started by then, stop visits
+        (arrival/departure, null when not reached yet) and per-vehicle trips.
+        Malformed and duplicate messages are found by replaying :meth:`events`."""
+        limit = math.inf if until is None else (until - self.start).total_seconds()
+
+        def when(t: float | None) -> str | None:
+            return None if t is None or t > limit else format_time(self._time(t))
+
+        rows: list[dict[str, Any]] = []
+        for v in self._vehicles:
+            if v.start_s > limit:
+                continue
+            rows.append({"kind": "trip", "vehicle": v.id, "start": when(v.start_s), "end": when(v.end_s),
+                         "depot_return": when(v.visits[-1]["arrival"]) if v.visits else None})
+            for visit in v.visits[:-1]:  # the last visit is the return to the depot
+                rows.append({"kind": "stop_visit", "vehicle": v.id, "stop_id": visit["stop_id"],
+                             "seq": visit["seq"], "arrival": when(visit["arrival"]),
+                             "departure": when(visit["departure"]), "door_open": when(visit["door_open"]),
+                             "door_close": when(visit["door_close"])})
+            for label in v.anomalies:
+                if label.start_s <= limit:
+                    rows.append(self._label_row(label))
+        for event in self.events(until):
+            if isinstance(event.item, RawMessage):
+                at_s = (event.at - self.start).total_seconds()
+                rows.append(self._label_row(AnomalyLabel(event.vehicle, "malformed", at_s, at_s,
+                                                         details={"reason": event.item.reason})))
+            elif event.duplicate:
+                at_s = (event.at - self.start).total_seconds()
+                rows.append(self._label_row(AnomalyLabel(event.vehicle, "duplicate", at_s, at_s,
+                                                         details={"seq": event.item.seq, "stream": event.item.kind})))
+        return rows
+
+    def write_labels(self, path: Path | str, until: datetime | None = None) -> int:
+        """Write :meth:`labels` as JSON lines to ``path``; returns the number of lines."""
+        rows = self.labels(until)
+        target = Path(path)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with target.open("w", encoding="utf-8") as fh:
+            for row in rows:
+                fh.write(json.dumps(row, separators=(",", ":")) + "\n")
+        return len(rows)
+
+    # ------------------------------------------------------------ building
+
+    def _time(self, t: float) -> datetime:
+        return self.start + timedelta(milliseconds=round(t * 1000.0))
+
+    def _label_row(self, label: AnomalyLabel) -> dict[str, Any]:
+        return {"kind": "anomaly", "vehicle": label.vehicle, "type": label.type,
+                "start": format_time(self._time(label.start_s)), "end": format_time(self._time(label.end_s)),
+                "stop_id": label.stop_id, "details": label.details}
+
+    def _planned_route(self, v: _Vehicle) -> RoadPath:
+        route = v.planned_legs[0]
+        for leg in v.planned_legs[1:]:
+            route = route + leg
+        return route
+
+    def _pick_spread(self, rng: random.Random, count: int, min_gap_m: float, avoid: list[int],
+                     avoid_gap_m: float = 150.0) -> list[int]:
+        """``count`` distinct nodes at least ``min_gap_m`` apart and ``avoid_gap_m`` from ``avoid``."""
+        net = self.network
+        chosen: list[int] = []
+        gap = min_gap_m
+        attempts = 0
+        while len(chosen) < count:
+            node = net.random_node(rng)
+            lat, lon = net.coords(node)
+            ok = all(haversine_m(lat, lon, *net.coords(o)) >= gap for o in chosen)
+            ok = ok and all(haversine_m(lat, lon, *net.coords(o)) >= avoid_gap_m for o in avoid)
+            if ok:
+                chosen.append(node)
+            attempts += 1
+            if attempts % 500 == 0:  # a small network: relax the spacing rather than loop forever
+                gap *= 0.8
+                avoid_gap_m *= 0.8
+        return chosen
+
+    def _build_vehicle(self, index: int, vid: str) -> _Vehicle:
+        net, plan = self.network, self.anomalies
+        rng = random.Random(f"{self.seed}:{index}:plan")
+        depot = self.depots[index % len(self.depots)]
+        picked = self._pick_spread(rng, rng.randint(8, 15), min_gap_m=120.0, avoid=[depot])
+        order = _nearest_neighbour_order(net, depot, picked)
+        start_s = _ms(rng.uniform(0.0, self.stagger_s))
+        depot_wait = rng.uniform(30.0, 120.0)
+
+        # the plan: quickest legs at 85 % of the limits, planned service per stop
+        legs = [net.shortest_path(a, b) for a, b in zip([depot, *order], [*order, depot], strict=True)]
+        stops: list[_Stop] = []
+        t = start_s + 60.0
+        for i, (node, leg) in enumerate(zip(order, legs, strict=False)):
+            t += leg.travel_s / 0.85
+            service = float(rng.choice((180, 240, 300)))
+            lat, lon = net.coords(node)
+            stops.append(_Stop(f"{vid}-{i + 1:02d}", i + 1, node, lat, lon, round(t, 3), service))
+            t += service
+        v = _Vehicle(index, vid, depot, stops, legs, start_s=start_s)
+
+        # which legs carry which anomaly (distinct legs, starting within plan.within_s)
+        within = math.inf if plan.within_s is None else plan.within_s
+        leg_starts = [start_s + 60.0] + [s.planned_arrival_s + s.planned_service_s for s in stops]
+        free = [i for i, t0 in enumerate(leg_starts) if t0 - start_s <= within]
+        keep_away = [net.coords(depot)] + [(s.lat, s.lon) for s in stops]
+        leg_anomaly: dict[int, str] = {}
+        for kind in ("long_dwell", "route_deviation", "door_away"):
+            # a pause needs a spot on the leg well away from every stop
+            fits = [i for i in free if kind == "route_deviation" or _pause_spots(legs[i], keep_away)]
+            if rng.random() < getattr(plan, kind) and fits:
+                chosen = fits[rng.randrange(len(fits))]
+                free.remove(chosen)
+                leg_anomaly[chosen] = kind
+        want_offline = rng.random() < plan.offline
+        want_excursion = rng.random() < plan.temp_excursion
+
+        self._drive_day(v, rng, depot_wait, leg_anomaly)
+        latest = min(v.start_s + within, v.end_s)
+        if want_offline:
+            span = rng.uniform(*plan.offline_s)
+            t0 = _ms(rng.uniform(v.start_s + 120.0, max(v.start_s + 120.0, min(latest, v.end_s - span - 120.0))))
+            t1 = _ms(min(t0 + span, v.end_s - 60.0))
+            if t1 > t0:
+                v.offline.append((t0, t1))
+                v.anomalies.append(AnomalyLabel(vid, "offline", t0, t1, details={"duration_s": round(t1 - t0, 3)}))
+        fault = None
+        if want_excursion:
+            span = rng.uniform(*plan.excursion_s)
+            t0 = rng.uniform(v.start_s + 300.0, max(v.start_s + 300.0, min(latest, v.end_s - span - 300.0)))
+            fault = (t0, t0 + span)
+        self._temperatures(v, rng, fault)
+        self._finish(v)
+        return v
+
+    def _drive_day(self, v: _Vehicle, rng: random.Random, depot_wait: float, leg_anomaly: dict[int, str]) -> None:
+        """Lay out the actual trajectory, door events and stop visits."""
+        net = self.network
+        depot_point = net.coords(v.depot)
+        keep_away = [depot_point] + [(s.lat, s.lon) for s in v.stops]
+        t = v.start_s
+        v.knot(t, depot_point)
+        t += depot_wait
+        v.knot(t, depot_point)
+        targets = [*v.stops, None]  # None: back to the depot
+        prev = v.depot
+        for leg_index, stop in enumerate(targets):
+            goal = v.depot if stop is None else stop.node
+            kind = leg_anomaly.get(leg_index)
+            path = v.planned_legs[leg_index]
+            detour_node = None
+            if kind == "route_deviation":
+                detour_node = self._detour_node(rng, v, path)
+                if detour_node is not None:
+                    path = net.shortest_path(prev, detour_node) + net.shortest_path(detour_node, goal)
+            pause_at = None
+            if kind in ("long_dwell", "door_away"):
+                spots = _pause_spots(path, keep_away)
+                pause_at = rng.choice(spots) if spots else None
+            factor = rng.uniform(0.6, 1.1)  # traffic on this leg
+            leg_start_knot = len(v.ts) - 1
+            for k in range(len(path.lengths_m)):
+                speed = path.speeds_kmh[k] / 3.6 * min(1.1, max(0.6, factor * rng.uniform(0.92, 1.08)))
+                t += path.lengths_m[k] / speed
+                point = path.points[k + 1]
+                v.knot(t, point)
+                last = k == len(path.lengths_m) - 1
+                if not last and path.nodes[k + 1] >= 0 and net.graph.out_degree(path.nodes[k + 1]) >= 2 \
+                        and rng.random() < 0.05:
+                    t += rng.uniform(5.0, 40.0)  # traffic lights, giving way
+                    v.knot(t, point)
+                if pause_at is not None and k + 1 == pause_at:
+                    t = self._pause(v, rng, kind or "", t, point)
+            if kind == "route_deviation" and detour_node is not None:
+                self._label_deviation(v, leg_start_knot, path, v.planned_legs[leg_index], stop)
+            # at the stop (or home at the depot)
+            arrival = _ms(t)
+            if stop is None:
+                v.end_s = _ms(t + 60.0)
+                v.knot(v.end_s, depot_point)
+                v.visits.append({"stop_id": None, "seq": None, "arrival": arrival, "departure": None,
+                                 "door_open": None, "door_close": None})
+                break
+            service = stop.planned_service_s * min(2.0, max(0.5, rng.lognormvariate(0.0, 0.3)))
+            departure = _ms(arrival + service)
+            door_open = _ms(arrival + rng.uniform(5.0, 20.0))
+            door_close = _ms(departure - rng.uniform(5.0, 20.0))
+            v.doors += [(door_open, True), (door_close, False)]
+            v.knot(departure, (stop.lat, stop.lon))
+            v.visits.append({"stop_id": stop.id, "seq": stop.seq, "arrival": arrival, "departure": departure,
+                             "door_open": door_open, "door_close": door_close})
+            t = departure
+            prev = goal
+
+    def _pause(self, v: _Vehicle, rng: random.Random, kind: str, t: float, point: tuple[float, float]) -> float:
+        """Stand still at ``point`` from ``t``: a long unplanned dwell, or a short stop with the door opened."""
+        plan = self.anomalies
+        if kind == "long_dwell":
+            span = rng.uniform(*plan.dwell_s)
+            v.anomalies.append(AnomalyLabel(v.id, "long_dwell", _ms(t), _ms(t + span), details={
+                "lat": point[0], "lon": point[1], "duration_s": round(span, 3)}))
+        else:
+            span = rng.uniform(*plan.door_away_s)
+            opened, closed = _ms(t + rng.uniform(5.0, 15.0)), _ms(t + span - rng.uniform(5.0, 15.0))
+            v.doors += [(opened, True), (closed, False)]
+            v.anomalies.append(AnomalyLabel(v.id, "door_away", opened, closed, details={
+                "lat": point[0], "lon": point[1], "stopped_from": format_time(self._time(t)),
+                "stopped_until": format_time(self._time(t + span))}))
+        v.knot(t + span, point)
+        return _ms(t + span)
+
+    def _detour_node(self, rng: random.Random, v: _Vehicle, leg: RoadPath) -> int | None:
+        """A node ``detour_m`` away from the planned leg, preferably also away from the whole route."""
+        net, (lo, hi) = self.network, self.anomalies.detour_m
+        if len(leg.points) < 2:
+            return None
+        off_leg = distance_to_polyline_m(net.node_coords, leg.points)
+        candidates = np.flatnonzero((off_leg >= lo) & (off_leg <= hi))
+        if len(candidates) == 0:
+            return None
+        off_route = distance_to_polyline_m(net.node_coords[candidates], self._planned_route(v).points)
+        far = candidates[off_route >= 150.0]
+        if len(far):
+            return net.nodes[int(far[rng.randrange(len(far))])]
+        return net.nodes[int(candidates[int(np.argmax(off_route))])]
+
+    def _label_deviation(self, v: _Vehicle, first_knot: int, path: RoadPath, planned: RoadPath,
+                         stop: _Stop | None) -> None:
+        """Label the span the vehicle drove more than DEVIATION_M off the planned leg."""
+        points = list(zip(v.lats[first_knot:], v.lons[first_knot:], strict=True))
+        off = distance_to_polyline_m(points, planned.points)
+        outside = np.flatnonzero(off > DEVIATION_M)
+        if len(outside) == 0:
+            return
+        first, last = int(outside[0]), int(outside[-1])
+        start = v.ts[first_knot + max(first - 1, 0)]  # last knot still on the plan
+        end = v.ts[min(first_knot + last + 1, len(v.ts) - 1)]
+        off_route = distance_to_polyline_m(points, self._planned_route(v).points)
+        v.anomalies.append(AnomalyLabel(v.id, "route_deviation", start, end, stop.id if stop else None, details={
+            "max_off_leg_m": round(float(off.max()), 1), "max_off_route_m": round(float(off_route.max()), 1),
+            "detour_m": round(path.length_m - planned.length_m, 1)}))
+
+    def _temperatures(self, v: _Vehicle, rng: random.Random, fault: tuple[float, float] | None) -> None:
+        """Reefer probe every 30 s: slow drift around the setpoint, warming while the door is open,
+        and a cooling fault (toward 14 C) during ``fault``."""
+        doors = sorted(v.doors)
+        door_times = [t for t, _ in doors]
+        door_states = [state for _, state in doors]
+        phase = rng.uniform(0.0, 2 * math.pi)
+        t = _ms(v.start_s + rng.uniform(0.0, TEMP_PERIOD_S))
+        celsius = SETPOINT_C + rng.gauss(0.0, 0.3)
+        above: list[float] = []
+        peak = -math.inf
+        while t <= v.end_s:
+            i = bisect.bisect_right(door_times, t) - 1
+            door_open = i >= 0 and door_states[i]
+            if fault and fault[0] <= t < fault[1]:
+                target, tau = 14.0, 300.0
+            elif door_open:
+                target, tau = 12.0, 2400.0
+            else:  # compressor cycling: +-0.5 C over 20 minutes
+                target, tau = SETPOINT_C + 0.5 * math.sin(2 * math.pi * t / 1200.0 + phase), 240.0
+            celsius = target + (celsius - target) * math.exp(-TEMP_PERIOD_S / tau) + rng.gauss(0.0, 0.03)
+            reading = round(celsius + rng.gauss(0.0, 0.08), 2)
+            v.temps.append((t, reading))
+            if fault and reading > TEMP_RANGE_C[1] and t >= fault[0]:
+                above.append(t)
+                peak = max(peak, reading)
+            t = _ms(t + TEMP_PERIOD_S)
+        if fault and above:
+            back = next((tt for tt, c in v.temps if tt > above[-1]), above[-1])
+            v.anomalies.append(AnomalyLabel(v.id, "temp_excursion", above[0], back, details={
+                "fault_start": format_time(self._time(fault[0])), "fault_end": format_time(self._time(fault[1])),
+                "peak_celsius": peak, "limit_celsius": TEMP_RANGE_C[1]}))
+
+    def _finish(self, v: _Vehicle) -> None:
+        """Per-segment speed (m/s) and heading of the trajectory."""
+        v.doors.sort()
+        for i in range(len(v.ts) - 1):
+            dt = v.ts[i + 1] - v.ts[i]
+            dist = haversine_m(v.lats[i], v.lons[i], v.lats[i + 1], v.lons[i + 1])
+            moving = dt > 0 and dist > 0.01
+            v.seg_speed.append(dist / dt if moving else 0.0)
+            v.seg_heading.append(bearing_deg(v.lats[i], v.lons[i], v.lats[i + 1], v.lons[i + 1]) if moving else 0.0)
+        v.anomalies.sort(key=lambda a: a.start_s)
+
+    # ------------------------------------------------------------ streaming
+
+    def _vehicle_events(self, v: _Vehicle, limit: float) -> Iterator[tuple[float, int, SimEvent]]:
+        """One vehicle's messages as (at seconds, vehicle index, event), ordered by ``at``."""
+        noise = random.Random(f"{self.seed}:{v.index}:noise")
+        faults = random.Random(f"{self.seed}:{v.index}:faults")
+        plan = self.anomalies
+
+        def gps_times() -> Iterator[tuple[float, int, Any]]:
+            k = 0
+            while (t := _ms(v.start_s + k * self.gps_period_s)) <= v.end_s:
+                yield t, 0, None
+                k += 1
+
+        merged = heapq.merge(gps_times(), ((t, 1, c) for t, c in v.temps), ((t, 2, o) for t, o in v.doors))
+        held: list[tuple[float, SimEvent]] = []
+        windows = list(v.offline)
+        knot = 0
+        seq = 0
+        for t, kind, value in merged:
+            # a device that came back online delivers what it held, in order, at reconnection
+            while windows and t >= windows[0][1]:
+                t1 = windows.pop(0)[1]
+                if t1 > limit:
+                    return
+                for _, event in held:
+                    yield t1, v.index, replace(event, at=self._time(t1), late=True)
+                held.clear()
+            if t > limit:
+                break
+            fix_time = self._time(t)
+            reading: Reading
+            if kind == 0:
+                while knot < len(v.ts) - 2 and v.ts[knot + 1] <= t:
+                    knot += 1
+                reading = self._gps_fix(v, knot, t, fix_time, seq, noise)
+            elif kind == 1:
+                reading = TemperatureReading(self.tenant, v.id, seq, fix_time, PROBE_ID, value)
+            else:
+                reading = DoorEvent(self.tenant, v.id, seq, fix_time, DOOR_ID, value)
+            seq += 1
+            out = [SimEvent(fix_time, v.id, reading)]
+            if faults.random() < plan.duplicate_rate:
+                out.append(SimEvent(fix_time, v.id, reading, duplicate=True))
+            if kind == 0 and faults.random() < plan.malformed_rate:
+                raw = _malformed(reading, faults.choice(MALFORMED_REASONS), self.vehicle_ids)
+                out.append(SimEvent(fix_time, v.id, raw))
+            if windows and windows[0][0] <= t:
+                held.extend((t, e) for e in out)
+                continue
+            for event in out:
+                yield t, v.index, event
+        # the stream ended while offline: the held readings come once the device reconnects
+        if held and windows and windows[0][1] <= limit:
+            t1 = windows[0][1]
+            for _, event in held:
+                yield t1, v.index, replace(event, at=self._time(t1), late=True)
+
+    def _gps_fix(self, v: _Vehicle, i: int, t: float, fix_time: datetime, seq: int, rng: random.Random) -> GpsFix:
+        """A noisy fix on segment ``i`` of the trajectory at time ``t``."""
+        if t <= v.ts[0] or len(v.ts) < 2:
+            lat, lon, speed, heading = v.lats[0], v.lons[0], 0.0, 0.0
+        else:
+            t0, t1 = v.ts[i], v.ts[i + 1]
+            frac = min(1.0, max(0.0, (t - t0) / (t1 - t0))) if t1 > t0 else 1.0
+            lat = v.lats[i] + (v.lats[i + 1] - v.lats[i]) * frac
+            lon = v.lons[i] + (v.lons[i + 1] - v.lons[i]) * frac
+            speed, heading = v.seg_speed[i], v.seg_heading[i]
+        lat += rng.gauss(0.0, GPS_SIGMA_M) / 111_195.0
+        lon += rng.gauss(0.0, GPS_SIGMA_M) / (111_195.0 * math.cos(math.radians(lat)))
+        accuracy = round(max(2.0, rng.gauss(5.0, 1.0)), 1)
+        alt = round(12.0 + rng.gauss(0.0, 2.0), 1)
+        if speed > 0:
+            reported = round(max(0.0, speed + rng.gauss(0.0, 0.3)), 2)
+            bearing: float | None = round((heading + rng.gauss(0.0, 3.0)) % 360.0, 1) % 360.0
+        else:
+            reported, bearing = round(abs(rng.gauss(0.0, 0.1)), 2), None
+        return GpsFix(self.tenant, v.id, seq, fix_time, round(lat, 7), round(lon, 7), speed_mps=reported,
+                      heading_deg=bearing, accuracy_m=accuracy, alt_m=alt)
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def _nearest_neighbour_order(net: RoadNetwork, depot: int, stops: Sequence[int]) -> list[int]:
+    """Visit order: always the closest remaining stop (straight line), starting at the depot."""
+    left = list(stops)
+    order: list[int] = []
+    here = net.coords(depot)
+    while left:
+        nxt = min(left, key=lambda n: haversine_m(*here, *net.coords(n)))
+        left.remove(nxt)
+        order.append(nxt)
+        here = net.coords(nxt)
+    return order
+
+
+def _pause_spots(path: RoadPath, keep_away: list[tuple[float, float]], min_gap_m: float = 100.0) -> list[int]:
+    """Point indices in the middle of ``path`` at least ``min_gap_m`` from every stop and the depot."""
+    n = len(path.points)
+    if n < 3:
+        return []
+    middle = range(max(1, n // 5), max(2, n - n // 5 - 1))
+    return [i for i in middle if all(haversine_m(*path.points[i], *p) >= min_gap_m for p in keep_away)]
+
+
+def _malformed(fix: GpsFix, reason: str, fleet: list[str]) -> RawMessage:
+    """A broken copy of ``fix``'s message that the contract rejects with ``reason``."""
+    topic, payload = encode_single(fix)
+    body = json.loads(payload)
+    if reason == "bad_json":
+        return RawMessage(topic, payload[: len(payload) // 2], reason)
+    if reason == "not_finite":
+        body["lat"] = float("nan")  # json.dumps writes NaN, which is not JSON
+    elif reason == "out_of_range":
+        body["lat"] = 91.0 + abs(body["lat"]) % 1.0
+    elif reason == "vehicle_mismatch":
+        others = [vid for vid in fleet if vid != fix.vehicle] or ["veh-000"]
+        body["vehicle"] = others[fix.seq % len(others)]
+    else:
+        del body["fix_time"]
+    return RawMessage(topic, json.dumps(body, separators=(",", ":")).encode(), reason)
