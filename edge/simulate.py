@@ -37,7 +37,6 @@ from ingest.contract import Reading, encode_batch, encode_single, format_time
 __all__ = ["run_simulation", "simulated_clock"]
 
 PROGRESS_EVERY_S = 1.0  # wall seconds between on_progress calls
-BATCH_EVERY_S = 1.0  # wall seconds a device collects readings before sending a batch
 BATCH_MAX_READINGS = 500  # per batch message; well under the contract's limits
 FLUSH_TIMEOUT_S = 120.0  # at the end, how long to wait for every PUBACK (all publishers together)
 STOPPED_FLUSH_TIMEOUT_S = 15.0  # the same after stop_event: finish quickly
@@ -58,6 +57,13 @@ def _write_json_atomic(path: Path, data: Any) -> None:
     tmp = path.with_suffix(f".{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data, separators=(",", ":")), encoding="utf-8")
     os.replace(tmp, path)
+
+
+def _anomalies(settings: Settings, span_s: float) -> AnomalyPlan:
+    p = settings.sim_anomaly_probability
+    return AnomalyPlan(long_dwell=p, route_deviation=p, temp_excursion=p, door_away=p, offline=p,
+                       malformed_rate=settings.sim_malformed_rate, duplicate_rate=settings.sim_duplicate_rate,
+                       within_s=0.5 * span_s)
 
 
 def run_simulation(settings: Settings, vehicles: int | None = None, minutes: float | None = None,
@@ -94,7 +100,7 @@ def run_simulation(settings: Settings, vehicles: int | None = None, minutes: flo
     span_s = (sim_end - sim_start).total_seconds()
     sim = FleetSimulator(network, vehicles=vehicles, seed=seed, start=sim_start,
                          gps_period_s=settings.sim_gps_period_s, tenant=settings.tenant,
-                         anomalies=AnomalyPlan(within_s=0.5 * span_s), stagger_s=min(300.0, 0.2 * span_s))
+                         anomalies=_anomalies(settings, span_s), stagger_s=min(300.0, 0.2 * span_s))
     out_dir = Path(settings.state_dir) / "sim"
     plans_path, labels_path = out_dir / "plans.json", out_dir / "labels.jsonl"
     _write_json_atomic(plans_path, {"tenant": settings.tenant, "seed": seed, "sim_start": format_time(sim_start),
@@ -149,7 +155,7 @@ def run_simulation(settings: Settings, vehicles: int | None = None, minutes: flo
 
     def tick(now: float) -> None:
         nonlocal last_batch, last_progress
-        if batch and now - last_batch >= BATCH_EVERY_S:
+        if batch and now - last_batch >= settings.sim_batch_every_s:
             send_batches()
             last_batch = now
         if on_progress is not None and now - last_progress >= PROGRESS_EVERY_S:

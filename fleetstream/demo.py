@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import sys
 import threading
@@ -137,7 +138,7 @@ def run_demo(settings: Settings, batch: bool = False) -> int:
     print("\n\nsimulator:", result or "(interrupted)")
     print("\nTimescaleDB now holds, for tenant", repr(settings.tenant))
     for key, value in fleet_summary(settings, settings.tenant).items():
-        print(f"  {key}: {value}")
+        print(f"  {key}: {json.dumps(value, default=str)}")
     print(f"\ndone in {time.monotonic() - started:.0f} s; services still running "
           f"(stop them with: fleetstream services down)")
     return 0

