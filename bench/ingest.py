@@ -124,27 +124,28 @@ def _publish_part(settings: Settings, tenant: str, part: int, parts: int, readin
     else:
         for topic, payload in _messages(tenant, part, parts, readings, per_message, base):
             infos.append(client.publish(topic, payload, qos=1))
+    sending = time.perf_counter() - start
     for info in infos:
         info.wait_for_publish(120)
     client.loop_stop()
     client.disconnect()
-    done.put(sum(1 for i in infos if i.is_published()))
+    done.put((sum(1 for i in infos if i.is_published()), sending))
 
 
 def _publish(settings: Settings, tenant: str, readings: int, per_message: int, rate: float = 0, stamp: bool = False,
              processes: int = 2) -> float:
+    """Publish from ``processes`` processes; returns the send rate (messages/s) while sending."""
     ctx = mp.get_context("fork")
     done = ctx.Queue()
     procs = [ctx.Process(target=_publish_part, args=(settings, tenant, i, processes, readings, per_message,
                                                       rate / processes if rate else 0, stamp, done))
              for i in range(processes)]
-    start = time.perf_counter()
     for p in procs:
         p.start()
-    acked = sum(done.get(timeout=600) for _ in procs)
+    parts = [done.get(timeout=600) for _ in procs]
     for p in procs:
         p.join()
-    return acked / (time.perf_counter() - start)
+    return sum(acked / seconds for acked, seconds in parts if seconds > 0)
 
 
 # ---------------------------------------------------------------- consumers
