@@ -81,7 +81,9 @@ def simulate(settings: Settings, batch: bool = False, stop: threading.Event | No
     """Publish the simulated fleet with each vehicle's own credentials (provisioned here)."""
     from edge.simulate import run_simulation
 
-    passwords = _provision(settings)
+    # an external broker's accounts are not ours to create: publish as the configured user
+    passwords = _provision(settings) if settings.embedded_mqtt else None
+    service = None if settings.embedded_mqtt else settings.mqtt_credentials("simulator")
 
     def on_progress(counts: dict[str, int]) -> None:
         if progress is not None:
@@ -89,7 +91,8 @@ def simulate(settings: Settings, batch: bool = False, stop: threading.Event | No
 
     return run_simulation(settings, vehicles=settings.sim_vehicles, minutes=settings.sim_minutes,
                           speedup=settings.sim_speedup, seed=settings.sim_seed, batch=batch,
-                          device_passwords=passwords, on_progress=on_progress, stop_event=stop)
+                          device_passwords=passwords, service_credentials=service, on_progress=on_progress,
+                          stop_event=stop)
 
 
 def run_demo(settings: Settings, batch: bool = False) -> int:
