@@ -1,0 +1,88 @@
+"""Every threshold of the per-vehicle analytics, in one frozen object.
+
+Units are in the names: ``_s`` seconds, ``_m`` metres, ``_mps`` metres per second,
+``_c`` degrees Celsius. Times compared against these are UTC fix times (event time)
+except ``offline_after_s`` and the processing-time half of ``reorder_max_delay_s``,
+which are measured on the server clock.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+__all__ = ["AnalyticsConfig"]
+
+
+@dataclass(frozen=True)
+class AnalyticsConfig:
+    """Thresholds with defaults that suit a delivery van reporting a fix every few seconds."""
+
+    # H3 resolution of positions, stop lookups and dwell baselines (same as Settings.h3_resolution).
+    cell_resolution: int = 9
+
+    # -- reorder buffer and late-data correction
+    reorder_max_delay_s: float = 10.0  # a reading waits at most this long for earlier ones
+    correction_window_s: float = 3600.0  # late readings this far behind are corrected by replay; older ones are not analysed
+    checkpoint_every_s: float = 300.0  # event-time spacing of the state checkpoints a replay starts from
+
+    # -- GPS quality
+    max_accuracy_m: float = 100.0  # fixes reporting a worse horizontal accuracy are not used
+    max_speed_mps: float = 60.0  # implied speed between fixes above this (plus the allowance) is a jump
+    jump_allowance_m: float = 50.0  # position noise tolerated on top of max_speed_mps * dt
+    jump_confirm_fixes: int = 3  # this many consecutive, mutually consistent "jumped" fixes are a real relocation
+    jitter_radius_m: float = 25.0  # a slow fix this close to the previous one is flagged as parked jitter
+
+    # -- motion (hysteresis: start needs evidence, stop needs a calm window)
+    start_speed_mps: float = 2.5  # reported speed that counts as driving ...
+    start_confirm_fixes: int = 2  # ... on this many consecutive fixes
+    start_distance_m: float = 80.0  # or this far from where the vehicle stopped
+    stop_speed_mps: float = 1.0  # reported speed below this counts as standing
+    stop_radius_m: float = 50.0  # slow fixes within this of the first one ...
+    stop_confirm_s: float = 60.0  # ... for this long make the vehicle stopped
+
+    # -- geofences at planned stops
+    arrival_min_inside_s: float = 30.0  # continuously inside the stop circle this long = arrival
+    departure_min_outside_s: float = 60.0  # continuously outside (circle + margin) this long = departure
+    fence_exit_margin_m: float = 20.0  # hysteresis band outside the stop radius
+
+    # -- dwell
+    unplanned_dwell_s: float = 600.0  # stopped away from every stop this long -> unplanned_dwell (no baseline)
+    long_dwell_s: float = 1800.0  # at a stop this long -> long_dwell (no baseline)
+    dwell_baseline_factor: float = 2.0  # with a baseline: threshold = factor * baseline seconds ...
+    dwell_min_threshold_s: float = 300.0  # ... but never below this
+
+    # -- route drift
+    corridor_resolution: int = 10  # H3 resolution of the route corridor
+    corridor_k: int = 1  # grid_disk radius around the cells the route passes through
+    drift_distance_m: float = 350.0  # off the corridor and further than this from the route = off route
+    drift_min_duration_s: float = 120.0  # off route this long -> route_drift
+    drift_resolve_s: float = 30.0  # back on route this long -> resolved
+    detour_max_offset_m: float = 400.0  # a planned detour stays this close to the straight line to the next stop
+    detour_slack_m: float = 100.0  # ... and never gets further than this from its closest approach to it
+
+    # -- cold chain (degrees Celsius)
+    temp_range_c: tuple[float, float] | None = None  # load range when the plan gives none; None = not refrigerated
+    excursion_min_s: float = 300.0  # outside the range this long -> temp_excursion
+    sensor_max_jump_c: float = 10.0  # a change larger than this ...
+    sensor_jump_window_s: float = 10.0  # ... within this many seconds (scaled for longer gaps) is impossible
+    sensor_power_on_c: float | None = 85.0  # the DS18B20 power-on-reset value; None disables the check
+    sensor_stuck_s: float = 3600.0  # the exact same value this long -> stuck sensor
+    sensor_missing_s: float = 600.0  # a probe silent this long while the vehicle still reports -> missing
+    sensor_fault_clear_readings: int = 3  # consecutive consistent readings that end an impossible-jump fault
+
+    # -- doors
+    door_open_max_s: float = 300.0  # a door of a refrigerated load open this long -> door_open_too_long
+
+    # -- connectivity (server clock)
+    offline_after_s: float = 300.0  # no reading received for this long -> offline
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
+                raise ValueError(f"AnalyticsConfig.{f.name} must be >= 0, got {value}")
+        if self.temp_range_c is not None and not self.temp_range_c[0] < self.temp_range_c[1]:
+            raise ValueError(f"AnalyticsConfig.temp_range_c must be (low, high) with low < high, got {self.temp_range_c}")
+        if not 0 <= self.cell_resolution <= 15 or not 0 <= self.corridor_resolution <= 15:
+            raise ValueError("H3 resolutions must be in [0, 15]")
+

@@ -1,0 +1,57 @@
+"""Offline: nothing received from the vehicle for ``offline_after_s`` (server clock).
+
+This is a connectivity fact, measured on the gateway's clock (``received_at``) against
+the server time passed to ``on_timer``; device fix times play no part, so it needs
+no correction when buffered data arrives late. The alert starts at the last receive
+time and resolves at the receive time of the next reading (details: the gap and the
+fix time of that first reading back).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from ingest.contract import format_time
+from pipelines.trackers.config import AnalyticsConfig
+from pipelines.trackers.events import Alert, new_alert
+
+__all__ = ["OfflineTracker"]
+
+
+class OfflineTracker:
+    """Last receive time of one vehicle and its open offline alert."""
+
+    def __init__(self, tenant: str, vehicle: str, config: AnalyticsConfig) -> None:
+        self.tenant, self.vehicle, self.config = tenant, vehicle, config
+        self.last_received_at: datetime | None = None
+        self.h3_cell: int | None = None  # last known position, for the alert
+        self.alert: Alert | None = None
+
+    def update(self, received_at: datetime, fix_time: datetime, h3_cell: int | None = None) -> list[Alert]:
+        """A reading was received at ``received_at`` (server clock); resolves an open alert."""
+        out: list[Alert] = []
+        if self.alert is not None:
+            assert self.last_received_at is not None
+            out.append(self.alert.resolve(received_at, gap_s=(received_at - self.last_received_at).total_seconds(),
+                                          first_fix_time=format_time(fix_time)))
+            self.alert = None
+        if self.last_received_at is None or received_at > self.last_received_at:
+            self.last_received_at = received_at
+        if h3_cell is not None:
+            self.h3_cell = h3_cell
+        return out
+
+    def on_timer(self, now: datetime) -> list[Alert]:
+        """Open the alert once ``now`` (server clock) is ``offline_after_s`` past the last receive."""
+        last = self.last_received_at
+        if self.alert is None and last is not None and now - last >= timedelta(seconds=self.config.offline_after_s):
+            self.alert = new_alert("offline", self.tenant, self.vehicle, last, h3_cell=self.h3_cell,
+                                   details={"threshold_s": self.config.offline_after_s})
+            return [self.alert]
+        return []
+
+    def next_timer(self) -> datetime | None:
+        """Server time at which the vehicle counts as offline."""
+        if self.alert is not None or self.last_received_at is None:
+            return None
+        return self.last_received_at + timedelta(seconds=self.config.offline_after_s)

@@ -1,0 +1,99 @@
+"""Dwell: long dwell at a stop against a baseline, unplanned dwell away from stops,
+raised from on_timer when no more data arrives."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta, timezone
+
+from ingest.contract import GpsFix
+from pipelines.trackers.config import AnalyticsConfig
+from pipelines.trackers.dwell import DwellTracker, hour_of_week
+from pipelines.trackers.events import Alert, StopEvent, alert_id
+from pipelines.trackers.geo import offset
+from pipelines.trackers.motion import MotionChange
+from pipelines.trackers.plan import Plan, Stop
+from pipelines.trackers.vehicle import VehicleAnalytics
+from pipelines.vehicle_state import StoredReading
+
+T0 = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)  # a Monday
+LAT, LON = 60.17, 24.94
+CELL = 617700169958293503
+
+
+def at(s: float) -> datetime:
+    return T0 + timedelta(seconds=s)
+
+
+def baseline(h3_cell: int, hour: int) -> float | None:
+    """Typical dwell: 400 s in CELL on Mondays 08-09 UTC, unknown elsewhere."""
+    return 400.0 if (h3_cell, hour) == (CELL, 8) else None
+
+
+def arrival(s: float, stop_id: str = "s1") -> StopEvent:
+    return StopEvent(f"arr-{stop_id}", "arrival", "acme", "van-1", stop_id, at(s))
+
+
+def departure(s: float, stop_id: str = "s1") -> StopEvent:
+    return StopEvent(f"dep-{stop_id}", "departure", "acme", "van-1", stop_id, at(s))
+
+
+def test_hour_of_week_is_utc_from_monday() -> None:
+    assert hour_of_week(T0) == 8
+    assert hour_of_week(datetime(2026, 11, 29, 23, 59, tzinfo=UTC)) == 167
+    assert hour_of_week(datetime(2026, 11, 23, 1, 30, tzinfo=timezone(timedelta(hours=2)))) == 167  # Sunday 23:30 UTC
+
+
+def test_long_dwell_against_the_baseline_and_its_fixed_fallback() -> None:
+    d = DwellTracker("acme", "van-1", AnalyticsConfig())
+    assert d.on_stop_event(arrival(0), CELL, baseline) == []
+    assert d.next_timer() == at(800)  # max(300, 2 x 400 s)
+    assert d.on_timer(at(799)) == []
+    (opened,) = d.on_timer(at(800))
+    assert opened == Alert(alert_id("acme", "van-1", "long_dwell", at(0), "s1"), "long_dwell", "warning", "acme",
+                           "van-1", "s1", CELL, at(0), None, "open", {"threshold_s": 800.0, "baseline_s": 400.0})
+    assert d.on_timer(at(900)) == []  # one alert per condition
+    (resolved,) = d.on_stop_event(departure(1000), CELL, baseline)
+    assert resolved == opened.resolve(at(1000), service_s=1000.0)
+    # another hour of the week: no baseline, the fixed 30 minutes apply
+    d.on_stop_event(arrival(3600), CELL, baseline)
+    assert d.next_timer() == at(3600 + 1800)
+
+
+def test_unplanned_dwell_away_from_stops_only_while_stops_remain() -> None:
+    d = DwellTracker("acme", "van-1", AnalyticsConfig())
+    stopped = MotionChange(False, at(100), 60.2, 24.9, CELL)
+    assert d.on_motion(stopped, at_stop=True, stops_remaining=True, baseline=None) == []
+    assert d.next_timer() is None
+    assert d.on_motion(stopped, at_stop=False, stops_remaining=False, baseline=None) == []
+    assert d.next_timer() is None
+    d.on_motion(stopped, at_stop=False, stops_remaining=True, baseline=None)
+    assert d.next_timer() == at(700)
+    (opened,) = d.on_timer(at(700))
+    assert (opened.type, opened.start, opened.stop_id, opened.details) == (
+        "unplanned_dwell", at(100), None, {"threshold_s": 600.0, "baseline_s": None, "lat": 60.2, "lon": 24.9})
+    (resolved,) = d.on_motion(MotionChange(True, at(900), 60.2, 24.9, CELL), None, True, None)
+    assert resolved == opened.resolve(at(900), duration_s=800.0)
+
+
+def _fix(seq: int, s: float, east: float, speed: float) -> StoredReading:
+    lat, lon = offset(LAT, LON, 0.0, east)
+    return StoredReading(GpsFix("acme", "van-1", seq, at(s), lat, lon, speed_mps=speed), None, at(s + 1), 0, seq)
+
+
+def test_unplanned_dwell_fires_from_on_timer_with_no_further_data() -> None:
+    plan = Plan("acme", "van-1", 1, (Stop("far", *offset(LAT, LON, 5000, 0)),))
+    va = VehicleAnalytics("acme", "van-1", plan=plan)
+    readings = [_fix(i, 5 * i, 50.0 * i, 10.0) for i in range(20)]  # drives east until 95 s
+    readings += [_fix(20 + i, 100 + 5 * i, 1000.0, 0.0) for i in range(21)]  # stopped 100..200 s, then silence
+    for r in readings:
+        assert va.update(r, r.received_at) == []
+    # let the runtime follow next_timer(): record what fires at which server time
+    fired = []
+    now = va.next_timer()
+    while now is not None and now <= at(2000):
+        fired += [(now, e.type, e.status, e.start) for e in va.on_timer(now)]
+        now = va.next_timer()
+    assert fired == [
+        (at(501), "offline", "open", at(201)),  # nothing received for 300 s (server clock)
+        (at(710), "unplanned_dwell", "open", at(100)),  # stopped since 100 s + 600 s, + 10 s reorder wait
+    ]
