@@ -25,7 +25,6 @@ Under MQTT v5 a publish outside that gets PUBACK 0x87 (Not authorized).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -36,7 +35,7 @@ import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -108,17 +107,11 @@ def device_username(tenant: str, vehicle: str) -> str:
 # ---------------------------------------------------------------- storage
 
 
-@contextlib.contextmanager
-def _locked(settings: Settings) -> Iterator[None]:
+def _locked(settings: Settings) -> contextlib.AbstractContextManager[None]:
     """Serialise read-modify-write of the secret files across processes."""
-    state = Path(settings.state_dir)
-    state.mkdir(parents=True, exist_ok=True)
-    with open(state / ".credentials.lock", "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    from fleetstream.services import state_lock
+
+    return state_lock(settings, "credentials")
 
 
 def _read_json(path: Path) -> dict:

@@ -217,15 +217,20 @@ def _port_open(host: str, port: int, timeout: float = 0.5) -> bool:
 
 
 @contextlib.contextmanager
-def _lock(settings: Settings) -> Iterator[None]:
+def state_lock(settings: Settings, name: str) -> Iterator[None]:
+    """An exclusive lock across processes on ``state_dir/.{name}.lock``."""
     state = _state(settings)
     state.mkdir(parents=True, exist_ok=True)
-    with open(state / ".services.lock", "a+") as fh:
+    with open(state / f".{name}.lock", "a+") as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _lock(settings: Settings) -> contextlib.AbstractContextManager[None]:
+    return state_lock(settings, "services")
 
 
 def _prepare_state_dir(settings: Settings) -> Path:
