@@ -11,6 +11,10 @@ device or service account. Every accepted message stays in an ordered
   everything still pending is published again, in order (``resent``). The
   server deduplicates readings, so a resend is harmless.
 
+An optional ``on_settled(key, ok)`` callback hears of each message leaving the
+ledger (``ok`` true for a success PUBACK, false for a refusal), e.g. so a durable
+outbox can delete what the broker acknowledged.
+
 Sessions are persistent (``clean_start=False`` on every connect plus a session
 expiry interval), payloads are size-checked before they reach paho (an
 oversized QoS 1 message would be refused and resent forever), and ``publish``
@@ -23,10 +27,11 @@ can run on the Raspberry Pi edge agent.
 from __future__ import annotations
 
 import collections
+import logging
 import threading
 import time
 import uuid
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -40,6 +45,8 @@ from paho.mqtt.reasoncodes import ReasonCode
 from ingest.contract import Limits, encode_status
 
 __all__ = ["DevicePublisher", "Refusal"]
+
+log = logging.getLogger("fleetstream.edge.publisher")
 
 # CONNACK reasons that retrying cannot fix (bad credentials, banned, bad client id)
 _PERMANENT_CONNACK = {0x84, 0x85, 0x86, 0x87, 0x8A, 0x8C}
@@ -76,13 +83,20 @@ class DevicePublisher:
     unacknowledged messages ``publish`` allows before it blocks (up to
     ``publish_timeout_s`` seconds); ``max_inflight`` how many paho sends before waiting
     for PUBACKs.
+
+    ``on_settled(key, ok)`` (optional) is called once per accepted message when the
+    broker acknowledged it (``ok`` true) or refused it (``ok`` false), from paho's
+    network thread (or the publishing thread): keep it short, do not block in it.
+    ``tls_ca_file`` (optional): a PEM CA bundle; TLS is used when it is given.
     """
 
     def __init__(self, host: str, port: int, username: str | None = None, password: str | None = None, *,
                  client_id: str | None = None, will: tuple[str, str] | None = None,
                  session_expiry_s: int = 24 * 3600, keepalive_s: int = 30,
                  max_payload_bytes: int = Limits().max_payload_bytes, max_pending: int = 10_000,
-                 max_inflight: int = 1000, publish_timeout_s: float = 60.0) -> None:
+                 max_inflight: int = 1000, publish_timeout_s: float = 60.0,
+                 on_settled: Callable[[Hashable, bool], None] | None = None,
+                 tls_ca_file: str | None = None) -> None:
         self.host, self.port = host, port
         self.client_id = client_id or username or f"fleetstream-{uuid.uuid4().hex[:12]}"
         self.session_expiry_s = session_expiry_s
@@ -90,6 +104,7 @@ class DevicePublisher:
         self.max_payload_bytes = max_payload_bytes
         self.max_pending = max_pending
         self.publish_timeout_s = publish_timeout_s
+        self.on_settled = on_settled
 
         self._cond = threading.Condition()
         self._pending: collections.OrderedDict[Hashable, _Pending] = collections.OrderedDict()
@@ -105,6 +120,8 @@ class DevicePublisher:
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5)
         if username is not None:
             client.username_pw_set(username, password)
+        if tls_ca_file is not None:
+            client.tls_set(ca_certs=tls_ca_file)
         client.max_inflight_messages_set(max_inflight)
         # paho only ever holds what is pending here (plus a rare race duplicate)
         client.max_queued_messages_set(2 * max_pending + 100)
@@ -268,6 +285,7 @@ class DevicePublisher:
             entry.transmissions += 1
         # never call paho while holding our lock: paho calls _on_publish holding its own
         info = self._client.publish(entry.topic, entry.payload, qos=1)
+        settled = None
         with self._cond:
             if generation != self._generation:
                 return
@@ -276,21 +294,32 @@ class DevicePublisher:
                 return
             early = self._early.pop(info.mid, None)
             if early is not None and time.monotonic() - early[0] < _EARLY_TTL_S:
-                self._settle(key, early[1])
+                settled = self._settle(key, early[1])
             else:
                 self._by_mid[info.mid] = key
+        self._notify_settled(settled)
 
-    def _settle(self, key: Hashable, reason: ReasonCode) -> None:
-        """Caller holds the lock."""
+    def _settle(self, key: Hashable, reason: ReasonCode) -> tuple[Hashable, bool] | None:
+        """Caller holds the lock; returns (key, ok) for :meth:`_notify_settled`, called after release."""
         entry = self._pending.pop(key, None)
         if entry is None:
-            return
+            return None
         if reason.is_failure:
             self._refused += 1
             self.refusals.append(Refusal(key, entry.topic, reason.value, reason.getName()))
         else:
             self._acked += 1
         self._cond.notify_all()
+        return key, not reason.is_failure
+
+    def _notify_settled(self, settled: tuple[Hashable, bool] | None) -> None:
+        """Tell ``on_settled``; never lets its exception reach paho's network thread."""
+        if settled is None or self.on_settled is None:
+            return
+        try:
+            self.on_settled(*settled)
+        except Exception:
+            log.exception("on_settled callback failed for key %r", settled[0])
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode,
                     properties: Properties | None) -> None:
@@ -300,7 +329,8 @@ class DevicePublisher:
                 if len(self._early) < 10_000:
                     self._early[mid] = (time.monotonic(), reason)
                 return
-            self._settle(key, reason)
+            settled = self._settle(key, reason)
+        self._notify_settled(settled)
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode,
                     properties: Properties | None) -> None:

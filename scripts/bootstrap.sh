@@ -50,6 +50,7 @@ APT_PACKAGES=(
     "postgresql-$PG_MAJOR" "postgresql-client-$PG_MAJOR" "postgresql-server-dev-$PG_MAJOR"
     cmake gcc make dpkg-dev xz-utils
     libkrb5-dev libssl-dev # Debian's PostgreSQL is built with GSSAPI + OpenSSL: their headers are needed
+    gpsd gpsd-clients      # the edge agent's GPS tests run a real gpsd fed by gpsfake
 )
 # a Debian python3 needs python3-venv for "python3 -m venv"
 if ! "$PYTHON" -c 'import ensurepip' >/dev/null 2>&1; then
