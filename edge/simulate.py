@@ -8,9 +8,17 @@ A reading due at simulated time ``a`` is published at wall time
 ahead of the wall clock (the server rejects far-future fixes), and at
 ``speedup <= 1`` the simulated clock simply starts now.
 
-Each vehicle publishes through its own :class:`DevicePublisher` with its own
-credentials (username ``{tenant}.{vehicle}``) when ``device_passwords`` is given,
-otherwise one shared publisher uses a service account. The plans are written to
+When ``device_passwords`` is given, each vehicle is a real edge agent
+(:class:`edge.agent.agent.Agent`, no sensors) with its own credentials (username
+``{tenant}.{vehicle}``) and its own SQLite outbox under
+``<state_dir>/sim/outbox/<vehicle>.sqlite`` (new every run): the simulator hands
+each valid reading to the agent (sampling set to keep every reading), and the
+agent's sender publishes the outbox as batch messages, deleting readings only on
+PUBACK, exactly as on a van. The outbox numbers the readings (``seq``); a
+simulated duplicate is sent again with the outbox's seq, and malformed messages
+are published raw through the agent's own connection. Otherwise (a service
+account, e.g. an external broker) one shared :class:`DevicePublisher` publishes
+every reading itself, one message each or, with ``batch``, in batches. The plans are written to
 ``<state_dir>/sim/plans.json`` at the start, the ground-truth labels to
 ``<state_dir>/sim/labels.jsonl`` at the end.
 """
@@ -18,6 +26,7 @@ otherwise one shared publisher uses a service account. The plans are written to
 from __future__ import annotations
 
 import json
+import logging
 import os
 import threading
 import time
@@ -28,18 +37,51 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from edge.agent.agent import Agent, reading_fields, to_reading
+from edge.agent.config import (
+    AgentConfig,
+    BrokerConfig,
+    DeviceConfig,
+    GpsSensorConfig,
+    OutboxConfig,
+    SenderConfig,
+    TemperatureSensorConfig,
+)
+from edge.agent.outbox import StoredReading
+from edge.agent.sampling import (
+    DoorSample,
+    DoorSampler,
+    GpsPolicy,
+    GpsSample,
+    Sample,
+    TemperaturePolicy,
+    TemperatureSample,
+)
 from edge.publisher import DevicePublisher
 from edge.roads import RoadNetwork
 from edge.simulator import AnomalyPlan, FleetSimulator, RawMessage, SimEvent
 from fleetstream.settings import Settings
-from ingest.contract import Reading, encode_batch, encode_single, format_time
+from ingest.contract import (
+    GpsFix,
+    Reading,
+    TemperatureReading,
+    encode_batch,
+    encode_single,
+    format_time,
+)
 
-__all__ = ["run_simulation", "simulated_clock"]
+__all__ = ["run_simulation", "simulated_clock", "KEEP_EVERY_FIX", "KEEP_EVERY_TEMPERATURE"]
+
+log = logging.getLogger("fleetstream.edge.simulate")
 
 PROGRESS_EVERY_S = 1.0  # wall seconds between on_progress calls
 BATCH_MAX_READINGS = 500  # per batch message; well under the contract's limits
 FLUSH_TIMEOUT_S = 120.0  # at the end, how long to wait for every PUBACK (all publishers together)
 STOPPED_FLUSH_TIMEOUT_S = 15.0  # the same after stop_event: finish quickly
+CONNECT_TIMEOUT_S = 10.0  # per simulated agent's first CONNACK
+# the simulator already decides how often a van reports: its agents thin nothing
+KEEP_EVERY_FIX = GpsPolicy(min_distance_m=0.0, min_turn_deg=0.0, moving_period_s=0.0, parked_period_s=0.0)
+KEEP_EVERY_TEMPERATURE = TemperaturePolicy(period_s=0.0, thresholds_c=())
 
 
 def simulated_clock(wall_start: datetime, minutes: float, speedup: float) -> tuple[datetime, datetime]:
@@ -75,14 +117,17 @@ def run_simulation(settings: Settings, vehicles: int | None = None, minutes: flo
                    network: RoadNetwork | None = None) -> dict[str, Any]:
     """Simulate ``vehicles`` for ``minutes`` wall minutes at ``speedup`` and publish everything.
 
-    ``None`` arguments take the ``sim_*`` settings. ``batch`` sends each vehicle's
-    readings as batch envelopes (every ~1 wall second) instead of one message each;
-    malformed messages are always published raw and duplicates as a second single
-    message. ``device_passwords`` maps vehicle id -> password (see
-    ``edge.simulator.vehicle_ids``). ``on_progress`` gets running counts about once a
-    second; ``stop_event`` ends the run early (everything accepted is still flushed).
-    Returns a summary: readings published per type, malformed, duplicates, late
-    (held back while offline), acknowledgements, and where plans and labels went.
+    ``None`` arguments take the ``sim_*`` settings. ``device_passwords`` maps vehicle
+    id -> password (see ``edge.simulator.vehicle_ids``): each vehicle is then an edge
+    agent with its own outbox, and the agents always send batch messages (``batch``
+    has no effect there). Without it, one shared publisher (``service_credentials``)
+    sends each reading as one message, or with ``batch`` as batch envelopes every
+    ``sim_batch_every_s`` wall seconds. Malformed messages are always published raw
+    and duplicates as a second single message. ``on_progress`` gets running counts
+    about once a second; ``stop_event`` ends the run early (everything accepted is
+    still flushed). Returns a summary: readings published per type, malformed,
+    duplicates, late (held back while offline), acknowledgements, and where plans and
+    labels went.
     """
     vehicles = settings.sim_vehicles if vehicles is None else vehicles
     minutes = settings.sim_minutes if minutes is None else minutes
@@ -106,60 +151,19 @@ def run_simulation(settings: Settings, vehicles: int | None = None, minutes: flo
     _write_json_atomic(plans_path, {"tenant": settings.tenant, "seed": seed, "sim_start": format_time(sim_start),
                                     "sim_end": format_time(sim_end), "vehicles": sim.plans()})
 
-    publishers = _connect_publishers(settings, sim.vehicle_ids, device_passwords, service_credentials)
-    shared = publishers.get("")
     counts: Counter[str] = Counter()
-    pending_batches: dict[str, list[Reading]] = {}
-    last_batch = last_progress = time.monotonic()
-
-    def publisher_for(vehicle: str) -> DevicePublisher:
-        return shared or publishers[vehicle]
-
-    def send_batches() -> None:
-        for vehicle, readings in pending_batches.items():
-            for i in range(0, len(readings), BATCH_MAX_READINGS):
-                chunk = readings[i:i + BATCH_MAX_READINGS]
-                publisher_for(vehicle).publish(*encode_batch(settings.tenant, vehicle, chunk))
-                counts["messages"] += 1
-        pending_batches.clear()
-
-    def progress() -> dict[str, int]:
-        snapshot = dict(counts)
-        snapshot["acked"] = sum(p.acked for p in publishers.values())
-        snapshot["pending"] = sum(p.pending for p in publishers.values())
-        return snapshot
-
-    def dispatch(event: SimEvent) -> None:
-        item = event.item
-        pub = publisher_for(event.vehicle)
-        if isinstance(item, RawMessage):
-            pub.publish(item.topic, item.payload)
-            counts["malformed"] += 1
-            counts["messages"] += 1
-            return
-        if event.late:  # the device stamps when it finally sent the held reading
-            item = replace(item, device_time=event.at)
-            counts["late"] += 1
-        if event.duplicate:
-            pub.publish(*encode_single(item))
-            counts["duplicates"] += 1
-            counts["messages"] += 1
-            return
-        counts[item.kind] += 1
-        counts["published"] += 1
-        if batch:
-            pending_batches.setdefault(event.vehicle, []).append(item)
-        else:
-            pub.publish(*encode_single(item))
-            counts["messages"] += 1
+    sink: _AgentFleet | _SharedPublisher
+    if device_passwords is not None:
+        sink = _AgentFleet(settings, sim.vehicle_ids, device_passwords, counts)
+    else:
+        sink = _SharedPublisher(settings, service_credentials, batch, counts)
+    last_progress = time.monotonic()
 
     def tick(now: float) -> None:
-        nonlocal last_batch, last_progress
-        if batch and now - last_batch >= settings.sim_batch_every_s:
-            send_batches()
-            last_batch = now
+        nonlocal last_progress
+        sink.tick(now)
         if on_progress is not None and now - last_progress >= PROGRESS_EVERY_S:
-            on_progress(progress())
+            on_progress(sink.progress())
             last_progress = now
 
     reached = sim_start
@@ -173,65 +177,240 @@ def run_simulation(settings: Settings, vehicles: int | None = None, minutes: flo
             if stop_event.is_set():
                 stopped = True
                 break
-            dispatch(event)
+            sink.dispatch(event)
             reached = event.at
             tick(time.monotonic())
         if not stopped:
             reached = sim_end
-        send_batches()
-        deadline = time.monotonic() + (STOPPED_FLUSH_TIMEOUT_S if stopped else FLUSH_TIMEOUT_S)
-        flushed = all([p.flush(max(0.0, deadline - time.monotonic())) for p in publishers.values()])
+        delivery = sink.finish(STOPPED_FLUSH_TIMEOUT_S if stopped else FLUSH_TIMEOUT_S)
     finally:
-        for p in publishers.values():
-            p.close()
+        sink.close()
     n_labels = sim.write_labels(labels_path, until=reached)
     labels = [json.loads(line) for line in labels_path.read_text(encoding="utf-8").splitlines()]
     summary: dict[str, Any] = {
-        "tenant": settings.tenant, "vehicles": vehicles, "seed": seed, "speedup": speedup, "batch": batch,
+        "tenant": settings.tenant, "vehicles": vehicles, "seed": seed, "speedup": speedup,
+        "batch": batch or isinstance(sink, _AgentFleet),
         "sim_start": format_time(sim_start), "sim_reached": format_time(reached),
         "wall_s": round(time.monotonic() - mono_start, 1), "stopped": stopped,
         "readings": {kind: counts[kind] for kind in ("gps", "temp", "door")},
         "published": counts["published"], "malformed": counts["malformed"], "duplicates": counts["duplicates"],
-        "late": counts["late"], "messages": counts["messages"],
-        "acked": sum(p.acked for p in publishers.values()), "resent": sum(p.resent for p in publishers.values()),
-        "refused": sum(p.refused for p in publishers.values()),
-        "pending": sum(p.pending for p in publishers.values()), "flushed": flushed,
+        "late": counts["late"], **delivery,
         "anomalies": dict(Counter(row["type"] for row in labels if row["kind"] == "anomaly")),
         "labels": str(labels_path), "label_rows": n_labels, "plans": str(plans_path),
     }
     if on_progress is not None:
-        on_progress(progress())
+        on_progress(sink.progress())
     return summary
 
 
-def _connect_publishers(settings: Settings, vehicles: list[str], device_passwords: dict[str, str] | None,
-                        service_credentials: tuple[str, str] | None) -> dict[str, DevicePublisher]:
-    """One connected publisher per vehicle (key: vehicle id), or one shared (key: "")."""
-    host, port = settings.mqtt_endpoint()
-    publishers: dict[str, DevicePublisher] = {}
-    try:
-        if device_passwords is not None:
-            from fleetstream.credentials import device_username
+# ---------------------------------------------------------------- vehicles as edge agents
 
-            missing = [v for v in vehicles if v not in device_passwords]
-            if missing:
-                raise KeyError(f"no device password for {len(missing)} vehicles, e.g. {missing[0]}")
+
+def _to_sample(reading: Reading) -> Sample:
+    """The sensor sample an agent would have taken for a simulated contract reading."""
+    if isinstance(reading, GpsFix):
+        return GpsSample(reading.fix_time, reading.lat, reading.lon, speed_mps=reading.speed_mps,
+                         heading_deg=reading.heading_deg, accuracy_m=reading.accuracy_m, alt_m=reading.alt_m)
+    if isinstance(reading, TemperatureReading):
+        return TemperatureSample(reading.fix_time, reading.sensor, reading.celsius)
+    return DoorSample(reading.fix_time, reading.door, reading.open)
+
+
+def _as_stored(reading: Reading, seq: int) -> Reading:
+    """``reading`` exactly as its agent stored it under ``seq`` (what a resend of it carries)."""
+    kind, fields = reading_fields(_to_sample(reading))
+    return to_reading(reading.tenant, reading.vehicle, StoredReading(seq, kind, format_time(reading.fix_time), fields, 0))
+
+
+class _EveryDoorEvent(DoorSampler):
+    """Keeps every door event (the simulator only produces changes; nothing to thin)."""
+
+    def update(self, sample: DoorSample) -> bool:
+        return True
+
+
+class _AgentFleet:
+    """One edge agent per vehicle, without sensors: the simulator records, the agents send."""
+
+    def __init__(self, settings: Settings, vehicles: list[str], passwords: dict[str, str],
+                 counts: Counter[str]) -> None:
+        from fleetstream.credentials import device_username
+
+        missing = [v for v in vehicles if v not in passwords]
+        if missing:
+            raise KeyError(f"no device password for {len(missing)} vehicles, e.g. {missing[0]}")
+        self.counts = counts
+        self.outbox_dir = Path(settings.state_dir) / "sim" / "outbox"
+        self.outbox_dir.mkdir(parents=True, exist_ok=True)
+        for old in self.outbox_dir.glob("*.sqlite*"):  # a new fleet every run: no readings left from the last
+            old.unlink()
+        host, port = settings.mqtt_endpoint()
+        sender = SenderConfig(batch_max_bytes=max(1024, min(SenderConfig().batch_max_bytes,
+                                                             settings.max_payload_bytes)))
+        self.agents: dict[str, Agent] = {}
+        self._seqs: dict[tuple[str, int], int] = {}  # (vehicle, simulator seq) -> outbox seq, for duplicates
+        self._raw = 0
+        self._closed = False
+        try:
             for vehicle in vehicles:
-                pub = DevicePublisher(host, port, device_username(settings.tenant, vehicle), device_passwords[vehicle],
-                                      client_id=f"{settings.tenant}-{vehicle}", will=(settings.tenant, vehicle),
-                                      session_expiry_s=settings.session_expiry_s,
-                                      max_payload_bytes=settings.max_payload_bytes)
-                pub.connect()
-                publishers[vehicle] = pub
+                config = AgentConfig(
+                    device=DeviceConfig(settings.tenant, vehicle),
+                    broker=BrokerConfig(host=host, port=port, username=device_username(settings.tenant, vehicle),
+                                        password=passwords[vehicle], client_id=f"{settings.tenant}-{vehicle}",
+                                        session_expiry_s=settings.session_expiry_s),
+                    outbox=OutboxConfig(path=self.outbox_dir / f"{vehicle}.sqlite"), sender=sender,
+                    gps_sampling=KEEP_EVERY_FIX, temp_sampling=KEEP_EVERY_TEMPERATURE,
+                    gps=GpsSensorConfig(source="off"), temperature=TemperatureSensorConfig(source="off"))
+                agent = Agent(config, sources={})
+                agent.sampler.door = _EveryDoorEvent()
+                self.agents[vehicle] = agent
+                agent.publisher.connect(timeout=CONNECT_TIMEOUT_S)  # bad credentials fail here, not silently
+                agent.start()
+        except BaseException:
+            self.close()
+            raise
+
+    def dispatch(self, event: SimEvent) -> None:
+        agent, item, counts = self.agents[event.vehicle], event.item, self.counts
+        if isinstance(item, RawMessage):
+            self._publish_raw(agent, item.topic, item.payload)
+            counts["malformed"] += 1
+            return
+        if event.late:  # held while offline; the agent stamps device_time when it sends it
+            counts["late"] += 1
+        if event.duplicate:  # the same reading sent twice: same (outbox) seq, same content
+            seq = self._seqs.pop((event.vehicle, item.seq), None)
+            if seq is not None:
+                self._publish_raw(agent, *encode_single(_as_stored(item, seq)))
+                counts["duplicates"] += 1
+            return
+        seq = agent.record(_to_sample(item))
+        if seq is None:
+            counts["not_recorded"] += 1
+            return
+        self._seqs[(event.vehicle, item.seq)] = seq
+        counts[item.kind] += 1
+        counts["published"] += 1
+
+    def _publish_raw(self, agent: Agent, topic: str, payload: bytes) -> None:
+        """A message outside the outbox, on the agent's own connection (string keys: never an agent batch's)."""
+        self._raw += 1
+        try:
+            agent.publisher.publish(topic, payload, key=f"sim-raw-{self._raw}")
+            self.counts["raw_messages"] += 1
+        except (ValueError, TimeoutError) as exc:
+            self.counts["raw_failed"] += 1
+            log.warning("simulator: raw message for %s not published: %s", agent.vehicle, exc)
+
+    def tick(self, now: float) -> None:
+        pass  # the agents' senders run on their own
+
+    def _in_outboxes(self) -> int:
+        return sum(a.outbox.depth() for a in self.agents.values())
+
+    def progress(self) -> dict[str, int]:
+        snapshot = dict(self.counts)
+        snapshot["acked"] = sum(a.publisher.acked for a in self.agents.values())
+        if not self._closed:
+            snapshot["pending"] = self._in_outboxes()
+        return snapshot
+
+    def finish(self, timeout: float) -> dict[str, Any]:
+        """Wait up to ``timeout`` s for every outbox to empty and every raw message's PUBACK, stop the agents."""
+        deadline = time.monotonic() + timeout
+        while self._in_outboxes() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        pending = self._in_outboxes()
+        flushed = pending == 0 and all([a.publisher.flush(max(0.0, deadline - time.monotonic()))
+                                        for a in self.agents.values()])
+        dropped = sum(sum(a.outbox.stats().dropped.values()) for a in self.agents.values())
+        self.close()
+        agents = list(self.agents.values())
+        return {
+            "messages": self.counts["raw_messages"] + sum(a.counters.published_messages for a in agents),
+            "acked": sum(a.publisher.acked for a in agents), "resent": sum(a.publisher.resent for a in agents),
+            "refused": sum(a.publisher.refused for a in agents), "pending": pending, "flushed": flushed,
+            "outbox_dropped": dropped, "not_recorded": self.counts["not_recorded"],
+            "raw_failed": self.counts["raw_failed"], "outboxes": str(self.outbox_dir),
+        }
+
+    def close(self) -> None:
+        """Stop every agent (in parallel: each takes about a second)."""
+        if self._closed:
+            return
+        self._closed = True
+        threads = [threading.Thread(target=a.stop, kwargs={"drain_s": 1.0}, name=f"stop-{v}", daemon=True)
+                   for v, a in self.agents.items()]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60.0)
+
+
+# ---------------------------------------------------------------- one shared publisher (service account)
+
+
+class _SharedPublisher:
+    """Every vehicle's messages through one service-account publisher (external brokers)."""
+
+    def __init__(self, settings: Settings, service_credentials: tuple[str, str] | None, batch: bool,
+                 counts: Counter[str]) -> None:
+        host, port = settings.mqtt_endpoint()
+        username, password = service_credentials or settings.mqtt_credentials("simulator")
+        self.settings, self.batch, self.counts = settings, batch, counts
+        self.pub = DevicePublisher(host, port, username, password, client_id=f"sim-{settings.tenant}",
+                                   session_expiry_s=settings.session_expiry_s,
+                                   max_payload_bytes=settings.max_payload_bytes, max_pending=50_000)
+        self.pub.connect()
+        self.pending_batches: dict[str, list[Reading]] = {}
+        self.last_batch = time.monotonic()
+
+    def send_batches(self) -> None:
+        for vehicle, readings in self.pending_batches.items():
+            for i in range(0, len(readings), BATCH_MAX_READINGS):
+                chunk = readings[i:i + BATCH_MAX_READINGS]
+                self.pub.publish(*encode_batch(self.settings.tenant, vehicle, chunk))
+                self.counts["messages"] += 1
+        self.pending_batches.clear()
+
+    def dispatch(self, event: SimEvent) -> None:
+        item, counts = event.item, self.counts
+        if isinstance(item, RawMessage):
+            self.pub.publish(item.topic, item.payload)
+            counts["malformed"] += 1
+            counts["messages"] += 1
+            return
+        if event.late:  # the device stamps when it finally sent the held reading
+            item = replace(item, device_time=event.at)
+            counts["late"] += 1
+        if event.duplicate:
+            self.pub.publish(*encode_single(item))
+            counts["duplicates"] += 1
+            counts["messages"] += 1
+            return
+        counts[item.kind] += 1
+        counts["published"] += 1
+        if self.batch:
+            self.pending_batches.setdefault(event.vehicle, []).append(item)
         else:
-            username, password = service_credentials or settings.mqtt_credentials("simulator")
-            pub = DevicePublisher(host, port, username, password, client_id=f"sim-{settings.tenant}",
-                                  session_expiry_s=settings.session_expiry_s,
-                                  max_payload_bytes=settings.max_payload_bytes, max_pending=50_000)
-            pub.connect()
-            publishers[""] = pub
-    except BaseException:
-        for p in publishers.values():
-            p.close()
-        raise
-    return publishers
+            self.pub.publish(*encode_single(item))
+            counts["messages"] += 1
+
+    def tick(self, now: float) -> None:
+        if self.batch and now - self.last_batch >= self.settings.sim_batch_every_s:
+            self.send_batches()
+            self.last_batch = now
+
+    def progress(self) -> dict[str, int]:
+        snapshot = dict(self.counts)
+        snapshot["acked"], snapshot["pending"] = self.pub.acked, self.pub.pending
+        return snapshot
+
+    def finish(self, timeout: float) -> dict[str, Any]:
+        self.send_batches()
+        flushed = self.pub.flush(timeout)
+        return {"messages": self.counts["messages"], "acked": self.pub.acked, "resent": self.pub.resent,
+                "refused": self.pub.refused, "pending": self.pub.pending, "flushed": flushed, "outbox_dropped": 0}
+
+    def close(self) -> None:
+        self.pub.close()

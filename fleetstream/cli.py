@@ -122,7 +122,8 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--minutes", type=float, help="wall-clock minutes (default: settings.sim_minutes)")
         p.add_argument("--speedup", type=float, help="simulated seconds per wall second")
         p.add_argument("--seed", type=int)
-        p.add_argument("--batch", action="store_true", help="publish batch messages (the contract's batch form)")
+        p.add_argument("--batch", action="store_true", help="shared-account path only (external broker): batch messages; "
+                       "simulated vans with their own accounts always send batches, like the edge agent")
         p.set_defaults(func=func)
 
     p = sub.add_parser("bench", help="ingest benchmark with references measured in the same run")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import sys
 import threading
@@ -86,6 +87,9 @@ def simulate(settings: Settings, batch: bool = False, stop: threading.Event | No
     """Publish the simulated fleet with each vehicle's own credentials (provisioned here)."""
     from edge.simulate import run_simulation
 
+    # fifty agents' start/connect/stop lines would drown the progress display
+    for name in ("fleetstream.edge.agent", "fleetstream.edge.publisher", "fleetstream.edge.outbox"):
+        logging.getLogger(name).setLevel(logging.WARNING)
     # an external broker's accounts are not ours to create: publish as the configured user
     passwords = _provision(settings) if settings.embedded_mqtt else None
     service = None if settings.embedded_mqtt else settings.mqtt_credentials("simulator")
