@@ -68,7 +68,10 @@ class GatewayShard:
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"fleetstream-gw-{self.shard}",
                              protocol=mqtt.MQTTv5, manual_ack=True)
         client.username_pw_set(*self.settings.mqtt_credentials("gateway"))
-        client.reconnect_delay_set(min_delay=1, max_delay=5)
+        # Back before any device: Mosquitto 2.0 restores a shared-subscription session from its
+        # persistence file but queues nothing for it until the member reconnects, so what a
+        # device publishes after a broker restart and before a shard is back is dropped.
+        client.reconnect_delay_set(min_delay=0.1, max_delay=1.0)  # type: ignore[arg-type]
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
