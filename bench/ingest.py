@@ -87,7 +87,7 @@ def _messages(tenant: str, part: int, parts: int, readings: int, per_message: in
     return out
 
 
-def _client(settings: Settings, client_id: str, clean: bool = False) -> mqtt.Client:
+def _client(settings: Settings, client_id: str) -> mqtt.Client:
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
     client.username_pw_set(*settings.mqtt_credentials("bench"))
     client.max_inflight_messages_set(500)
