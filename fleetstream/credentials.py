@@ -61,11 +61,13 @@ _ROLE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 # role -> ACL lines written under "user <role>" in the broker's ACL file
 ROLE_ACLS: dict[str, tuple[str, ...]] = {
-    "gateway": ("topic readwrite fleet/#",),
-    "alerts": ("topic readwrite fleet/#",),
+    "gateway": ("topic readwrite fleet/#", "topic read dispatch/#"),
+    "alerts": ("topic write alerts/#", "topic write stops/#", "topic write etas/#"),
+    "dispatch": ("topic write dispatch/#",),
     "simulator": ("topic readwrite fleet/#",),
     "bench": ("topic readwrite fleet/#",),
-    "monitor": ("topic read fleet/#", "topic read $SYS/#"),
+    "monitor": ("topic read fleet/#", "topic read $SYS/#", "topic read alerts/#", "topic read stops/#",
+                "topic read etas/#", "topic read dispatch/#"),
 }
 _DEFAULT_ROLE_ACL: tuple[str, ...] = ("topic readwrite fleet/#",)
 _RELOAD_PROBE_S = 3.0

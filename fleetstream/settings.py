@@ -50,6 +50,28 @@ class Settings:
     flow_epoch_s: float = 2.0  # Bytewax snapshot interval
     flow_poll_ms: int = 200  # how often the replay source looks for new rows
     flow_batch_rows: int = 5000  # rows per source read
+    flow_analytics: int = 1  # 1 = the per-vehicle analytics trackers run in the dataflow; 0 = basic state only
+    flow_tick_ms: int = 1000  # how often a vehicle with pending timers is woken (wall clock)
+    fleet_idle_grace_s: float = 5.0  # with no data for this long, the fleet clock follows the wall clock
+    # analytics thresholds (the rest: pipelines/trackers/config.py AnalyticsConfig defaults)
+    reorder_max_delay_s: float = 10.0  # event-time wait of a vehicle's reorder buffer
+    correction_window_s: float = 3600.0  # late readings this far behind are corrected by replay
+    unplanned_dwell_s: float = 600.0  # stopped away from every stop this long -> unplanned_dwell
+    long_dwell_s: float = 1800.0  # at a stop this long -> long_dwell (cells without a baseline)
+    drift_distance_m: float = 150.0  # off the route corridor and this far from the route -> off route
+    drift_min_duration_s: float = 120.0  # off route this long -> route_drift
+    excursion_min_s: float = 300.0  # temperature outside the load's range this long -> temp_excursion
+    door_open_max_s: float = 300.0  # reefer door open this long -> door_open_too_long
+    offline_after_s: float = 300.0  # no data this long (fleet clock) while on duty -> offline
+    baseline_min_samples: int = 5  # departures a cell-hour needs before its dwell baseline is used
+    # delivery of alerts and stop events
+    alert_mqtt: int = 1  # 1 = publish alerts/<tenant>/<vehicle> and stops/<tenant>/<vehicle> (QoS 1)
+    webhook_urls: str = ""  # comma-separated URLs that get every alert as a signed HTTP POST
+    webhook_secret: str = ""  # HMAC-SHA256 key for the X-Fleetstream-Signature header
+    webhook_timeout_s: float = 5.0  # per POST
+    webhook_max_attempts: int = 8  # then the alert is recorded in delivery_failures and skipped
+    webhook_backoff_s: float = 0.5  # first retry delay; doubles up to 30 s
+    delivery_poll_ms: int = 200  # how often the deliverer looks for new alerts
     # simulator / demo
     tenant: str = "demo"
     sim_vehicles: int = 50

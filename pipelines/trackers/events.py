@@ -24,8 +24,12 @@ __all__ = [
     "SEVERITY",
     "Alert",
     "Event",
+    "EtaUpdate",
     "StopEvent",
     "alert_id",
+    "event_time",
+    "is_retracted",
+    "eta_update_id",
     "new_alert",
     "stop_event_id",
 ]
@@ -123,7 +127,49 @@ class StopEvent:
 
 
 
-Event = Alert | StopEvent
+def eta_update_id(tenant: str, vehicle: str, stop_id: str, plan_version: int, at: datetime) -> str:
+    """Deterministic UUID (v5, SHA-1) of one ETA prediction: for a stop, made at fix time ``at`` (ms)."""
+    ms = round(at.timestamp() * 1000)
+    return str(uuid.uuid5(_NAMESPACE, f"eta|{tenant}|{vehicle}|{stop_id}|{plan_version}|{ms}"))
+
+
+@dataclass(frozen=True, slots=True)
+class EtaUpdate:
+    """A new ETA for one remaining stop, predicted at fix time ``at`` (UTC).
+
+    ``eta`` is the predicted arrival (UTC); ``details`` carries the parts of the estimate
+    (remaining metres, profile estimate, model estimate, method). ``retracted`` is True
+    on the re-emission that withdraws a prediction late data disproved.
+    """
+
+    id: str
+    tenant: str
+    vehicle: str
+    stop_id: str
+    plan_version: int
+    at: datetime
+    eta: datetime
+    details: dict[str, Any] = field(default_factory=dict)
+    retracted: bool = False
+
+    def retract(self) -> EtaUpdate:
+        """The same prediction, withdrawn."""
+        return replace(self, retracted=True)
+
+
+Event = Alert | StopEvent | EtaUpdate
+
+
+def is_retracted(event: Event) -> bool:
+    """Whether this version of the event withdraws it."""
+    return event.status == "retracted" if isinstance(event, Alert) else event.retracted
+
+
+def event_time(event: Event) -> datetime:
+    """When the event last changed, in event time: an alert's end (or start), else ``at``."""
+    if isinstance(event, Alert):
+        return event.end or event.start
+    return event.at
 
 
 def new_alert(type: str, tenant: str, vehicle: str, start: datetime, *, stop_id: str | None = None,

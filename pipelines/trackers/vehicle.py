@@ -66,7 +66,7 @@ from pipelines.trackers.config import AnalyticsConfig
 from pipelines.trackers.door import DoorTracker
 from pipelines.trackers.drift import RouteCorridor, RouteDriftTracker
 from pipelines.trackers.dwell import Baseline, DwellTracker
-from pipelines.trackers.events import Alert, Event, StopEvent
+from pipelines.trackers.events import Alert, Event, StopEvent, event_time, is_retracted
 from pipelines.trackers.geofence import GeofenceTracker, StopIndex
 from pipelines.trackers.motion import MotionChange, MotionTracker
 from pipelines.trackers.offline import OfflineTracker
@@ -525,7 +525,7 @@ class VehicleAnalytics:
         live = self._ledger
         for event_id, old in live.items():
             if event_id not in ledger:  # emitted since the checkpoint, no longer holds
-                if not _is_retracted(old):
+                if not is_retracted(old):
                     old = old.retract()
                     out.append(old)
                 ledger[event_id] = old
@@ -566,11 +566,7 @@ def _checkpoint_time(cp: _Checkpoint) -> int:
     return cp.us
 
 
-def _is_retracted(event: Event) -> bool:
-    return event.status == "retracted" if isinstance(event, Alert) else event.retracted
-
-
 def _settled_before(event: Event, horizon: datetime) -> bool:
-    if isinstance(event, Alert):
-        return event.status != "open" and (event.end or event.start) < horizon
-    return event.at < horizon
+    if isinstance(event, Alert) and event.status == "open":
+        return False
+    return event_time(event) < horizon
