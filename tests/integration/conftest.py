@@ -1,7 +1,8 @@
 """Shared fixtures of the integration tests: a real Mosquitto and a real TimescaleDB.
 
 The services run from their own state folder (``<repo>/.fleetstream-test``) on their
-own ports (MQTT 18831, PostgreSQL 55433), so a developer's running stack (18830 /
+own ports (MQTT 18831, PostgreSQL 55433; ``FLEETSTREAM_TEST_STATE_DIR``,
+``FLEETSTREAM_TEST_MQTT_PORT`` and ``FLEETSTREAM_TEST_PG_PORT`` override them), so a developer's running stack (18830 /
 55432) is never touched. They start once per test session and stop at its end.
 
 Fixtures
@@ -12,6 +13,7 @@ Fixtures
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -21,9 +23,10 @@ from fleetstream import services as fs_services
 from fleetstream.settings import Settings, load_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-TEST_STATE_DIR = REPO_ROOT / ".fleetstream-test"
-TEST_MQTT_PORT = 18831
-TEST_PG_PORT = 55433
+# overridable so that two test sessions on one machine do not share services
+TEST_STATE_DIR = Path(os.environ.get("FLEETSTREAM_TEST_STATE_DIR", REPO_ROOT / ".fleetstream-test"))
+TEST_MQTT_PORT = int(os.environ.get("FLEETSTREAM_TEST_MQTT_PORT", "18831"))
+TEST_PG_PORT = int(os.environ.get("FLEETSTREAM_TEST_PG_PORT", "55433"))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
