@@ -20,12 +20,17 @@ from typing import Any
 import psycopg
 from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
+from psycopg.types.json import Jsonb
 
 from ingest.contract import DoorEvent, GpsFix, TemperatureReading
+from pipelines.analytics import EventOut, Output, PlanUpdate
+from pipelines.cells import CellMinute
+from pipelines.trackers.events import Alert, EtaUpdate, StopEvent
 from pipelines.vehicle_state import StoredReading, VehicleSummary
 from store.db import connect
+from store.plans import plans_after
 
-__all__ = ["CommittedReadings", "VehicleStateSink", "read_after"]
+__all__ = ["AnalyticsStore", "CommittedReadings", "PlanRevisions", "VehicleStateSink", "read_after"]
 
 log = logging.getLogger("fleetstream.flow")
 
@@ -63,24 +68,28 @@ def read_after(conn: psycopg.Connection, shard: int, after: int, limit: int) -> 
     return [_to_stored(row, shard) for row in rows]
 
 
-class _ShardPartition(StatefulSourcePartition[StoredReading, int]):
-    def __init__(self, dsn: str, shard: int, after: int, limit: int, poll_s: float) -> None:
-        self.dsn, self.shard, self.after, self.limit, self.poll_s = dsn, shard, after, limit, poll_s
+class _PollingPartition(StatefulSourcePartition[Any, int]):
+    """Reads ``read(conn, after, limit)`` in order; its snapshot is the last position handed on."""
+
+    def __init__(self, name: str, dsn: str, read: Callable[[psycopg.Connection, int, int], list[Any]],
+                 position: Callable[[Any], int], after: int, limit: int, poll_s: float) -> None:
+        self.name, self.dsn, self.read, self.position = name, dsn, read, position
+        self.after, self.limit, self.poll_s = after, limit, poll_s
         self.conn: psycopg.Connection | None = None
         self._awake: datetime | None = None
 
-    def next_batch(self) -> list[StoredReading]:
+    def next_batch(self) -> list[Any]:
         try:
             if self.conn is None or self.conn.closed:
                 self.conn = connect(self.dsn, autocommit=True)
-            batch = read_after(self.conn, self.shard, self.after, self.limit)
+            batch = self.read(self.conn, self.after, self.limit)
         except psycopg.OperationalError as exc:
-            log.warning("source shard %d: database unavailable (%s)", self.shard, str(exc).strip()[:120])
+            log.warning("source %s: database unavailable (%s)", self.name, str(exc).strip()[:120])
             self.conn = None
             self._awake = datetime.now(UTC) + timedelta(seconds=1)
             return []
         if batch:
-            self.after = batch[-1].shard_seq
+            self.after = self.position(batch[-1])
         full = len(batch) >= self.limit
         self._awake = None if full else datetime.now(UTC) + timedelta(seconds=self.poll_s)
         return batch
@@ -105,9 +114,32 @@ class CommittedReadings(FixedPartitionedSource[StoredReading, int]):
     def list_parts(self) -> list[str]:
         return [f"shard-{i}" for i in range(self.shards)]
 
-    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _ShardPartition:
+    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _PollingPartition:
         shard = int(for_part.split("-", 1)[1])
-        return _ShardPartition(self.dsn, shard, resume_state or 0, self.limit, self.poll_s)
+
+        def read(conn: psycopg.Connection, after: int, limit: int) -> list[Any]:
+            return read_after(conn, shard, after, limit)
+
+        return _PollingPartition(for_part, self.dsn, read, lambda item: item.shard_seq, resume_state or 0,
+                                 self.limit, self.poll_s)
+
+
+def _read_plans(conn: psycopg.Connection, after: int, limit: int) -> list[Any]:
+    return [PlanUpdate(plan, seq, received_at) for seq, plan, received_at in plans_after(conn, after, limit)]
+
+
+class PlanRevisions(FixedPartitionedSource[PlanUpdate, int]):
+    """Stored plan revisions in plan_seq order (one partition), replayable from a plan_seq."""
+
+    def __init__(self, dsn: str, limit: int = 1000, poll_s: float = 0.2) -> None:
+        self.dsn, self.limit, self.poll_s = dsn, limit, poll_s
+
+    def list_parts(self) -> list[str]:
+        return ["plans"]
+
+    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _PollingPartition:
+        return _PollingPartition(for_part, self.dsn, _read_plans, lambda item: item.plan_seq, resume_state or 0,
+                                 self.limit, self.poll_s)
 
 
 def _retrying(what: str, action: Callable[[], None]) -> None:
@@ -122,44 +154,127 @@ def _retrying(what: str, action: Callable[[], None]) -> None:
             delay = min(delay * 2, 5.0)
 
 
-class _VehicleStatePartition(StatelessSinkPartition[VehicleSummary]):
-    _UPSERT = """
-        INSERT INTO vehicle_state (tenant, vehicle_id, last_fix_time, lat, lon, speed_mps, h3_cell, gps_count,
-            temp_count, door_count, last_celsius, open_doors, last_received_at, processed_at)
-        VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, clock_timestamp())
-        ON CONFLICT (tenant, vehicle_id) DO UPDATE SET
-            last_fix_time = EXCLUDED.last_fix_time, lat = EXCLUDED.lat, lon = EXCLUDED.lon,
-            speed_mps = EXCLUDED.speed_mps, h3_cell = EXCLUDED.h3_cell, gps_count = EXCLUDED.gps_count,
-            temp_count = EXCLUDED.temp_count, door_count = EXCLUDED.door_count,
-            last_celsius = EXCLUDED.last_celsius, open_doors = EXCLUDED.open_doors,
-            last_received_at = EXCLUDED.last_received_at, processed_at = EXCLUDED.processed_at
-    """
+_STATE_UPSERT = """
+    INSERT INTO vehicle_state (tenant, vehicle_id, last_fix_time, lat, lon, speed_mps, h3_cell, gps_count,
+        temp_count, door_count, last_celsius, open_doors, last_received_at, motion, plan_version, next_stop_id,
+        stops_remaining, late_readings, corrected_readings, too_late_readings, corrections, max_lateness_s,
+        processed_at)
+    VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, clock_timestamp())
+    ON CONFLICT (tenant, vehicle_id) DO UPDATE SET
+        last_fix_time = EXCLUDED.last_fix_time, lat = EXCLUDED.lat, lon = EXCLUDED.lon,
+        speed_mps = EXCLUDED.speed_mps, h3_cell = EXCLUDED.h3_cell, gps_count = EXCLUDED.gps_count,
+        temp_count = EXCLUDED.temp_count, door_count = EXCLUDED.door_count,
+        last_celsius = EXCLUDED.last_celsius, open_doors = EXCLUDED.open_doors,
+        last_received_at = EXCLUDED.last_received_at, motion = EXCLUDED.motion,
+        plan_version = EXCLUDED.plan_version, next_stop_id = EXCLUDED.next_stop_id,
+        stops_remaining = EXCLUDED.stops_remaining, late_readings = EXCLUDED.late_readings,
+        corrected_readings = EXCLUDED.corrected_readings, too_late_readings = EXCLUDED.too_late_readings,
+        corrections = EXCLUDED.corrections, max_lateness_s = EXCLUDED.max_lateness_s,
+        processed_at = EXCLUDED.processed_at
+"""
 
-    def __init__(self, dsn: str) -> None:
-        self.dsn = dsn
+# A change bumps rev (the delivery order); an identical re-write (a replay) changes nothing.
+_ALERT_UPSERT = """
+    INSERT INTO alerts (start_second, id, tenant, vehicle_id, type, severity, status, stop_id, h3_cell,
+        start_time, end_time, details, detected_at)
+    VALUES (date_trunc('second', %(start)s::timestamptz), %(id)s, %(tenant)s, %(vehicle)s, %(type)s, %(severity)s,
+        %(status)s, %(stop_id)s, %(h3_cell)s, %(start)s, %(end)s, %(details)s, %(detected_at)s)
+    ON CONFLICT (id, start_second) DO UPDATE SET
+        status = EXCLUDED.status, severity = EXCLUDED.severity, stop_id = EXCLUDED.stop_id,
+        h3_cell = EXCLUDED.h3_cell, start_time = EXCLUDED.start_time, end_time = EXCLUDED.end_time,
+        details = EXCLUDED.details, updated_at = clock_timestamp(), rev = nextval('event_rev')
+    WHERE (alerts.status, alerts.end_time, alerts.details, alerts.start_time, alerts.h3_cell)
+          IS DISTINCT FROM (EXCLUDED.status, EXCLUDED.end_time, EXCLUDED.details, EXCLUDED.start_time,
+                            EXCLUDED.h3_cell)
+"""
+_STOP_UPSERT = """
+    INSERT INTO stop_events (id, kind, tenant, vehicle_id, stop_id, plan_version, visit, at, h3_cell,
+        window_start, window_end, on_time, service_s, details, retracted, detected_at)
+    VALUES (%(id)s, %(kind)s, %(tenant)s, %(vehicle)s, %(stop_id)s, %(plan_version)s, %(visit)s, %(at)s,
+        %(h3_cell)s, %(window_start)s, %(window_end)s, %(on_time)s, %(service_s)s, %(details)s, %(retracted)s,
+        %(detected_at)s)
+    ON CONFLICT (id) DO UPDATE SET
+        at = EXCLUDED.at, on_time = EXCLUDED.on_time, service_s = EXCLUDED.service_s, details = EXCLUDED.details,
+        retracted = EXCLUDED.retracted, h3_cell = EXCLUDED.h3_cell, window_start = EXCLUDED.window_start,
+        window_end = EXCLUDED.window_end, updated_at = clock_timestamp(), rev = nextval('event_rev')
+    WHERE (stop_events.at, stop_events.details, stop_events.retracted)
+          IS DISTINCT FROM (EXCLUDED.at, EXCLUDED.details, EXCLUDED.retracted)
+"""
+_CELL_UPSERT = """
+    INSERT INTO cell_minutes (minute, tenant, h3_cell, vehicle_id, fixes, speed_sum, speed_n, stopped_s)
+    VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
+    ON CONFLICT (tenant, h3_cell, vehicle_id, minute) DO UPDATE SET
+        fixes = EXCLUDED.fixes, speed_sum = EXCLUDED.speed_sum, speed_n = EXCLUDED.speed_n,
+        stopped_s = EXCLUDED.stopped_s
+"""
+
+
+def _state_row(s: VehicleSummary) -> tuple[Any, ...]:
+    return (s.tenant, s.vehicle, s.last_fix_time, s.lat, s.lon, s.speed_mps, s.h3_cell, s.gps_count,
+            s.temp_count, s.door_count, s.last_celsius, list(s.open_doors), s.last_received_at, s.motion,
+            s.plan_version, s.next_stop_id, s.stops_remaining, s.late_readings, s.corrected_readings,
+            s.too_late_readings, s.corrections, s.max_lateness_s)
+
+
+def _alert_row(a: Alert, detected_at: datetime) -> dict[str, Any]:
+    return {"id": a.id, "tenant": a.tenant, "vehicle": a.vehicle, "type": a.type, "severity": a.severity,
+            "status": a.status, "stop_id": a.stop_id, "h3_cell": a.h3_cell, "start": a.start, "end": a.end,
+            "details": Jsonb(a.details), "detected_at": detected_at}
+
+
+def _stop_row(e: StopEvent, detected_at: datetime, stop: dict[str, Any] | None) -> dict[str, Any]:
+    d = e.details
+    window = d.get("window")
+    stop = stop or {}
+    return {"id": e.id, "kind": e.kind, "tenant": e.tenant, "vehicle": e.vehicle, "stop_id": e.stop_id,
+            "plan_version": d.get("plan_version", 0), "visit": d.get("visit", 1), "at": e.at,
+            "h3_cell": stop.get("h3_cell"), "window_start": stop.get("window_start"),
+            "window_end": stop.get("window_end"),
+            "on_time": None if e.kind != "arrival" or window is None else window == "on_time",
+            "service_s": d.get("service_s"), "details": Jsonb(d), "retracted": e.retracted,
+            "detected_at": detected_at}
+
+
+class _Writer:
+    """One connection, one transaction per batch, retried through database outages."""
+
+    def __init__(self, dsn: str, what: str) -> None:
+        self.dsn, self.what = dsn, what
         self.conn: psycopg.Connection | None = None
 
-    def write_batch(self, items: list[VehicleSummary]) -> None:
-        latest = {(s.tenant, s.vehicle): s for s in items}  # one row per key: last state wins
-        rows = [(s.tenant, s.vehicle, s.last_fix_time, s.lat, s.lon, s.speed_mps, s.h3_cell, s.gps_count,
-                 s.temp_count, s.door_count, s.last_celsius, list(s.open_doors), s.last_received_at)
-                for s in latest.values()]
+    def run(self, statements: list[tuple[str, list[Any]]]) -> None:
+        statements = [(sql, rows) for sql, rows in statements if rows]
+        if not statements:
+            return
 
         def write() -> None:
             if self.conn is None or self.conn.closed:
                 self.conn = connect(self.dsn)
             try:
                 with self.conn.transaction(), self.conn.cursor() as cur:
-                    cur.executemany(self._UPSERT, rows)
+                    for sql, rows in statements:
+                        cur.executemany(sql, rows)  # type: ignore[arg-type]  # our own constant SQL
             except psycopg.OperationalError:
                 self.conn.close()
                 raise
 
-        _retrying("vehicle_state sink", write)
+        _retrying(self.what, write)
 
     def close(self) -> None:
         if self.conn is not None:
             self.conn.close()
+
+
+class _VehicleStatePartition(StatelessSinkPartition[VehicleSummary]):
+    def __init__(self, dsn: str) -> None:
+        self.writer = _Writer(dsn, "vehicle_state sink")
+
+    def write_batch(self, items: list[VehicleSummary]) -> None:
+        latest = {(s.tenant, s.vehicle): s for s in items}  # one row per key: last state wins
+        self.writer.run([(_STATE_UPSERT, [_state_row(s) for s in latest.values()])])
+
+    def close(self) -> None:
+        self.writer.close()
 
 
 class VehicleStateSink(DynamicSink[VehicleSummary]):
@@ -170,3 +285,59 @@ class VehicleStateSink(DynamicSink[VehicleSummary]):
 
     def build(self, step_id: str, worker_index: int, worker_count: int) -> _VehicleStatePartition:
         return _VehicleStatePartition(self.dsn)
+
+
+class _AnalyticsPartition(StatelessSinkPartition[Output]):
+    def __init__(self, dsn: str) -> None:
+        self.writer = _Writer(dsn, "analytics sink")
+
+    def write_batch(self, items: list[Output]) -> None:
+        # the last version of each key in the batch wins (also avoids ON CONFLICT hitting a row twice)
+        states: dict[tuple[str, str], VehicleSummary] = {}
+        alerts: dict[str, dict[str, Any]] = {}
+        stops: dict[str, dict[str, Any]] = {}
+        cells: dict[tuple[str, int, str, datetime], CellMinute] = {}
+        for item in items:
+            if isinstance(item, VehicleSummary):
+                states[(item.tenant, item.vehicle)] = item
+            elif isinstance(item, CellMinute):
+                cells[(item.tenant, item.h3_cell, item.vehicle, item.minute)] = item
+            elif isinstance(item, EventOut):
+                event = item.event
+                if isinstance(event, Alert):
+                    row = _alert_row(event, item.detected_at)
+                    if event.id in alerts:  # first raised earlier in this batch
+                        row["detected_at"] = alerts[event.id]["detected_at"]
+                    alerts[event.id] = row
+                elif isinstance(event, StopEvent):
+                    row = _stop_row(event, item.detected_at, item.stop)
+                    if event.id in stops:
+                        row["detected_at"] = stops[event.id]["detected_at"]
+                    stops[event.id] = row
+                elif isinstance(event, EtaUpdate):
+                    pass  # the ETA sink arrives with the ETA tracker
+        self.writer.run([
+            (_ALERT_UPSERT, list(alerts.values())),
+            (_STOP_UPSERT, list(stops.values())),
+            (_CELL_UPSERT, [tuple(c) for c in cells.values()]),
+            (_STATE_UPSERT, [_state_row(s) for s in states.values()]),
+        ])
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+class AnalyticsStore(DynamicSink[Output]):
+    """Writes the analytics' outputs: alerts, stop events, H3 minute rows, vehicle state.
+
+    Every write is an upsert on a deterministic key, so a replay after a crash or a
+    late-data correction overwrites instead of adding; a changed alert or stop event
+    gets a new ``rev`` (the delivery order). Meant for one worker (a single writer
+    keeps ``rev`` in commit order).
+    """
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+
+    def build(self, step_id: str, worker_index: int, worker_count: int) -> _AnalyticsPartition:
+        return _AnalyticsPartition(self.dsn)

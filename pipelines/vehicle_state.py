@@ -42,6 +42,16 @@ class VehicleSummary:
     last_celsius: float | None
     open_doors: tuple[str, ...]
     last_received_at: datetime | None
+    # filled in by the analytics (pipelines/analytics.py); None / 0 in the basic flow
+    motion: str | None = None  # moving, stopped
+    plan_version: int | None = None
+    next_stop_id: str | None = None
+    stops_remaining: int | None = None
+    late_readings: int = 0
+    corrected_readings: int = 0
+    too_late_readings: int = 0
+    corrections: int = 0
+    max_lateness_s: float = 0.0
 
 
 @dataclass

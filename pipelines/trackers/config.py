@@ -1,9 +1,9 @@
 """Every threshold of the per-vehicle analytics, in one frozen object.
 
 Units are in the names: ``_s`` seconds, ``_m`` metres, ``_mps`` metres per second,
-``_c`` degrees Celsius. Times compared against these are UTC fix times (event time)
-except ``offline_after_s`` and the processing-time half of ``reorder_max_delay_s``,
-which are measured on the server clock.
+``_c`` degrees Celsius. Times compared against these are UTC fix times (event time),
+or the fleet clock the engine passes in (``offline_after_s``, and the flush half of
+``reorder_max_delay_s``), which is event time estimated from the data.
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ class AnalyticsConfig:
     # -- doors
     door_open_max_s: float = 300.0  # a door of a refrigerated load open this long -> door_open_too_long
 
-    # -- connectivity (server clock)
+    # -- connectivity (the receive clock: the engine's fleet clock)
     offline_after_s: float = 300.0  # no reading received for this long -> offline
 
     def __post_init__(self) -> None:

@@ -1,8 +1,10 @@
-"""Offline: nothing received from the vehicle for ``offline_after_s`` (server clock).
+"""Offline: nothing received from the vehicle for ``offline_after_s`` (receive clock).
 
-This is a connectivity fact, measured on the gateway's clock (``received_at``) against
-the server time passed to ``on_timer``; device fix times play no part, so it needs
-no correction when buffered data arrives late. The alert starts at the last receive
+This is a connectivity fact, measured on the clock the runtime passes in: the time a
+reading was received (``update``) against the time passed to ``on_timer``. The engine
+passes its fleet clock (``pipelines/clock.py``) for both, so a simulated fleet running
+faster than real time is judged on its own time axis; device fix times play no part,
+so it needs no correction when buffered data arrives late. The alert starts at the last receive
 time and resolves at the receive time of the next reading (details: the gap and the
 fix time of that first reading back).
 """
@@ -28,7 +30,7 @@ class OfflineTracker:
         self.alert: Alert | None = None
 
     def update(self, received_at: datetime, fix_time: datetime, h3_cell: int | None = None) -> list[Alert]:
-        """A reading was received at ``received_at`` (server clock); resolves an open alert."""
+        """A reading was received at ``received_at`` (receive clock); resolves an open alert."""
         out: list[Alert] = []
         if self.alert is not None:
             assert self.last_received_at is not None
@@ -42,7 +44,7 @@ class OfflineTracker:
         return out
 
     def on_timer(self, now: datetime) -> list[Alert]:
-        """Open the alert once ``now`` (server clock) is ``offline_after_s`` past the last receive."""
+        """Open the alert once ``now`` (receive clock) is ``offline_after_s`` past the last receive."""
         last = self.last_received_at
         if self.alert is None and last is not None and now - last >= timedelta(seconds=self.config.offline_after_s):
             self.alert = new_alert("offline", self.tenant, self.vehicle, last, h3_cell=self.h3_cell,

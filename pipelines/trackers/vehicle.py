@@ -4,11 +4,15 @@ late-data correction by checkpoint and replay.
 Pipeline (per reading, in fix-time order)::
 
     reorder buffer -> quality -> motion -> geofence -> dwell -> drift -> (ETA hook)
-                   -> cold chain -> door          offline: on arrival, server clock
+                   -> cold chain -> door          offline: on arrival, the fleet clock
 
 Time
     Trackers live on the event-time axis (UTC fix times). ``update(item, now)`` and
-    ``on_timer(now)`` take the server time; ``on_timer`` advances the trackers' timers
+    ``on_timer(now)`` take the fleet's clock: "now" on the event-time axis, which the
+    runtime estimates from the data (``pipelines/clock.py``; for a live fleet it is the
+    server time less the network delay, for a replay or a simulation it is the newest
+    fix time seen). The offline tracker measures silence on it, and the reorder buffer
+    waits on it. ``on_timer`` advances the trackers' timers
     to ``now - reorder_max_delay_s``, the point up to which the reorder buffer has
     released everything. Timers due at or before a reading's fix time fire before the
     reading, whether or not ``on_timer`` was called in between, so results depend only
@@ -353,24 +357,24 @@ class VehicleAnalytics:
         self._checkpoints = [self._checkpoint(_GENESIS_US, self._trackers, {})]
         self._ledger: dict[str, Event] = {}  # id -> last version emitted (replayable trackers only)
         self._pending_us: int | None = None  # earliest fix time a correction must replay from
-        self._pending_since: datetime | None = None  # server time the correction became pending
+        self._pending_since: datetime | None = None  # clock time the correction became pending
 
     # ---------------------------------------------------------------- the four verbs
 
     def update(self, item: StoredReading, now: datetime) -> list[Event]:
-        """Take one committed reading of this vehicle; ``now`` is the server time (UTC)."""
+        """Take one committed reading of this vehicle; ``now`` is the fleet clock (UTC)."""
         reading = item.reading
         if reading.tenant != self.tenant or reading.vehicle != self.vehicle:
             raise ValueError(f"reading of {reading.tenant}/{reading.vehicle} fed to {self.tenant}/{self.vehicle}")
         cell = self._cell(item)
-        out: list[Event] = list(self._offline.update(item.received_at, reading.fix_time, cell))
+        out: list[Event] = list(self._offline.update(now, reading.fix_time, cell))
         for released in self._buffer.push((reading, cell), reading.fix_time):
             out += self._release(released, now)
         return out
 
     def on_timer(self, now: datetime) -> list[Event]:
-        """Run what is due at server time ``now``: corrections, buffer flush, timers, offline."""
-        out: list[Event] = list(self._offline.on_timer(now))
+        """Run what is due at fleet-clock time ``now``: corrections, buffer flush, timers, offline."""
+        out: list[Event] = list(self._offline.on_timer(now)) if self.on_duty else []
         if self._pending_us is not None:
             out += self._correct()
         for released in self._buffer.on_timer(now):
@@ -380,17 +384,21 @@ class VehicleAnalytics:
 
     def next_timer(self) -> datetime | None:
         """Server time (UTC) at which ``on_timer`` should next run; None when nothing is due."""
-        dues = [self._buffer.next_timer(), self._offline.next_timer(), self._pending_since]
+        dues = [self._buffer.next_timer(), self._offline.next_timer() if self.on_duty else None, self._pending_since]
         tracker_due = self._trackers.next_timer()
         if tracker_due is not None:
             dues.append(tracker_due + self._max_delay)
         found = [d for d in dues if d is not None]
         return min(found) if found else None
 
-    def set_plan(self, plan: Plan | None, now: datetime) -> list[Event]:
-        """Replace the plan at server time ``now``; it applies to fixes after ``now - reorder_max_delay_s``
-        (later-arriving readings from before that are replayed under the old plan)."""
+    def set_plan(self, plan: Plan | None, now: datetime | None) -> list[Event]:
+        """Replace the plan at time ``now``; it applies to fixes after ``now - reorder_max_delay_s``
+        (later-arriving readings from before that are replayed under the old plan). Before any
+        reading was analysed (or with ``now`` None: the clock is not known yet) it applies from
+        the first reading on."""
         active = ActivePlan.build(self._own(plan), self.config) if plan is not None else None
+        if now is None or self._trackers.time is None:
+            return self._process((0, _PLAN, active))  # at 1970: before every reading
         out = self.on_timer(now)
         t = now - self._max_delay
         if self._trackers.time is not None and self._trackers.time > t:
@@ -404,6 +412,15 @@ class VehicleAnalytics:
     def plan(self) -> Plan | None:
         active = self._trackers.active
         return active.plan if active is not None else None
+
+    @property
+    def on_duty(self) -> bool:
+        """False once the plan is done (no stop left, none being served): a van parked at the
+        depot after its round is not "offline". True without a plan."""
+        trackers = self._trackers
+        if trackers.active is None:
+            return True
+        return trackers.geofence.visit is not None or bool(trackers.geofence.remaining_stops())
 
     @property
     def trackers(self) -> VehicleTrackers:

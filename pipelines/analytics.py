@@ -1,0 +1,139 @@
+"""What the dataflow keeps per vehicle, and what it hands the sinks.
+
+``VehicleEngine`` joins the three per-vehicle concerns the flow's analytics step
+runs: the basic state (last fix, counts: ``vehicle_state.py``), the analytics
+trackers (``trackers/vehicle.py``) and the H3 minute contributions (``cells.py``).
+It returns plain output values that the sinks translate into rows. Pure: the
+clock values are passed in (``now`` is the fleet clock, see ``clock.py``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from datetime import datetime
+from typing import Any
+
+import h3.api.basic_int as h3
+
+from ingest.contract import GpsFix
+from pipelines.baselines import dwell_baseline
+from pipelines.cells import CellMinute, CellMinutes
+from pipelines.trackers.config import AnalyticsConfig
+from pipelines.trackers.events import Alert, Event, StopEvent
+from pipelines.trackers.plan import Plan
+from pipelines.trackers.vehicle import VehicleAnalytics
+from pipelines.vehicle_state import StoredReading, VehicleState, VehicleSummary
+
+__all__ = ["EventOut", "PlanUpdate", "VehicleEngine", "Output"]
+
+
+@dataclass(frozen=True, slots=True)
+class PlanUpdate:
+    """A stored plan revision, in plan_seq (commit) order."""
+
+    plan: Plan
+    plan_seq: int
+    received_at: datetime
+
+    @property
+    def key(self) -> str:
+        return f"{self.plan.tenant}/{self.plan.vehicle}"
+
+
+@dataclass(frozen=True, slots=True)
+class EventOut:
+    """An alert, stop event or ETA update as emitted, with when (fleet clock) it was raised
+    and, for stop events, the stop's H3 cell and time window from the plan."""
+
+    event: Event
+    detected_at: datetime
+    stop: dict[str, Any] | None = None
+
+
+Output = VehicleSummary | EventOut | CellMinute
+
+
+class VehicleEngine:
+    """One vehicle's state in the dataflow (pickled into Bytewax snapshots)."""
+
+    def __init__(self, tenant: str, vehicle: str, config: AnalyticsConfig) -> None:
+        self.config = config
+        self.basic = VehicleState(tenant, vehicle)
+        self.analytics = VehicleAnalytics(tenant, vehicle, config, baseline=dwell_baseline)
+        self.cells = CellMinutes(tenant, vehicle, keep_s=config.correction_window_s)
+
+    # ------------------------------------------------------------------ inputs
+
+    def on_reading(self, item: StoredReading, now: datetime) -> list[Output]:
+        """One committed reading; ``now`` is the fleet clock. Runs the timers due by ``now`` too."""
+        out: list[Output] = []
+        r = item.reading
+        if isinstance(r, GpsFix) and item.h3_cell is not None:
+            row = self.cells.add(r.fix_time, item.h3_cell, r.speed_mps)
+            if row is not None:
+                out.append(row)
+        self.basic.update(item)
+        events = self.analytics.update(item, now)
+        due = self.analytics.next_timer()
+        if due is not None and due <= now:
+            events += self.analytics.on_timer(now)
+        out += self._events(events, now)
+        out.append(self.summary())
+        return out
+
+    def on_plan(self, update: PlanUpdate, now: datetime | None) -> list[Output]:
+        """A new plan revision (``now``: the fleet clock, None before the tenant's first reading)."""
+        events = self.analytics.set_plan(update.plan, now)
+        return [*self._events(events, now or update.received_at), self.summary()]
+
+    def on_timer(self, now: datetime) -> list[Output]:
+        """Run what is due at fleet-clock time ``now`` (nothing when nothing is)."""
+        due = self.analytics.next_timer()
+        if due is None or due > now:
+            return []
+        events = self.analytics.on_timer(now)
+        return [*self._events(events, now), self.summary()] if events else []
+
+    def next_timer(self) -> datetime | None:
+        """Fleet-clock time at which ``on_timer`` has something to do."""
+        return self.analytics.next_timer()
+
+    # ------------------------------------------------------------------ outputs
+
+    def summary(self) -> VehicleSummary:
+        """The basic summary plus motion, plan progress and lateness."""
+        trackers = self.analytics.trackers
+        geofence, motion, late = trackers.geofence, trackers.motion, self.analytics.lateness
+        plan = self.analytics.plan
+        nxt = geofence.next_stop()
+        return replace(self.basic.summary(),
+                       motion=None if motion.moving is None else ("moving" if motion.moving else "stopped"),
+                       plan_version=plan.version if plan is not None else None,
+                       next_stop_id=nxt.id if nxt is not None else None,
+                       stops_remaining=len(geofence.remaining_stops()) if plan is not None else None,
+                       late_readings=late.late_readings, corrected_readings=late.corrected_readings,
+                       too_late_readings=late.too_late_readings, corrections=late.corrections,
+                       max_lateness_s=late.max_lateness_s)
+
+    def _events(self, events: list[Event], now: datetime) -> list[EventOut]:
+        out: list[EventOut] = []
+        plan = self.analytics.plan
+        for event in events:
+            stop = None
+            if isinstance(event, StopEvent) and plan is not None:
+                stop = self._stop_info(plan, event.stop_id)
+            out.append(EventOut(event, now, stop))
+        return out
+
+    def _stop_info(self, plan: Plan, stop_id: str) -> dict[str, Any] | None:
+        try:
+            s = plan.stop(stop_id)
+        except KeyError:
+            return None
+        return {"h3_cell": h3.latlng_to_cell(s.lat, s.lon, self.config.cell_resolution),
+                "window_start": s.window_start, "window_end": s.window_end}
+
+
+def is_alert(out: Output) -> bool:
+    """Whether an output carries an alert (for tests and metrics)."""
+    return isinstance(out, EventOut) and isinstance(out.event, Alert)
