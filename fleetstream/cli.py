@@ -79,9 +79,26 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _bench(settings: Settings, args: argparse.Namespace) -> int:
+    from bench.analytics import run_analytics_benchmark
     from bench.ingest import run_benchmark
 
-    return run_benchmark(settings, readings=args.readings, quick=args.quick)
+    if not args.analytics_only:
+        run_benchmark(settings, readings=args.readings, quick=args.quick)
+    run_analytics_benchmark(settings, vehicles=20 if args.quick else 100, hours=0.5 if args.quick else 2.0)
+    return 0
+
+
+def _train(settings: Settings, args: argparse.Namespace) -> int:
+    from store.db import connect
+
+    if args.model == "dwell":
+        from models.dwell import train_dwell_baselines
+
+        with connect(settings.dsn(), autocommit=True) as conn:
+            result = train_dwell_baselines(conn, settings.baseline_min_samples)
+        print(json.dumps(result))
+        return 0
+    raise SystemExit(f"unknown model {args.model!r}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,7 +146,12 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("bench", help="ingest benchmark with references measured in the same run")
     p.add_argument("--readings", type=int, default=100_000, help="backlog size for the drain tests")
     p.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
+    p.add_argument("--analytics-only", action="store_true", help="only the analytics benchmark")
     p.set_defaults(func=_bench)
+
+    p = sub.add_parser("train", help="learn a model from the history in TimescaleDB")
+    p.add_argument("model", choices=["dwell"], help="dwell: per-H3-cell, hour-of-week dwell baselines")
+    p.set_defaults(func=_train)
 
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,

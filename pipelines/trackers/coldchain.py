@@ -21,7 +21,8 @@ used for excursions):
 
 Excursion (``temp_excursion``, subject ``<sensor>``): plausible readings outside the
 load's range continuously for ``excursion_min_s`` (confirmed by ``on_timer`` too);
-starts at the first reading outside, resolved at the first one back inside. Details
+starts at the first reading outside, resolved at the first one back inside by at least
+``excursion_clear_c`` (hysteresis: hovering at the limit is one excursion). Details
 carry the side (``high``/``low``) and the peak value.
 """
 
@@ -108,10 +109,15 @@ class ColdChainTracker:
 
         low, high = temp_range
         if low <= c <= high:
-            probe.out_since = None
             if probe.excursion is not None:
+                # hysteresis: an open excursion ends only well inside the range, so a load
+                # hovering at its limit raises one alert, not one per crossing
+                margin = min(cfg.excursion_clear_c, (high - low) / 2)
+                if not low + margin <= c <= high - margin:
+                    return out
                 out.append(probe.excursion.resolve(t, peak_c=probe.peak_c))
                 probe.excursion = None
+            probe.out_since = None
             return out
         side = "high" if c > high else "low"
         if probe.out_since is None or side != probe.side:

@@ -63,6 +63,7 @@ class AnalyticsConfig:
     # -- cold chain (degrees Celsius)
     temp_range_c: tuple[float, float] | None = None  # load range when the plan gives none; None = not refrigerated
     excursion_min_s: float = 300.0  # outside the range this long -> temp_excursion
+    excursion_clear_c: float = 0.5  # an open excursion resolves only this far back inside the range
     sensor_max_jump_c: float = 10.0  # a change larger than this ...
     sensor_jump_window_s: float = 10.0  # ... within this many seconds (scaled for longer gaps) is impossible
     sensor_power_on_c: float | None = 85.0  # the DS18B20 power-on-reset value; None disables the check

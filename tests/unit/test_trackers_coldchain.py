@@ -110,3 +110,14 @@ def test_no_range_means_not_refrigerated_but_faults_still_count() -> None:
     c = ColdChainTracker("acme", "van-1", AnalyticsConfig())
     assert [a for r in [temp(0, 20.0), temp(30, 25.0)] for a in c.update(r, None, None)] == []
     assert [a.details["reason"] for a in c.update(temp(40, 85.0), None, None)] == ["power_on_value"]
+
+
+def test_hovering_at_the_limit_is_one_excursion_not_one_per_crossing() -> None:
+    c = ColdChainTracker("acme", "van-1", AnalyticsConfig())
+    readings = [temp(s, 9.0) for s in range(0, 330, 30)]  # open at 300 s
+    readings += [temp(330, 7.9), temp(360, 8.6), temp(390, 7.7), temp(420, 8.4)]  # inside, but within 0.5 °C
+    readings += [temp(450, 7.4), temp(480, 8.2)]  # 7.4 <= 8.0 - 0.5: resolved; 8.2: a new spell starts
+    assert feed(c, readings) == [
+        (at(300), "temp_excursion", "open", "high", at(0)),
+        (at(450), "temp_excursion", "resolved", "high", at(0)),
+    ]

@@ -1,0 +1,165 @@
+"""Analytics benchmark: stored-and-analysed readings/s with every tracker on, against the same
+engine without analytics, in one run.
+
+A seeded simulated fleet (plans, stops, anomalies: the trackers do their real work) is
+queued in the broker as batch messages while the engine is stopped; then the engine
+drains it, three times on three copies of the backlog (other tenants):
+
+1. gateway only: time from the first reading received to the last commit;
+2. gateway + basic dataflow (per-vehicle state): to the last reading processed;
+3. gateway + analytics dataflow (all trackers, H3 minutes, alerts, stop events).
+
+It runs its own Mosquitto and TimescaleDB (state folder ``<state_dir>-bench``, ports
++2), emptied at the start, so the dataflow replays nothing but this backlog and the
+main stack's data is never touched.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from edge.publisher import DevicePublisher
+from edge.roads import RoadNetwork
+from edge.simulator import AnomalyPlan, FleetSimulator, RawMessage
+from fleetstream import credentials, services
+from fleetstream.engine import Engine
+from fleetstream.settings import Settings
+from ingest.contract import Reading, encode_batch
+from pipelines.trackers.plan import Plan
+from store.db import connect, migrate
+from store.plans import store_plan
+
+__all__ = ["bench_settings", "run_analytics_benchmark"]
+
+BATCH = 50
+_TABLES = ("positions", "temperatures", "door_events", "dead_letters", "plans", "alerts", "stop_events",
+           "cell_minutes", "vehicle_state", "vehicles", "gateway_shards", "device_status")
+
+
+def bench_settings(settings: Settings) -> Settings:
+    """The benchmark's own embedded stack beside the main one."""
+    return replace(settings, state_dir=Path(f"{settings.state_dir}-bench"), mqtt_url="", pg_dsn="",
+                   mqtt_port=settings.mqtt_port + 2, pg_port=settings.pg_port + 2)
+
+
+def _fleet(settings: Settings, tenant: str, vehicles: int, hours: float) -> tuple[FleetSimulator, list[tuple[str, bytes]], int]:
+    start = (datetime.now(UTC) - timedelta(hours=hours + 1)).replace(microsecond=0)
+    sim = FleetSimulator(RoadNetwork.from_settings(settings), vehicles=vehicles, seed=3, start=start, tenant=tenant,
+                         anomalies=AnomalyPlan(malformed_rate=0.0, duplicate_rate=0.0), stagger_s=600.0)
+    pending: dict[str, list[Reading]] = {}
+    messages: list[tuple[str, bytes]] = []
+    readings = 0
+    for event in sim.events(until=start + timedelta(hours=hours)):
+        if isinstance(event.item, RawMessage) or event.duplicate:
+            continue
+        group = pending.setdefault(event.vehicle, [])
+        group.append(event.item)
+        readings += 1
+        if len(group) == BATCH:
+            messages.append(encode_batch(tenant, event.vehicle, group))
+            pending[event.vehicle] = []
+    messages += [encode_batch(tenant, v, g) for v, g in pending.items() if g]
+    return sim, messages, readings
+
+
+def _publish(settings: Settings, tenant: str, messages: list[tuple[str, bytes]], passwords: dict[str, str]) -> None:
+    host, port = settings.mqtt_endpoint()
+    pubs = {v: DevicePublisher(host, port, f"{tenant}.{v}", p, client_id=f"{tenant}-{v}",
+                               max_payload_bytes=settings.max_payload_bytes, max_pending=20_000)
+            for v, p in passwords.items()}
+    try:
+        for p in pubs.values():
+            p.connect()
+        for topic, payload in messages:
+            pubs[topic.split("/")[2]].publish(topic, payload)
+        if not all(p.flush(600) for p in pubs.values()):
+            raise RuntimeError("backlog not acknowledged by the broker")
+    finally:
+        for p in pubs.values():
+            p.close()
+
+
+def _drain(settings: Settings, tenant: str, readings: int, flow: bool) -> float:
+    """Start the engine on the queued backlog; seconds from the first reading received to the last
+    one committed (``flow`` False) or processed by the dataflow."""
+    engine = Engine(settings, with_flow=flow)
+    engine.start()
+    try:
+        deadline = time.monotonic() + 1800
+        query = ("SELECT coalesce(sum(gps_count + temp_count + door_count), 0) FROM vehicle_state WHERE tenant = %s"
+                 if flow else "SELECT (SELECT count(*) FROM positions WHERE tenant = %(t)s) + "
+                 "(SELECT count(*) FROM temperatures WHERE tenant = %(t)s) + "
+                 "(SELECT count(*) FROM door_events WHERE tenant = %(t)s)")
+        params: Any = (tenant,) if flow else {"t": tenant}
+        with connect(settings.dsn(), autocommit=True) as conn:
+            while time.monotonic() < deadline:
+                done = int(conn.execute(query, params).fetchone()[0])
+                if done >= readings:
+                    break
+                time.sleep(0.05 if flow else 0.2)
+            done_at = time.time()
+            first = conn.execute("SELECT extract(epoch FROM min(received_at)) FROM positions WHERE tenant = %s",
+                                 (tenant,)).fetchone()[0]
+        if done < readings:
+            raise RuntimeError(f"{tenant}: {done} of {readings} readings")
+        return done_at - float(first)
+    finally:
+        engine.stop()
+
+
+def run_analytics_benchmark(main: Settings, vehicles: int = 100, hours: float = 2.0) -> dict[str, Any]:
+    """Print the three figures and their ratios; returns them."""
+    settings = bench_settings(main)
+    services.up(settings)
+    try:
+        return _rounds(settings, vehicles, hours)
+    finally:
+        services.down(settings)
+
+
+def _rounds(settings: Settings, vehicles: int, hours: float) -> dict[str, Any]:
+    migrate(settings.dsn())
+    with connect(settings.dsn(), autocommit=True) as conn:
+        conn.execute(f"TRUNCATE {', '.join(_TABLES)}")
+    run_id = int(time.time())
+    rounds = (("gateway only", False, 0), ("gateway + basic dataflow", True, 0),
+              ("gateway + analytics dataflow", True, 1))
+    figures: list[tuple[str, int, float]] = []
+    for i, (name, flow, analytics) in enumerate(rounds):
+        tenant = f"a{run_id}r{i}"
+        sim, messages, readings = _fleet(settings, tenant, vehicles, hours)
+        passwords = credentials.add_devices(settings, tenant, sim.vehicle_ids)
+        with connect(settings.dsn(), autocommit=True) as conn:
+            for plan in sim.contract_plans():
+                store_plan(conn, Plan.from_dict(plan), "bench")
+        shutil.rmtree(settings.recovery_dir, ignore_errors=True)  # the flow starts on this backlog alone
+        with connect(settings.dsn(), autocommit=True) as conn:  # ... and skips earlier rounds' rows
+            for table in ("positions", "temperatures", "door_events", "plans"):
+                conn.execute(f"DELETE FROM {table} WHERE tenant <> %s", (tenant,))
+        primer = Engine(settings, with_flow=False)  # the shards' sessions: the broker queues the backlog
+        primer.start()
+        primer.wait_ready()
+        primer.stop()
+        _publish(settings, tenant, messages, passwords)
+        seconds = _drain(replace(settings, flow_analytics=analytics), tenant, readings, flow)
+        figures.append((name, readings, seconds))
+    base = figures[0][1] / figures[0][2]
+    print(f"\nfleetstream analytics benchmark — {vehicles} simulated vans, {hours:g} h of driving, "
+          f"batch messages of {BATCH}, backlog drained by the engine")
+    print(f"{'engine':<32}{'readings':>10}{'seconds':>9}{'readings/s':>12}{'÷ gateway only':>16}")
+    for name, readings, seconds in figures:
+        rate = readings / seconds
+        print(f"{name:<32}{readings:>10,}{seconds:>9.1f}{rate:>12,.0f}{rate / base:>16.2f}")
+    rates = {name: round(r / s) for name, r, s in figures}
+    analytics_rate = figures[2][1] / figures[2][2]
+    basic_rate = figures[1][1] / figures[1][2]
+    summary = {"rates": rates, "analytics_vs_gateway_only": round(analytics_rate / base, 3),
+               "analytics_vs_basic_flow": round(analytics_rate / basic_rate, 3)}
+    print(json.dumps(summary))
+    return summary
