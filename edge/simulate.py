@@ -19,7 +19,8 @@ simulated duplicate is sent again with the outbox's seq, and malformed messages
 are published raw through the agent's own connection. Otherwise (a service
 account, e.g. an external broker) one shared :class:`DevicePublisher` publishes
 every reading itself, one message each or, with ``batch``, in batches. The plans are written to
-``<state_dir>/sim/plans.json`` at the start, the ground-truth labels to
+``<state_dir>/sim/plans.json`` at the start (and in the engine's plan form to
+``contract_plans.json``, handed to ``on_plans`` before anything is sent), the ground-truth labels to
 ``<state_dir>/sim/labels.jsonl`` at the end.
 """
 
@@ -114,7 +115,8 @@ def run_simulation(settings: Settings, vehicles: int | None = None, minutes: flo
                    service_credentials: tuple[str, str] | None = None,
                    on_progress: Callable[[dict[str, int]], None] | None = None,
                    stop_event: threading.Event | None = None,
-                   network: RoadNetwork | None = None) -> dict[str, Any]:
+                   network: RoadNetwork | None = None,
+                   on_plans: Callable[[list[dict[str, Any]]], None] | None = None) -> dict[str, Any]:
     """Simulate ``vehicles`` for ``minutes`` wall minutes at ``speedup`` and publish everything.
 
     ``None`` arguments take the ``sim_*`` settings. ``device_passwords`` maps vehicle
@@ -150,6 +152,10 @@ def run_simulation(settings: Settings, vehicles: int | None = None, minutes: flo
     plans_path, labels_path = out_dir / "plans.json", out_dir / "labels.jsonl"
     _write_json_atomic(plans_path, {"tenant": settings.tenant, "seed": seed, "sim_start": format_time(sim_start),
                                     "sim_end": format_time(sim_end), "vehicles": sim.plans()})
+    contract_plans = sim.contract_plans()
+    _write_json_atomic(out_dir / "contract_plans.json", contract_plans)
+    if on_plans is not None:  # e.g. dispatch stores them before the first van reports
+        on_plans(contract_plans)
 
     counts: Counter[str] = Counter()
     sink: _AgentFleet | _SharedPublisher
@@ -197,6 +203,7 @@ def run_simulation(settings: Settings, vehicles: int | None = None, minutes: flo
         "late": counts["late"], **delivery,
         "anomalies": dict(Counter(row["type"] for row in labels if row["kind"] == "anomaly")),
         "labels": str(labels_path), "label_rows": n_labels, "plans": str(plans_path),
+        "contract_plans": str(out_dir / "contract_plans.json"),
     }
     if on_progress is not None:
         on_progress(sink.progress())

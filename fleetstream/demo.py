@@ -101,7 +101,16 @@ def simulate(settings: Settings, batch: bool = False, stop: threading.Event | No
     return run_simulation(settings, vehicles=settings.sim_vehicles, minutes=settings.sim_minutes,
                           speedup=settings.sim_speedup, seed=settings.sim_seed, batch=batch,
                           device_passwords=passwords, service_credentials=service, on_progress=on_progress,
-                          stop_event=stop)
+                          stop_event=stop, on_plans=lambda plans: store_plans(settings, plans))
+
+
+def store_plans(settings: Settings, plans: list[dict[str, Any]]) -> list[int]:
+    """Store the simulated fleet's plans (as dispatch would) before the first van reports."""
+    from pipelines.trackers.plan import Plan
+    from store.plans import store_plan
+
+    with connect(settings.dsn(), autocommit=True) as conn:
+        return [store_plan(conn, Plan.from_dict(p), "simulator")[0] for p in plans]
 
 
 def run_demo(settings: Settings, batch: bool = False) -> int:

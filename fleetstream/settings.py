@@ -59,7 +59,9 @@ class Settings:
     unplanned_dwell_s: float = 600.0  # stopped away from every stop this long -> unplanned_dwell
     long_dwell_s: float = 1800.0  # at a stop this long -> long_dwell (cells without a baseline)
     drift_distance_m: float = 150.0  # off the route corridor and this far from the route -> off route
-    drift_min_duration_s: float = 120.0  # off route this long -> route_drift
+    drift_min_duration_s: float = 60.0  # off route this long -> route_drift
+    detour_max_offset_m: float = 200.0  # off route but this close to the beeline to the next stop (and closing in): a planned detour
+    corridor_resolution: int = 11  # H3 resolution of the route corridor (k = 1: about 110 m each side)
     excursion_min_s: float = 300.0  # temperature outside the load's range this long -> temp_excursion
     door_open_max_s: float = 300.0  # reefer door open this long -> door_open_too_long
     offline_after_s: float = 300.0  # no data this long (fleet clock) while on duty -> offline
