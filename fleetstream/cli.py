@@ -88,6 +88,18 @@ def _bench(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _evaluate(settings: Settings, args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from fleetstream.evaluate import EVALUATION_DEFAULTS, run_evaluation
+
+    given = {"sim_vehicles": args.vehicles, "sim_minutes": args.minutes, "sim_speedup": args.speedup,
+             "sim_anomaly_probability": args.probability}
+    scenario = {k: given[k] if given[k] is not None else default for k, default in EVALUATION_DEFAULTS.items()}
+    _, missed = run_evaluation(replace(settings, **scenario))
+    return 1 if missed else 0
+
+
 def _train(settings: Settings, args: argparse.Namespace) -> int:
     from store.db import connect
 
@@ -148,6 +160,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     p.add_argument("--analytics-only", action="store_true", help="only the analytics benchmark")
     p.set_defaults(func=_bench)
+
+    p = sub.add_parser("evaluate", help="simulated fleet with labelled anomalies through the real engine: "
+                       "precision, recall, detection delay, arrival/departure timing")
+    p.add_argument("--vehicles", type=int, help="default 100")
+    p.add_argument("--minutes", type=float, help="wall-clock minutes (default 6)")
+    p.add_argument("--speedup", type=float, help="simulated seconds per wall second (default 20)")
+    p.add_argument("--probability", type=float, help="chance per van of each anomaly (default 0.5)")
+    p.add_argument("--seed", type=int)
+    p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("train", help="learn a model from the history in TimescaleDB")
     p.add_argument("model", choices=["dwell"], help="dwell: per-H3-cell, hour-of-week dwell baselines")
