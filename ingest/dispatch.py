@@ -174,7 +174,7 @@ class DispatchListener:
         self._connected.clear()
         with self._lock:
             self._generation += 1  # nothing received so far may be acked on the next connection
-        log.warning("dispatch: disconnected: %s", reason)
+        (log.warning if reason.is_failure else log.info)("dispatch: disconnected: %s", reason)
 
     def _on_message(self, _client: mqtt.Client, _userdata: object, msg: mqtt.MQTTMessage) -> None:
         with self._lock:

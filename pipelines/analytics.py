@@ -94,6 +94,16 @@ class VehicleEngine:
         events = self.analytics.on_timer(now)
         return [*self._events(events, now), self.summary()] if events else []
 
+    def resync(self, now: datetime) -> list[Output]:
+        """Everything this vehicle's results currently say, for a sink that may be out of step.
+
+        After a crash the state resumes from a snapshot, but the sinks may already hold
+        results written after it; when the replay settles on what the snapshot had
+        emitted, nothing would be re-emitted and those later writes would stay. So a
+        resumed vehicle rewrites its whole (small) ledger once.
+        """
+        return [*self._events(self.analytics.emitted(), now), self.summary()]
+
     def next_timer(self) -> datetime | None:
         """Fleet-clock time at which ``on_timer`` has something to do."""
         return self.analytics.next_timer()

@@ -1,9 +1,8 @@
 """Bytewax connectors to TimescaleDB: a replayable source and idempotent sinks.
 
-The source has one partition per gateway shard. It reads committed readings in
-``shard_seq`` order; its snapshot is the last ``shard_seq`` handed downstream,
-so after a crash Bytewax resumes each partition right after the last
-snapshotted row: with the operators' state restored from the same snapshot,
+The readings source merges the gateway shards' committed rows in receive order;
+its snapshot is each shard's last ``shard_seq`` handed downstream, so after a
+crash Bytewax resumes each shard right after the last snapshotted row: with the operators' state restored from the same snapshot,
 derived results are exactly-once in effect. Sinks write with keys that make a
 repeated write harmless, and never raise on a database outage (an exception in
 a sink would abort the whole dataflow): they retry until it is back.
@@ -30,7 +29,7 @@ from pipelines.vehicle_state import StoredReading, VehicleSummary
 from store.db import connect
 from store.plans import plans_after
 
-__all__ = ["AnalyticsStore", "CommittedReadings", "PlanRevisions", "VehicleStateSink", "read_after"]
+__all__ = ["AnalyticsStore", "CommittedReadings", "VehicleStateSink", "read_after"]
 
 log = logging.getLogger("fleetstream.flow")
 
@@ -68,78 +67,87 @@ def read_after(conn: psycopg.Connection, shard: int, after: int, limit: int) -> 
     return [_to_stored(row, shard) for row in rows]
 
 
-class _PollingPartition(StatefulSourcePartition[Any, int]):
-    """Reads ``read(conn, after, limit)`` in order; its snapshot is the last position handed on."""
+PLANS = -1  # the plan revisions' position in the source's snapshot
 
-    def __init__(self, name: str, dsn: str, read: Callable[[psycopg.Connection, int, int], list[Any]],
-                 position: Callable[[Any], int], after: int, limit: int, poll_s: float) -> None:
-        self.name, self.dsn, self.read, self.position = name, dsn, read, position
-        self.after, self.limit, self.poll_s = after, limit, poll_s
+
+class _MergedShards(StatefulSourcePartition[StoredReading | PlanUpdate, dict[int, int]]):
+    """New plan revisions, then all shards' committed rows merged in receive order; the snapshot
+    is the last plan_seq (key ``PLANS``) and each shard's last shard_seq.
+
+    Plans come first in each poll, so a plan stored before its vehicle reports applies from
+    its first reading (two separate inputs would race).
+
+    Per poll each shard's next rows are read; a shard that returned a full read may have
+    more rows received before its last one, so only rows received up to the earliest such
+    last row are handed on (a prefix per shard; the rest are read again next time). So one
+    shard never runs hours ahead of another when a backlog drains, which the vehicles'
+    reorder buffers could not absorb.
+    """
+
+    def __init__(self, dsn: str, shards: int, after: dict[int, int], limit: int, poll_s: float,
+                 with_plans: bool) -> None:
+        self.dsn, self.shards, self.limit, self.poll_s, self.with_plans = dsn, shards, limit, poll_s, with_plans
+        self.after = {shard: after.get(shard, 0) for shard in range(shards)}
+        self.plans_after = after.get(PLANS, 0)
         self.conn: psycopg.Connection | None = None
         self._awake: datetime | None = None
 
-    def next_batch(self) -> list[Any]:
+    def next_batch(self) -> list[StoredReading | PlanUpdate]:
         try:
             if self.conn is None or self.conn.closed:
                 self.conn = connect(self.dsn, autocommit=True)
-            batch = self.read(self.conn, self.after, self.limit)
+            plans = [PlanUpdate(plan, seq, at) for seq, plan, at in plans_after(self.conn, self.plans_after, self.limit)
+                     ] if self.with_plans else []
+            reads = {shard: read_after(self.conn, shard, after, self.limit) for shard, after in self.after.items()}
         except psycopg.OperationalError as exc:
-            log.warning("source %s: database unavailable (%s)", self.name, str(exc).strip()[:120])
+            log.warning("source: database unavailable (%s)", str(exc).strip()[:120])
             self.conn = None
             self._awake = datetime.now(UTC) + timedelta(seconds=1)
             return []
-        if batch:
-            self.after = self.position(batch[-1])
-        full = len(batch) >= self.limit
+        if plans:
+            self.plans_after = plans[-1].plan_seq
+        full = [rows[-1].received_at for rows in reads.values() if len(rows) >= self.limit]
+        cutoff = min(full) if full else None
+        batch: list[StoredReading] = []
+        for shard, rows in reads.items():
+            taken = rows
+            if cutoff is not None:
+                n = 0
+                while n < len(rows) and rows[n].received_at <= cutoff:
+                    n += 1
+                taken = rows[:n]
+            if taken:
+                self.after[shard] = taken[-1].shard_seq
+                batch += taken
+        batch.sort(key=lambda r: (r.received_at, r.shard, r.shard_seq))
         self._awake = None if full else datetime.now(UTC) + timedelta(seconds=self.poll_s)
-        return batch
+        return [*plans, *batch]
 
     def next_awake(self) -> datetime | None:
         return self._awake
 
-    def snapshot(self) -> int:
-        return self.after
+    def snapshot(self) -> dict[int, int]:
+        return {**self.after, PLANS: self.plans_after}
 
     def close(self) -> None:
         if self.conn is not None:
             self.conn.close()
 
 
-class CommittedReadings(FixedPartitionedSource[StoredReading, int]):
-    """Readings the gateway committed, one partition per shard, replayable from a shard_seq."""
+class CommittedReadings(FixedPartitionedSource[StoredReading | PlanUpdate, dict[int, int]]):
+    """Readings the gateway committed, all shards merged in receive order, and (``with_plans``)
+    plan revisions ahead of them; replayable from each shard's last shard_seq and the last
+    plan_seq (one partition: the engine's dataflow runs one worker)."""
 
-    def __init__(self, dsn: str, shards: int, limit: int = 5000, poll_s: float = 0.2) -> None:
+    def __init__(self, dsn: str, shards: int, limit: int = 5000, poll_s: float = 0.2, with_plans: bool = False) -> None:
         self.dsn, self.shards, self.limit, self.poll_s = dsn, shards, limit, poll_s
+        self.with_plans = with_plans
 
     def list_parts(self) -> list[str]:
-        return [f"shard-{i}" for i in range(self.shards)]
+        return ["committed"]
 
-    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _PollingPartition:
-        shard = int(for_part.split("-", 1)[1])
-
-        def read(conn: psycopg.Connection, after: int, limit: int) -> list[Any]:
-            return read_after(conn, shard, after, limit)
-
-        return _PollingPartition(for_part, self.dsn, read, lambda item: item.shard_seq, resume_state or 0,
-                                 self.limit, self.poll_s)
-
-
-def _read_plans(conn: psycopg.Connection, after: int, limit: int) -> list[Any]:
-    return [PlanUpdate(plan, seq, received_at) for seq, plan, received_at in plans_after(conn, after, limit)]
-
-
-class PlanRevisions(FixedPartitionedSource[PlanUpdate, int]):
-    """Stored plan revisions in plan_seq order (one partition), replayable from a plan_seq."""
-
-    def __init__(self, dsn: str, limit: int = 1000, poll_s: float = 0.2) -> None:
-        self.dsn, self.limit, self.poll_s = dsn, limit, poll_s
-
-    def list_parts(self) -> list[str]:
-        return ["plans"]
-
-    def build_part(self, step_id: str, for_part: str, resume_state: int | None) -> _PollingPartition:
-        return _PollingPartition(for_part, self.dsn, _read_plans, lambda item: item.plan_seq, resume_state or 0,
-                                 self.limit, self.poll_s)
+    def build_part(self, step_id: str, for_part: str, resume_state: dict[int, int] | None) -> _MergedShards:
+        return _MergedShards(self.dsn, self.shards, resume_state or {}, self.limit, self.poll_s, self.with_plans)
 
 
 def _retrying(what: str, action: Callable[[], None]) -> None:

@@ -5,9 +5,12 @@ Built by factories that take their sources and sinks, so tests pass Bytewax's
 
 ``build_analytics_flow`` (the engine's)::
 
-    committed readings ─┐
-                        ├─ merge ─ key by vehicle ─ vehicle analytics ─ flatten ─ analytics store
-    plan revisions ─────┘           (fleet clock, timers, trackers, H3 minutes)
+    plan revisions + committed readings ─ fleet clock ─ key by vehicle ─ vehicle analytics ─ flatten ─ store
+                                                                          (timers, trackers, H3 minutes)
+
+Plans and readings come through one source (``connectors.CommittedReadings``), each
+poll's new plan revisions ahead of its readings: as two inputs they would race, and a
+plan stored before its van reports must apply from the first reading.
 
 ``build_flow`` is the basic flow (per-vehicle state only), kept as the benchmark's
 reference and for ``flow_analytics = 0``.
@@ -55,8 +58,31 @@ def build_flow(source: Source[StoredReading], vehicle_state_sink: Sink[Any], flo
     return flow
 
 
-class _VehicleLogic(StatefulLogic[StoredReading | PlanUpdate, list[Output], VehicleEngine]):
-    """Adapts one vehicle's ``VehicleEngine`` to Bytewax: the fleet clock in, wake-ups out.
+Stamped = tuple[StoredReading | PlanUpdate, datetime | None]  # an item and the fleet clock where it stood
+
+
+class _FleetClockStamp:
+    """Advances the fleet clock in stream order and stamps each item with it.
+
+    This must happen before the items are keyed: Bytewax hands a stateful step a
+    batch grouped by key, so one vehicle's whole backlog would move a clock kept
+    there past every other vehicle's readings in the same batch.
+    """
+
+    def __init__(self, clock: FleetClock, wall: Wall) -> None:
+        self.clock, self.wall = clock, wall
+
+    def __call__(self, item: StoredReading | PlanUpdate) -> Stamped:
+        wall = self.wall()
+        if isinstance(item, PlanUpdate):
+            return item, self.clock.now(item.plan.tenant, wall)
+        tenant = item.reading.tenant
+        self.clock.observe(tenant, item.shard, item.reading.fix_time, item.received_at, wall)
+        return item, self.clock.now(tenant, wall)
+
+
+class _VehicleLogic(StatefulLogic[Stamped, list[Output], VehicleEngine]):
+    """Adapts one vehicle's ``VehicleEngine`` to Bytewax: stamped items in, wake-ups out.
 
     A vehicle with timers pending (in event time) is woken every ``tick`` of wall time
     and runs what the fleet clock says is due, so alerts fire with no new data.
@@ -66,29 +92,35 @@ class _VehicleLogic(StatefulLogic[StoredReading | PlanUpdate, list[Output], Vehi
                  tick: timedelta, wall: Wall) -> None:
         self.engine, self.config, self.clock, self.tick, self.wall = engine, config, clock, tick, wall
         self._wake: datetime | None = None
+        self._resync = engine is not None  # resumed from a snapshot: rewrite its results once
 
-    def on_item(self, value: StoredReading | PlanUpdate) -> tuple[Iterable[list[Output]], bool]:
-        wall = self.wall()
+    def on_item(self, value: Stamped) -> tuple[Iterable[list[Output]], bool]:
+        item, now = value
         engine = self.engine
         if engine is None:  # the builder does not see the key: the first item names the vehicle
-            tenant, vehicle = value.key.split("/", 1)
+            tenant, vehicle = item.key.split("/", 1)
             engine = self.engine = VehicleEngine(tenant, vehicle, self.config)
-        tenant = engine.basic.tenant
-        if isinstance(value, PlanUpdate):
-            out = engine.on_plan(value, self.clock.now(tenant, wall))
+        if isinstance(item, PlanUpdate):
+            out = engine.on_plan(item, now)
         else:
-            self.clock.observe(tenant, value.shard, value.reading.fix_time, value.received_at, wall)
-            now = self.clock.now(tenant, wall)
             assert now is not None
-            out = engine.on_reading(value, now)
-        return [out], StatefulLogic.RETAIN
+            out = engine.on_reading(item, now)
+        return [self._resynced(self.wall()) + out], StatefulLogic.RETAIN
+
+    def _resynced(self, wall: datetime) -> list[Output]:
+        if not self._resync or self.engine is None:
+            return []
+        self._resync = False
+        now = self.clock.now(self.engine.basic.tenant, wall)
+        return self.engine.resync(now if now is not None else wall)
 
     def on_notify(self) -> tuple[Iterable[list[Output]], bool]:
         self._wake = None
         if self.engine is None:
             return [], StatefulLogic.RETAIN
-        now = self.clock.now(self.engine.basic.tenant, self.wall())
-        out = self.engine.on_timer(now) if now is not None else []
+        wall = self.wall()
+        now = self.clock.now(self.engine.basic.tenant, wall)
+        out = self._resynced(wall) + (self.engine.on_timer(now) if now is not None else [])
         return ([out] if out else []), StatefulLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
@@ -103,11 +135,11 @@ class _VehicleLogic(StatefulLogic[StoredReading | PlanUpdate, list[Output], Vehi
         return self.engine
 
 
-def build_analytics_flow(readings: Source[StoredReading], plans: Source[PlanUpdate], store: Sink[Output],
+def build_analytics_flow(source: Source[StoredReading | PlanUpdate], store: Sink[Output],
                          config: AnalyticsConfig = AnalyticsConfig(), tick_s: float = 1.0,
                          idle_grace_s: float = 5.0, wall: Wall = _wall,
                          flow_id: str = "fleetstream") -> Dataflow:
-    """readings + plans → key by vehicle → vehicle analytics → flatten → analytics store.
+    """plans and readings → key by vehicle → vehicle analytics → flatten → analytics store.
 
     ``wall`` is the wall clock (tests pass their own); the fleet clock shared by every
     vehicle of this flow is built here (one worker: every key lives in this process).
@@ -115,10 +147,9 @@ def build_analytics_flow(readings: Source[StoredReading], plans: Source[PlanUpda
     clock = FleetClock(idle_grace_s)
     tick = timedelta(seconds=tick_s)
     flow = Dataflow(flow_id)
-    committed = op.input("committed_readings", flow, readings)
-    revisions = op.input("plan_revisions", flow, plans)
-    inputs = op.merge("readings_and_plans", committed, revisions)
-    by_vehicle = op.key_on("key_by_vehicle", inputs, lambda item: item.key)
+    inputs = op.input("plans_and_readings", flow, source)
+    stamped = op.map("fleet_clock", inputs, _FleetClockStamp(clock, wall))
+    by_vehicle = op.key_on("key_by_vehicle", stamped, lambda pair: pair[0].key)
     outputs = op.stateful("vehicle_analytics", by_vehicle,
                           lambda resume: _VehicleLogic(resume, config, clock, tick, wall))
     rows = op.flat_map("flatten", outputs, lambda kv: kv[1])

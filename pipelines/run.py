@@ -12,7 +12,7 @@ from bytewax.run import cli_main
 
 from fleetstream.settings import Settings
 from pipelines.baselines import set_dwell_baselines
-from pipelines.connectors import AnalyticsStore, CommittedReadings, PlanRevisions, VehicleStateSink
+from pipelines.connectors import AnalyticsStore, CommittedReadings, VehicleStateSink
 from pipelines.flow import build_analytics_flow, build_flow
 from pipelines.trackers.config import AnalyticsConfig
 from store.db import connect
@@ -39,10 +39,11 @@ def load_baselines(settings: Settings) -> int:
 def build_engine_flow(settings: Settings) -> Dataflow:
     """The dataflow the engine runs: analytics (default) or basic per-vehicle state."""
     dsn, poll_s = settings.dsn(), settings.flow_poll_ms / 1000
-    readings = CommittedReadings(dsn, settings.gateway_workers, settings.flow_batch_rows, poll_s)
+    source = CommittedReadings(dsn, settings.gateway_workers, settings.flow_batch_rows, poll_s,
+                               with_plans=bool(settings.flow_analytics))
     if not settings.flow_analytics:
-        return build_flow(readings, VehicleStateSink(dsn))
-    return build_analytics_flow(readings, PlanRevisions(dsn, poll_s=poll_s), AnalyticsStore(dsn),
+        return build_flow(source, VehicleStateSink(dsn))
+    return build_analytics_flow(source, AnalyticsStore(dsn),
                                 analytics_config(settings), tick_s=settings.flow_tick_ms / 1000,
                                 idle_grace_s=settings.fleet_idle_grace_s)
 

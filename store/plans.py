@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg.pq import TransactionStatus
 from psycopg.types.json import Jsonb
 
 from pipelines.trackers.plan import Plan, PlanError
@@ -44,10 +45,15 @@ def store_plan(conn: psycopg.Connection, plan: Plan, source: str) -> tuple[int, 
     stored JSON carries the assigned version. ``source`` says where it came from
     (``cli``, ``mqtt``, ``api``).
 
-    One transaction, committed before returning (if the caller already has one open,
-    this becomes a savepoint in it and the caller's commit makes it durable). Needs
-    READ COMMITTED (the default): each statement must see the previous writer's commit.
+    One transaction of its own, committed before this returns (so a caller may then
+    acknowledge the plan). The connection must therefore be idle, not inside a
+    transaction (ValueError otherwise: the write would silently become part of the
+    caller's uncommitted one), and at READ COMMITTED, the default: each statement must
+    see the previous writer's commit.
     """
+    if conn.info.transaction_status != TransactionStatus.IDLE:
+        raise ValueError("store_plan commits its own transaction: call it outside one "
+                         "(an autocommit connection, or after commit/rollback)")
     digest = plan_digest(plan)
     with conn.transaction():
         # held to the end of the transaction: the next writer reads max(plan_seq) after our commit

@@ -4,8 +4,9 @@ This is a connectivity fact, measured on the clock the runtime passes in: the ti
 reading was received (``update``) against the time passed to ``on_timer``. The engine
 passes its fleet clock (``pipelines/clock.py``) for both, so a simulated fleet running
 faster than real time is judged on its own time axis; device fix times play no part,
-so it needs no correction when buffered data arrives late. The alert starts at the last receive
-time and resolves at the receive time of the next reading (details: the gap and the
+so it needs no correction when buffered data arrives late. The alert starts at the newest fix
+time received before the silence (a fact of the data, so a replay raises the same alert id)
+and resolves at the receive time of the next reading (details: the gap and the
 fix time of that first reading back).
 """
 
@@ -26,19 +27,26 @@ class OfflineTracker:
     def __init__(self, tenant: str, vehicle: str, config: AnalyticsConfig) -> None:
         self.tenant, self.vehicle, self.config = tenant, vehicle, config
         self.last_received_at: datetime | None = None
+        self.last_fix_time: datetime | None = None  # newest fix time received: where the silence began
         self.h3_cell: int | None = None  # last known position, for the alert
         self.alert: Alert | None = None
 
     def update(self, received_at: datetime, fix_time: datetime, h3_cell: int | None = None) -> list[Alert]:
         """A reading was received at ``received_at`` (receive clock); resolves an open alert."""
+        # nothing is received before it was taken: a clock that lags the data (another shard
+        # not read yet) must not make the next reading look like the end of a silence
+        received_at = max(received_at, fix_time)
         out: list[Alert] = []
         if self.alert is not None:
             assert self.last_received_at is not None
-            out.append(self.alert.resolve(received_at, gap_s=(received_at - self.last_received_at).total_seconds(),
+            end = max(received_at, self.alert.start)
+            out.append(self.alert.resolve(end, gap_s=(received_at - self.last_received_at).total_seconds(),
                                           first_fix_time=format_time(fix_time)))
             self.alert = None
         if self.last_received_at is None or received_at > self.last_received_at:
             self.last_received_at = received_at
+        if self.last_fix_time is None or fix_time > self.last_fix_time:
+            self.last_fix_time = fix_time
         if h3_cell is not None:
             self.h3_cell = h3_cell
         return out
@@ -47,7 +55,8 @@ class OfflineTracker:
         """Open the alert once ``now`` (receive clock) is ``offline_after_s`` past the last receive."""
         last = self.last_received_at
         if self.alert is None and last is not None and now - last >= timedelta(seconds=self.config.offline_after_s):
-            self.alert = new_alert("offline", self.tenant, self.vehicle, last, h3_cell=self.h3_cell,
+            start = self.last_fix_time if self.last_fix_time is not None else last
+            self.alert = new_alert("offline", self.tenant, self.vehicle, start, h3_cell=self.h3_cell,
                                    details={"threshold_s": self.config.offline_after_s})
             return [self.alert]
         return []

@@ -367,7 +367,9 @@ class VehicleAnalytics:
         if reading.tenant != self.tenant or reading.vehicle != self.vehicle:
             raise ValueError(f"reading of {reading.tenant}/{reading.vehicle} fed to {self.tenant}/{self.vehicle}")
         cell = self._cell(item)
-        out: list[Event] = list(self._offline.update(now, reading.fix_time, cell))
+        # a gap the clock jumped over in one go (a replay, a drained backlog) was still a gap
+        out: list[Event] = list(self._offline.on_timer(now)) if self.on_duty else []
+        out += self._offline.update(now, reading.fix_time, cell)
         for released in self._buffer.push((reading, cell), reading.fix_time):
             out += self._release(released, now)
         return out
@@ -426,6 +428,10 @@ class VehicleAnalytics:
     def trackers(self) -> VehicleTrackers:
         """The current tracker state (read it, do not change it)."""
         return self._trackers
+
+    def emitted(self) -> list[Event]:
+        """The latest version of every event still within the correction window, as emitted."""
+        return list(self._ledger.values())
 
     @property
     def history_size(self) -> int:

@@ -1,4 +1,4 @@
-"""The analytics dataflow with TestingSource/TestingSink and run_main: plans joined in,
+"""The analytics dataflow with TestingSource/TestingSink and run_main: plans in the stream,
 the fleet clock driven by the data (not the wall clock), outputs, recovery."""
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def with_cells(items: list[StoredReading]) -> list[StoredReading]:
 
 def run(readings: list[object], plans: list[object]) -> list[object]:
     out: list[object] = []
-    run_main(build_analytics_flow(TestingSource(readings), TestingSource(plans), TestingSink(out), wall=fixed_wall))
+    run_main(build_analytics_flow(TestingSource([*plans, *readings]), TestingSink(out), wall=fixed_wall))
     return out
 
 
@@ -72,8 +72,8 @@ def test_resume_after_abort_gives_the_uninterrupted_stop_events(tmp_path) -> Non
     plans = [PlanUpdate(PLAN, 1, T0)]
     half = len(items) // 2
     flow_out: list[object] = []
-    flow = build_analytics_flow(TestingSource([*items[:half], TestingSource.ABORT(), *items[half:]]),
-                                TestingSource(plans), TestingSink(flow_out), wall=fixed_wall)
+    flow = build_analytics_flow(TestingSource([*plans, *items[:half], TestingSource.ABORT(), *items[half:]]),
+                                TestingSink(flow_out), wall=fixed_wall)
     config = RecoveryConfig(str(tmp_path))
     run_main(flow, epoch_interval=timedelta(0), recovery_config=config)
     run_main(flow, epoch_interval=timedelta(0), recovery_config=config)

@@ -94,6 +94,6 @@ def test_unplanned_dwell_fires_from_on_timer_with_no_further_data() -> None:
         fired += [(now, e.type, e.status, e.start) for e in va.on_timer(now)]
         now = va.next_timer()
     assert fired == [
-        (at(501), "offline", "open", at(201)),  # nothing received for 300 s (server clock)
+        (at(501), "offline", "open", at(200)),  # nothing received for 300 s; it starts at the last fix (200 s)
         (at(710), "unplanned_dwell", "open", at(100)),  # stopped since 100 s + 600 s, + 10 s reorder wait
     ]

@@ -203,9 +203,9 @@ def test_offline_then_a_late_burst_corrects_the_results() -> None:
     va = VehicleAnalytics("acme", "van-1", plan=PLAN)
     out = run(va, sim.items, timer_every=10) + drain(va, 1100)
     assert brief(out) == [
-        (421.0, "offline", "open", None, 121.0, None),  # nothing received since 121 s
+        (421.0, "offline", "open", None, 120.0, None),  # nothing received since 121 s (the 120 s fix)
         (671.0, "unplanned_dwell", "open", None, 55.0, None),  # stopped at 55 s + 600 s + 10 s, next tick
-        (900.0, "offline", "resolved", None, 121.0, 900.0),  # the burst arrives
+        (900.0, "offline", "resolved", None, 120.0, 900.0),  # the burst arrives
         (900.0, "unplanned_dwell", "retracted", None, 55.0, None),  # it only stood 3 minutes
         (900.0, "arrival", "ok", "s1", 295.0, None),
         (900.0, "departure", "ok", "s1", 610.0, None),

@@ -1,0 +1,400 @@
+"""Live ETAs to every remaining stop of a vehicle's plan, re-emitted only when they move.
+
+For each usable fix, with the stops still to do (plan order)::
+
+    ETA(stop i) = fix time
+                + what is left of the planned service at a stop the vehicle is at
+                + travel time to stop 1, + service at 1, + travel 1 -> 2, ... up to stop i
+                (+ extra time while in traffic; then the model's correction, if any)
+
+Path (``details["method"]``):
+    ``route``    along the plan's route from the vehicle's projection on it (monotone:
+                 never behind the progress already made; searched up to
+                 ``search_ahead_m + max_speed_mps * seconds since the last fix`` ahead,
+                 or anywhere ahead when that finds only far-off road). Off the route
+                 (further than ``off_route_m``) the way back to it is the cross-track
+                 distance times the detour factor.
+    ``network``  shortest paths on the registered road network (``NetworkPaths``).
+    ``straight`` straight legs times the learned detour factor.
+Travel time is summed over pieces of the path: length / profile speed for the piece's
+H3 cell and the UTC hour of week at which the leg starts (the clock moves on along
+the chain, service times included). Without registered profiles one speed,
+``default_speed_mps``, applies everywhere.
+
+What the vehicle is doing (``details["state"]``):
+    ``parked``   speed below ``parked_speed_mps`` for ``parked_after_s``: nothing extra
+                 is added and the current speed is not used (the profile speaks).
+    ``traffic``  moving, but the smoothed speed is under ``traffic_ratio`` of the profile
+                 speed where it is: the next ``traffic_horizon_m`` are timed at the
+                 smoothed speed instead.
+    ``moving``   otherwise.
+
+Model: with an ``EtaModel`` registered its correction multiplies the profile estimate;
+it runs at most every ``model_every_s`` of fix time per vehicle (a prediction costs
+about a millisecond), or when the remaining stops change; in between the last
+correction factors apply. ``details["naive_eta_s"]`` is straight-line metres / current
+speed (above 1 m/s), the baseline the evaluation compares against.
+
+Re-emission: an ``EtaUpdate`` for a stop goes out when the stop is new (first fix,
+new plan version, re-entered the remaining list) or its ETA (rounded to the second)
+moved by more than ``reemit_s`` from the last one emitted for it. Each carries a new
+id (``eta_update_id``: stop, plan version, fix time), so the sink keeps the history.
+
+State is a few numbers per stop: the plan is shared (pass the very ``Plan`` object the
+vehicle holds), route geometry and leg caches are rebuilt after unpickling, and models
+live in ``models.registry``. Replays are deterministic as long as the registered models
+do not change in between.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from functools import lru_cache
+from typing import Any, NamedTuple
+
+import h3.api.basic_int as h3
+
+from models import registry
+from models.eta import features
+from models.paths import RouteGeometry, SampledPath, route_geometry, sample_path
+from models.profiles import SpeedProfiles
+from pipelines.trackers.events import EtaUpdate, Event, eta_update_id
+from pipelines.trackers.geo import haversine_m
+from pipelines.trackers.plan import Plan, Stop
+from pipelines.trackers.quality import CheckedFix
+
+__all__ = ["EtaConfig", "EtaTracker", "StopEstimate", "hour_of_week_at"]
+
+
+@dataclass(frozen=True)
+class EtaConfig:
+    """Knobs of the live ETA (seconds, metres, m/s)."""
+
+    reemit_s: float = 60.0  # re-emit a stop's ETA when it moved by more than this
+    models: str = "default"  # name of the model set in models.registry
+    cell_resolution: int = 9  # H3 resolution of path pieces (that of the speed profiles)
+    sample_m: float = 100.0  # paths are costed in pieces of at most this length
+    default_speed_mps: float = 8.0  # driving speed without profiles (about 29 km/h)
+    parked_speed_mps: float = 1.0  # slower than this is standing
+    parked_after_s: float = 60.0  # standing this long = parked
+    off_route_m: float = 200.0  # further than this from the route = off route
+    traffic_ratio: float = 0.5  # moving below this share of the profile speed = in traffic
+    traffic_horizon_m: float = 500.0  # ... and the next this many metres go at the current speed
+    speed_smoothing: float = 0.3  # weight of a new fix's speed in the smoothed speed
+    search_ahead_m: float = 500.0  # route projection window beyond the progress ...
+    max_speed_mps: float = 40.0  # ... plus this much per second since the last fix
+    leave_stop_m: float = 100.0  # the rest of a stop's service counts until this far outside its circle
+    model_every_s: float = 30.0  # run the model at most this often per vehicle (fix time)
+
+    def __post_init__(self) -> None:
+        for name, value in self.__dict__.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and not value >= 0:
+                raise ValueError(f"EtaConfig.{name} must be >= 0, got {value}")
+        if self.default_speed_mps <= 0 or not 0 < self.speed_smoothing <= 1:
+            raise ValueError("EtaConfig: default_speed_mps must be > 0 and speed_smoothing in (0, 1]")
+
+
+class StopEstimate(NamedTuple):
+    """One remaining stop's estimate at a fix: ``eta_s`` seconds from the fix time (the
+    model's when there is one, else the profile's), the parts, and the feature row."""
+
+    stop_id: str
+    eta_s: float
+    remaining_m: float
+    profile_s: float
+    model_s: float | None
+    naive_s: float | None
+    method: str
+    state: str
+    off_route: bool
+    row: list[float]
+
+
+def hour_of_week_at(epoch_s: float) -> int:
+    """UTC hour of week (0 = Monday 00 UTC) of a time given in seconds since 1970 (a Thursday)."""
+    return (int(epoch_s // 3600) + 72) % 168
+
+
+@lru_cache(maxsize=8)
+def _constant_profiles(speed_mps: float, resolution: int) -> SpeedProfiles:
+    return SpeedProfiles.constant(speed_mps, resolution)
+
+
+@lru_cache(maxsize=512)
+def _plan_route(route: tuple[tuple[float, float], ...], stops: tuple[Stop, ...], resolution: int,
+                sample_m: float) -> tuple[RouteGeometry, dict[str, float]]:
+    geometry = route_geometry(route, resolution, sample_m)
+    return geometry, geometry.stop_progress(stops)
+
+
+_TRANSIENT = ("_route", "_legs")
+
+
+class EtaTracker:
+    """ETAs of one vehicle's remaining stops (the ``EtaHook`` of ``VehicleTrackers``)."""
+
+    def __init__(self, tenant: str, vehicle: str, config: EtaConfig = EtaConfig()) -> None:
+        self.tenant, self.vehicle, self.config = tenant, vehicle, config
+        self.plan: Plan | None = None
+        self.progress_m = 0.0  # metres along the plan's route reached (monotone)
+        self.anchored = False  # progress found on this route at least once
+        self.last: tuple[float, float, float] | None = None  # (epoch s, lat, lon) of the last fix
+        self.speed_mps: float | None = None  # smoothed speed
+        self.slow_since: datetime | None = None  # first fix of the current standing spell
+        self.at_stop: tuple[str, float, float, float, float, float] | None = None  # id, lat, lon, radius, service, since
+        self.prev_ids: tuple[str, ...] | None = None
+        self.emitted: dict[str, float] = {}  # stop id -> last ETA emitted (epoch s)
+        self.model_at: float | None = None  # epoch s of the last model run
+        self.model_ratio: dict[str, float] = {}  # stop id -> last model log ratio
+        self._route: tuple[RouteGeometry, dict[str, float]] | None = None
+        self._legs: dict[tuple[str, str, float], SampledPath] = {}
+
+    # ------------------------------------------------------------ pickling: no caches, no models
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {k: v for k, v in self.__dict__.items() if k not in _TRANSIENT}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._route, self._legs = None, {}
+
+    # ------------------------------------------------------------ the hook
+
+    def set_plan(self, plan: Plan | None) -> None:
+        """Follow a plan change: progress survives if the route is the same, emitted ETAs
+        only if the version is (a new version's stops are all new)."""
+        old = self.plan
+        if plan is None or old is None or plan.route != old.route:
+            self.progress_m, self.anchored = 0.0, False
+        if plan is None or old is None or plan.version != old.version:
+            self.emitted = {}
+        self.plan = plan
+        self.prev_ids = None
+        self.model_at, self.model_ratio = None, {}
+        self._route, self._legs = None, {}
+
+    def update(self, fix: CheckedFix, remaining: tuple[Stop, ...]) -> list[Event]:
+        """Take one usable fix and the stops still to do; returns the ETAs that changed enough."""
+        estimates = self.observe(fix, remaining)
+        plan = self.plan
+        if plan is None:
+            return []
+        cfg = self.config
+        out: list[Event] = []
+        t_s = fix.time.timestamp()
+        for e in estimates:
+            eta_s = float(round(t_s + e.eta_s))
+            last = self.emitted.get(e.stop_id)
+            if last is not None and abs(eta_s - last) <= cfg.reemit_s:
+                continue
+            self.emitted[e.stop_id] = eta_s
+            details = {"remaining_m": round(e.remaining_m, 1), "profile_eta_s": round(e.profile_s, 1),
+                       "model_eta_s": None if e.model_s is None else round(e.model_s, 1),
+                       "naive_eta_s": None if e.naive_s is None else round(e.naive_s, 1),
+                       "method": e.method, "state": e.state, "off_route": e.off_route,
+                       "stops_before": int(e.row[3])}
+            out.append(EtaUpdate(eta_update_id(self.tenant, self.vehicle, e.stop_id, plan.version, fix.time),
+                                 self.tenant, self.vehicle, e.stop_id, plan.version, fix.time,
+                                 datetime.fromtimestamp(eta_s, UTC), details))
+        live = {e.stop_id for e in estimates}
+        if self.emitted.keys() - live:  # done or dropped: forget, so a stop that comes back is new
+            self.emitted = {k: v for k, v in self.emitted.items() if k in live}
+        return out
+
+    def on_timer(self, now: datetime) -> list[Event]:
+        """No timers: ETAs move with fixes."""
+        return []
+
+    def next_timer(self) -> datetime | None:
+        return None
+
+    # ------------------------------------------------------------ the estimate
+
+    def observe(self, fix: CheckedFix, remaining: tuple[Stop, ...]) -> list[StopEstimate]:
+        """Advance the state with one fix and estimate every remaining stop, emitting nothing
+        (``update`` adds the re-emit rule; training replays history through this)."""
+        cfg = self.config
+        t_s = fix.time.timestamp()
+        speed_now, dt = self._motion(fix, t_s)
+        service_left = self._stop_service(fix, remaining, t_s)
+        if self.plan is None or not remaining:
+            self.emitted, self.model_ratio = {}, {}
+            return []
+        models = registry.current(cfg.models)
+        profiles = models.profiles or _constant_profiles(cfg.default_speed_mps, cfg.cell_resolution)
+        detour = models.detour_factor
+        hour = hour_of_week_at(t_s)
+        cell = fix.h3_cell if fix.h3_cell is not None else h3.latlng_to_cell(fix.lat, fix.lon, cfg.cell_resolution)
+        here_mps = profiles.speed(cell, hour)
+        standing_s = (fix.time - self.slow_since).total_seconds() if self.slow_since is not None else 0.0
+        smoothed = self.speed_mps
+        if standing_s >= cfg.parked_after_s and self.slow_since is not None:
+            state = "parked"
+        elif (self.slow_since is None and smoothed is not None and smoothed >= cfg.parked_speed_mps
+              and smoothed < cfg.traffic_ratio * here_mps):
+            state = "traffic"
+        else:
+            state = "moving"
+
+        # (stop, metres of its leg, seconds of its leg as a function of the hour) per stop in order
+        lead_m, cross_m, off_route = 0.0, 0.0, False
+        legs: list[tuple[Stop, float, Any]] = []
+        passed: list[Stop] = []
+        if self.plan.route is not None:
+            method = "route"
+            geometry, stop_along = self._plan_geometry()
+            here = self._project(geometry, fix, dt)
+            cross_m = here.cross_track_m
+            off_route = cross_m > cfg.off_route_m
+            if off_route:
+                lead_m = cross_m * detour
+            at = here.along_m
+            for s in remaining:
+                a = stop_along.get(s.id)
+                if a is None or a < here.along_m:
+                    passed.append(s)  # skipped (its place on the route is behind) or not on this plan
+                    continue
+                legs.append((s, a - at, _along(geometry.sampled, profiles, at, a)))
+                at = a
+        elif models.network is not None:
+            method = "network"
+            lead_m, paths = models.network.legs((fix.lat, fix.lon), remaining)
+            legs = [(s, p.length_m, _whole(p, profiles)) for s, p in zip(remaining, paths, strict=True)]
+        else:
+            method = "straight"
+            prev: Stop | None = None
+            for s in remaining:
+                p = self._straight_leg(fix, prev, s, detour)
+                legs.append((s, p.length_m, _whole(p, profiles)))
+                prev = s
+
+        clock = t_s + service_left + lead_m / here_mps
+        metres, service_before = lead_m, service_left
+        rows: list[tuple[Stop, float, float, float, list[float]]] = []  # stop, metres, profile s, service before, row
+        slow_pace = 1.0 / smoothed - 1.0 / here_mps if state == "traffic" and smoothed else 0.0
+        for i, (s, leg_m, leg_s) in enumerate(legs):
+            metres += leg_m
+            clock += leg_s(hour_of_week_at(clock))
+            profile_s = clock - t_s + min(cfg.traffic_horizon_m, metres) * slow_pace
+            rows.append((s, metres, profile_s, service_before,
+                         features(metres, profile_s, smoothed, i, hour, standing_s, cross_m, service_before)))
+            clock += s.service_s
+            service_before += s.service_s
+        for s in passed:
+            m = haversine_m(fix.lat, fix.lon, s.lat, s.lon) * detour
+            profile_s = service_left + m / here_mps
+            rows.append((s, m, profile_s, service_left,
+                         features(m, profile_s, smoothed, len(rows), hour, standing_s, cross_m, service_left)))
+
+        ratios = self._model_ratios(models.model, rows, t_s)
+        out: list[StopEstimate] = []
+        for s, m, profile_s, _, row in rows:
+            model_s = profile_s * math.exp(ratios[s.id]) if ratios is not None else None
+            naive_s = (haversine_m(fix.lat, fix.lon, s.lat, s.lon) / speed_now
+                       if speed_now is not None and speed_now > cfg.parked_speed_mps else None)
+            eta_s = model_s if model_s is not None else profile_s
+            out.append(StopEstimate(s.id, max(0.0, eta_s), m, profile_s, model_s, naive_s,
+                                    "straight" if s in passed else method, state, off_route, row))
+        return out
+
+    # ------------------------------------------------------------ parts
+
+    def _motion(self, fix: CheckedFix, t_s: float) -> tuple[float | None, float | None]:
+        """Update the smoothed speed and standing spell; (speed now m/s or None, seconds since the last fix)."""
+        cfg = self.config
+        speed = fix.speed_mps
+        dt = None
+        if self.last is not None:
+            dt = t_s - self.last[0]
+            if speed is None and dt > 0:
+                speed = haversine_m(self.last[1], self.last[2], fix.lat, fix.lon) / dt
+        if speed is not None:
+            prev = self.speed_mps
+            self.speed_mps = speed if prev is None else prev + cfg.speed_smoothing * (speed - prev)
+            if speed < cfg.parked_speed_mps:
+                if self.slow_since is None:
+                    self.slow_since = fix.time
+            else:
+                self.slow_since = None
+        self.last = (t_s, fix.lat, fix.lon)
+        return speed, dt
+
+    def _stop_service(self, fix: CheckedFix, remaining: tuple[Stop, ...], t_s: float) -> float:
+        """Seconds of planned service left at the stop just arrived at (0 once the vehicle left it)."""
+        ids = tuple(s.id for s in remaining)
+        if self.prev_ids is not None and self.plan is not None and ids != self.prev_ids:
+            gone = [i for i in self.prev_ids if i not in ids]
+            if gone:
+                try:
+                    s = self.plan.stop(gone[-1])
+                except KeyError:
+                    s = None
+                if s is not None:
+                    self.at_stop = (s.id, s.lat, s.lon, s.radius_m, s.service_s, t_s)
+        self.prev_ids = ids
+        if self.at_stop is None:
+            return 0.0
+        _, lat, lon, radius, service, since = self.at_stop
+        if haversine_m(fix.lat, fix.lon, lat, lon) > radius + self.config.leave_stop_m:
+            self.at_stop = None
+            return 0.0
+        return max(0.0, service - (t_s - since))
+
+    def _plan_geometry(self) -> tuple[RouteGeometry, dict[str, float]]:
+        if self._route is None:
+            assert self.plan is not None and self.plan.route is not None
+            cfg = self.config
+            self._route = _plan_route(self.plan.route, self.plan.stops, cfg.cell_resolution, cfg.sample_m)
+        return self._route
+
+    def _project(self, geometry: RouteGeometry, fix: CheckedFix, dt: float | None) -> Any:
+        cfg = self.config
+        if not self.anchored or dt is None:
+            here = geometry.project(fix.lat, fix.lon, self.progress_m)
+        else:
+            window = self.progress_m + cfg.search_ahead_m + cfg.max_speed_mps * max(0.0, dt)
+            here = geometry.project(fix.lat, fix.lon, self.progress_m, window)
+            if here.cross_track_m > cfg.off_route_m:
+                # rejoined the route further on than a vehicle could have driven along it?
+                wide = geometry.project(fix.lat, fix.lon, self.progress_m)
+                if wide.cross_track_m <= cfg.off_route_m:
+                    here = wide
+        self.progress_m, self.anchored = here.along_m, True
+        return here
+
+    def _straight_leg(self, fix: CheckedFix, prev: Stop | None, stop: Stop, detour: float) -> SampledPath:
+        cfg = self.config
+        if prev is None:  # from the vehicle: changes every fix
+            return sample_path(((fix.lat, fix.lon), (stop.lat, stop.lon)), cfg.cell_resolution, cfg.sample_m, detour)
+        key = (prev.id, stop.id, detour)
+        leg = self._legs.get(key)
+        if leg is None:
+            if len(self._legs) > 64:
+                self._legs.clear()
+            leg = self._legs[key] = sample_path(((prev.lat, prev.lon), (stop.lat, stop.lon)), cfg.cell_resolution,
+                                                cfg.sample_m, detour)
+        return leg
+
+    def _model_ratios(self, model: Any, rows: list[tuple[Stop, float, float, float, list[float]]],
+                      t_s: float) -> dict[str, float] | None:
+        if model is None:
+            self.model_at, self.model_ratio = None, {}
+            return None
+        ids = [r[0].id for r in rows]
+        due = (self.model_at is None or t_s - self.model_at >= self.config.model_every_s
+               or len(ids) != len(self.model_ratio) or any(i not in self.model_ratio for i in ids))
+        if due:
+            predicted = model.predict_log_ratio([r[4] for r in rows])
+            self.model_ratio = {i: float(v) for i, v in zip(ids, predicted, strict=True)}
+            self.model_at = t_s
+        return self.model_ratio
+
+
+def _along(path: SampledPath, profiles: SpeedProfiles, a: float, b: float) -> Any:
+    return lambda hour: path.travel_s(profiles, hour, a, b)
+
+
+def _whole(path: SampledPath, profiles: SpeedProfiles) -> Any:
+    return lambda hour: path.travel_s(profiles, hour)
