@@ -58,7 +58,7 @@ import h3.api.basic_int as h3
 
 from models import registry
 from models.eta import features
-from models.paths import RouteGeometry, SampledPath, route_geometry, sample_path
+from models.paths import Projection, RouteGeometry, SampledPath, route_geometry, sample_path
 from models.profiles import SpeedProfiles
 from pipelines.trackers.events import EtaUpdate, Event, eta_update_id
 from pipelines.trackers.geo import haversine_m
@@ -289,6 +289,7 @@ class EtaTracker:
                          features(m, profile_s, smoothed, len(rows), hour, standing_s, cross_m, service_left)))
 
         ratios = self._model_ratios(models.model, rows, t_s)
+        passed_ids = {s.id for s in passed}
         out: list[StopEstimate] = []
         for s, m, profile_s, _, row in rows:
             model_s = profile_s * math.exp(ratios[s.id]) if ratios is not None else None
@@ -296,7 +297,7 @@ class EtaTracker:
                        if speed_now is not None and speed_now > cfg.parked_speed_mps else None)
             eta_s = model_s if model_s is not None else profile_s
             out.append(StopEstimate(s.id, max(0.0, eta_s), m, profile_s, model_s, naive_s,
-                                    "straight" if s in passed else method, state, off_route, row))
+                                    "straight" if s.id in passed_ids else method, state, off_route, row))
         return out
 
     # ------------------------------------------------------------ parts
@@ -349,7 +350,7 @@ class EtaTracker:
             self._route = _plan_route(self.plan.route, self.plan.stops, cfg.cell_resolution, cfg.sample_m)
         return self._route
 
-    def _project(self, geometry: RouteGeometry, fix: CheckedFix, dt: float | None) -> Any:
+    def _project(self, geometry: RouteGeometry, fix: CheckedFix, dt: float | None) -> Projection:
         cfg = self.config
         if not self.anchored or dt is None:
             here = geometry.project(fix.lat, fix.lon, self.progress_m)

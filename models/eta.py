@@ -1,0 +1,197 @@
+"""The learned ETA correction: a gradient-boosted model over the profile estimate.
+
+Target: ``log(actual_s / profile_s)``, the log of the ratio between the seconds the
+vehicle really took to reach the stop and the profile estimate made at the same
+moment. A ratio suits travel times, whose errors grow with the horizon (a model of
+the residual in seconds would be dominated by the long horizons), and its log is
+symmetric (x2 and /2 weigh the same). The prediction is clipped to
+[``-MAX_LOG_RATIO``, ``MAX_LOG_RATIO``] (a factor of 4 either way) so a confused model
+cannot produce absurd ETAs; served seconds = ``profile_s * exp(prediction)``.
+
+Features (``FEATURES``, one row per (moment, remaining stop), built by ``features``):
+
+=================  =====================================================================
+remaining_m        metres left to drive to the stop along the chosen path
+profile_s          the profile estimate: seconds to the stop (driving + planned service)
+speed_mps          the vehicle's current speed (m/s, smoothed); NaN when unknown
+stops_before       remaining stops to serve before this one
+hour_of_week       UTC hour of week of the moment (0 = Monday 00 UTC)
+dwell_s            seconds standing still so far (0 while moving)
+cross_track_m      metres off the planned route (0 without a route or when on it)
+service_before_s   planned service seconds before this stop (included in profile_s)
+=================  =====================================================================
+
+Persistence: ``save(path)`` writes the regressor with joblib at ``path`` and a JSON
+sidecar at ``path`` + ``.json`` with format, version, features, target, training
+metrics, trained_at (UTC) and the scikit-learn version. ``load`` refuses a model whose
+features differ from ``FEATURES``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+if TYPE_CHECKING:  # scikit-learn and joblib load only to train, save or load (the tracker needs `features`)
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+__all__ = ["FEATURES", "MAX_LOG_RATIO", "EtaModel", "features", "train"]
+
+FEATURES: tuple[str, ...] = (
+    "remaining_m",
+    "profile_s",
+    "speed_mps",
+    "stops_before",
+    "hour_of_week",
+    "dwell_s",
+    "cross_track_m",
+    "service_before_s",
+)
+MAX_LOG_RATIO = math.log(4.0)
+TARGET = "log(actual_s / profile_s)"
+_FORMAT = 1
+_PROFILE = FEATURES.index("profile_s")
+_MIN_PROFILE_S = 1.0  # ratios to a near-zero estimate are meaningless
+
+
+def features(remaining_m: float, profile_s: float, speed_mps: float | None, stops_before: int, hour_of_week: int,
+             dwell_s: float = 0.0, cross_track_m: float = 0.0, service_before_s: float = 0.0) -> list[float]:
+    """One feature row in ``FEATURES`` order (a missing speed becomes NaN, which the model handles)."""
+    return [float(remaining_m), float(profile_s), math.nan if speed_mps is None else float(speed_mps),
+            float(stops_before), float(hour_of_week), float(dwell_s), float(cross_track_m), float(service_before_s)]
+
+
+@dataclass
+class EtaModel:
+    """A trained correction: ``predict(X)`` gives seconds to each row's stop.
+
+    ``metrics`` are measured on the held-out split the model never saw; ``version``
+    names the training run (UTC time of ``trained_at`` unless given).
+    """
+
+    regressor: HistGradientBoostingRegressor
+    version: str
+    trained_at: datetime
+    metrics: dict[str, float] = field(default_factory=dict)
+    features: tuple[str, ...] = FEATURES
+
+    def predict_log_ratio(self, X: Any) -> np.ndarray:
+        """The clipped predicted ``log(actual_s / profile_s)`` per row."""
+        raw = self.regressor.predict(np.asarray(X, dtype=float))
+        return np.clip(raw, -MAX_LOG_RATIO, MAX_LOG_RATIO)
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Predicted seconds to the stop per row: ``profile_s * exp(log ratio)``."""
+        X = np.asarray(X, dtype=float)
+        return X[:, _PROFILE] * np.exp(self.predict_log_ratio(X))
+
+    def sidecar(self) -> dict[str, Any]:
+        """What the JSON sidecar holds."""
+        return {"format": _FORMAT, "version": self.version, "features": list(self.features), "target": TARGET,
+                "metrics": self.metrics, "trained_at": self.trained_at.astimezone(UTC).isoformat(),
+                "sklearn": _sklearn_version()}
+
+    def save(self, path: Path | str) -> Path:
+        """Write the regressor (joblib) to ``path`` and the sidecar to ``path.json``, each atomically."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        import joblib
+
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        joblib.dump(self.regressor, tmp)
+        os.replace(tmp, path)
+        meta = _sidecar_path(path)
+        tmp = meta.with_name(f".{meta.name}.{os.getpid()}.tmp")
+        tmp.write_text(json.dumps(self.sidecar(), indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, meta)
+        return path
+
+    @classmethod
+    def load(cls, path: Path | str) -> EtaModel:
+        """Read what ``save`` wrote; ValueError when the sidecar's format or features do not match."""
+        path = Path(path)
+        meta = json.loads(_sidecar_path(path).read_text())
+        if meta.get("format") != _FORMAT:
+            raise ValueError(f"{path}: ETA model format {meta.get('format')!r} is not {_FORMAT}")
+        if tuple(meta.get("features", ())) != FEATURES:
+            raise ValueError(f"{path}: model features {meta.get('features')} differ from {list(FEATURES)}")
+        import joblib
+
+        regressor = joblib.load(path)
+        trained_at = datetime.fromisoformat(meta["trained_at"]).astimezone(UTC)
+        return cls(regressor, str(meta["version"]), trained_at, dict(meta.get("metrics", {})), FEATURES)
+
+
+def _sklearn_version() -> str:
+    import sklearn
+
+    return str(sklearn.__version__)
+
+
+def _sidecar_path(path: Path) -> Path:
+    return path.with_name(path.name + ".json")
+
+
+def train(X: Any, y: Sequence[float] | np.ndarray, *, groups: Sequence[Any] | None = None, test_fraction: float = 0.2,
+          random_state: int = 0, max_iter: int = 200, learning_rate: float = 0.1, max_leaf_nodes: int = 31,
+          version: str | None = None, trained_at: datetime | None = None,
+          baselines: Mapping[str, Sequence[float | None]] | None = None) -> EtaModel:
+    """Fit an ``EtaModel`` on rows ``X`` (``FEATURES`` order) and labels ``y`` (actual seconds to the stop).
+
+    A ``test_fraction`` of the rows is held out (whole ``groups`` at a time when given,
+    e.g. one id per trip, so rows of one trip never straddle the split) and the model
+    is fitted on the rest; ``metrics``: ``mae_s`` of the model and ``profile_mae_s`` of
+    the profile estimate alone on the held-out rows, their medians, and the row counts.
+    Same inputs and ``random_state``, same model. Rows with a profile estimate under
+    1 s or a non-positive label are dropped. ``baselines`` (name -> seconds per row,
+    None/NaN where it has no answer, e.g. ``naive``) add ``<name>_mae_s`` and
+    ``<name>_rows`` over the held-out rows where the baseline answers, with
+    ``<name>_model_mae_s``: the model's error on those same rows.
+    """
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    X = np.asarray(X, dtype=float)
+    y = np.asarray(y, dtype=float)
+    if X.ndim != 2 or X.shape[1] != len(FEATURES) or len(y) != len(X):
+        raise ValueError(f"X must be (n, {len(FEATURES)}) with one label per row")
+    keep = (X[:, _PROFILE] >= _MIN_PROFILE_S) & (y > 0) & np.isfinite(y)
+    X, y = X[keep], y[keep]
+    others = {name: np.array([np.nan if v is None else v for v in values], dtype=float)[keep]
+              for name, values in (baselines or {}).items()}
+    group = np.asarray(groups)[keep] if groups is not None else np.arange(len(y))
+    if len(y) < 10:
+        raise ValueError(f"need at least 10 usable rows to train, got {len(y)}")
+    rng = np.random.default_rng(random_state)
+    unique = np.unique(group)
+    held = rng.permutation(len(unique))[:max(1, round(test_fraction * len(unique)))]
+    test = np.isin(group, unique[held])
+    if test.all():
+        raise ValueError("the held-out split would take every row: need more groups")
+    target = np.log(y / X[:, _PROFILE])
+    regressor = HistGradientBoostingRegressor(max_iter=max_iter, learning_rate=learning_rate,
+                                              max_leaf_nodes=max_leaf_nodes, early_stopping=False,
+                                              random_state=random_state)
+    regressor.fit(X[~test], target[~test])
+    trained_at = trained_at or datetime.now(UTC)
+    model = EtaModel(regressor, version or f"eta-{trained_at.astimezone(UTC):%Y%m%dT%H%M%SZ}", trained_at)
+    err = np.abs(model.predict(X[test]) - y[test])
+    base = np.abs(X[test, _PROFILE] - y[test])
+    model.metrics = {"mae_s": round(float(err.mean()), 3), "median_ae_s": round(float(np.median(err)), 3),
+                     "profile_mae_s": round(float(base.mean()), 3),
+                     "profile_median_ae_s": round(float(np.median(base)), 3),
+                     "n_train": int((~test).sum()), "n_test": int(test.sum())}
+    for name, values in others.items():
+        answered = np.isfinite(values[test])
+        if answered.any():
+            model.metrics[f"{name}_mae_s"] = round(float(np.abs(values[test][answered] - y[test][answered]).mean()), 3)
+            model.metrics[f"{name}_model_mae_s"] = round(float(err[answered].mean()), 3)
+        model.metrics[f"{name}_rows"] = int(answered.sum())
+    return model

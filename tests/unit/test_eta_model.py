@@ -1,0 +1,103 @@
+"""The ETA model: feature rows, a correction it can learn (the profile is 2x too optimistic
+beyond two stops), determinism, held-out metrics, clipping, and save / load with its sidecar."""
+
+from __future__ import annotations
+
+import json
+import math
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from models.eta import FEATURES, MAX_LOG_RATIO, EtaModel, features, train
+
+TRAINED_AT = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
+
+
+def dataset(n: int = 600, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    rows = [features(remaining_m=float(rng.uniform(100, 20_000)), profile_s=float(rng.uniform(60, 3600)),
+                     speed_mps=float(rng.uniform(0, 15)), stops_before=int(rng.integers(0, 6)),
+                     hour_of_week=int(rng.integers(0, 168)), dwell_s=0.0) for _ in range(n)]
+    X = np.array(rows)
+    factor = np.where(X[:, FEATURES.index("stops_before")] > 2, 2.0, 1.0)
+    return X, X[:, FEATURES.index("profile_s")] * factor
+
+
+def test_feature_rows_follow_the_feature_list() -> None:
+    row = features(1500.0, 300.0, None, 2, 8, dwell_s=40.0, cross_track_m=12.0, service_before_s=120.0)
+    assert len(row) == len(FEATURES) == 8
+    assert dict(zip(FEATURES, row, strict=True)) == {
+        "remaining_m": 1500.0, "profile_s": 300.0, "speed_mps": pytest.approx(math.nan, nan_ok=True),
+        "stops_before": 2.0, "hour_of_week": 8.0, "dwell_s": 40.0, "cross_track_m": 12.0, "service_before_s": 120.0}
+
+
+def test_learns_the_correction_deterministically_and_reports_held_out_error() -> None:
+    X, y = dataset()
+    model = train(X, y, random_state=0, trained_at=TRAINED_AT)
+    again = train(X, y, random_state=0, trained_at=TRAINED_AT)
+    assert np.array_equal(model.predict(X), again.predict(X))
+    assert model.version == "eta-20261123T120000Z"
+    assert model.metrics["n_train"] == 480 and model.metrics["n_test"] == 120
+    assert model.metrics["mae_s"] < 0.1 * model.metrics["profile_mae_s"]
+    probe = np.array([features(5000, 600, 8.0, 4, 10), features(5000, 600, 8.0, 1, 10)])
+    assert model.predict(probe) == pytest.approx([1200.0, 600.0], rel=0.05)
+
+
+def test_groups_are_held_out_whole() -> None:
+    X, y = dataset(100)
+    groups = np.repeat(np.arange(10), 10)  # ten trips of ten rows
+    model = train(X, y, groups=groups, random_state=3, trained_at=TRAINED_AT)
+    assert model.metrics["n_test"] == 20 and model.metrics["n_train"] == 80
+
+
+def test_predictions_are_clipped_to_a_factor_of_four() -> None:
+    X, y = dataset(200)
+    model = train(X, y * 10.0, random_state=0, trained_at=TRAINED_AT)  # a 10x ratio is beyond belief
+    assert model.predict_log_ratio(X[:5]) == pytest.approx([MAX_LOG_RATIO] * 5)
+    assert model.predict(X[:5]) == pytest.approx(X[:5, 1] * 4.0)
+
+
+def test_save_and_load_with_sidecar(tmp_path: Path) -> None:
+    X, y = dataset(200)
+    model = train(X, y, random_state=0, trained_at=TRAINED_AT, version="eta-test-1")
+    path = model.save(tmp_path / "eta_model.joblib")
+    meta = json.loads((tmp_path / "eta_model.joblib.json").read_text())
+    assert meta["version"] == "eta-test-1" and meta["features"] == list(FEATURES)
+    assert meta["trained_at"] == "2026-11-23T12:00:00+00:00" and meta["metrics"] == model.metrics
+    assert meta["target"] == "log(actual_s / profile_s)"
+    loaded = EtaModel.load(path)
+    assert np.array_equal(loaded.predict(X), model.predict(X))
+    assert (loaded.version, loaded.trained_at, loaded.metrics) == ("eta-test-1", TRAINED_AT, model.metrics)
+    (tmp_path / "eta_model.joblib.json").write_text(json.dumps({**meta, "features": ["remaining_m"]}))
+    with pytest.raises(ValueError, match="features"):
+        EtaModel.load(path)
+
+
+def test_too_little_data_is_refused() -> None:
+    X, y = dataset(5)
+    with pytest.raises(ValueError, match="at least 10"):
+        train(X, y)
+
+
+def test_registry_saves_and_loads_a_model_set(tmp_path: Path) -> None:
+    from models import registry
+    from models.profiles import SpeedProfiles
+
+    assert registry.current("nothing-here") == registry.EtaModels()  # nothing required
+    X, y = dataset(100)
+    model = train(X, y, random_state=0, trained_at=TRAINED_AT, version="eta-test-2")
+    registry.save_dir(tmp_path, registry.EtaModels(SpeedProfiles.constant(9.0), model, 1.4))
+    try:
+        loaded = registry.load_dir(tmp_path, name="test-registry")
+        assert registry.current("test-registry") is loaded
+        assert loaded.profiles == SpeedProfiles.constant(9.0) and loaded.detour_factor == 1.4
+        assert loaded.model is not None and loaded.model.version == "eta-test-2"
+        kept = registry.set_models("test-registry", detour_factor=1.2)  # replaces one part, keeps the rest
+        assert kept.model is loaded.model and kept.detour_factor == 1.2
+    finally:
+        registry.clear("test-registry")
+    assert registry.load_dir(tmp_path / "empty", name="test-empty") == registry.EtaModels()
+    registry.clear("test-empty")

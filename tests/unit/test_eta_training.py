@@ -1,0 +1,90 @@
+"""The ETA training set from frames: vans driving a straight north-south route at constant
+speeds (a fix every 5 s), arrivals where they pass the stops; rows at the horizons with
+exact labels, detour pairs, and a model trained end to end."""
+
+from __future__ import annotations
+
+import math
+from datetime import UTC, datetime, timedelta
+
+import h3.api.basic_int as h3
+import polars as pl
+import pytest
+
+from models.paths import fit_detour_factor
+from models.profiles import SpeedProfiles
+from models.training import build_training_rows, detour_pairs, train_eta_from_frames
+from pipelines.trackers.geo import EARTH_RADIUS_M
+from pipelines.trackers.plan import Plan, Stop
+
+T0 = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
+LON = 24.94
+ROUTE = [(60.0 + i * 0.001, LON) for i in range(21)]
+STOPS = (Stop("s1", 60.005, LON), Stop("s2", 60.010, LON), Stop("s3", 60.015, LON))
+M_PER_DEG = EARTH_RADIUS_M * math.pi / 180
+
+
+def m(dlat: float) -> float:
+    return M_PER_DEG * dlat
+
+
+def drive(vehicle: str, speed: float, start: datetime = T0) -> tuple[list[dict], list[dict]]:
+    """Fixes every 5 s from the route's start at ``speed`` m/s, and the arrivals at the stops."""
+    fixes = []
+    for k in range(int(m(0.02) / speed / 5) + 1):
+        lat = 60.0 + speed * 5 * k / M_PER_DEG
+        fixes.append({"tenant": "acme", "vehicle_id": vehicle, "fix_time": start + timedelta(seconds=5 * k),
+                      "lat": lat, "lon": LON, "speed_mps": speed, "h3_cell": h3.latlng_to_cell(lat, LON, 9)})
+    arrivals = [{"tenant": "acme", "vehicle_id": vehicle, "stop_id": s.id,
+                 "at": start + timedelta(seconds=m(s.lat - 60.0) / speed)} for s in STOPS]
+    return fixes, arrivals
+
+
+def frames(speeds: dict[str, float]) -> tuple[pl.DataFrame, pl.DataFrame, list[Plan]]:
+    fixes, arrivals, plans = [], [], []
+    for vehicle, speed in speeds.items():
+        f, a = drive(vehicle, speed)
+        fixes += f
+        arrivals += a
+        plans.append(Plan("acme", vehicle, 1, STOPS, ROUTE))
+    return pl.DataFrame(fixes), pl.DataFrame(arrivals), plans
+
+
+def test_rows_at_each_horizon_with_exact_labels() -> None:
+    positions, arrivals, plans = frames({"van-1": 10.0})
+    rows = build_training_rows(positions, arrivals, plans, profiles=SpeedProfiles.constant(10.0), detour_factor=1.3,
+                               horizons_s=(30, 60))
+    s2 = rows.filter(pl.col("stop_id") == "s2").sort("horizon_s")
+    # s2 is reached at 111.2 s; 30 s before is 81.2 s: the fix at 80 s (800 m up the route)
+    assert s2["fix_time"].to_list() == [T0 + timedelta(seconds=80), T0 + timedelta(seconds=50)]
+    assert s2["label_s"].to_list() == pytest.approx([m(0.01) / 10 - 80, m(0.01) / 10 - 50])
+    assert s2["remaining_m"].to_list() == pytest.approx([m(0.01) - 800, m(0.01) - 500])
+    assert s2["profile_s"].to_list() == pytest.approx(s2["label_s"].to_list())  # it drove at the profile speed
+    assert s2["naive_s"].to_list() == pytest.approx(s2["label_s"].to_list())
+    assert s2["stops_before"].to_list() == [0.0, 1.0]  # at 50 s s1 (55.6 s) was still ahead
+    assert set(rows["method"]) == {"route"}
+    # s1 is reached at 55.6 s: 60 s before that there was no fix yet, so no row
+    assert sorted(zip(rows["stop_id"], rows["horizon_s"], strict=True)) == [
+        ("s1", 30.0), ("s2", 30.0), ("s2", 60.0), ("s3", 30.0), ("s3", 60.0)]
+
+
+def test_detour_pairs_of_a_straight_drive_are_one() -> None:
+    positions, arrivals, _ = frames({"van-1": 10.0})
+    pairs = detour_pairs(positions, arrivals)
+    assert len(pairs) == 2  # s1 -> s2, s2 -> s3
+    for straight, travelled in pairs:
+        assert travelled == pytest.approx(straight)
+    assert fit_detour_factor(pairs, min_straight_m=100) == pytest.approx(1.0)
+
+
+def test_train_end_to_end_with_the_naive_baseline() -> None:
+    positions, arrivals, plans = frames({f"van-{i}": 6.0 + i for i in range(8)})
+    result = train_eta_from_frames(positions, arrivals, plans, horizons_s=(30, 60, 90, 120), random_state=0,
+                                   max_iter=20, trained_at=T0)
+    assert result.rows.height > 50 and result.rows["trip"].n_unique() == 8
+    metrics = result.model.metrics
+    assert metrics["n_test"] + metrics["n_train"] == result.rows.height
+    assert {"mae_s", "profile_mae_s", "naive_mae_s", "naive_model_mae_s", "naive_rows"} <= set(metrics)
+    assert metrics["naive_mae_s"] == pytest.approx(0.0, abs=1.0)  # constant speeds: the naive guess is exact
+    assert result.detour_factor == pytest.approx(1.0)
+    assert result.profiles.samples == positions.height
