@@ -88,6 +88,49 @@ def _bench(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _plan(settings: Settings, args: argparse.Namespace) -> int:
+    from pipelines.trackers.plan import PlanError
+    from store.db import connect
+    from store.plans import latest_plan, load_plans_file, store_plan
+
+    if args.action == "show":
+        with connect(settings.dsn(), autocommit=True) as conn:
+            plan = latest_plan(conn, args.tenant, args.vehicle)
+        if plan is None:
+            print(f"no plan stored for {args.tenant}/{args.vehicle}", file=sys.stderr)
+            return 1
+        print(json.dumps(plan.to_dict(), indent=2))
+        return 0
+    try:
+        plans = load_plans_file(args.file)
+    except (PlanError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.action == "load":
+        with connect(settings.dsn(), autocommit=True) as conn:  # store_plan needs an idle connection
+            for plan in plans:
+                version, stored = store_plan(conn, plan, "cli")
+                print(json.dumps({"tenant": plan.tenant, "vehicle": plan.vehicle, "version": version, "stored": stored}))
+        return 0
+    from ingest.dispatch import PublishError, plan_topic, publish_plan
+
+    for plan in plans:  # publish
+        try:
+            publish_plan(settings, plan)
+        except (PublishError, TimeoutError, OSError, ValueError) as exc:
+            print(f"error: {plan.tenant}/{plan.vehicle}: {exc}", file=sys.stderr)
+            return 1
+        print(json.dumps({"tenant": plan.tenant, "vehicle": plan.vehicle, "topic": plan_topic(plan.tenant), "acked": True}))
+    return 0
+
+
+def _dispatch(settings: Settings, args: argparse.Namespace) -> int:
+    from ingest.dispatch import run_dispatch
+
+    run_dispatch(settings)  # main thread: SIGTERM / SIGINT stop it
+    return 0
+
+
 def _evaluate(settings: Settings, args: argparse.Namespace) -> int:
     from dataclasses import replace
 
@@ -160,6 +203,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     p.add_argument("--analytics-only", action="store_true", help="only the analytics benchmark")
     p.set_defaults(func=_bench)
+
+    p = sub.add_parser("plan", help="delivery plans: store, publish over MQTT, show the latest")
+    plan_sub = p.add_subparsers(dest="action", required=True)
+    q = plan_sub.add_parser("load", help="store every plan in FILE; prints the assigned versions")
+    q.add_argument("file")
+    q = plan_sub.add_parser("publish", help="publish every plan in FILE to dispatch/<tenant>/plan (waits for PUBACK)")
+    q.add_argument("file")
+    q = plan_sub.add_parser("show", help="print a vehicle's latest stored plan")
+    q.add_argument("tenant")
+    q.add_argument("vehicle")
+    p.set_defaults(func=_plan)
+
+    p = sub.add_parser("dispatch", help="run the dispatch listener for plans over MQTT (the engine starts it)")
+    p.set_defaults(func=_dispatch)
 
     p = sub.add_parser("evaluate", help="simulated fleet with labelled anomalies through the real engine: "
                        "precision, recall, detection delay, arrival/departure timing")

@@ -1,4 +1,4 @@
-"""The engine: gateway shard processes plus the dataflow process, supervised.
+"""The engine: gateway shard processes, the dataflow process and the dispatch listener, supervised.
 
 Each part runs in its own process (the gateway is CPU-bound Python, so shards
 use both cores). A child that dies is restarted; the dataflow resumes from its
@@ -19,6 +19,7 @@ import time
 from dataclasses import dataclass, fields
 
 from fleetstream.settings import Settings
+from ingest.dispatch import ready_file as dispatch_ready_file
 from ingest.gateway import ready_file
 
 __all__ = ["Engine", "settings_env"]
@@ -51,19 +52,25 @@ class _Child:
 class Engine:
     """Start, watch and stop the engine's processes."""
 
-    def __init__(self, settings: Settings, with_flow: bool = True) -> None:
+    def __init__(self, settings: Settings, with_flow: bool = True, with_dispatch: bool = True) -> None:
         self.settings = settings
         cli = [sys.executable, "-m", "fleetstream.cli"]
         self.children = [_Child(f"gateway-{i}", [*cli, "gateway", "--shard", str(i)], shard=i)
                          for i in range(settings.gateway_workers)]
         if with_flow:
             self.children.append(_Child("flow", [*cli, "flow"]))
+        # one dispatch listener per broker (its client id is fixed): plans over MQTT
+        self.with_dispatch = with_dispatch
+        if with_dispatch:
+            self.children.append(_Child("dispatch", [*cli, "dispatch"]))
         self._log = settings.state_dir / "logs"
 
     def _spawn(self, child: _Child) -> None:
         self._log.mkdir(parents=True, exist_ok=True)
         if child.shard is not None:
             ready_file(self.settings, child.shard).unlink(missing_ok=True)
+        if child.name == "dispatch":
+            dispatch_ready_file(self.settings).unlink(missing_ok=True)
         with open(self._log / f"{child.name}.log", "ab") as out:
             child.proc = subprocess.Popen(child.argv, env=settings_env(self.settings), stdout=out,
                                           stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
@@ -74,13 +81,17 @@ class Engine:
             self._spawn(child)
 
     def wait_ready(self, timeout_s: float = 60.0) -> None:
-        """Block until every gateway shard has subscribed (its queue then exists in the broker)."""
+        """Block until every gateway shard (and the dispatch listener) has subscribed: their
+        queues then exist in the broker."""
         deadline = time.monotonic() + timeout_s
         shards = [c.shard for c in self.children if c.shard is not None]
-        while not all(ready_file(self.settings, s).exists() for s in shards):
+        files = [ready_file(self.settings, s) for s in shards]
+        if self.with_dispatch:
+            files.append(dispatch_ready_file(self.settings))
+        while not all(f.exists() for f in files):
             if time.monotonic() > deadline:
                 logs = self._log
-                raise TimeoutError(f"gateway shards not subscribed after {timeout_s} s; see {logs}")
+                raise TimeoutError(f"gateway shards / dispatch listener not subscribed after {timeout_s} s; see {logs}")
             time.sleep(0.05)
 
     def pids(self) -> dict[str, int]:

@@ -24,6 +24,8 @@ __all__ = ["OfflineTracker"]
 class OfflineTracker:
     """Last receive time of one vehicle and its open offline alert."""
 
+    last_fix_time: datetime | None = None  # class default: state pickled before it existed still loads
+
     def __init__(self, tenant: str, vehicle: str, config: AnalyticsConfig) -> None:
         self.tenant, self.vehicle, self.config = tenant, vehicle, config
         self.last_received_at: datetime | None = None
