@@ -6,17 +6,22 @@ Anomalies
     overlap, each widened by ``tolerance_s`` (an open alert runs to ``sim_end``); matching
     is one-to-one, greedy by overlap. A label is *detectable* when its start plus the
     type's threshold plus ``censor_margin_s`` is before ``sim_end``; the rest are censored
-    (the run ended before anyone could have known). Labels marked ``ambiguous`` (a
-    deviation at the edge of the definition) count neither way: an alert matching one is
+    (the run ended before anyone could have known): missing one is no miss, and an alert
+    matching one is a true alert, not a false positive. Labels marked ``ambiguous`` (an
+    anomaly at the edge of the definition) count neither way: an alert matching one is
     no false positive, and missing one is no miss.
 
-    precision = matched alerts / alerts raised by ``sim_end`` (ambiguous matches left out)
+    precision = alerts matching a label / alerts raised by ``sim_end`` (those matching an
+                ambiguous label left out)
     recall    = matched detectable labels / detectable labels
-    delay     = alert.detected_at - label.start (event time, seconds)
+    delay     = alert.detected_at - label.start (event time, seconds), per matched
+                detectable label
 
 Stop events
     Each stop_visit label has a true arrival and departure; the engine's first visit of
     that stop (not retracted) is compared: error = engine time - true time (seconds).
+    The simulator visits each stop once, so any other event (a second visit, a stop or
+    a kind with no truth) is extra.
 """
 
 from __future__ import annotations
@@ -58,16 +63,17 @@ def _overlap_s(a0: datetime, a1: datetime, b0: datetime, b1: datetime) -> float:
 def _score_type(labels: list[dict[str, Any]], alerts: list[dict[str, Any]], threshold_s: float,
                 sim_end: datetime, tolerance: timedelta, censor_margin: timedelta) -> dict[str, Any]:
     raised = [a for a in alerts if _time(a["detected_at"]) <= sim_end]
-    detectable, censored, ambiguous = [], 0, []
+    detectable, censored, ambiguous = [], [], []
     for label in labels:
         if label.get("details", {}).get("ambiguous"):
             ambiguous.append(label)
         elif _time(label["start"]) + timedelta(seconds=threshold_s) + censor_margin <= sim_end:
             detectable.append(label)
         else:
-            censored += 1
+            censored.append(label)
+    candidates = [*detectable, *censored, *ambiguous]  # in this order: an index tells the group
     pairs = []
-    for li, label in enumerate([*detectable, *ambiguous]):
+    for li, label in enumerate(candidates):
         l0, l1 = _time(label["start"]) - tolerance, _time(label["end"]) + tolerance
         for ai, alert in enumerate(raised):
             if alert["vehicle_id"] != label["vehicle"]:
@@ -80,25 +86,27 @@ def _score_type(labels: list[dict[str, Any]], alerts: list[dict[str, Any]], thre
     used_labels: set[int] = set()
     used_alerts: set[int] = set()
     delays: list[float] = []
-    ambiguous_hits = 0
+    censored_hits = ambiguous_hits = 0
     for _, li, ai in sorted(pairs, key=lambda p: (-p[0], p[1], p[2])):
         if li in used_labels or ai in used_alerts:
             continue
         used_labels.add(li)
         used_alerts.add(ai)
-        if li >= len(detectable):
+        if li >= len(detectable) + len(censored):
             ambiguous_hits += 1
-            continue
-        label = detectable[li]
-        delays.append((_time(raised[ai]["detected_at"]) - _time(label["start"])).total_seconds())
+        elif li >= len(detectable):
+            censored_hits += 1
+        else:
+            delays.append((_time(raised[ai]["detected_at"]) - _time(detectable[li]["start"])).total_seconds())
     matched = len(delays)
     counted_alerts = len(raised) - ambiguous_hits
+    true_alerts = matched + censored_hits
     median = _quantile(delays, 0.5)
     return {
-        "labels": len(labels), "detectable": len(detectable), "censored": censored, "ambiguous": len(ambiguous),
-        "alerts": counted_alerts, "matched": matched,
-        "false_positives": counted_alerts - matched, "missed": len(detectable) - matched,
-        "precision": matched / counted_alerts if counted_alerts else None,
+        "labels": len(labels), "detectable": len(detectable), "censored": len(censored),
+        "ambiguous": len(ambiguous), "alerts": counted_alerts, "matched": matched, "matched_censored": censored_hits,
+        "false_positives": counted_alerts - true_alerts, "missed": len(detectable) - matched,
+        "precision": true_alerts / counted_alerts if counted_alerts else None,
         "recall": matched / len(detectable) if detectable else None,
         "delay_median_s": median, "delay_p95_s": _quantile(delays, 0.95), "threshold_s": threshold_s,
         "delay_minus_threshold_s": None if median is None else median - threshold_s,
@@ -106,32 +114,44 @@ def _score_type(labels: list[dict[str, Any]], alerts: list[dict[str, Any]], thre
 
 
 def _timing(labels: list[dict[str, Any]], stop_events: list[dict[str, Any]]) -> dict[str, Any]:
-    first: dict[tuple[str, str, str], dict[str, Any]] = {}
-    for event in stop_events:
-        if event.get("retracted") or event.get("visit", 1) != 1:
-            continue
-        first[(event["vehicle_id"], event["stop_id"], event["kind"])] = event
-    out: dict[str, Any] = {}
     visits = [row for row in labels if row["kind"] == "stop_visit"]
+    truth = {(v["vehicle"], v["stop_id"], kind): v[kind] for v in visits for kind in ("arrival", "departure")
+             if v.get(kind)}
+    first: dict[tuple[str, str, str], dict[str, Any]] = {}
+    extra: Counter[str] = Counter()
+    for event in stop_events:
+        if event.get("retracted"):
+            continue
+        key = (event["vehicle_id"], event["stop_id"], event["kind"])
+        if event.get("visit", 1) != 1 or key not in truth:
+            extra[event["kind"]] += 1
+        else:
+            first[key] = event
+    out: dict[str, Any] = {}
     for kind in ("arrival", "departure"):
         errors: list[float] = []
         expected = missing = 0
-        for visit in visits:
-            if not visit.get(kind):
+        for (vehicle, stop, k), at in truth.items():
+            if k != kind:
                 continue
             expected += 1
-            event = first.get((visit["vehicle"], visit["stop_id"], kind))
+            event = first.get((vehicle, stop, kind))
             if event is None:
                 missing += 1
                 continue
-            errors.append((_time(event["at"]) - _time(visit[kind])).total_seconds())
+            errors.append((_time(event["at"]) - _time(at)).total_seconds())
         absolute = [abs(e) for e in errors]
-        out[kind] = {"expected": expected, "matched": len(errors), "missing": missing,
+        out[kind] = {"expected": expected, "matched": len(errors), "missing": missing, "extra": extra[kind],
                      "median_error_s": _quantile(errors, 0.5), "median_abs_error_s": _quantile(absolute, 0.5),
                      "p95_abs_error_s": _quantile(absolute, 0.95)}
-    known = {(v["vehicle"], v["stop_id"]) for v in visits}
-    out["extra_events"] = sum(1 for (vehicle, stop, _) in first if (vehicle, stop) not in known)
+    out["extra_events"] = sum(extra.values())
     return out
+
+
+def _threshold(thresholds: dict[str, float], alert_type: str, label_type: str) -> float:
+    if alert_type in thresholds:
+        return float(thresholds[alert_type])
+    return float(thresholds[label_type])
 
 
 def score(labels: list[dict[str, Any]], alerts: list[dict[str, Any]], stop_events: list[dict[str, Any]], *,
@@ -141,7 +161,9 @@ def score(labels: list[dict[str, Any]], alerts: list[dict[str, Any]], stop_event
 
     ``labels``: the simulator's label rows; ``alerts``: rows with id, type, vehicle_id,
     status, start_time, end_time, detected_at; ``stop_events``: rows with kind,
-    vehicle_id, stop_id, visit, at, retracted; ``thresholds``: seconds per alert type.
+    vehicle_id, stop_id, visit, at, retracted; ``thresholds``: seconds per alert type
+    (``unplanned_dwell``, ...), or per label type (``long_dwell``, ...). Times are
+    timezone-aware datetimes or RFC 3339 strings.
     """
     live = [a for a in alerts if a["status"] != "retracted"]
     tolerance, margin = timedelta(seconds=tolerance_s), timedelta(seconds=censor_margin_s)
@@ -150,7 +172,8 @@ def score(labels: list[dict[str, Any]], alerts: list[dict[str, Any]], stop_event
         mine = [row for row in labels if row["kind"] == "anomaly" and row["type"] == label_type]
         theirs = [a for a in live if a["type"] == alert_type]
         anomalies[label_type] = {"alert_type": alert_type,
-                                 **_score_type(mine, theirs, thresholds[alert_type], sim_end, tolerance, margin)}
+                                 **_score_type(mine, theirs, _threshold(thresholds, alert_type, label_type),
+                                               sim_end, tolerance, margin)}
     mapped = set(ALERT_FOR_LABEL.values())
     unlabelled = dict(sorted(Counter(a["type"] for a in live if a["type"] not in mapped).items()))
     return {"sim_end": sim_end.isoformat(), "anomalies": anomalies, "unlabelled_alerts": unlabelled,
@@ -174,11 +197,13 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append("alerts of types the simulator does not label: "
                      + ", ".join(f"{k} {v}" for k, v in report["unlabelled_alerts"].items()))
     lines.append("")
-    lines.append(f"{'stop events':<12}{'matched':>14}{'median error':>14}{'median |error|':>16}{'p95 |error|':>13}")
+    lines.append(f"{'stop events':<12}{'matched':>14}{'median error':>14}{'median |error|':>16}{'p95 |error|':>13}"
+                 f"{'missing':>9}{'extra':>7}")
     for kind in ("arrival", "departure"):
         row = report["stops"][kind]
         lines.append(f"{kind:<12}{row['matched']:>7}/{row['expected']:<6}{_fmt(row['median_error_s'], '+.1f'):>13}s"
-                     f"{_fmt(row['median_abs_error_s'], '.1f'):>15}s{_fmt(row['p95_abs_error_s'], '.1f'):>12}s")
+                     f"{_fmt(row['median_abs_error_s'], '.1f'):>15}s{_fmt(row['p95_abs_error_s'], '.1f'):>12}s"
+                     f"{row['missing']:>9}{row['extra']:>7}")
     return "\n".join(lines)
 
 

@@ -53,6 +53,9 @@ def test_labels_too_close_to_the_end_are_censored() -> None:
     labels = [label("v1", "long_dwell", 6540, 7200), label("v1", "long_dwell", 6541, 7200)]
     row = score(labels, [], [], sim_end=END, thresholds=THRESHOLDS)["anomalies"]["long_dwell"]
     assert (row["detectable"], row["censored"], row["recall"]) == (1, 1, 0.0)
+    early = [alert("v1", "unplanned_dwell", 6541, None, 7190)]  # raised in time for the censored label
+    row = score(labels[1:], early, [], sim_end=END, thresholds=THRESHOLDS)["anomalies"]["long_dwell"]
+    assert (row["matched"], row["matched_censored"], row["false_positives"], row["precision"]) == (0, 1, 0, 1.0)
 
 
 def test_tolerance_edges_and_one_to_one_matching() -> None:
@@ -84,8 +87,8 @@ def test_arrival_and_departure_timing_errors() -> None:
               {"kind": "arrival", "vehicle_id": "v1", "stop_id": "s4", "visit": 1, "at": at(402), "retracted": False},
               {"kind": "departure", "vehicle_id": "v1", "stop_id": "s1", "visit": 1, "at": at(170), "retracted": False}]
     stops = score(labels, [], events, sim_end=END, thresholds=THRESHOLDS)["stops"]
-    assert stops["arrival"] == {"expected": 4, "matched": 3, "missing": 1, "median_error_s": 2.0,
-                                "median_abs_error_s": 5.0, "p95_abs_error_s": 10.0}
+    assert stops["arrival"] == {"expected": 4, "matched": 3, "missing": 1, "extra": 1,
+                                "median_error_s": 2.0, "median_abs_error_s": 5.0, "p95_abs_error_s": 10.0}  # s3's visit 2 is extra
     assert (stops["departure"]["matched"], stops["departure"]["median_error_s"]) == (1, 20.0)
 
 
