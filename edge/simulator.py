@@ -63,6 +63,19 @@ GPS_SIGMA_M = 3.5  # per axis: about 5 m horizontal RMS
 DEVIATION_M = 150.0
 DEVIATION_MIN_S = 90.0
 DEVIATION_AMBIGUOUS_S = 30.0
+# Back within DEVIATION_M for less than this (the engine's drift_resolve_s) does not end a
+# deviation: an open drift alert stays open, so the two spans are one label.
+DEVIATION_REJOIN_S = 30.0
+# A detour node lies at least this far from the planned route: well past DEVIATION_M, so
+# the labelled span has room to last (a van at 30 km/h covers the extra 200 m and back in
+# about 50 s) and GPS noise cannot blur it into the threshold.
+DETOUR_MIN_OFF_ROUTE_M = 350.0
+# A labelled excursion is above TEMP_RANGE_C for at least the engine's 300 s plus two probe
+# readings; a shorter one is "ambiguous". Back under the limit by less than TEMP_CLEAR_C (the
+# engine's excursion_clear_c) does not end one.
+EXCURSION_MIN_S = 360.0
+TEMP_CLEAR_C = 0.5
+DETOUR_TRIES = 12  # detour nodes tried per leg before giving up on a deviation there
 DEFAULT_START = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)
 
 
@@ -86,12 +99,23 @@ class AnomalyPlan:
     malformed_rate: float = 0.002
     duplicate_rate: float = 0.003
     within_s: float | None = None
-    # sized past the engine's defaults, so that every injected anomaly is one by its definition:
-    # unplanned dwell 600 s, offline 300 s, excursion 300 s above the range
+    # Sized past the engine's thresholds, so that every injected anomaly is one by the
+    # product's definition (otherwise it is no ground truth), with a margin for GPS noise,
+    # 5 s fixes and 30 s probe readings:
+    # - dwell: stopped >= 600 s away from stops is an unplanned dwell; 900 s at least.
     dwell_s: tuple[float, float] = (900.0, 1500.0)
+    # - door away: alerted as soon as it opens; the span only needs a few fixes to place it.
     door_away_s: tuple[float, float] = (90.0, 240.0)
+    # - offline: no data for >= 300 s; 480 s at least.
     offline_s: tuple[float, float] = (480.0, 900.0)
-    excursion_s: tuple[float, float] = (480.0, 900.0)
+    # - excursion: above the range for >= 300 s. In ``_temperatures`` the probe heads for
+    #   14 C (tau 300 s) during the fault, so it passes 8 C about 150 s in (14 - 10 e^(-t/300)),
+    #   and after it cools back under 8 C within about 150 s: the time above is about the
+    #   fault's length, 720 s at least, well over 300 s even from a warm start or a late reading.
+    excursion_s: tuple[float, float] = (720.0, 1200.0)
+    # - route deviation: more than 150 m from the planned route for >= 60 s. The detour node
+    #   is this far from the planned leg (and DETOUR_MIN_OFF_ROUTE_M from the whole route);
+    #   on the small Helsinki extract (about 1.2 x 1.6 km) 400-900 m still fits most legs.
     detour_m: tuple[float, float] = (400.0, 900.0)
 
     @classmethod
@@ -378,20 +402,31 @@ class FleetSimulator:
         free = [i for i, t0 in enumerate(leg_starts) if t0 - start_s <= within]
         keep_away = [net.coords(depot)] + [(s.lat, s.lon) for s in stops]
         leg_anomaly: dict[int, str] = {}
+        leg_detour: dict[int, tuple[int, RoadPath]] = {}
         for kind in ("long_dwell", "route_deviation", "door_away"):
             # a pause needs a spot on the leg well away from every stop; a long dwell needs a stop
             # still to do (on the way home a van may park anywhere: that is no unplanned dwell)
             fits = [i for i in free if kind == "route_deviation" or _pause_spots(legs[i], keep_away)]
             if kind == "long_dwell":
                 fits = [i for i in fits if i < len(stops)]
-            if rng.random() < getattr(plan, kind) and fits:
+            if not (rng.random() < getattr(plan, kind) and fits):
+                continue
+            if kind == "route_deviation":
+                # on this small map most legs have no room for a clear deviation: take the first
+                # leg, in a seeded order, that has one (none at all: this vehicle gets none)
+                rng.shuffle(fits)
+                found = next(((i, d) for i in fits if (d := self._detour(rng, v, legs[i])) is not None), None)
+                if found is None:
+                    continue
+                chosen, leg_detour[found[0]] = found
+            else:
                 chosen = fits[rng.randrange(len(fits))]
-                free.remove(chosen)
-                leg_anomaly[chosen] = kind
+            free.remove(chosen)
+            leg_anomaly[chosen] = kind
         want_offline = rng.random() < plan.offline
         want_excursion = rng.random() < plan.temp_excursion
 
-        self._drive_day(v, rng, depot_wait, leg_anomaly)
+        self._drive_day(v, rng, depot_wait, leg_anomaly, leg_detour)
         latest = min(v.start_s + within, v.end_s)
         if want_offline:
             span = rng.uniform(*plan.offline_s)
@@ -409,8 +444,10 @@ class FleetSimulator:
         self._finish(v)
         return v
 
-    def _drive_day(self, v: _Vehicle, rng: random.Random, depot_wait: float, leg_anomaly: dict[int, str]) -> None:
-        """Lay out the actual trajectory, door events and stop visits."""
+    def _drive_day(self, v: _Vehicle, rng: random.Random, depot_wait: float, leg_anomaly: dict[int, str],
+                   leg_detour: dict[int, tuple[int, RoadPath]]) -> None:
+        """Lay out the actual trajectory, door events and stop visits (``leg_detour``: the detour
+        node and path driven instead of the planned leg, per leg index)."""
         net = self.network
         depot_point = net.coords(v.depot)
         keep_away = [depot_point] + [(s.lat, s.lon) for s in v.stops]
@@ -419,27 +456,26 @@ class FleetSimulator:
         t += depot_wait
         v.knot(t, depot_point)
         targets = [*v.stops, None]  # None: back to the depot
-        prev = v.depot
         for leg_index, stop in enumerate(targets):
-            goal = v.depot if stop is None else stop.node
             kind = leg_anomaly.get(leg_index)
             path = v.planned_legs[leg_index]
             detour_node = None
-            if kind == "route_deviation":
-                detour_node = self._detour_node(rng, v, path)
-                if detour_node is not None:
-                    path = net.shortest_path(prev, detour_node) + net.shortest_path(detour_node, goal)
+            if leg_index in leg_detour:
+                detour_node, path = leg_detour[leg_index]
             pause_at = None
             if kind in ("long_dwell", "door_away"):
                 spots = _pause_spots(path, keep_away)
                 pause_at = rng.choice(spots) if spots else None
             factor = rng.uniform(0.6, 1.1)  # traffic on this leg
             leg_start_knot = len(v.ts) - 1
+            detour_at = None  # when the vehicle passes the detour node
             for k in range(len(path.lengths_m)):
                 speed = path.speeds_kmh[k] / 3.6 * min(1.1, max(0.6, factor * rng.uniform(0.92, 1.08)))
                 t += path.lengths_m[k] / speed
                 point = path.points[k + 1]
                 v.knot(t, point)
+                if detour_at is None and detour_node is not None and path.nodes[k + 1] == detour_node:
+                    detour_at = _ms(t)
                 last = k == len(path.lengths_m) - 1
                 if not last and path.nodes[k + 1] >= 0 and net.graph.out_degree(path.nodes[k + 1]) >= 2 \
                         and rng.random() < 0.05:
@@ -447,8 +483,8 @@ class FleetSimulator:
                     v.knot(t, point)
                 if pause_at is not None and k + 1 == pause_at:
                     t = self._pause(v, rng, kind or "", t, point)
-            if kind == "route_deviation" and detour_node is not None:
-                self._label_deviation(v, leg_start_knot, path, v.planned_legs[leg_index], stop)
+            if kind == "route_deviation" and detour_at is not None:
+                self._label_deviation(v, leg_start_knot, path, v.planned_legs[leg_index], stop, detour_at)
             # at the stop (or home at the depot)
             arrival = _ms(t)
             if stop is None:
@@ -466,7 +502,6 @@ class FleetSimulator:
             v.visits.append({"stop_id": stop.id, "seq": stop.seq, "arrival": arrival, "departure": departure,
                              "door_open": door_open, "door_close": door_close})
             t = departure
-            prev = goal
 
     def _pause(self, v: _Vehicle, rng: random.Random, kind: str, t: float, point: tuple[float, float]) -> float:
         """Stand still at ``point`` from ``t``: a long unplanned dwell, or a short stop with the door opened."""
@@ -485,8 +520,17 @@ class FleetSimulator:
         v.knot(t + span, point)
         return _ms(t + span)
 
-    def _detour_node(self, rng: random.Random, v: _Vehicle, leg: RoadPath) -> int | None:
-        """A node ``detour_m`` away from the planned leg, preferably also away from the whole route."""
+    def _detour(self, rng: random.Random, v: _Vehicle, leg: RoadPath) -> tuple[int, RoadPath] | None:
+        """A detour for the planned ``leg``: (the node it goes through, the path driven), or None
+        when no clear one fits (the leg is then driven as planned, and nothing is labelled).
+
+        The node is ``detour_m`` from the leg and DETOUR_MIN_OFF_ROUTE_M from the whole route,
+        further from the next stop than the leg's start is (a detour closing in on the next stop
+        is a planned detour to the engine, not drift), and the path through it stays beyond
+        DEVIATION_M for at least DEVIATION_MIN_S even at the fastest the simulation drives
+        (1.1 x the limits): so its labelled span is a deviation by the engine's definition.
+        Candidates are tried in a seeded order, at most DETOUR_TRIES of them.
+        """
         net, (lo, hi) = self.network, self.anomalies.detour_m
         if len(leg.points) < 2:
             return None
@@ -494,47 +538,71 @@ class FleetSimulator:
         candidates = np.flatnonzero((off_leg >= lo) & (off_leg <= hi))
         if len(candidates) == 0:
             return None
-        off_route = distance_to_polyline_m(net.node_coords[candidates], self._planned_route(v).points)
-        # a detour that closes in on the next stop is a planned detour to the engine (no drift):
-        # a labelled deviation heads away from it, and goes well past DEVIATION_M
+        route = self._planned_route(v).points
+        off_route = distance_to_polyline_m(net.node_coords[candidates], route)
         goal = leg.points[-1]
         start_to_goal = haversine_m(*leg.points[0], *goal)
-        to_goal = np.array([haversine_m(*net.node_coords[c], *goal) for c in candidates])
-        far = candidates[(off_route >= 350.0) & (to_goal > start_to_goal + 100.0)]
-        if len(far) == 0:
-            return None  # no clear deviation fits this leg: drive it as planned
-        return net.nodes[int(far[rng.randrange(len(far))])]
+        to_goal = distance_to_polyline_m(net.node_coords[candidates], [goal])
+        far = [int(c) for c in candidates[(off_route >= DETOUR_MIN_OFF_ROUTE_M) & (to_goal > start_to_goal + 100.0)]]
+        rng.shuffle(far)
+        first, last = leg.nodes[0], leg.nodes[-1]
+        for c in far[:DETOUR_TRIES]:
+            node = net.nodes[c]
+            out = net.shortest_path(first, node)
+            path = out + net.shortest_path(node, last)
+            if _fastest_span_s(path, len(out.points) - 1, route) >= DEVIATION_MIN_S:
+                return node, path
+        return None
 
     def _label_deviation(self, v: _Vehicle, first_knot: int, path: RoadPath, planned: RoadPath,
-                         stop: _Stop | None) -> None:
-        """Label the span the vehicle drove more than DEVIATION_M off the planned route, if it
-        lasted DEVIATION_MIN_S (ambiguous from DEVIATION_AMBIGUOUS_S); its ends are where the distance crossed DEVIATION_M (between knots,
-        by linear interpolation)."""
+                         stop: _Stop | None, detour_at: float) -> None:
+        """Label the spans of this leg driven more than DEVIATION_M off the planned route.
+
+        Each span runs from where the distance to the route crossed DEVIATION_M to where it
+        came back (between knots, by linear interpolation). A detour may cross other legs of
+        the route, so one detour can leave the route more than once: each span is judged on
+        its own, as the engine does (its off-route debounce restarts on every on-route fix),
+        except that a return shorter than DEVIATION_REJOIN_S joins two spans. Spans shorter
+        than DEVIATION_AMBIGUOUS_S are not labelled (no drift definition sees them). The span
+        through the detour node (chosen to head away from the next stop, so it is no planned
+        detour to the engine) is the deviation when it lasts DEVIATION_MIN_S; any other span,
+        or a shorter one, is labelled ambiguous: it may be heading for the next stop, which
+        the engine rightly excuses as a planned detour.
+        """
         points = list(zip(v.lats[first_knot:], v.lons[first_knot:], strict=True))
         times = v.ts[first_knot:]
         off = distance_to_polyline_m(points, self._planned_route(v).points)
-        outside = np.flatnonzero(off > DEVIATION_M)
-        if len(outside) == 0:
-            return
-        first, last = int(outside[0]), int(outside[-1])
+        off_leg = distance_to_polyline_m(points, planned.points)
 
         def crossing(a: int, b: int) -> float:  # time the distance passed DEVIATION_M between knots a and b
             da, db = float(off[a]), float(off[b])
             frac = (DEVIATION_M - da) / (db - da) if db != da else 0.0
             return times[a] + frac * (times[b] - times[a])
 
-        start = crossing(first - 1, first) if first > 0 else times[0]
-        end = crossing(last + 1, last) if last + 1 < len(times) else times[last]
-        if end - start < DEVIATION_AMBIGUOUS_S:
-            return
-        off_leg = distance_to_polyline_m(points, planned.points)
-        details: dict[str, Any] = {"max_off_leg_m": round(float(off_leg.max()), 1),
-                                   "max_off_route_m": round(float(off.max()), 1),
-                                   "detour_m": round(path.length_m - planned.length_m, 1)}
-        if end - start < DEVIATION_MIN_S:
-            details["ambiguous"] = True
-        v.anomalies.append(AnomalyLabel(v.id, "route_deviation", _ms(start), _ms(end), stop.id if stop else None,
-                                        details=details))
+        spans: list[list[float]] = []  # [start s, end s, first knot, last knot]
+        outside = np.flatnonzero(off > DEVIATION_M)
+        runs = np.split(outside, np.flatnonzero(np.diff(outside) > 1) + 1) if len(outside) else []
+        for run in runs:
+            first, last = int(run[0]), int(run[-1])
+            start = crossing(first - 1, first) if first > 0 else times[first]
+            end = crossing(last + 1, last) if last + 1 < len(times) else times[last]
+            if spans and start - spans[-1][1] < DEVIATION_REJOIN_S:
+                if spans[-1][1] - spans[-1][0] >= DEVIATION_AMBIGUOUS_S:
+                    spans[-1][1], spans[-1][3] = end, last
+                    continue
+                spans.pop()  # a blip just before: too short for any alert to be open, so it starts anew
+            spans.append([start, end, first, last])
+        for start, end, first, last in spans:
+            if end - start < DEVIATION_AMBIGUOUS_S:
+                continue
+            a, b = int(first), int(last) + 1
+            details: dict[str, Any] = {"max_off_leg_m": round(float(off_leg[a:b].max()), 1),
+                                       "max_off_route_m": round(float(off[a:b].max()), 1),
+                                       "detour_m": round(path.length_m - planned.length_m, 1)}
+            if end - start < DEVIATION_MIN_S or not start <= detour_at <= end:
+                details["ambiguous"] = True
+            v.anomalies.append(AnomalyLabel(v.id, "route_deviation", _ms(start), _ms(end),
+                                            stop.id if stop else None, details=details))
 
     def _temperatures(self, v: _Vehicle, rng: random.Random, fault: tuple[float, float] | None) -> None:
         """Reefer probe every 30 s: slow drift around the setpoint, warming while the door is open,
@@ -545,8 +613,6 @@ class FleetSimulator:
         phase = rng.uniform(0.0, 2 * math.pi)
         t = _ms(v.start_s + rng.uniform(0.0, TEMP_PERIOD_S))
         celsius = SETPOINT_C + rng.gauss(0.0, 0.3)
-        above: list[float] = []
-        peak = -math.inf
         while t <= v.end_s:
             i = bisect.bisect_right(door_times, t) - 1
             door_open = i >= 0 and door_states[i]
@@ -559,15 +625,42 @@ class FleetSimulator:
             celsius = target + (celsius - target) * math.exp(-TEMP_PERIOD_S / tau) + rng.gauss(0.0, 0.03)
             reading = round(celsius + rng.gauss(0.0, 0.08), 2)
             v.temps.append((t, reading))
-            if fault and reading > TEMP_RANGE_C[1] and t >= fault[0]:
-                above.append(t)
-                peak = max(peak, reading)
             t = _ms(t + TEMP_PERIOD_S)
-        if fault and above:
-            back = next((tt for tt, c in v.temps if tt > above[-1]), above[-1])
-            v.anomalies.append(AnomalyLabel(v.id, "temp_excursion", above[0], back, details={
+        if fault:
+            self._label_excursions(v, fault)
+
+    def _label_excursions(self, v: _Vehicle, fault: tuple[float, float]) -> None:
+        """Label the spans the probe read above the range from the fault on, each from the first
+        reading above to the first reading back in range.
+
+        A dip under the limit by less than TEMP_CLEAR_C (the engine's hysteresis) is still the
+        same excursion; a rise after a deeper dip is another one (a door opened at a stop on a
+        load still warm from the fault). A span shorter than EXCURSION_MIN_S is labelled
+        ambiguous: the engine may or may not see an excursion in it.
+        """
+        high = TEMP_RANGE_C[1]
+        runs: list[list[float]] = []  # [first reading above, last reading above, peak]
+        current: list[float] | None = None
+        for t, celsius in v.temps:
+            if t < fault[0]:
+                continue
+            if celsius > high:
+                if current is None:
+                    current = [t, t, celsius]
+                    runs.append(current)
+                current[1], current[2] = t, max(current[2], celsius)
+            elif celsius <= high - TEMP_CLEAR_C:
+                current = None
+        times = [tt for tt, _ in v.temps]
+        for first, last, peak in runs:
+            i = bisect.bisect_right(times, last)
+            back = times[i] if i < len(times) else last
+            details: dict[str, Any] = {
                 "fault_start": format_time(self._time(fault[0])), "fault_end": format_time(self._time(fault[1])),
-                "peak_celsius": peak, "limit_celsius": TEMP_RANGE_C[1]}))
+                "peak_celsius": peak, "limit_celsius": high}
+            if back - first < EXCURSION_MIN_S:
+                details["ambiguous"] = True
+            v.anomalies.append(AnomalyLabel(v.id, "temp_excursion", first, back, details=details))
 
     def _finish(self, v: _Vehicle) -> None:
         """Per-segment speed (m/s) and heading of the trajectory."""
@@ -675,6 +768,20 @@ def _nearest_neighbour_order(net: RoadNetwork, depot: int, stops: Sequence[int])
         order.append(nxt)
         here = net.coords(nxt)
     return order
+
+
+def _fastest_span_s(path: RoadPath, at: int, route: Sequence[tuple[float, float]]) -> float:
+    """Seconds ``path`` stays beyond DEVIATION_M of ``route`` around its point ``at``, driven at
+    1.1 x the speed limits (the fastest the simulation drives); 0 when that point is not beyond."""
+    off = distance_to_polyline_m(path.points, route)
+    if off[at] <= DEVIATION_M:
+        return 0.0
+    a = b = at
+    while a > 0 and off[a - 1] > DEVIATION_M:
+        a -= 1
+    while b + 1 < len(off) and off[b + 1] > DEVIATION_M:
+        b += 1
+    return float(sum(path.lengths_m[k] / (path.speeds_kmh[k] / 3.6 * 1.1) for k in range(a, b)))
 
 
 def _pause_spots(path: RoadPath, keep_away: list[tuple[float, float]], min_gap_m: float = 100.0) -> list[int]:
