@@ -88,7 +88,7 @@ def _publish(settings: Settings, tenant: str, messages: list[tuple[str, bytes]],
 def _drain(settings: Settings, tenant: str, readings: int, flow: bool) -> float:
     """Start the engine on the queued backlog; seconds from the first reading received to the last
     one committed (``flow`` False) or processed by the dataflow."""
-    engine = Engine(settings, with_flow=flow, with_dispatch=False)
+    engine = Engine(settings, with_flow=flow, with_dispatch=False, with_delivery=False)
     engine.start()
     try:
         deadline = time.monotonic() + 1800
@@ -142,7 +142,7 @@ def _rounds(settings: Settings, vehicles: int, hours: float) -> dict[str, Any]:
         with connect(settings.dsn(), autocommit=True) as conn:  # ... and skips earlier rounds' rows
             for table in ("positions", "temperatures", "door_events", "plans"):
                 conn.execute(f"DELETE FROM {table} WHERE tenant <> %s", (tenant,))
-        primer = Engine(settings, with_flow=False, with_dispatch=False)  # the shards' sessions: the broker queues the backlog
+        primer = Engine(settings, with_flow=False, with_dispatch=False, with_delivery=False)  # the shards' sessions: the broker queues the backlog
         primer.start()
         primer.wait_ready()
         primer.stop()

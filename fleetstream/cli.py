@@ -131,6 +131,13 @@ def _dispatch(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _deliver(settings: Settings, args: argparse.Namespace) -> int:
+    from pipelines.delivery import run_delivery
+
+    run_delivery(settings)  # main thread: SIGTERM / SIGINT stop it
+    return 0
+
+
 def _evaluate(settings: Settings, args: argparse.Namespace) -> int:
     from dataclasses import replace
 
@@ -217,6 +224,9 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("dispatch", help="run the dispatch listener for plans over MQTT (the engine starts it)")
     p.set_defaults(func=_dispatch)
+
+    p = sub.add_parser("deliver", help="deliver alerts and stop events to MQTT and webhooks (the engine starts it)")
+    p.set_defaults(func=_deliver)
 
     p = sub.add_parser("evaluate", help="simulated fleet with labelled anomalies through the real engine: "
                        "precision, recall, detection delay, arrival/departure timing")

@@ -52,7 +52,8 @@ class _Child:
 class Engine:
     """Start, watch and stop the engine's processes."""
 
-    def __init__(self, settings: Settings, with_flow: bool = True, with_dispatch: bool = True) -> None:
+    def __init__(self, settings: Settings, with_flow: bool = True, with_dispatch: bool = True,
+                 with_delivery: bool | None = None) -> None:
         self.settings = settings
         cli = [sys.executable, "-m", "fleetstream.cli"]
         self.children = [_Child(f"gateway-{i}", [*cli, "gateway", "--shard", str(i)], shard=i)
@@ -63,6 +64,9 @@ class Engine:
         self.with_dispatch = with_dispatch
         if with_dispatch:
             self.children.append(_Child("dispatch", [*cli, "dispatch"]))
+        # alerts and stop events to MQTT and webhooks: with the analytics, unless told otherwise
+        if with_delivery if with_delivery is not None else (with_flow and bool(settings.flow_analytics)):
+            self.children.append(_Child("deliver", [*cli, "deliver"]))
         self._log = settings.state_dir / "logs"
 
     def _spawn(self, child: _Child) -> None:
