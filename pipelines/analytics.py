@@ -24,7 +24,7 @@ from pipelines.trackers.plan import Plan
 from pipelines.trackers.vehicle import VehicleAnalytics
 from pipelines.vehicle_state import StoredReading, VehicleState, VehicleSummary
 
-__all__ = ["EventOut", "PlanUpdate", "VehicleEngine", "Output"]
+__all__ = ["EventOut", "PlanUpdate", "Resynced", "VehicleEngine", "Output"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,7 +50,21 @@ class EventOut:
     stop: dict[str, Any] | None = None
 
 
-Output = VehicleSummary | EventOut | CellMinute
+@dataclass(frozen=True, slots=True)
+class Resynced:
+    """A resumed vehicle's claim on its stored results: of its alerts and stop events
+    stored with an event time at or after ``horizon`` (and of its open alerts), only
+    ``ids`` are its own. The rest were written after the snapshot it resumed from by a
+    run that then crashed: the replay re-emits those that still hold (same ids), so the
+    sink retracts the others. Offline alerts are left alone: they are not replayed."""
+
+    tenant: str
+    vehicle: str
+    ids: tuple[str, ...]
+    horizon: datetime | None  # None: the snapshot had analysed nothing, every stored result is a leftover
+
+
+Output = VehicleSummary | EventOut | CellMinute | Resynced
 
 
 class VehicleEngine:
@@ -100,9 +114,13 @@ class VehicleEngine:
         After a crash the state resumes from a snapshot, but the sinks may already hold
         results written after it; when the replay settles on what the snapshot had
         emitted, nothing would be re-emitted and those later writes would stay. So a
-        resumed vehicle rewrites its whole (small) ledger once.
+        resumed vehicle rewrites its whole (small) ledger once, and disowns the results
+        the crashed run wrote that this state never emitted (``Resynced``).
         """
-        return [*self._events(self.analytics.emitted(), now), self.summary()]
+        emitted = self.analytics.emitted()
+        claim = Resynced(self.basic.tenant, self.basic.vehicle, tuple(e.id for e in emitted),
+                         self.analytics.ledger_horizon())
+        return [claim, *self._events(emitted, now), self.summary()]
 
     def next_timer(self) -> datetime | None:
         """Fleet-clock time at which ``on_timer`` has something to do."""

@@ -22,7 +22,7 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from psycopg.types.json import Jsonb
 
 from ingest.contract import DoorEvent, GpsFix, TemperatureReading
-from pipelines.analytics import EventOut, Output, PlanUpdate
+from pipelines.analytics import EventOut, Output, PlanUpdate, Resynced
 from pipelines.cells import CellMinute
 from pipelines.trackers.events import Alert, EtaUpdate, StopEvent
 from pipelines.vehicle_state import StoredReading, VehicleSummary
@@ -208,6 +208,18 @@ _STOP_UPSERT = """
     WHERE (stop_events.at, stop_events.details, stop_events.retracted)
           IS DISTINCT FROM (EXCLUDED.at, EXCLUDED.details, EXCLUDED.retracted)
 """
+# A resumed vehicle disowns what a crashed run wrote after its snapshot (see Resynced).
+_ALERT_DISOWN = """
+    UPDATE alerts SET status = 'retracted', updated_at = clock_timestamp(), rev = nextval('event_rev')
+    WHERE tenant = %(tenant)s AND vehicle_id = %(vehicle)s AND status <> 'retracted' AND type <> 'offline'
+      AND NOT (id = ANY(%(ids)s::uuid[]))
+      AND (status = 'open' OR %(horizon)s::timestamptz IS NULL OR coalesce(end_time, start_time) >= %(horizon)s)
+"""
+_STOP_DISOWN = """
+    UPDATE stop_events SET retracted = true, updated_at = clock_timestamp(), rev = nextval('event_rev')
+    WHERE tenant = %(tenant)s AND vehicle_id = %(vehicle)s AND NOT retracted AND NOT (id = ANY(%(ids)s::uuid[]))
+      AND (%(horizon)s::timestamptz IS NULL OR at >= %(horizon)s)
+"""
 _CELL_UPSERT = """
     INSERT INTO cell_minutes (minute, tenant, h3_cell, vehicle_id, fixes, speed_sum, speed_n, stopped_s)
     VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
@@ -305,8 +317,12 @@ class _AnalyticsPartition(StatelessSinkPartition[Output]):
         alerts: dict[str, dict[str, Any]] = {}
         stops: dict[str, dict[str, Any]] = {}
         cells: dict[tuple[str, int, str, datetime], CellMinute] = {}
+        disowned: list[dict[str, Any]] = []  # applied before this batch's upserts, which come after
         for item in items:
-            if isinstance(item, VehicleSummary):
+            if isinstance(item, Resynced):
+                disowned.append({"tenant": item.tenant, "vehicle": item.vehicle, "ids": list(item.ids),
+                                 "horizon": item.horizon})
+            elif isinstance(item, VehicleSummary):
                 states[(item.tenant, item.vehicle)] = item
             elif isinstance(item, CellMinute):
                 cells[(item.tenant, item.h3_cell, item.vehicle, item.minute)] = item
@@ -325,6 +341,8 @@ class _AnalyticsPartition(StatelessSinkPartition[Output]):
                 elif isinstance(event, EtaUpdate):
                     pass  # the ETA sink arrives with the ETA tracker
         self.writer.run([
+            (_ALERT_DISOWN, disowned),
+            (_STOP_DISOWN, disowned),
             (_ALERT_UPSERT, list(alerts.values())),
             (_STOP_UPSERT, list(stops.values())),
             (_CELL_UPSERT, [tuple(c) for c in cells.values()]),

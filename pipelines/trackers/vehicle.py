@@ -433,6 +433,14 @@ class VehicleAnalytics:
         """The latest version of every event still within the correction window, as emitted."""
         return list(self._ledger.values())
 
+    def ledger_horizon(self) -> datetime | None:
+        """Event time from which ``emitted()`` holds every event this state emitted (open
+        alerts: all of them); None before the first reading."""
+        frontier = self._trackers.time
+        if frontier is None:
+            return None
+        return _at(_us(frontier) - round(self.config.correction_window_s * 1e6))
+
     @property
     def history_size(self) -> int:
         """Readings and plan changes kept for corrections."""
