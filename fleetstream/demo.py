@@ -19,6 +19,8 @@ from store.db import connect, migrate
 
 __all__ = ["run_demo", "simulate", "fleet_summary"]
 
+_SETTLE_TIMEOUT_S = 120.0  # longest wait, after the fleet finished, for the dataflow to catch up
+
 
 @dataclass
 class _Sample:
@@ -29,18 +31,24 @@ class _Sample:
     duplicates: int
     processed: int
     lag_s: float | None
+    tenant_rows: int
 
 
-def _sample(conn: Any, published: int) -> _Sample:
+def _sample(conn: Any, published: int, tenant: str) -> _Sample:
+    # rates come from the shards' counters; the backlog compares the tenant's own rows with
+    # what the dataflow counted for it (other tenants' history may share the database)
     stored, dead, dups = conn.execute(
         "SELECT coalesce(sum(stored), 0), coalesce(sum(dead_letters), 0), coalesce(sum(duplicates), 0) "
         "FROM gateway_shards").fetchone()
     processed, lag = conn.execute(
         "SELECT coalesce(sum(gps_count + temp_count + door_count), 0), "
         "extract(epoch FROM max(processed_at - last_received_at) FILTER (WHERE processed_at > now() - interval '5 s')) "
-        "FROM vehicle_state").fetchone()
+        "FROM vehicle_state WHERE tenant = %s", (tenant,)).fetchone()
+    tenant_rows = conn.execute(
+        "SELECT (SELECT count(*) FROM positions WHERE tenant = %(t)s) + (SELECT count(*) FROM temperatures "
+        "WHERE tenant = %(t)s) + (SELECT count(*) FROM door_events WHERE tenant = %(t)s)", {"t": tenant}).fetchone()[0]
     return _Sample(time.monotonic(), published, int(stored), int(dead), int(dups), int(processed),
-                   float(lag) if lag is not None else None)
+                   float(lag) if lag is not None else None, int(tenant_rows))
 
 
 def _progress_line(first: _Sample, prev: _Sample, cur: _Sample) -> str:
@@ -48,7 +56,7 @@ def _progress_line(first: _Sample, prev: _Sample, cur: _Sample) -> str:
     lag = f"{cur.lag_s:.1f} s" if cur.lag_s is not None else "-"
     return (f"[{cur.at - first.at:6.0f} s] in {(cur.published - prev.published) / dt:7.0f}/s  "
             f"stored {(cur.stored - prev.stored) / dt:7.0f}/s  total {cur.stored - first.stored:8d}  "
-            f"flow lag {lag:>6}  backlog {max(0, cur.stored - cur.processed):6d}  "
+            f"flow lag {lag:>6}  backlog {max(0, cur.tenant_rows - cur.processed):6d}  "
             f"dead letters {cur.dead - first.dead:4d}  duplicates {cur.duplicates - first.duplicates:4d}")
 
 
@@ -140,17 +148,20 @@ def run_demo(settings: Settings, batch: bool = False) -> int:
     tty = sys.stdout.isatty()
     try:
         with connect(settings.dsn(), autocommit=True) as conn:
-            first = prev = _sample(conn, 0)
-            quiet_since = None
+            first = prev = _sample(conn, 0, settings.tenant)
+            fleet_done_at = None
             while not stop.is_set():
                 time.sleep(1.0)
-                cur = _sample(conn, progress.get("published", 0))
+                cur = _sample(conn, progress.get("published", 0), settings.tenant)
                 line = _progress_line(first, prev, cur)
                 print(("\r" + line) if tty else line, end="" if tty else "\n", flush=True)
                 if not sim.is_alive():  # fleet done: wait until everything is stored and processed
-                    settled = cur.stored == prev.stored and cur.processed >= cur.stored
-                    quiet_since = quiet_since or (time.monotonic() if settled else None)
-                    if settled or (quiet_since and time.monotonic() - quiet_since > 30):
+                    fleet_done_at = fleet_done_at or time.monotonic()
+                    if cur.stored == prev.stored and cur.processed >= cur.tenant_rows:
+                        break
+                    if time.monotonic() - fleet_done_at > _SETTLE_TIMEOUT_S:
+                        print(f"\nthe dataflow had not caught up {_SETTLE_TIMEOUT_S:.0f} s after the fleet "
+                              f"finished (backlog {cur.tenant_rows - cur.processed}); summarising anyway", flush=True)
                         break
                 prev = cur
     finally:
