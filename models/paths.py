@@ -56,6 +56,7 @@ LatLon = tuple[float, float]
 DEFAULT_DETOUR_FACTOR = 1.3  # road / straight-line distance in a typical city grid, until history says otherwise
 DETOUR_RANGE = (1.0, 3.0)
 _M_PER_DEG = EARTH_RADIUS_M * math.pi / 180.0
+SAME_PLACE_M = 15.0  # projections this much further than the nearest are as good: GPS noise
 _HOURS_KEPT = 6  # hour tables per path: the stops ahead of a vehicle span a few hours at most
 
 
@@ -184,7 +185,8 @@ class RouteGeometry:
 
     def project(self, lat: float, lon: float, min_progress_m: float = 0.0,
                 max_progress_m: float | None = None) -> Projection:
-        """The nearest point of the route between ``min_progress_m`` and ``max_progress_m`` metres along it.
+        """The nearest point of the route between ``min_progress_m`` and ``max_progress_m`` metres along it
+        (on the earliest pass when the route passes within ``SAME_PLACE_M`` of that distance again).
 
         The result is never behind ``min_progress_m`` (a nearest point inside the first
         searched segment but before it is moved up to it).
@@ -202,7 +204,15 @@ class RouteGeometry:
         if min_progress_m > cum[lo] and self._seg_m[lo] > 0:
             f[0] = max(f[0], min(1.0, (min_progress_m - cum[lo]) / self._seg_m[lo]))
         dist2 = (ax + f * dx) ** 2 + (ay + f * dy) ** 2
-        i = int(np.argmin(dist2))
+        # where a route passes one street twice, GPS noise must not decide which pass the vehicle
+        # is on (a leap ahead is for good): of the runs of segments about as near as the nearest
+        # (within SAME_PLACE_M), take the first run, and its nearest point
+        near = math.sqrt(float(dist2.min())) + SAME_PLACE_M
+        candidate = dist2 <= near * near
+        first = int(np.argmax(candidate))
+        rest = candidate[first:]
+        end = first + (int(np.argmin(rest)) if not rest.all() else len(rest))
+        i = first + int(np.argmin(dist2[first:end]))
         seg = lo + i
         along = cum[seg] + float(f[i]) * float(self._seg_m[seg])
         return Projection(max(along, min(min_progress_m, cum[-1])), math.sqrt(float(dist2[i])), seg)

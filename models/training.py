@@ -34,18 +34,32 @@ from ingest.contract import GpsFix
 from models import registry
 from models.eta import FEATURES, EtaModel, train
 from models.paths import fit_detour_factor
-from models.profiles import SpeedProfiles, build_speed_profiles, hour_of_week_expr
+from models.profiles import MIN_SPEED_MPS, SpeedProfiles, build_speed_profiles, hour_of_week_expr
 from pipelines.trackers.config import AnalyticsConfig
 from pipelines.trackers.eta import EtaConfig, EtaTracker, StopEstimate
 from pipelines.trackers.geo import EARTH_RADIUS_M
 from pipelines.trackers.plan import Plan
 from pipelines.trackers.quality import GpsQualityFilter
 
-__all__ = ["HORIZONS_S", "EtaTraining", "build_training_rows", "detour_pairs", "train_eta_from_frames"]
+__all__ = ["HORIZONS_S", "EtaHistory", "EtaTraining", "build_training_rows", "detour_pairs", "train_eta_from_frames"]
 
 HORIZONS_S: tuple[float, ...] = (120, 300, 600, 900, 1800, 2700, 3600, 5400)
 _KEY = ["tenant", "vehicle_id"]
 _counter = itertools.count()
+
+
+@dataclass(frozen=True)
+class EtaHistory:
+    """What the ETA is trained on: the three inputs described in the module docstring
+    (``arrivals`` with a ``plan_version`` column), from the database or a simulation."""
+
+    positions: pl.DataFrame
+    arrivals: pl.DataFrame
+    plans: list[Plan]
+
+    def is_empty(self) -> bool:
+        """No fix or no arrival (or no plan): nothing to learn from."""
+        return self.positions.height == 0 or self.arrivals.height == 0 or not self.plans
 
 
 def _haversine(lat1: pl.Expr, lon1: pl.Expr, lat2: pl.Expr, lon2: pl.Expr) -> pl.Expr:
@@ -56,16 +70,21 @@ def _haversine(lat1: pl.Expr, lon1: pl.Expr, lat2: pl.Expr, lon2: pl.Expr) -> pl
 
 def detour_pairs(positions: pl.DataFrame, arrivals: pl.DataFrame) -> list[tuple[float, float]]:
     """(straight-line metres, travelled metres) of every leg between two consecutive arrivals
-    of a vehicle: first to last fix of the leg, and the sum of the steps between its fixes."""
+    of a vehicle: first to last fix of the leg, and the sum of the steps between its fixes.
+
+    Steps onto a fix reporting a standing speed (below ``MIN_SPEED_MPS``) are left out: GPS
+    noise while a van serves a stop would otherwise add metres it never drove.
+    """
     arr = (arrivals.select(*_KEY, "at").sort(*_KEY, "at")
            .with_columns(next_at=pl.col("at").shift(-1).over(_KEY), leg=pl.int_range(pl.len())))
-    pos = positions.select(*_KEY, "fix_time", "lat", "lon").sort(*_KEY, "fix_time")
+    pos = positions.select(*_KEY, "fix_time", "lat", "lon", "speed_mps").sort(*_KEY, "fix_time")
     # sorted by (vehicle, time) above: within each vehicle the asof keys are in order
     legs = (pos.join_asof(arr, left_on="fix_time", right_on="at", by=_KEY, strategy="backward", check_sortedness=False)
             .filter(pl.col("leg").is_not_null() & pl.col("next_at").is_not_null()
                     & (pl.col("fix_time") <= pl.col("next_at")))
             .with_columns(step=_haversine(pl.col("lat").shift(1).over("leg"), pl.col("lon").shift(1).over("leg"),
-                                          pl.col("lat"), pl.col("lon")).fill_null(0.0))
+                                          pl.col("lat"), pl.col("lon")).fill_null(0.0)
+                        * (pl.col("speed_mps").is_null() | (pl.col("speed_mps") >= MIN_SPEED_MPS)).cast(pl.Float64))
             .group_by("leg")
             .agg(travelled=pl.col("step").sum(),
                  straight=_haversine(pl.col("lat").first(), pl.col("lon").first(), pl.col("lat").last(),

@@ -129,3 +129,14 @@ def test_network_paths_follow_the_quickest_roads_and_cache_them() -> None:
     assert direct.length_m == pytest.approx(m(0.002))  # via B: longer than the lane, but quicker
     assert paths.leg(1, 3) is direct  # cached
     assert paths.leg(3, 3).length_m == 0.0
+
+
+def test_noise_does_not_jump_a_vehicle_onto_the_second_pass_of_a_street() -> None:
+    east = 1.0 / (m(1.0) * math.cos(math.radians(60.005)))  # degrees of longitude per metre here
+    back = [(lat, LON + 8.0 * east) for lat, _ in ROUTE[::-1]]  # back south on a street 8 m east
+    g = RouteGeometry(ROUTE + back)
+    # on the way out, GPS 5 m east: the way back is nearer (3 m), but within SAME_PLACE_M: the first pass wins
+    here = g.project(60.005, LON + 5.0 * east, 0.0, m(0.05))
+    assert here.along_m == pytest.approx(m(0.005), abs=0.5) and here.cross_track_m == pytest.approx(5.0, abs=0.1)
+    # far off the route, the nearest point of the first pass still answers (no sliding back along it)
+    assert g.project(60.003, LON - 500.0 * east).along_m == pytest.approx(m(0.003), abs=0.5)

@@ -88,3 +88,17 @@ def test_train_end_to_end_with_the_naive_baseline() -> None:
     assert metrics["naive_mae_s"] == pytest.approx(0.0, abs=1.0)  # constant speeds: the naive guess is exact
     assert result.detour_factor == pytest.approx(1.0)
     assert result.profiles.samples == positions.height
+
+
+def test_detour_pairs_leave_out_gps_noise_while_standing() -> None:
+    fixes, arrivals = drive("van-1", 10.0)
+    s1_at = arrivals[0]["at"]
+    # 12 fixes standing at s1 after arriving, jumping 5 m east and back (speed 0), then driving on
+    stand = [{**fixes[0], "fix_time": s1_at + timedelta(seconds=k), "lat": STOPS[0].lat,
+              "lon": LON + (5.0 / (M_PER_DEG * math.cos(math.radians(60.005))) if k % 2 else 0.0),
+              "speed_mps": 0.0} for k in range(12)]
+    later = [{**f, "fix_time": f["fix_time"] + timedelta(seconds=12)} for f in fixes if f["fix_time"] > s1_at]
+    early = [f for f in fixes if f["fix_time"] <= s1_at]
+    arrivals = [arrivals[0]] + [{**a, "at": a["at"] + timedelta(seconds=12)} for a in arrivals[1:]]
+    (straight, travelled), _ = detour_pairs(pl.DataFrame(early + stand + later), pl.DataFrame(arrivals))
+    assert travelled == pytest.approx(straight, abs=10.0)  # 11 noise steps of 5 m would add 55 m
