@@ -3,11 +3,13 @@ engine without analytics, in one run.
 
 A seeded simulated fleet (plans, stops, anomalies: the trackers do their real work) is
 queued in the broker as batch messages while the engine is stopped; then the engine
-drains it, three times on three copies of the backlog (other tenants):
+drains it, four times on four copies of the backlog (other tenants):
 
 1. gateway only: time from the first reading received to the last commit;
 2. gateway + basic dataflow (per-vehicle state): to the last reading processed;
-3. gateway + analytics dataflow (all trackers, H3 minutes, alerts, stop events).
+3. gateway + analytics dataflow without ETAs (all trackers, H3 minutes, alerts, stop events);
+4. the same with live ETAs and predicted_late (``flow_eta``; no ETA model in the bench state
+   folder: the constant-speed estimate), writing ETA updates too.
 
 It runs its own Mosquitto and TimescaleDB (state folder ``<state_dir>-bench``, ports
 +2), emptied at the start, so the dataflow replays nothing but this backlog and the
@@ -39,7 +41,7 @@ __all__ = ["bench_settings", "run_analytics_benchmark"]
 
 BATCH = 50
 _TABLES = ("positions", "temperatures", "door_events", "dead_letters", "plans", "alerts", "stop_events",
-           "cell_minutes", "vehicle_state", "vehicles", "gateway_shards", "device_status")
+           "eta_updates", "cell_minutes", "vehicle_state", "vehicles", "gateway_shards", "device_status")
 
 
 def bench_settings(settings: Settings) -> Settings:
@@ -128,10 +130,10 @@ def _rounds(settings: Settings, vehicles: int, hours: float) -> dict[str, Any]:
     with connect(settings.dsn(), autocommit=True) as conn:
         conn.execute(f"TRUNCATE {', '.join(_TABLES)}")
     run_id = int(time.time())
-    rounds = (("gateway only", False, 0), ("gateway + basic dataflow", True, 0),
-              ("gateway + analytics dataflow", True, 1))
+    rounds = (("gateway only", False, 0, 0), ("gateway + basic dataflow", True, 0, 0),
+              ("gateway + analytics, no ETAs", True, 1, 0), ("gateway + analytics + ETAs", True, 1, 1))
     figures: list[tuple[str, int, float]] = []
-    for i, (name, flow, analytics) in enumerate(rounds):
+    for i, (name, flow, analytics, etas) in enumerate(rounds):
         tenant = f"a{run_id}r{i}"
         sim, messages, readings = _fleet(settings, tenant, vehicles, hours)
         passwords = credentials.add_devices(settings, tenant, sim.vehicle_ids)
@@ -147,19 +149,25 @@ def _rounds(settings: Settings, vehicles: int, hours: float) -> dict[str, Any]:
         primer.wait_ready()
         primer.stop()
         _publish(settings, tenant, messages, passwords)
-        seconds = _drain(replace(settings, flow_analytics=analytics), tenant, readings, flow)
+        seconds = _drain(replace(settings, flow_analytics=analytics, flow_eta=etas), tenant, readings, flow)
         figures.append((name, readings, seconds))
     base = figures[0][1] / figures[0][2]
     print(f"\nfleetstream analytics benchmark — {vehicles} simulated vans, {hours:g} h of driving, "
           f"batch messages of {BATCH}, backlog drained by the engine")
-    print(f"{'engine':<32}{'readings':>10}{'seconds':>9}{'readings/s':>12}{'÷ gateway only':>16}")
+    print(f"{'engine':<34}{'readings':>10}{'seconds':>9}{'readings/s':>12}{'÷ gateway only':>16}")
     for name, readings, seconds in figures:
         rate = readings / seconds
-        print(f"{name:<32}{readings:>10,}{seconds:>9.1f}{rate:>12,.0f}{rate / base:>16.2f}")
+        print(f"{name:<34}{readings:>10,}{seconds:>9.1f}{rate:>12,.0f}{rate / base:>16.2f}")
     rates = {name: round(r / s) for name, r, s in figures}
     analytics_rate = figures[2][1] / figures[2][2]
+    eta_rate = figures[3][1] / figures[3][2]
     basic_rate = figures[1][1] / figures[1][2]
     summary = {"rates": rates, "analytics_vs_gateway_only": round(analytics_rate / base, 3),
-               "analytics_vs_basic_flow": round(analytics_rate / basic_rate, 3)}
+               "analytics_vs_basic_flow": round(analytics_rate / basic_rate, 3),
+               "etas_vs_gateway_only": round(eta_rate / base, 3), "etas_vs_analytics": round(eta_rate / analytics_rate, 3)}
+    with connect(settings.dsn(), autocommit=True) as conn:
+        summary["eta_updates"] = int(conn.execute("SELECT count(*) FROM eta_updates").fetchone()[0])
+        summary["corrections"] = int(conn.execute("SELECT coalesce(sum(corrections), 0) FROM vehicle_state "
+                                                  "WHERE tenant = %s", (f"a{run_id}r3",)).fetchone()[0])
     print(json.dumps(summary))
     return summary

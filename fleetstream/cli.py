@@ -82,6 +82,10 @@ def _bench(settings: Settings, args: argparse.Namespace) -> int:
     from bench.analytics import run_analytics_benchmark
     from bench.ingest import run_benchmark
 
+    if args.eta:
+        from bench.eta import run_eta_benchmark
+
+        return run_eta_benchmark(settings, vehicles=args.vehicles or 50, days=2 if args.quick else 7)
     if not args.analytics_only:
         run_benchmark(settings, readings=args.readings, quick=args.quick)
     run_analytics_benchmark(settings, vehicles=20 if args.quick else 100, hours=0.5 if args.quick else 2.0)
@@ -143,6 +147,11 @@ def _evaluate(settings: Settings, args: argparse.Namespace) -> int:
 
     from fleetstream.evaluate import EVALUATION_DEFAULTS, run_evaluation
 
+    if args.eta:
+        from fleetstream.eta_evaluation import run_eta_evaluation
+
+        _, eta_missed = run_eta_evaluation(settings, vehicles=args.vehicles, days=args.days)
+        return 1 if eta_missed else 0
     given = {"sim_vehicles": args.vehicles, "sim_minutes": args.minutes, "sim_speedup": args.speedup,
              "sim_anomaly_probability": args.probability}
     scenario = {k: given[k] if given[k] is not None else default for k, default in EVALUATION_DEFAULTS.items()}
@@ -160,6 +169,24 @@ def _train(settings: Settings, args: argparse.Namespace) -> int:
             result = train_dwell_baselines(conn, settings.baseline_min_samples)
         print(json.dumps(result))
         return 0
+    if args.model == "eta":
+        from datetime import datetime
+
+        from fleetstream.train_eta import run_train_eta
+
+        def when(text: str | None) -> datetime | None:
+            if text is None:
+                return None
+            try:
+                value = datetime.fromisoformat(text)
+            except ValueError:
+                raise SystemExit(f"--since/--until: {text!r} is not an ISO time") from None
+            if value.tzinfo is None:
+                raise SystemExit(f"--since/--until need a time zone, e.g. 2026-11-23T00:00+00:00 (got {text})")
+            return value
+
+        code, _ = run_train_eta(settings, args.tenant, when(args.since), when(args.until))
+        return code
     raise SystemExit(f"unknown model {args.model!r}")
 
 
@@ -209,6 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--readings", type=int, default=100_000, help="backlog size for the drain tests")
     p.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     p.add_argument("--analytics-only", action="store_true", help="only the analytics benchmark")
+    p.add_argument("--eta", action="store_true", help="only the ETA training benchmark: a simulated week of "
+                   "--vehicles vans (default 50) into TimescaleDB, then `train eta` timed")
+    p.add_argument("--vehicles", type=int, help="with --eta: vans in the simulated week (default 50)")
     p.set_defaults(func=_bench)
 
     p = sub.add_parser("plan", help="delivery plans: store, publish over MQTT, show the latest")
@@ -235,10 +265,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--speedup", type=float, help="simulated seconds per wall second (default 20)")
     p.add_argument("--probability", type=float, help="chance per van of each anomaly (default 0.5)")
     p.add_argument("--seed", type=int)
+    p.add_argument("--eta", action="store_true", help="instead: ETA accuracy (MAE, MAPE at 5/15/30 min before "
+                   "arrival) of the trained model, the speed profiles alone and the naive baseline, on simulated "
+                   "days (in process; --vehicles default settings.eta_eval_vehicles)")
+    p.add_argument("--days", type=int, help="with --eta: training days (default settings.eta_eval_days)")
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("train", help="learn a model from the history in TimescaleDB")
-    p.add_argument("model", choices=["dwell"], help="dwell: per-H3-cell, hour-of-week dwell baselines")
+    p.add_argument("model", choices=["dwell", "eta"], help="dwell: per-H3-cell, hour-of-week dwell baselines; "
+                   "eta: speed profiles, detour factor and ETA model, saved under <state_dir>/models/eta")
+    p.add_argument("--tenant", help="eta: whose history (default settings.tenant)")
+    p.add_argument("--since", help="eta: arrivals from this ISO time (with zone); default: all history")
+    p.add_argument("--until", help="eta: arrivals before this ISO time (with zone)")
     p.set_defaults(func=_train)
 
     args = parser.parse_args(argv)

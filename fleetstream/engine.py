@@ -111,6 +111,13 @@ class Engine:
                     time.sleep(min(5.0, 0.5 * child.restarts))
                     self._spawn(child)
 
+    def reload_models(self) -> None:
+        """Make the dataflow reload its ETA models (SIGHUP; it logs what it loaded)."""
+        for child in self.children:
+            if child.name == "flow" and child.proc is not None and child.proc.poll() is None:
+                child.proc.send_signal(signal.SIGHUP)
+                log.info("engine: asked the flow (pid %d) to reload its ETA models", child.proc.pid)
+
     def stop(self, timeout_s: float = 15.0) -> None:
         """SIGTERM every child (SIGINT for the dataflow), then SIGKILL what is left."""
         for child in self.children:
@@ -129,11 +136,12 @@ class Engine:
 
 
 def run_engine(settings: Settings, with_flow: bool = True) -> None:
-    """Foreground entry point: run until SIGTERM or Ctrl-C."""
+    """Foreground entry point: run until SIGTERM or Ctrl-C; SIGHUP reloads the ETA models."""
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     engine = Engine(settings, with_flow)
+    signal.signal(signal.SIGHUP, lambda *_: engine.reload_models())  # e.g. after `fleetstream train eta`
     engine.start()
     try:
         engine.wait_ready()

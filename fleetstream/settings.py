@@ -53,6 +53,10 @@ class Settings:
     flow_analytics: int = 1  # 1 = the per-vehicle analytics trackers run in the dataflow; 0 = basic state only
     flow_tick_ms: int = 1000  # how often a vehicle with pending timers is woken (wall clock)
     fleet_idle_grace_s: float = 5.0  # with no data for this long, the fleet clock follows the wall clock
+    flow_eta: int = 1  # 1 = live ETAs per remaining stop and predicted_late alerts in the analytics dataflow
+    eta_reemit_s: float = 60.0  # a stop's ETA is re-emitted when it moved by more than this
+    eta_every_s: float = 15.0  # a vehicle's ETAs are estimated at most this often (fix time)
+    predicted_late_margin_s: float = 60.0  # an ETA this far past a stop's window end -> predicted_late
     # analytics thresholds (the rest: pipelines/trackers/config.py AnalyticsConfig defaults)
     reorder_max_delay_s: float = 10.0  # event-time wait of a vehicle's reorder buffer
     correction_window_s: float = 3600.0  # late readings this far behind are corrected by replay
@@ -66,6 +70,10 @@ class Settings:
     door_open_max_s: float = 300.0  # reefer door open this long -> door_open_too_long
     offline_after_s: float = 300.0  # no data this long (fleet clock) while on duty -> offline
     baseline_min_samples: int = 5  # departures a cell-hour needs before its dwell baseline is used
+    # ETA training (`fleetstream train eta`) and its evaluation (`fleetstream evaluate --eta`)
+    eta_models_keep: int = 10  # trained ETA versions kept under <state_dir>/models/eta/versions
+    eta_eval_vehicles: int = 30  # simulated vans per day in the ETA evaluation
+    eta_eval_days: int = 7  # simulated days it trains on (then tests on the next day, another seed)
     # delivery of alerts and stop events
     alert_mqtt: int = 1  # 1 = publish alerts/<tenant>/<vehicle> and stops/<tenant>/<vehicle> (QoS 1)
     webhook_urls: str = ""  # comma-separated URLs that get every alert as a signed HTTP POST
@@ -74,6 +82,7 @@ class Settings:
     webhook_max_attempts: int = 8  # then the alert is recorded in delivery_failures and skipped
     webhook_backoff_s: float = 0.5  # first retry delay; doubles up to 30 s
     delivery_poll_ms: int = 200  # how often the deliverer looks for new alerts
+    eta_mqtt: int = 1  # 1 = publish ETA updates to etas/<tenant>/<vehicle> (QoS 1; with alert_mqtt)
     # simulator / demo
     tenant: str = "demo"
     sim_vehicles: int = 50

@@ -19,7 +19,8 @@ from ingest.contract import GpsFix
 from pipelines.baselines import dwell_baseline
 from pipelines.cells import CellMinute, CellMinutes
 from pipelines.trackers.config import AnalyticsConfig
-from pipelines.trackers.events import Alert, Event, StopEvent
+from pipelines.trackers.eta import EtaConfig, EtaTracker
+from pipelines.trackers.events import Alert, EtaUpdate, Event, StopEvent
 from pipelines.trackers.plan import Plan
 from pipelines.trackers.vehicle import VehicleAnalytics
 from pipelines.vehicle_state import StoredReading, VehicleState, VehicleSummary
@@ -43,7 +44,7 @@ class PlanUpdate:
 @dataclass(frozen=True, slots=True)
 class EventOut:
     """An alert, stop event or ETA update as emitted, with when (fleet clock) it was raised
-    and, for stop events, the stop's H3 cell and time window from the plan."""
+    and, for stop events and ETA updates, the stop's H3 cell and time window from the plan."""
 
     event: Event
     detected_at: datetime
@@ -68,18 +69,25 @@ Output = VehicleSummary | EventOut | CellMinute | Resynced
 
 
 class VehicleEngine:
-    """One vehicle's state in the dataflow (pickled into Bytewax snapshots)."""
+    """One vehicle's state in the dataflow (pickled into Bytewax snapshots).
 
-    def __init__(self, tenant: str, vehicle: str, config: AnalyticsConfig) -> None:
+    ``eta``: the live ETA tracker's config (None: no ETAs, no ``predicted_late``); its models
+    come from ``models.registry``, never from this state.
+    """
+
+    def __init__(self, tenant: str, vehicle: str, config: AnalyticsConfig, eta: EtaConfig | None = None) -> None:
         self.config = config
         self.basic = VehicleState(tenant, vehicle)
-        self.analytics = VehicleAnalytics(tenant, vehicle, config, baseline=dwell_baseline)
+        hook = EtaTracker(tenant, vehicle, eta) if eta is not None else None
+        self.analytics = VehicleAnalytics(tenant, vehicle, config, baseline=dwell_baseline, eta=hook)
         self.cells = CellMinutes(tenant, vehicle, keep_s=config.correction_window_s)
 
     # ------------------------------------------------------------------ inputs
 
-    def on_reading(self, item: StoredReading, now: datetime) -> list[Output]:
-        """One committed reading; ``now`` is the fleet clock. Runs the timers due by ``now`` too."""
+    def on_reading(self, item: StoredReading, now: datetime, run_due: bool = True) -> list[Output]:
+        """One committed reading; ``now`` is the fleet clock. Runs the timers due by ``now`` too,
+        unless ``run_due`` is False: then the caller runs ``on_timer`` after the rest of its
+        input batch (a burst of late readings then costs one replay, not one per reading)."""
         out: list[Output] = []
         r = item.reading
         if isinstance(r, GpsFix) and item.h3_cell is not None:
@@ -89,7 +97,7 @@ class VehicleEngine:
         self.basic.update(item)
         events = self.analytics.update(item, now)
         due = self.analytics.next_timer()
-        if due is not None and due <= now:
+        if run_due and due is not None and due <= now:
             events += self.analytics.on_timer(now)
         out += self._events(events, now)
         out.append(self.summary())
@@ -148,7 +156,7 @@ class VehicleEngine:
         plan = self.analytics.plan
         for event in events:
             stop = None
-            if isinstance(event, StopEvent) and plan is not None:
+            if isinstance(event, (StopEvent, EtaUpdate)) and plan is not None:
                 stop = self._stop_info(plan, event.stop_id)
             out.append(EventOut(event, now, stop))
         return out

@@ -220,6 +220,19 @@ _STOP_DISOWN = """
     WHERE tenant = %(tenant)s AND vehicle_id = %(vehicle)s AND NOT retracted AND NOT (id = ANY(%(ids)s::uuid[]))
       AND (%(horizon)s::timestamptz IS NULL OR at >= %(horizon)s)
 """
+# Each prediction is its own row; only a correction changes one (retracted), bumping rev.
+_ETA_UPSERT = """
+    INSERT INTO eta_updates (at, id, tenant, vehicle_id, stop_id, plan_version, eta, h3_cell, window_end, method,
+        state, details, retracted, detected_at)
+    VALUES (%(at)s, %(id)s, %(tenant)s, %(vehicle)s, %(stop_id)s, %(plan_version)s, %(eta)s, %(h3_cell)s,
+        %(window_end)s, %(method)s, %(state)s, %(details)s, %(retracted)s, %(detected_at)s)
+    ON CONFLICT (id, at) DO UPDATE SET
+        eta = EXCLUDED.eta, details = EXCLUDED.details, retracted = EXCLUDED.retracted, method = EXCLUDED.method,
+        state = EXCLUDED.state, h3_cell = EXCLUDED.h3_cell, window_end = EXCLUDED.window_end,
+        updated_at = clock_timestamp(), rev = nextval('event_rev')
+    WHERE (eta_updates.eta, eta_updates.details, eta_updates.retracted)
+          IS DISTINCT FROM (EXCLUDED.eta, EXCLUDED.details, EXCLUDED.retracted)
+"""
 _CELL_UPSERT = """
     INSERT INTO cell_minutes (minute, tenant, h3_cell, vehicle_id, fixes, speed_sum, speed_n, stopped_s)
     VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
@@ -253,6 +266,15 @@ def _stop_row(e: StopEvent, detected_at: datetime, stop: dict[str, Any] | None) 
             "on_time": None if e.kind != "arrival" or window is None else window == "on_time",
             "service_s": d.get("service_s"), "details": Jsonb(d), "retracted": e.retracted,
             "detected_at": detected_at}
+
+
+def _eta_row(e: EtaUpdate, detected_at: datetime, stop: dict[str, Any] | None) -> dict[str, Any]:
+    d = e.details
+    stop = stop or {}
+    return {"at": e.at, "id": e.id, "tenant": e.tenant, "vehicle": e.vehicle, "stop_id": e.stop_id,
+            "plan_version": e.plan_version, "eta": e.eta, "h3_cell": stop.get("h3_cell"),
+            "window_end": stop.get("window_end"), "method": d.get("method"), "state": d.get("state"),
+            "details": Jsonb(d), "retracted": e.retracted, "detected_at": detected_at}
 
 
 class _Writer:
@@ -316,6 +338,7 @@ class _AnalyticsPartition(StatelessSinkPartition[Output]):
         states: dict[tuple[str, str], VehicleSummary] = {}
         alerts: dict[str, dict[str, Any]] = {}
         stops: dict[str, dict[str, Any]] = {}
+        etas: dict[str, dict[str, Any]] = {}
         cells: dict[tuple[str, int, str, datetime], CellMinute] = {}
         disowned: list[dict[str, Any]] = []  # applied before this batch's upserts, which come after
         for item in items:
@@ -339,12 +362,16 @@ class _AnalyticsPartition(StatelessSinkPartition[Output]):
                         row["detected_at"] = stops[event.id]["detected_at"]
                     stops[event.id] = row
                 elif isinstance(event, EtaUpdate):
-                    pass  # the ETA sink arrives with the ETA tracker
+                    row = _eta_row(event, item.detected_at, item.stop)
+                    if event.id in etas:
+                        row["detected_at"] = etas[event.id]["detected_at"]
+                    etas[event.id] = row
         self.writer.run([
             (_ALERT_DISOWN, disowned),
             (_STOP_DISOWN, disowned),
             (_ALERT_UPSERT, list(alerts.values())),
             (_STOP_UPSERT, list(stops.values())),
+            (_ETA_UPSERT, list(etas.values())),
             (_CELL_UPSERT, [tuple(c) for c in cells.values()]),
             (_STATE_UPSERT, [_state_row(s) for s in states.values()]),
         ])
@@ -354,7 +381,7 @@ class _AnalyticsPartition(StatelessSinkPartition[Output]):
 
 
 class AnalyticsStore(DynamicSink[Output]):
-    """Writes the analytics' outputs: alerts, stop events, H3 minute rows, vehicle state.
+    """Writes the analytics' outputs: alerts, stop events, ETA updates, H3 minute rows, vehicle state.
 
     Every write is an upsert on a deterministic key, so a replay after a crash or a
     late-data correction overwrites instead of adding; a changed alert or stop event

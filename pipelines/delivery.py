@@ -8,7 +8,8 @@ never delays another channel:
 
 ``mqtt``
     Every alert and stop-event change, QoS 1, to ``alerts/<tenant>/<vehicle>`` or
-    ``stops/<tenant>/<vehicle>`` with the broker account ``alerts`` (MQTT v5). The cursor
+    ``stops/<tenant>/<vehicle>``, and (``eta_mqtt``) every ETA update (``eta_updates``) to
+    ``etas/<tenant>/<vehicle>``, with the broker account ``alerts`` (MQTT v5). The cursor
     moves only after the broker's PUBACKs. Broker down, or a PUBACK refused (reason >= 0x80,
     e.g. 0x87 when the account's ACL lacks ``alerts/#``): log, back off, retry; never skip.
 ``webhook:<url>``
@@ -109,11 +110,15 @@ _ALERT_FIELDS: tuple[tuple[str, str], ...] = tuple((c, c) for c in (
 _STOP_EVENT_FIELDS: tuple[tuple[str, str], ...] = (("type", "kind"),) + tuple((c, c) for c in (
     "stop_id", "plan_version", "visit", "at", "h3_cell", "window_start", "window_end", "on_time",
     "service_s", "details", "retracted", "detected_at", "updated_at"))
+_ETA_FIELDS: tuple[tuple[str, str], ...] = tuple((c, c) for c in (
+    "stop_id", "plan_version", "at", "eta", "h3_cell", "window_end", "method", "state", "details", "retracted",
+    "detected_at", "updated_at"))
 _TABLES: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
     "alerts": ("alert", _ALERT_FIELDS),
     "stop_events": ("stop_event", _STOP_EVENT_FIELDS),
+    "eta_updates": ("eta", _ETA_FIELDS),
 }
-_TOPIC_ROOT = {"alert": "alerts", "stop_event": "stops"}
+_TOPIC_ROOT = {"alert": "alerts", "stop_event": "stops", "eta": "etas"}
 
 
 class DeliveryConfigError(ValueError):
@@ -136,9 +141,10 @@ class Failure:
 def event_payload(row: Mapping[str, Any]) -> dict[str, Any]:
     """The JSON document of one alert or stop-event version.
 
-    ``row`` holds the columns of one ``alerts`` or ``stop_events`` row plus ``"table"``
-    (the table's name). The document: ``v`` (payload version, 1), ``kind`` (``alert`` or
-    ``stop_event``), ``id``, ``rev``, ``tenant``, ``vehicle``, then the row's columns. For a
+    ``row`` holds the columns of one ``alerts``, ``stop_events`` or ``eta_updates`` row plus
+    ``"table"`` (the table's name). The document: ``v`` (payload version, 1), ``kind``
+    (``alert``, ``stop_event`` or ``eta``), ``id``, ``rev``, ``tenant``, ``vehicle``, then the
+    row's columns (an ETA: ``at`` when predicted, ``eta`` the predicted arrival). For a
     stop event the column ``kind`` (``arrival``/``departure``) is named ``type``, as an
     alert's type is. Times are RFC 3339 UTC strings with milliseconds; ``h3_cell`` is the H3
     index as a hex string or null; ``service_s`` in seconds. ``alerts.start_second`` (a
@@ -147,7 +153,7 @@ def event_payload(row: Mapping[str, Any]) -> dict[str, Any]:
     try:
         kind, fields = _TABLES[row["table"]]
     except KeyError:
-        raise ValueError(f"not an alerts or stop_events row: table={row.get('table')!r}") from None
+        raise ValueError(f"not an alerts or stop_events row (nor eta_updates): table={row.get('table')!r}") from None
     doc: dict[str, Any] = {"v": PAYLOAD_VERSION, "kind": kind, "id": str(row["id"]), "rev": int(row["rev"]),
                            "tenant": row["tenant"], "vehicle": row["vehicle_id"]}
     for name, column in fields:
@@ -161,7 +167,7 @@ def event_payload(row: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def event_topic(payload: Mapping[str, Any]) -> str:
-    """``alerts/<tenant>/<vehicle>`` or ``stops/<tenant>/<vehicle>`` of a payload.
+    """``alerts/<tenant>/<vehicle>``, ``stops/<tenant>/<vehicle>`` or ``etas/<tenant>/<vehicle>`` of a payload.
 
     Raises ``ValueError`` when an id is not a safe topic level (``[A-Za-z0-9_-]{1,64}``).
     """
@@ -204,14 +210,14 @@ def retry_schedule(first_s: float, max_attempts: int, cap_s: float = RETRY_CAP_S
 
 
 def merge_pages(alerts: Sequence[Mapping[str, Any]], stops: Sequence[Mapping[str, Any]],
-                page_rows: int) -> list[Mapping[str, Any]]:
-    """Two rev-ordered pages (each at most ``page_rows``) as one rev-ordered list with no gap.
+                page_rows: int, etas: Sequence[Mapping[str, Any]] = ()) -> list[Mapping[str, Any]]:
+    """Rev-ordered pages (each at most ``page_rows``) as one rev-ordered list with no gap.
 
-    A full page may end before rows of the other table that come after it; those are
+    A full page may end before rows of another table that come after it; those are
     cut off here and read again next time, so nothing is passed over.
     """
-    rows = sorted([*alerts, *stops], key=lambda r: r["rev"])
-    ends = [page[-1]["rev"] for page in (alerts, stops) if len(page) >= page_rows]
+    rows = sorted([*alerts, *stops, *etas], key=lambda r: r["rev"])
+    ends = [page[-1]["rev"] for page in (alerts, stops, etas) if len(page) >= page_rows]
     if ends:
         rows = [r for r in rows if r["rev"] <= min(ends)]
     return rows
@@ -256,6 +262,8 @@ _ALERT_SELECT = ("SELECT 'alerts' AS \"table\", id, rev, tenant, vehicle_id, "
 _STOP_EVENT_SELECT = ("SELECT 'stop_events' AS \"table\", id, rev, tenant, vehicle_id, "
                       + ", ".join(c for _, c in _STOP_EVENT_FIELDS)
                       + " FROM stop_events WHERE rev > %s ORDER BY rev LIMIT %s")
+_ETA_SELECT = ("SELECT 'eta_updates' AS \"table\", id, rev, tenant, vehicle_id, "
+               + ", ".join(c for _, c in _ETA_FIELDS) + " FROM eta_updates WHERE rev > %s ORDER BY rev LIMIT %s")
 
 
 class ChangeFeed:
@@ -266,10 +274,12 @@ class ChangeFeed:
     retries. The in-memory cursor moves only after the database has stored it.
     """
 
-    def __init__(self, dsn: str, channel: str, *, stop_events: bool, page_rows: int = _PAGE_ROWS) -> None:
+    def __init__(self, dsn: str, channel: str, *, stop_events: bool, page_rows: int = _PAGE_ROWS,
+                 etas: bool = False) -> None:
         self.dsn = dsn
         self.channel = channel
         self.stop_events = stop_events
+        self.etas = etas
         self.page_rows = page_rows
         self.last_rev: int | None = None  # None until read from delivery_cursors
         self._conn: psycopg.Connection[Any] | None = None
@@ -294,7 +304,8 @@ class ChangeFeed:
             alerts = cur.execute(_ALERT_SELECT, (self.last_rev, self.page_rows)).fetchall()
             stops = (cur.execute(_STOP_EVENT_SELECT, (self.last_rev, self.page_rows)).fetchall()
                      if self.stop_events else [])
-        return merge_pages(alerts, stops, self.page_rows)
+            etas = cur.execute(_ETA_SELECT, (self.last_rev, self.page_rows)).fetchall() if self.etas else []
+        return merge_pages(alerts, stops, self.page_rows, etas)
 
     def advance(self, rev: int, delivered: int, failures: Sequence[Failure] = ()) -> None:
         """Store the cursor at ``rev`` with ``delivered`` more deliveries and the ``failures``, in one transaction."""
@@ -339,7 +350,8 @@ class _Refused(aiomqtt.MqttError):
 
 
 class MqttChannel:
-    """Every change, QoS 1, to ``alerts/<tenant>/<vehicle>`` / ``stops/<tenant>/<vehicle>``.
+    """Every change, QoS 1, to ``alerts/<tenant>/<vehicle>`` / ``stops/<tenant>/<vehicle>`` and
+    (``eta_mqtt``) every ETA update to ``etas/<tenant>/<vehicle>``.
 
     Runs its own asyncio loop (:meth:`run`, in a thread). A page of changes is published
     pipelined and the cursor saved once every PUBACK of the page is in; a change whose ids
@@ -351,7 +363,7 @@ class MqttChannel:
     def __init__(self, settings: Settings, stop: threading.Event) -> None:
         self.settings = settings
         self.stop = stop
-        self.feed = ChangeFeed(settings.dsn(), self.channel, stop_events=True)
+        self.feed = ChangeFeed(settings.dsn(), self.channel, stop_events=True, etas=bool(settings.eta_mqtt))
         self._outages = 0
 
     def run(self) -> None:

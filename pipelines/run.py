@@ -3,23 +3,30 @@
 from __future__ import annotations
 
 import logging
+import signal
 from dataclasses import fields
 from datetime import timedelta
+from pathlib import Path
 
 from bytewax.dataflow import Dataflow
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
 
 from fleetstream.settings import Settings
+from models import registry
+from models.eta import features
 from pipelines.baselines import set_dwell_baselines
 from pipelines.connectors import AnalyticsStore, CommittedReadings, VehicleStateSink
 from pipelines.flow import build_analytics_flow, build_flow
 from pipelines.trackers.config import AnalyticsConfig
+from pipelines.trackers.eta import EtaConfig
 from store.db import connect
 
-__all__ = ["analytics_config", "build_engine_flow", "load_baselines", "run_flow"]
+__all__ = ["analytics_config", "build_engine_flow", "eta_config", "eta_models_dir", "load_baselines",
+           "load_eta_models", "run_flow"]
 
 log = logging.getLogger("fleetstream.flow")
+_ETA_SET = EtaConfig.models  # the name the engine's ETA trackers look their models up by
 
 
 def analytics_config(settings: Settings) -> AnalyticsConfig:
@@ -27,6 +34,51 @@ def analytics_config(settings: Settings) -> AnalyticsConfig:
     own = {f.name for f in fields(Settings)}
     values = {f.name: getattr(settings, f.name) for f in fields(AnalyticsConfig) if f.name in own}
     return AnalyticsConfig(cell_resolution=settings.h3_resolution, **values)
+
+
+def eta_config(settings: Settings) -> EtaConfig | None:
+    """The live ETA tracker's config, or None when ``flow_eta`` is off."""
+    if not settings.flow_eta:
+        return None
+    return EtaConfig(reemit_s=settings.eta_reemit_s, estimate_every_s=settings.eta_every_s,
+                     cell_resolution=settings.h3_resolution)
+
+
+def eta_models_dir(settings: Settings) -> Path:
+    """Where ``fleetstream train eta`` publishes the current ETA set: ``<state_dir>/models/eta``."""
+    return settings.state_dir / "models" / "eta"
+
+
+def load_eta_models(directory: Path, keep_current: bool = False) -> bool:
+    """Register the ETA set in ``directory`` for the flow's trackers; never raises.
+
+    Nothing there: the profile / constant-speed estimate serves. A set that cannot be
+    read is logged as an error; then the flow serves without it (at start) or keeps the
+    set it had (``keep_current``, on a reload). Returns whether a set was loaded.
+    """
+    if not directory.is_dir():
+        registry.clear(_ETA_SET)
+        log.info("flow: no ETA models in %s; ETAs from the constant-speed estimate", directory)
+        return False
+    try:
+        models = registry.load_dir(directory, _ETA_SET)
+    except Exception as exc:  # a corrupt or half-written set must never stop the flow
+        if not keep_current:
+            registry.clear(_ETA_SET)
+        log.error("flow: could not load the ETA models in %s (%s: %s); %s", directory, type(exc).__name__, exc,
+                  "keeping the models loaded before" if keep_current else "serving ETAs without a model")
+        return False
+    if models.model is not None:
+        try:  # a model that loads but cannot predict would fail inside the flow: probe it here
+            models.model.predict_log_ratio([features(1000.0, 120.0, 8.0, 0, 10, 0.0, 0.0, 0.0)])
+        except Exception as exc:
+            models = registry.set_models(_ETA_SET, model=None)
+            log.error("flow: the ETA model in %s cannot predict (%s: %s); serving the speed-profile estimate",
+                      directory, type(exc).__name__, exc)
+    log.info("flow: ETA models loaded from %s (speed profiles: %s, model: %s, detour factor %.2f)", directory,
+             "yes" if models.profiles is not None else "no", "yes" if models.model is not None else "no",
+             models.detour_factor)
+    return True
 
 
 def load_baselines(settings: Settings) -> int:
@@ -45,7 +97,7 @@ def build_engine_flow(settings: Settings) -> Dataflow:
         return build_flow(source, VehicleStateSink(dsn))
     return build_analytics_flow(source, AnalyticsStore(dsn),
                                 analytics_config(settings), tick_s=settings.flow_tick_ms / 1000,
-                                idle_grace_s=settings.fleet_idle_grace_s)
+                                idle_grace_s=settings.fleet_idle_grace_s, eta=eta_config(settings))
 
 
 def run_flow(settings: Settings) -> None:
@@ -57,5 +109,10 @@ def run_flow(settings: Settings) -> None:
         log.info("flow: initialised recovery store in %s", recovery)
     if settings.flow_analytics:
         log.info("flow: %d dwell baseline cell-hours loaded", load_baselines(settings))
+    if settings.flow_analytics and settings.flow_eta:
+        models = eta_models_dir(settings)
+        load_eta_models(models)
+        # SIGHUP (the engine forwards its own): reload the ETA set, e.g. after `fleetstream train eta`
+        signal.signal(signal.SIGHUP, lambda *_: load_eta_models(models, keep_current=True))
     cli_main(build_engine_flow(settings), workers_per_process=1,
              epoch_interval=timedelta(seconds=settings.flow_epoch_s), recovery_config=RecoveryConfig(str(recovery)))

@@ -74,6 +74,9 @@ class AnalyticsConfig:
     # -- doors
     door_open_max_s: float = 300.0  # a door of a refrigerated load open this long -> door_open_too_long
 
+    # -- live ETAs (the ETA tracker's own knobs: pipelines/trackers/eta.py EtaConfig)
+    predicted_late_margin_s: float = 60.0  # an ETA this far past a stop's window end -> predicted_late (resolved back inside)
+
     # -- connectivity (the receive clock: the engine's fleet clock)
     offline_after_s: float = 300.0  # no reading received for this long -> offline
 

@@ -87,6 +87,7 @@ class EtaConfig:
     max_speed_mps: float = 40.0  # ... plus this much per second since the last fix
     leave_stop_m: float = 100.0  # the rest of a stop's service counts until this far outside its circle
     model_every_s: float = 30.0  # run the model at most this often per vehicle (fix time)
+    estimate_every_s: float = 0.0  # estimate (and maybe re-emit) at most this often (fix time); 0 = every fix
 
     def __post_init__(self) -> None:
         for name, value in self.__dict__.items():
@@ -148,6 +149,7 @@ class EtaTracker:
         self.emitted: dict[str, float] = {}  # stop id -> last ETA emitted (epoch s)
         self.model_at: float | None = None  # epoch s of the last model run
         self.model_ratio: dict[str, float] = {}  # stop id -> last model log ratio
+        self.estimated_at: float | None = None  # epoch s of the last estimate (estimate_every_s)
         self._route: tuple[RouteGeometry, dict[str, float]] | None = None
         self._legs: dict[tuple[str, str, float], SampledPath] = {}
 
@@ -158,6 +160,7 @@ class EtaTracker:
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
+        self.__dict__.setdefault("estimated_at", None)  # state pickled before the throttle existed
         self._route, self._legs = None, {}
 
     # ------------------------------------------------------------ the hook
@@ -173,10 +176,24 @@ class EtaTracker:
         self.plan = plan
         self.prev_ids = None
         self.model_at, self.model_ratio = None, {}
+        self.estimated_at = None
         self._route, self._legs = None, {}
 
     def update(self, fix: CheckedFix, remaining: tuple[Stop, ...]) -> list[Event]:
-        """Take one usable fix and the stops still to do; returns the ETAs that changed enough."""
+        """Take one usable fix and the stops still to do; returns the ETAs that changed enough.
+
+        With ``estimate_every_s``, a fix within that long of the last estimate only moves the
+        vehicle's motion state on (unless the stops to do changed): the estimate is most of
+        the cost of a fix, and an ETA some seconds old is as good as new.
+        """
+        every = self.config.estimate_every_s
+        if every > 0 and self.estimated_at is not None and self.plan is not None and remaining:
+            t_s = fix.time.timestamp()
+            if t_s - self.estimated_at < every and self.prev_ids == tuple(s.id for s in remaining):
+                self._motion(fix, t_s)
+                self._stop_service(fix, remaining, t_s)
+                return []
+        self.estimated_at = fix.time.timestamp()
         estimates = self.observe(fix, remaining)
         plan = self.plan
         if plan is None:

@@ -44,6 +44,7 @@ ALERT_TYPES = (
     "door_open_away",
     "door_open_too_long",
     "offline",
+    "predicted_late",
 )
 SEVERITY = {
     "gps_jump": "info",
@@ -55,6 +56,7 @@ SEVERITY = {
     "door_open_away": "critical",
     "door_open_too_long": "warning",
     "offline": "warning",
+    "predicted_late": "warning",
 }
 _NAMESPACE = uuid.UUID("6f0f3d7e-2b1c-5a43-9d0e-3c6b1f1e7a21")
 

@@ -3,7 +3,7 @@ late-data correction by checkpoint and replay.
 
 Pipeline (per reading, in fix-time order)::
 
-    reorder buffer -> quality -> motion -> geofence -> dwell -> drift -> (ETA hook)
+    reorder buffer -> quality -> motion -> geofence -> dwell -> drift -> (ETA hook -> predicted late)
                    -> cold chain -> door          offline: on arrival, the fleet clock
 
 Time
@@ -21,7 +21,8 @@ Time
 
 Suppression
     Each condition yields one alert id: emitted when it opens, again when it resolves.
-    A ledger of what was emitted drops exact repeats.
+    A ledger of what was emitted drops exact repeats. ETA updates (each prediction its own
+    id) are kept in it only as each stop's latest, so it stays a few entries per stop.
 
 Late data
     A reading whose fix time is behind what the trackers already processed (readings
@@ -70,8 +71,9 @@ from pipelines.trackers.config import AnalyticsConfig
 from pipelines.trackers.door import DoorTracker
 from pipelines.trackers.drift import RouteCorridor, RouteDriftTracker
 from pipelines.trackers.dwell import Baseline, DwellTracker
-from pipelines.trackers.events import Alert, Event, StopEvent, event_time, is_retracted
+from pipelines.trackers.events import Alert, EtaUpdate, Event, StopEvent, event_time, is_retracted
 from pipelines.trackers.geofence import GeofenceTracker, StopIndex
+from pipelines.trackers.late import PredictedLateTracker
 from pipelines.trackers.motion import MotionChange, MotionTracker
 from pipelines.trackers.offline import OfflineTracker
 from pipelines.trackers.plan import Plan, Stop
@@ -93,6 +95,8 @@ class EtaHook(Protocol):
     module-level object and look them up).
     """
 
+    def set_plan(self, plan: Plan | None) -> None: ...
+
     def update(self, fix: CheckedFix, remaining: tuple[Stop, ...]) -> list[Event]: ...
 
     def on_timer(self, now: datetime) -> list[Event]: ...
@@ -102,6 +106,9 @@ class EtaHook(Protocol):
 
 class NoEta:
     """The placeholder ETA tracker: emits nothing."""
+
+    def set_plan(self, plan: Plan | None) -> None:
+        return None
 
     def update(self, fix: CheckedFix, remaining: tuple[Stop, ...]) -> list[Event]:
         return []
@@ -227,6 +234,7 @@ class VehicleTrackers:
         self.coldchain = ColdChainTracker(tenant, vehicle, config)
         self.door = DoorTracker(tenant, vehicle, config)
         self.eta = eta
+        self.late = PredictedLateTracker(tenant, vehicle, config.predicted_late_margin_s)  # fed by the ETA hook
         self.active: ActivePlan | None = None
         self.position: CheckedFix | None = None  # last usable fix
         self.time: datetime | None = None
@@ -257,6 +265,7 @@ class VehicleTrackers:
         self._clock(t)
         self.active = active
         self.geofence.set_plan(active.plan if active else None, active.index if active else None)
+        self.eta.set_plan(active.plan if active else None)
         out: list[Event] = list(self.drift.set_plan(active.corridor if active else None, t))
         if self.position is not None:
             out += self.dwell.replan(self._at_stop(), self.geofence.next_stop() is not None, t)
@@ -275,6 +284,8 @@ class VehicleTrackers:
             stop_events = self.geofence.on_timer(due)
             out += stop_events
             out += self._dwell_inputs(changes, stop_events, baseline)
+            if stop_events and self.late.open:
+                out += self._predicted_late(due, [], stop_events)
             out += self.dwell.on_timer(due)
             out += self.drift.on_timer(due)
             out += self.coldchain.on_timer(due)
@@ -307,8 +318,16 @@ class VehicleTrackers:
         out += self._dwell_inputs(changes, stop_events, baseline)
         if self.drift.corridor is not None:
             out += self.drift.update(fix, self.geofence.next_stop(), self._at_stop() is True)
-        out += self.eta.update(fix, self.geofence.remaining_stops())
+        etas = self.eta.update(fix, self.geofence.remaining_stops())
+        out += etas
+        if etas or self.late.open:
+            out += self._predicted_late(fix.time, etas, stop_events)
         return out
+
+    def _predicted_late(self, t: datetime, etas: list[Event], stop_events: list[StopEvent]) -> list[Event]:
+        arrivals = {e.stop_id: e.at for e in stop_events if e.kind == "arrival"}
+        updates = [e for e in etas if isinstance(e, EtaUpdate)]
+        return list(self.late.update(t, updates, self.geofence.remaining_stops(), arrivals, self._cell()))
 
     def _dwell_inputs(self, changes: list[MotionChange], stop_events: list[StopEvent],
                       baseline: Baseline | None) -> list[Event]:
@@ -526,16 +545,18 @@ class VehicleAnalytics:
     def _emit(events: list[Event], ledger: dict[str, Event], touched: set[str] | None = None) -> list[Event]:
         out: list[Event] = []
         for event in events:
-            if ledger.get(event.id) != event:
-                ledger[event.id] = event
+            key = _ledger_key(event)
+            if ledger.get(key) != event:
+                ledger[key] = event
                 out.append(event)
                 if touched is not None:
-                    touched.add(event.id)
+                    touched.add(key)
         return out
 
     def _correct(self) -> list[Event]:
         """Restore the checkpoint before the earliest pending fix time, replay, emit the differences."""
         assert self._pending_us is not None
+        pending_us = self._pending_us
         cps = self._checkpoints
         i = max(0, bisect_right(cps, self._pending_us, key=_checkpoint_time) - 1)
         cp = cps[i]
@@ -543,14 +564,15 @@ class VehicleAnalytics:
         frontier = self._trackers.time
         trackers, ledger = self._restore(cp)
         touched: set[str] = set()
+        etas: dict[str, EtaUpdate] = {}  # every prediction the replay made, by id
         start = bisect_left(self._history, cp.us, key=_row_time)
         for k in range(start, len(self._history)):
             row = self._history[k]
             if k > start:
                 self._maybe_checkpoint(row[0], trackers, ledger)
-            self._emit(self._step(trackers, row), ledger, touched)
+            _collect(etas, self._emit(self._step(trackers, row), ledger, touched))
         if frontier is not None:
-            self._emit(trackers.advance(frontier, self.baseline), ledger, touched)
+            _collect(etas, self._emit(trackers.advance(frontier, self.baseline), ledger, touched))
 
         out: list[Event] = []
         live = self._ledger
@@ -561,12 +583,20 @@ class VehicleAnalytics:
                     out.append(old)
                 ledger[event_id] = old
             elif old != ledger[event_id]:  # holds, with different content
-                out.append(ledger[event_id])
+                new = ledger[event_id]
+                if not isinstance(new, EtaUpdate):
+                    out.append(new)
+                elif (isinstance(old, EtaUpdate) and old.id not in etas and not old.retracted
+                      and _us(old.at) >= pending_us):  # made after the late data: the replay no longer makes it
+                    out.append(old.retract())
         for event_id in [k for k in ledger if k not in live]:
-            if event_id in touched:
-                out.append(ledger[event_id])  # new
-            else:
+            if event_id not in touched:
                 del ledger[event_id]  # settled long ago and already pruned from the live ledger
+            elif not isinstance(ledger[event_id], EtaUpdate):
+                out.append(ledger[event_id])  # new
+        # every prediction the replay made from the earliest late reading on (those before it
+        # are the ones made live); an unchanged one rewrites its row to no effect
+        out += [e for e in etas.values() if _us(e.at) >= pending_us and live.get(_ledger_key(e)) != e]
         self._trackers, self._ledger = trackers, ledger
         self.lateness.corrections += 1
         self.lateness.replayed_entries += len(self._history) - start
@@ -591,6 +621,22 @@ class VehicleAnalytics:
         horizon = _at(horizon_us)
         for event_id in [k for k, e in self._ledger.items() if _settled_before(e, horizon)]:
             del self._ledger[event_id]
+
+
+def _ledger_key(event: Event) -> str:
+    """Where the ledger keeps an event: under its id, except ETA updates, which are kept
+    only as the stop's latest (each prediction has its own id; the history belongs in the
+    database, not in the state). A correction emits every prediction its replay made (an
+    unchanged one rewrites its row to no effect) and retracts the stop's current ETA when
+    the replay no longer makes it; earlier live predictions the replay does not make again
+    stay as they were made (the state no longer knows them)."""
+    return f"eta|{event.stop_id}" if isinstance(event, EtaUpdate) else event.id
+
+
+def _collect(etas: dict[str, EtaUpdate], events: list[Event]) -> None:
+    for event in events:
+        if isinstance(event, EtaUpdate):
+            etas[event.id] = event
 
 
 def _checkpoint_time(cp: _Checkpoint) -> int:

@@ -78,3 +78,37 @@ def test_resume_after_abort_gives_the_uninterrupted_stop_events(tmp_path) -> Non
     run_main(flow, epoch_interval=timedelta(0), recovery_config=config)
     run_main(flow, epoch_interval=timedelta(0), recovery_config=config)
     assert sorted(set(stop_events(flow_out))) == sorted(set(stop_events(run(items, plans))))
+
+
+def test_live_etas_and_a_predicted_late_alert_from_the_stream() -> None:
+    from dataclasses import replace
+
+    from pipelines.trackers.events import Alert, EtaUpdate, alert_id, eta_update_id
+    from tests.unit.test_trackers_vehicle import S1, S2
+
+    # s2 must be reached by 08:10; parked at s1 (no service time planned), the van runs late
+    plan = replace(PLAN, stops=(S1, replace(S2, window_end=T0 + timedelta(seconds=600))))
+    out = run(with_cells(delivery_day().items), [PlanUpdate(plan, 1, T0)])
+    etas = [o for o in out if isinstance(o, EventOut) and isinstance(o.event, EtaUpdate)]
+    # along the route at the constant 8 m/s (no models registered): s1 at 1000 m, s2 at 4000 m
+    first = etas[0]
+    assert first.event == EtaUpdate(eta_update_id("acme", "van-1", "s1", 1, T0), "acme", "van-1", "s1", 1, T0,
+                                     T0 + timedelta(seconds=125), first.event.details)
+    assert first.stop is not None and first.stop["window_end"] is None
+    s2 = [((o.event.at - T0).total_seconds(), (o.event.eta - T0).total_seconds(), o.event.details["state"])
+          for o in etas if o.event.stop_id == "s2"]
+    assert s2 == [(0.0, 500.0, "moving"), (5.0, 603.0, "traffic"), (10.0, 497.0, "moving"),
+                  (185.0, 560.0, "parked"), (250.0, 625.0, "parked"), (315.0, 690.0, "parked"),
+                  (380.0, 755.0, "parked"), (405.0, 878.0, "traffic"), (410.0, 772.0, "moving"),
+                  (655.0, 711.0, "moving")]
+    alerts = [o for o in out if isinstance(o, EventOut) and isinstance(o.event, Alert)]
+    # 90 s past the window at 315 s (past the 60 s margin; 625 at 250 s was within it), resolved on arrival
+    start = T0 + timedelta(seconds=315)
+    assert [(a.event.id, a.event.type, a.event.status, a.event.stop_id, a.event.start, a.event.end) for a in alerts] == [
+        (alert_id("acme", "van-1", "predicted_late", start, "s2"), "predicted_late", "open", "s2", start, None),
+        (alert_id("acme", "van-1", "predicted_late", start, "s2"), "predicted_late", "resolved", "s2", start,
+         T0 + timedelta(seconds=695)),
+    ]
+    assert alerts[1].event.details == {"eta": "2026-11-23T08:11:30.000Z", "window_end": "2026-11-23T08:10:00.000Z",
+                                       "late_s": 90.0, "plan_version": 1, "reason": "arrived", "arrived_late": True}
+    assert alerts[0].detected_at == T0 + timedelta(seconds=325)  # the reorder wait after the fix

@@ -111,7 +111,8 @@ def start_at_head(db: Any, *channels: str) -> None:
     """Cursors of ``channels`` at the newest stored rev: as if everything before were delivered."""
     for channel in channels:
         db.execute("INSERT INTO delivery_cursors (channel, last_rev) SELECT %(c)s, coalesce(max(rev), 0) FROM"
-                   " (SELECT max(rev) AS rev FROM alerts UNION ALL SELECT max(rev) FROM stop_events) r"
+                   " (SELECT max(rev) AS rev FROM alerts UNION ALL SELECT max(rev) FROM stop_events"
+                   " UNION ALL SELECT max(rev) FROM eta_updates) r"
                    " ON CONFLICT (channel) DO UPDATE SET last_rev = excluded.last_rev", {"c": channel})
 
 
