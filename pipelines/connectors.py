@@ -67,6 +67,37 @@ def read_after(conn: psycopg.Connection, shard: int, after: int, limit: int) -> 
     return [_to_stored(row, shard) for row in rows]
 
 
+def _receive_prefixes(reads: dict[int, list[StoredReading]], limit: int) -> dict[int, list[StoredReading]]:
+    """What to hand on of each shard's read (rows in shard_seq order): a prefix of each.
+
+    A full read (``limit`` rows) may leave rows of that shard received before its newest
+    one unread, so every shard is cut at the earliest of the full reads' newest receive
+    times. Receive time is not monotonic in shard_seq: one commit numbers all its positions,
+    then its temperatures, then its door events, each in message order, and under a backlog
+    a commit holds up to ``gateway_batch_max`` messages (far more rows than one read). So a
+    shard's prefix runs while the running maximum of its receive times stays within the
+    cutoff, never stopping at the first row past it: the read that sets the cutoff is then
+    taken whole, and every poll makes progress (stopping at the first row past the cutoff,
+    a read ending in a commit's temperatures could hand on nothing, poll after poll).
+    """
+    full = [max(r.received_at for r in rows) for rows in reads.values() if len(rows) >= limit]
+    if not full:
+        return dict(reads)
+    cutoff = min(full)
+    out: dict[int, list[StoredReading]] = {}
+    for shard, rows in reads.items():
+        n, newest = 0, None
+        while n < len(rows):
+            at = rows[n].received_at
+            if newest is None or at > newest:
+                newest = at
+            if newest > cutoff:
+                break
+            n += 1
+        out[shard] = rows[:n]
+    return out
+
+
 PLANS = -1  # the plan revisions' position in the source's snapshot
 
 
@@ -79,9 +110,9 @@ class _MergedShards(StatefulSourcePartition[StoredReading | PlanUpdate, dict[int
 
     Per poll each shard's next rows are read; a shard that returned a full read may have
     more rows received before its last one, so only rows received up to the earliest such
-    last row are handed on (a prefix per shard; the rest are read again next time). So one
-    shard never runs hours ahead of another when a backlog drains, which the vehicles'
-    reorder buffers could not absorb.
+    read's receive time are handed on (a prefix per shard; the rest are read again next
+    time; see ``_receive_prefixes``). So one shard never runs hours ahead of another when a
+    backlog drains, which the vehicles' reorder buffers could not absorb.
     """
 
     def __init__(self, dsn: str, shards: int, after: dict[int, int], limit: int, poll_s: float,
@@ -106,16 +137,9 @@ class _MergedShards(StatefulSourcePartition[StoredReading | PlanUpdate, dict[int
             return []
         if plans:
             self.plans_after = plans[-1].plan_seq
-        full = [rows[-1].received_at for rows in reads.values() if len(rows) >= self.limit]
-        cutoff = min(full) if full else None
+        full = any(len(rows) >= self.limit for rows in reads.values())
         batch: list[StoredReading] = []
-        for shard, rows in reads.items():
-            taken = rows
-            if cutoff is not None:
-                n = 0
-                while n < len(rows) and rows[n].received_at <= cutoff:
-                    n += 1
-                taken = rows[:n]
+        for shard, taken in _receive_prefixes(reads, self.limit).items():
             if taken:
                 self.after[shard] = taken[-1].shard_seq
                 batch += taken
