@@ -38,6 +38,11 @@ class Prepared:
     doors: list[tuple[Any, ...]] = field(default_factory=list)
     statuses: list[tuple[Any, ...]] = field(default_factory=list)
     dead_letters: list[tuple[Any, ...]] = field(default_factory=list)
+    # each row's place among the batch's readings in receive order (message by message, each
+    # message's readings in the device's order): the writer numbers shard_seq by it
+    position_order: list[int] = field(default_factory=list)
+    temperature_order: list[int] = field(default_factory=list)
+    door_order: list[int] = field(default_factory=list)
     duplicates: int = 0  # identical readings repeated inside this batch
     conflicts: int = 0  # same key, different content inside this batch
 
@@ -85,13 +90,17 @@ def prepare(messages: list[Received], limits: Limits, h3_resolution: int, raw_ca
                 continue
             seen[key] = content
             head = (r.fix_time, r.tenant, r.vehicle, r.seq)
+            order = out.reading_count
             if isinstance(r, GpsFix):
                 cell = h3.latlng_to_cell(r.lat, r.lon, h3_resolution)
                 out.positions.append((*head, *content, cell, r.device_time, received_at))
+                out.position_order.append(order)
             elif isinstance(r, TemperatureReading):
                 out.temperatures.append((*head, *content, r.device_time, received_at))
+                out.temperature_order.append(order)
             else:
                 out.doors.append((*head, *content, r.device_time, received_at))
+                out.door_order.append(order)
     return out
 
 

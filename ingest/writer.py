@@ -68,6 +68,16 @@ class WriteResult:
     last_seq: int
 
 
+def _receive_orders(batch: Prepared) -> tuple[list[int], list[int], list[int]]:
+    """Each table's rows' places among the batch's readings; table by table when not recorded."""
+    given = (batch.position_order, batch.temperature_order, batch.door_order)
+    if all(len(o) == len(r) for o, r in zip(given, (batch.positions, batch.temperatures, batch.doors), strict=True)):
+        return given
+    n_pos, n_temp = len(batch.positions), len(batch.temperatures)
+    return (list(range(n_pos)), list(range(n_pos, n_pos + n_temp)),
+            list(range(n_pos + n_temp, n_pos + n_temp + len(batch.doors))))
+
+
 class ShardWriter:
     """The only writer of one shard (held by a session advisory lock)."""
 
@@ -104,22 +114,24 @@ class ShardWriter:
             self.open()
         conn = self.conn
         assert conn is not None
-        seq = self.last_seq
         stored = 0
         duplicates = batch.duplicates
         dead = list(batch.dead_letters)
         try:
             with conn.cursor() as cur:
-                for table, rows in zip(TABLES, (batch.positions, batch.temperatures, batch.doors), strict=True):
+                # shard_seq in receive order across the tables (see Prepared), so the dataflow's
+                # replay of this shard, in shard_seq order, sees each message's readings together
+                orders = _receive_orders(batch)
+                for table, rows, order in zip(TABLES, (batch.positions, batch.temperatures, batch.doors), orders,
+                                              strict=True):
                     if not rows:
                         continue
                     staged = len(rows)
                     columns = ", ".join(table.columns + _TAIL)
                     with cur.copy(f"COPY stage_{table.name} ({columns}) FROM STDIN (FORMAT BINARY)") as copy:
                         copy.set_types(list(table.types + _TAIL_TYPES))
-                        for row in rows:
-                            seq += 1
-                            copy.write_row((*row, self.shard, seq))
+                        for row, place in zip(rows, order, strict=True):
+                            copy.write_row((*row, self.shard, self.last_seq + 1 + place))
                     cur.execute(f"INSERT INTO {table.name} ({columns}) SELECT {columns} FROM stage_{table.name} "
                                 "ON CONFLICT DO NOTHING")
                     inserted = cur.rowcount
@@ -128,6 +140,7 @@ class ShardWriter:
                         conflicting = self._conflicts(cur, table)
                         dead.extend(conflicting)
                         duplicates += staged - inserted - len(conflicting)
+                seq = self.last_seq + batch.reading_count
                 new_vehicles = self._new_vehicles(cur, batch)
                 if batch.statuses:
                     cur.executemany(

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import h3
 
 from ingest.batching import Received, prepare
-from ingest.contract import GpsFix, Limits, encode_batch, encode_single
+from ingest.contract import DoorEvent, GpsFix, Limits, TemperatureReading, encode_batch, encode_single
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
@@ -55,3 +55,12 @@ def test_batch_message_splits_into_tables() -> None:
     body["readings"].append({"type": "door", "seq": 4, "fix_time": "2026-11-22T11:59:01Z", "door": "rear", "open": False})
     out = prepare([Received(topic, json.dumps(body).encode(), NOW.timestamp())], Limits(), 9, 4096)
     assert (len(out.positions), len(out.temperatures), len(out.doors), out.reading_count) == (2, 1, 1, 4)
+
+
+def test_rows_keep_their_receive_order_across_tables() -> None:
+    temp = TemperatureReading("acme", "van-1", 3, NOW - timedelta(seconds=50), "cargo", 4.5)
+    door = DoorEvent("acme", "van-1", 4, NOW - timedelta(seconds=45), "rear", True)
+    first = Received(*encode_batch("acme", "van-1", [fix(1), temp, fix(5)]), NOW.timestamp())
+    second = Received(*encode_batch("acme", "van-1", [door, fix(6)]), NOW.timestamp() + 1)
+    out = prepare([first, second], Limits(), 9, 4096)
+    assert (out.position_order, out.temperature_order, out.door_order) == ([0, 2, 4], [1], [3])
