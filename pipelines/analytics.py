@@ -84,10 +84,13 @@ class VehicleEngine:
 
     # ------------------------------------------------------------------ inputs
 
-    def on_reading(self, item: StoredReading, now: datetime, run_due: bool = True) -> list[Output]:
+    def on_reading(self, item: StoredReading, now: datetime, run_due: bool = True,
+                   summarize: bool = True) -> list[Output]:
         """One committed reading; ``now`` is the fleet clock. Runs the timers due by ``now`` too,
         unless ``run_due`` is False: then the caller runs ``on_timer`` after the rest of its
-        input batch (a burst of late readings then costs one replay, not one per reading)."""
+        input batch (a burst of late readings then costs one replay, not one per reading).
+        Ends with the vehicle's summary unless ``summarize`` is False: then the caller takes
+        ``summary()`` once after the rest of its input batch (the store keeps the last one)."""
         out: list[Output] = []
         r = item.reading
         if isinstance(r, GpsFix) and item.h3_cell is not None:
@@ -100,7 +103,8 @@ class VehicleEngine:
         if run_due and due is not None and due <= now:
             events += self.analytics.on_timer(now)
         out += self._events(events, now)
-        out.append(self.summary())
+        if summarize:
+            out.append(self.summary())
         return out
 
     def on_plan(self, update: PlanUpdate, now: datetime | None) -> list[Output]:

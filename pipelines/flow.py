@@ -89,7 +89,8 @@ class _VehicleLogic(StatefulBatchLogic[Stamped, list[Output], VehicleEngine]):
     and runs what the fleet clock says is due, so alerts fire with no new data. Bytewax
     hands over one vehicle's items of an input batch together: what fell due during
     the batch (a late-data replay above all) runs once, at its end, so a burst of late
-    readings (a batching device's message) costs one replay, not one per reading.
+    readings (a batching device's message) costs one replay, not one per reading; and the
+    vehicle's summary is emitted once, at its end, not once per reading.
     """
 
     def __init__(self, engine: VehicleEngine | None, config: AnalyticsConfig, clock: FleetClock,
@@ -111,10 +112,13 @@ class _VehicleLogic(StatefulBatchLogic[Stamped, list[Output], VehicleEngine]):
                 out += engine.on_plan(item, now)
             else:
                 assert now is not None
-                out += engine.on_reading(item, now, run_due=False)
+                out += engine.on_reading(item, now, run_due=False, summarize=False)
                 last = now
         if last is not None and self.engine is not None:
-            out += self.engine.on_timer(last)
+            due = self.engine.on_timer(last)
+            out += due
+            if not (due and isinstance(due[-1], VehicleSummary)):
+                out.append(self.engine.summary())  # one per batch: the store keeps the last anyway
         return [out], StatefulBatchLogic.RETAIN
 
     def _resynced(self, wall: datetime) -> list[Output]:
