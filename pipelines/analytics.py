@@ -99,8 +99,7 @@ class VehicleEngine:
                 out.append(row)
         self.basic.update(item)
         events = self.analytics.update(item, now)
-        due = self.analytics.next_timer()
-        if run_due and due is not None and due <= now:
+        if run_due and (due := self.analytics.next_timer()) is not None and due <= now:
             events += self.analytics.on_timer(now)
         out += self._events(events, now)
         if summarize:
