@@ -16,6 +16,7 @@ import numpy as np
 
 __all__ = [
     "EARTH_RADIUS_M",
+    "M_PER_DEG_LAT",
     "PolylinePosition",
     "bearing_deg",
     "cumulative_lengths_m",
@@ -30,6 +31,7 @@ __all__ = [
 EARTH_RADIUS_M = 6_371_008.8
 _RAD = math.pi / 180.0
 _M_PER_DEG = EARTH_RADIUS_M * _RAD  # metres per degree of latitude
+M_PER_DEG_LAT = _M_PER_DEG
 
 LatLon = tuple[float, float]
 

@@ -28,7 +28,7 @@ import h3.api.basic_int as h3
 from ingest.contract import format_time
 from pipelines.trackers.config import AnalyticsConfig
 from pipelines.trackers.events import StopEvent, stop_event_id
-from pipelines.trackers.geo import haversine_m
+from pipelines.trackers.geo import M_PER_DEG_LAT, haversine_m
 from pipelines.trackers.plan import Plan, Stop
 from pipelines.trackers.quality import CheckedFix
 
@@ -66,6 +66,10 @@ class StopIndex:
         best: Stop | None = None
         best_d = math.inf
         for stop in self._by_cell.get(cell, ()):
+            # a great circle is never shorter than its latitude difference: skip the stops whose
+            # circle that alone puts out of reach (1 m of slack for rounding), before the haversine
+            if abs(lat - stop.lat) * M_PER_DEG_LAT > stop.radius_m + margin_m + 1.0:
+                continue
             d = haversine_m(lat, lon, stop.lat, stop.lon)
             if d <= stop.radius_m + margin_m and d < best_d:
                 best, best_d = stop, d
