@@ -49,7 +49,7 @@ class Settings:
     # dataflow
     flow_epoch_s: float = 2.0  # Bytewax snapshot interval
     flow_poll_ms: int = 200  # how often the replay source looks for new rows
-    flow_batch_rows: int = 5000  # rows per source read
+    flow_batch_rows: int = 20_000  # rows per source read (and shard): a poll is one input batch of the dataflow
     flow_analytics: int = 1  # 1 = the per-vehicle analytics trackers run in the dataflow; 0 = basic state only
     flow_tick_ms: int = 1000  # how often a vehicle with pending timers is woken (wall clock)
     fleet_idle_grace_s: float = 5.0  # with no data for this long, the fleet clock follows the wall clock
