@@ -56,6 +56,7 @@ class Settings:
     flow_eta: int = 1  # 1 = live ETAs per remaining stop and predicted_late alerts in the analytics dataflow
     eta_reemit_s: float = 60.0  # a stop's ETA is re-emitted when it moved by more than this
     eta_every_s: float = 15.0  # a vehicle's ETAs are estimated at most this often (fix time)
+    eta_road_network: str = ""  # ETAs to stops of a plan without a route follow this network (helsinki or a .pbf)
     predicted_late_margin_s: float = 60.0  # an ETA this far past a stop's window end -> predicted_late
     # analytics thresholds (the rest: pipelines/trackers/config.py AnalyticsConfig defaults)
     reorder_max_delay_s: float = 10.0  # event-time wait of a vehicle's reorder buffer

@@ -15,6 +15,7 @@ from bytewax.run import cli_main
 from fleetstream.settings import Settings
 from models import registry
 from models.eta import features
+from models.paths import NetworkPaths
 from pipelines.baselines import set_dwell_baselines
 from pipelines.connectors import AnalyticsStore, CommittedReadings, VehicleStateSink
 from pipelines.flow import build_analytics_flow, build_flow
@@ -49,8 +50,21 @@ def eta_models_dir(settings: Settings) -> Path:
     return settings.state_dir / "models" / "eta"
 
 
-def load_eta_models(directory: Path, keep_current: bool = False) -> bool:
-    """Register the ETA set in ``directory`` for the flow's trackers; never raises.
+def eta_network(settings: Settings) -> NetworkPaths | None:
+    """The road network ETAs follow to stops when a plan has no route (``eta_road_network``;
+    empty: none, straight lines times the learned detour factor)."""
+    if not settings.eta_road_network:
+        return None
+    from edge.roads import RoadNetwork
+
+    network = RoadNetwork.load(settings.eta_road_network, settings.state_dir / "cache")
+    log.info("flow: ETAs without a planned route follow the %s road network (%d nodes)",
+             settings.eta_road_network, len(network))
+    return NetworkPaths(network, resolution=settings.h3_resolution)
+
+
+def load_eta_models(directory: Path, keep_current: bool = False, network: NetworkPaths | None = None) -> bool:
+    """Register the ETA set in ``directory`` (and ``network``) for the flow's trackers; never raises.
 
     Nothing there: the profile / constant-speed estimate serves. A set that cannot be
     read is logged as an error; then the flow serves without it (at start) or keeps the
@@ -58,13 +72,15 @@ def load_eta_models(directory: Path, keep_current: bool = False) -> bool:
     """
     if not directory.is_dir():
         registry.clear(_ETA_SET)
+        registry.set_models(_ETA_SET, network=network)
         log.info("flow: no ETA models in %s; ETAs from the constant-speed estimate", directory)
         return False
     try:
-        models = registry.load_dir(directory, _ETA_SET)
+        models = registry.load_dir(directory, _ETA_SET, network=network)
     except Exception as exc:  # a corrupt or half-written set must never stop the flow
         if not keep_current:
             registry.clear(_ETA_SET)
+            registry.set_models(_ETA_SET, network=network)
         log.error("flow: could not load the ETA models in %s (%s: %s); %s", directory, type(exc).__name__, exc,
                   "keeping the models loaded before" if keep_current else "serving ETAs without a model")
         return False
@@ -110,9 +126,9 @@ def run_flow(settings: Settings) -> None:
     if settings.flow_analytics:
         log.info("flow: %d dwell baseline cell-hours loaded", load_baselines(settings))
     if settings.flow_analytics and settings.flow_eta:
-        models = eta_models_dir(settings)
-        load_eta_models(models)
+        models, network = eta_models_dir(settings), eta_network(settings)
+        load_eta_models(models, network=network)
         # SIGHUP (the engine forwards its own): reload the ETA set, e.g. after `fleetstream train eta`
-        signal.signal(signal.SIGHUP, lambda *_: load_eta_models(models, keep_current=True))
+        signal.signal(signal.SIGHUP, lambda *_: load_eta_models(models, keep_current=True, network=network))
     cli_main(build_engine_flow(settings), workers_per_process=1,
              epoch_interval=timedelta(seconds=settings.flow_epoch_s), recovery_config=RecoveryConfig(str(recovery)))

@@ -14,7 +14,8 @@ from fleetstream.settings import Settings
 from models import registry
 from models.profiles import SpeedProfiles
 from pipelines.delivery import event_payload, event_topic, merge_pages
-from pipelines.run import eta_config, eta_models_dir, load_eta_models
+from pipelines.run import eta_config, eta_models_dir, eta_network, load_eta_models
+from pipelines.trackers.geo import haversine_m
 
 
 @pytest.fixture(autouse=True)
@@ -71,3 +72,30 @@ def test_eta_payload_and_topic() -> None:
                    "detected_at": "2026-11-23T08:00:00.000Z", "updated_at": "2026-11-23T08:00:00.000Z"}
     assert event_topic(doc) == "etas/acme/van-1"
     assert [r["rev"] for r in merge_pages([{"rev": 1}, {"rev": 5}], [], 2, [{"rev": 3}, {"rev": 4}])] == [1, 3, 4]
+
+
+def test_a_configured_road_network_serves_plans_without_a_route_and_survives_reloads(tmp_path: Path) -> None:
+    from pipelines.trackers.eta import EtaConfig, EtaTracker
+    from pipelines.trackers.plan import Plan, Stop
+    from pipelines.trackers.quality import CheckedFix
+
+    assert eta_network(Settings(state_dir=tmp_path)) is None  # the default: no network
+    network = eta_network(Settings(state_dir=tmp_path, eta_road_network="helsinki"))
+    assert network is not None and len(network.network) > 1000
+    assert load_eta_models(tmp_path / "none", network=network) is False  # no trained set: the network still serves
+    assert registry.current().network is network
+    registry.save_dir(tmp_path / "set", registry.EtaModels(detour_factor=1.4))
+    assert load_eta_models(tmp_path / "set", keep_current=True, network=network) is True
+    assert registry.current().network is network and registry.current().detour_factor == 1.4
+
+    roads = network.network
+    a, b, c = (roads.coords(roads.nodes[i]) for i in (0, len(roads) // 2, len(roads) - 1))
+    stops = (Stop("s1", *b), Stop("s2", *c))
+    tracker = EtaTracker("acme", "van-1", EtaConfig())
+    tracker.set_plan(Plan("acme", "van-1", 1, stops))  # no route
+    out = tracker.update(CheckedFix(datetime(2026, 11, 23, 8, tzinfo=UTC), a[0], a[1], 8.0, 5.0, None), stops)
+    assert {e.stop_id for e in out} == {"s1", "s2"}
+    assert {e.details["method"] for e in out} == {"network"}
+    # along the roads, never shorter than the straight line between the points
+    assert all(e.details["remaining_m"] >= haversine_m(*a, *stop) * 0.99 for e, stop in zip(
+        sorted(out, key=lambda e: e.stop_id), ((b[0], b[1]), (c[0], c[1])), strict=True))
