@@ -389,6 +389,11 @@ class VehicleAnalytics:
         # a gap the clock jumped over in one go (a replay, a drained backlog) was still a gap
         out: list[Event] = list(self._offline.on_timer(now)) if self.on_duty else []
         out += self._offline.update(now, reading.fix_time, cell)
+        # the clock moves the watermark first, as a wake-up would have: a reading whose fix time
+        # the fleet clock passed more than reorder_max_delay_s ago is late, whether or not a
+        # timer happened to wake this vehicle while it was silent (a link cut, an outbox burst)
+        for released in self._buffer.on_timer(now):
+            out += self._release(released, now)
         for released in self._buffer.push((reading, cell), reading.fix_time):
             out += self._release(released, now)
         return out

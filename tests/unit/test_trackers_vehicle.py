@@ -161,8 +161,10 @@ def test_one_condition_raises_one_alert_open_then_resolved_with_the_same_id() ->
 def test_a_shuffled_burst_within_the_reorder_wait_changes_nothing() -> None:
     in_order = delivery_day().items
     shuffled = []
-    for k in range(0, len(in_order), 3):  # each group of three arrives together, newest first
-        group = in_order[k:k + 3]
+    # each pair (fixes 5 s apart) arrives together, newest first, 2 s late: its oldest fix is
+    # 8 s behind the clock then, inside the 10 s reorder wait
+    for k in range(0, len(in_order), 2):
+        group = in_order[k:k + 2]
         rx = group[-1].received_at + timedelta(seconds=2)
         shuffled += [StoredReading(i.reading, None, rx, 0, i.shard_seq) for i in reversed(group)]
     va_a = VehicleAnalytics("acme", "van-1", plan=PLAN)
@@ -185,7 +187,7 @@ def test_a_late_fix_corrects_the_arrival_time_under_the_same_id() -> None:
     ]
     assert out[0][1].id == out[1][1].id
     assert (va.lateness.late_readings, va.lateness.corrected_readings, va.lateness.corrections) == (1, 1, 1)
-    assert va.lateness.max_lateness_s == 90.0  # watermark 185 s (newest fix 195 s - 10 s) - 95 s
+    assert va.lateness.max_lateness_s == 95.0  # watermark 190 s (the clock when it arrives, 200 s, - 10 s) - 95 s
 
 
 def test_offline_then_a_late_burst_corrects_the_results() -> None:
@@ -216,8 +218,8 @@ def test_offline_then_a_late_burst_corrects_the_results() -> None:
     assert stats.corrections == 1 and stats.too_late_readings == 0
     # behind the trackers' frontier (the dwell timer fired at 655 s): replayed
     assert stats.corrected_readings == sum(1 for i in sim.items if at(120) < i.reading.fix_time < at(655))
-    # behind the reorder watermark (last tick 891 s - 10 s): flagged late
-    assert stats.late_readings == sum(1 for i in sim.items if at(120) < i.reading.fix_time < at(881))
+    # behind the reorder watermark when the burst arrives (the clock, 900 s, - 10 s): flagged late
+    assert stats.late_readings == sum(1 for i in sim.items if at(120) < i.reading.fix_time < at(890))
 
 
 def test_readings_older_than_the_correction_window_are_counted_not_analysed() -> None:
