@@ -75,6 +75,15 @@ def fleet_summary(settings: Settings, tenant: str, since: datetime) -> dict[str,
         out["dead_letters"] = dict(conn.execute(
             "SELECT reason, count(*) FROM dead_letters WHERE topic LIKE %s AND received_at >= %s "
             "GROUP BY reason ORDER BY reason", (f"fleet/{tenant}/%", since)).fetchall())
+        # what the analytics made of it (rows written or changed during this run)
+        out["alerts"] = dict(conn.execute(
+            "SELECT type || ' ' || status, count(*) FROM alerts WHERE tenant = %s AND updated_at >= %s "
+            "GROUP BY 1 ORDER BY 1", (tenant, since)).fetchall())
+        out["stop_events"] = dict(conn.execute(
+            "SELECT kind, count(*) FROM stop_events WHERE tenant = %s AND updated_at >= %s AND NOT retracted "
+            "GROUP BY kind ORDER BY kind", (tenant, since)).fetchall())
+        out["eta_updates"] = conn.execute(
+            "SELECT count(*) FROM eta_updates WHERE tenant = %s AND updated_at >= %s", (tenant, since)).fetchone()[0]
         # the dataflow's running totals (all time) must equal what is stored (all time)
         out["stored_all_time"] = {t: conn.execute(f"SELECT count(*) FROM {t} WHERE tenant = %s", (tenant,)).fetchone()[0]
                                   for t in ("positions", "temperatures", "door_events")}

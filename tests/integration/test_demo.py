@@ -21,3 +21,7 @@ def test_demo_end_to_end(services_settings, db) -> None:
     assert stored[0] > 50 and stored[1] == 4
     processed = db.execute("SELECT sum(gps_count) FROM vehicle_state WHERE tenant = 'demotest'").fetchone()[0]
     assert processed == stored[0]
+    # the analytics ran on the simulated plans: live ETAs were written and the summary says so
+    assert "eta_updates:" in out and "stop_events:" in out and "alerts:" in out
+    etas = db.execute("SELECT count(DISTINCT vehicle_id) FROM eta_updates WHERE tenant = 'demotest'").fetchone()[0]
+    assert etas == 4
