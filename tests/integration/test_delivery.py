@@ -35,6 +35,7 @@ from fleetstream import services as fs_services
 from fleetstream.settings import Settings
 from pipelines.delivery import event_payload, run_delivery
 from store.db import connect, migrate
+from tests.integration.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -50,17 +51,6 @@ def schema(services_settings: Settings) -> None:
 @pytest.fixture()
 def tenant() -> str:
     return f"dl{uuid.uuid4().hex[:10]}"
-
-
-def wait_until(check: Callable[[], Any], timeout_s: float = 15.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.02)
 
 
 # ------------------------------------------------------------------ rows, as the dataflow writes them

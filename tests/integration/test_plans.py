@@ -9,7 +9,7 @@ import json
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -21,6 +21,7 @@ from ingest.dispatch import DEAD_LETTER_SHARD, PublishError, plan_topic, publish
 from pipelines.trackers.plan import Plan
 from store.db import connect, migrate
 from store.plans import latest_plan, plans_after, store_plan
+from tests.integration.waiting import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -46,17 +47,6 @@ def plan(tenant: str, vehicle: str = "van-1", lat: float = 60.17, version: int =
     return {"tenant": tenant, "vehicle": vehicle, "version": version,
             "stops": [{"id": "s1", "lat": lat, "lon": 24.94, "window_start": "2026-11-23T08:00:00Z",
                        "window_end": "2026-11-23T09:00:00Z", "service_s": 300}], **extra}
-
-
-def wait_until(check: Callable[[], Any], timeout_s: float = 10.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
-        time.sleep(0.05)
 
 
 @contextlib.contextmanager
