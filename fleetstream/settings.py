@@ -28,6 +28,7 @@ class Settings:
     pg_dsn: str = ""  # postgresql://user:password@host:port/db
     # embedded services
     mqtt_host: str = "127.0.0.1"
+    mqtt_also_listen: str = ""  # comma-separated addresses the embedded broker also listens on (same port)
     mqtt_port: int = 18830
     pg_host: str = "127.0.0.1"
     pg_port: int = 55432
@@ -113,6 +114,11 @@ class Settings:
             parts = urlsplit(self.mqtt_url)
             return parts.hostname or "127.0.0.1", parts.port or 1883
         return self.mqtt_host, self.mqtt_port
+
+    def mqtt_also_listen_on(self) -> list[str]:
+        """The embedded broker's extra listener addresses (``mqtt_also_listen``), e.g. a LAN
+        address the vans reach while the engine stays on loopback."""
+        return [a.strip() for a in self.mqtt_also_listen.split(",") if a.strip()]
 
     def mqtt_credentials(self, role: str) -> tuple[str, str]:
         """(username, password) for a service role: ``gateway``, ``simulator``, ``alerts``."""

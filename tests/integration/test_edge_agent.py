@@ -349,15 +349,15 @@ def _restart_broker(settings: Settings, engine: Engine) -> None:
 
 @pytest.fixture
 def agent_link(engine, services_settings) -> Iterator[AgentLink]:  # type: ignore[no-untyped-def]
-    """The namespace, and the broker listening on every IPv4 address (so on the veth's host end as
-    well as on loopback, where the engine is) for the test; put back as it was afterwards."""
+    """The namespace, and the broker also listening on the veth's host end (the engine stays on
+    loopback) for the test; put back as it was afterwards."""
     link = AgentLink()
     try:
         link.up()
     except (subprocess.CalledProcessError, FileNotFoundError) as exc:
         pytest.skip(f"no network namespace here: {getattr(exc, 'stderr', exc)}")
     try:
-        _restart_broker(replace(services_settings, mqtt_host="0.0.0.0"), engine)
+        _restart_broker(replace(services_settings, mqtt_also_listen=link.host_addr), engine)
         try:
             yield link
         finally:

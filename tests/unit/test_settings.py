@@ -30,3 +30,14 @@ def test_external_services_are_parsed() -> None:
     assert s.mqtt_credentials("gateway") == ("gw", "secret")
     assert s.dsn() == "postgresql://db/fleet"
     assert not s.embedded_mqtt and not s.embedded_pg
+
+
+def test_the_embedded_broker_also_listens_where_told() -> None:
+    from fleetstream.services import _broker_conf
+
+    plain = [line for line in _broker_conf(Settings(mqtt_port=18830)).splitlines() if line.startswith("listener")]
+    assert plain == ["listener 18830 127.0.0.1"]
+    extra = Settings(mqtt_port=18830, mqtt_also_listen=" 10.9.0.1, ::1 ,")
+    assert extra.mqtt_also_listen_on() == ["10.9.0.1", "::1"]
+    assert [line for line in _broker_conf(extra).splitlines() if line.startswith("listener")] == [
+        "listener 18830 127.0.0.1", "listener 18830 10.9.0.1", "listener 18830 ::1"]
