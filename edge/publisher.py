@@ -20,7 +20,7 @@ expiry interval), payloads are size-checked before they reach paho (an
 oversized QoS 1 message would be refused and resent forever), and ``publish``
 blocks when ``max_pending`` messages are unacknowledged.
 
-Depends only on paho-mqtt, the standard library and ``ingest.contract`` so it
+Depends only on paho-mqtt, the standard library and ``core.contract`` so it
 can run on the Raspberry Pi edge agent.
 """
 
@@ -42,7 +42,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from ingest.contract import Limits, encode_status
+from core.contract import Limits, encode_status
 
 __all__ = ["DevicePublisher", "Refusal"]
 

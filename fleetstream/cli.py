@@ -7,7 +7,7 @@ import json
 import logging
 import sys
 
-from fleetstream.settings import Settings, load_settings
+from core.settings import Settings, load_settings
 
 __all__ = ["main"]
 
@@ -48,9 +48,10 @@ def _engine(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _gateway(settings: Settings, args: argparse.Namespace) -> int:
+    from fleetstream.credentials import mqtt_account
     from ingest.gateway import run_gateway
 
-    run_gateway(settings, args.shard)
+    run_gateway(settings, args.shard, mqtt_account(settings, "gateway"))
     return 0
 
 
@@ -79,11 +80,11 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _bench(settings: Settings, args: argparse.Namespace) -> int:
-    from bench.analytics import run_analytics_benchmark
-    from bench.ingest import run_benchmark
+    from fleetstream.bench.analytics import run_analytics_benchmark
+    from fleetstream.bench.ingest import run_benchmark
 
     if args.eta:
-        from bench.eta import run_eta_benchmark
+        from fleetstream.bench.eta import run_eta_benchmark
 
         return run_eta_benchmark(settings, vehicles=args.vehicles or 50, days=2 if args.quick else 7)
     if not args.analytics_only:
@@ -93,7 +94,7 @@ def _bench(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _plan(settings: Settings, args: argparse.Namespace) -> int:
-    from pipelines.trackers.plan import PlanError
+    from core.plan import PlanError
     from store.db import connect
     from store.plans import latest_plan, load_plans_file, store_plan
 
@@ -116,11 +117,12 @@ def _plan(settings: Settings, args: argparse.Namespace) -> int:
                 version, stored = store_plan(conn, plan, "cli")
                 print(json.dumps({"tenant": plan.tenant, "vehicle": plan.vehicle, "version": version, "stored": stored}))
         return 0
+    from fleetstream.credentials import mqtt_account
     from ingest.dispatch import PublishError, plan_topic, publish_plan
 
     for plan in plans:  # publish
         try:
-            publish_plan(settings, plan)
+            publish_plan(settings, plan, credentials=mqtt_account(settings, "dispatch"))
         except (PublishError, TimeoutError, OSError, ValueError) as exc:
             print(f"error: {plan.tenant}/{plan.vehicle}: {exc}", file=sys.stderr)
             return 1
@@ -129,16 +131,18 @@ def _plan(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _dispatch(settings: Settings, args: argparse.Namespace) -> int:
+    from fleetstream.credentials import mqtt_account
     from ingest.dispatch import run_dispatch
 
-    run_dispatch(settings)  # main thread: SIGTERM / SIGINT stop it
+    run_dispatch(settings, mqtt_account(settings, "gateway"))  # main thread: SIGTERM / SIGINT stop it
     return 0
 
 
 def _deliver(settings: Settings, args: argparse.Namespace) -> int:
-    from pipelines.delivery import run_delivery
+    from delivery.deliverer import run_delivery
+    from fleetstream.credentials import mqtt_account
 
-    run_delivery(settings)  # main thread: SIGTERM / SIGINT stop it
+    run_delivery(settings, mqtt_account(settings, "alerts") if settings.alert_mqtt else None)  # main thread: SIGTERM / SIGINT stop it
     return 0
 
 
@@ -163,7 +167,7 @@ def _train(settings: Settings, args: argparse.Namespace) -> int:
     from store.db import connect
 
     if args.model == "dwell":
-        from models.dwell import train_dwell_baselines
+        from training.dwell import train_dwell_baselines
 
         with connect(settings.dsn(), autocommit=True) as conn:
             result = train_dwell_baselines(conn, settings.baseline_min_samples)

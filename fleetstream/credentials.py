@@ -37,15 +37,16 @@ import time
 import uuid
 from collections.abc import Iterable
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from fleetstream.settings import Settings
+from core.contract import device_username
+from core.settings import Settings
+from fleetstream.state import broker_pid, state_lock
 
 __all__ = [
     "ROLE_ACLS",
     "CredentialsError",
     "service_account",
+    "mqtt_account",
     "add_device",
     "add_devices",
     "device_password",
@@ -102,17 +103,11 @@ def acl_file(settings: Settings) -> Path:
     return _broker_dir(settings) / "acl"
 
 
-def device_username(tenant: str, vehicle: str) -> str:
-    return f"{tenant}.{vehicle}"
-
-
 # ---------------------------------------------------------------- storage
 
 
 def _locked(settings: Settings) -> contextlib.AbstractContextManager[None]:
     """Serialise read-modify-write of the secret files across processes."""
-    from fleetstream.services import state_lock
-
     return state_lock(settings, "credentials")
 
 
@@ -298,9 +293,7 @@ def _reload_broker(settings: Settings, probe: tuple[str, str] | None) -> None:
     """SIGHUP a running embedded broker and wait until ``probe`` credentials log in."""
     if not settings.embedded_mqtt:
         return
-    from fleetstream import services
-
-    pid = services.broker_pid(settings)
+    pid = broker_pid(settings)
     if pid is None:
         return  # the files are read when the broker starts
     os.kill(pid, 1)  # SIGHUP: Mosquitto re-reads password_file and acl_file
@@ -320,6 +313,12 @@ def _reload_broker(settings: Settings, probe: tuple[str, str] | None) -> None:
 
 
 # ---------------------------------------------------------------- public API
+
+
+def mqtt_account(settings: Settings, role: str) -> tuple[str, str]:
+    """(username, password) a service ``role`` logs in with: the account ``mqtt_url`` names,
+    if it names one, else the embedded broker's service account for the role."""
+    return settings.mqtt_url_account() or service_account(settings, role)
 
 
 def service_account(settings: Settings, role: str) -> tuple[str, str]:

@@ -12,9 +12,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from core.settings import Settings
 from fleetstream import credentials, services
 from fleetstream.engine import Engine
-from fleetstream.settings import Settings
 from store.db import connect, migrate
 
 __all__ = ["run_demo", "simulate", "fleet_summary"]
@@ -94,7 +94,7 @@ def fleet_summary(settings: Settings, tenant: str, since: datetime) -> dict[str,
 
 
 def _provision(settings: Settings) -> dict[str, str]:
-    from edge.simulator import vehicle_ids
+    from sim.simulator import vehicle_ids
 
     return credentials.add_devices(settings, settings.tenant, vehicle_ids(settings.sim_vehicles))
 
@@ -102,14 +102,14 @@ def _provision(settings: Settings) -> dict[str, str]:
 def simulate(settings: Settings, batch: bool = False, stop: threading.Event | None = None,
              progress: dict[str, int] | None = None) -> dict[str, Any]:
     """Publish the simulated fleet with each vehicle's own credentials (provisioned here)."""
-    from edge.simulate import run_simulation
+    from sim.fleet import run_simulation
 
     # fifty agents' start/connect/stop lines would drown the progress display
     for name in ("fleetstream.edge.agent", "fleetstream.edge.publisher", "fleetstream.edge.outbox"):
         logging.getLogger(name).setLevel(logging.WARNING)
     # an external broker's accounts are not ours to create: publish as the configured user
     passwords = _provision(settings) if settings.embedded_mqtt else None
-    service = None if settings.embedded_mqtt else settings.mqtt_credentials("simulator")
+    service = None if settings.embedded_mqtt else credentials.mqtt_account(settings, "simulator")
 
     def on_progress(counts: dict[str, int]) -> None:
         if progress is not None:
@@ -123,7 +123,7 @@ def simulate(settings: Settings, batch: bool = False, stop: threading.Event | No
 
 def store_plans(settings: Settings, plans: list[dict[str, Any]]) -> list[int]:
     """Store the simulated fleet's plans (as dispatch would) before the first van reports."""
-    from pipelines.trackers.plan import Plan
+    from core.plan import Plan
     from store.plans import store_plan
 
     with connect(settings.dsn(), autocommit=True) as conn:

@@ -18,7 +18,7 @@ import threading
 import time
 from dataclasses import dataclass, fields
 
-from fleetstream.settings import Settings
+from core.settings import Settings
 from ingest.dispatch import ready_file as dispatch_ready_file
 from ingest.gateway import ready_file
 

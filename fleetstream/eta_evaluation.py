@@ -7,7 +7,7 @@ day (the next date, seed ``seed + 1000``: other stops, other traffic). Everythin
 process: the simulator's GPS fixes become the positions frame and its true arrival
 times the arrivals (no broker, no database; ``fleetstream train eta`` is the path
 through TimescaleDB). Speed profiles, detour factor and model are trained on the
-training days with ``models.training``; the test day's fixes are replayed through the
+training days with ``training.eta``; the test day's fixes are replayed through the
 same ``EtaTracker`` with those profiles, giving at each horizon the estimate made at
 the last fix at or before ``arrival - horizon``:
 
@@ -35,12 +35,12 @@ from typing import Any
 import h3.api.basic_int as h3
 import polars as pl
 
-from edge.roads import RoadNetwork
-from edge.simulator import AnomalyPlan, FleetSimulator, RawMessage
-from fleetstream.settings import Settings
-from ingest.contract import GpsFix
-from models.training import EtaHistory
-from pipelines.trackers.plan import Plan
+from core.contract import GpsFix
+from core.plan import Plan
+from core.settings import Settings
+from models.roads import RoadNetwork
+from sim.simulator import AnomalyPlan, FleetSimulator, RawMessage
+from store.history import EtaHistory
 
 __all__ = ["EVAL_HORIZONS_S", "EtaEvalDay", "eta_targets_missed", "format_eta_table", "run_eta_evaluation",
            "score_eta", "simulated_history"]
@@ -169,7 +169,7 @@ def run_eta_evaluation(settings: Settings, vehicles: int | None = None, days: in
                        say: Callable[[str], Any] = print) -> tuple[dict[str, Any], list[str]]:
     """Simulate, train, test, score and print; returns (report, missed targets). The report is
     also written to ``<state_dir>/eval/eta-report.json``."""
-    from models.training import build_training_rows, train_eta_from_frames
+    from training.eta import build_training_rows, train_eta_from_frames
 
     vehicles = vehicles or settings.eta_eval_vehicles
     days = days or settings.eta_eval_days

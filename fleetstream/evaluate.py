@@ -17,11 +17,11 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from core.settings import Settings
 from fleetstream import services
 from fleetstream.demo import simulate
 from fleetstream.engine import Engine
 from fleetstream.evaluation import format_report, report_passes, score
-from fleetstream.settings import Settings
 from store.db import connect, migrate
 
 __all__ = ["EVALUATION_DEFAULTS", "run_evaluation"]

@@ -6,7 +6,7 @@
 * Mosquitto 2.0: config, password/ACL files, persistence, log and pid file in
   ``state_dir/mosquitto``; drops root privileges to the ``mosquitto`` user.
 
-Everything comes from :class:`fleetstream.settings.Settings`; nothing here knows a
+Everything comes from :class:`core.settings.Settings`; nothing here knows a
 fixed path or port. All entry points are idempotent and safe to call from several
 processes (an exclusive lock on ``state_dir/.services.lock`` serialises them).
 Only processes whose pid this module recorded (pid files it wrote or that the
@@ -27,7 +27,6 @@ Public API::
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import glob
 import logging
 import os
@@ -37,12 +36,14 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from fleetstream import credentials
+from fleetstream.state import alive, broker_paths, broker_pid, cmdline, read_pid, state_lock, state_path
+
 if TYPE_CHECKING:
-    from fleetstream.settings import Settings
+    from core.settings import Settings
 
 __all__ = [
     "ServiceError",
@@ -106,26 +107,9 @@ class ServiceError(RuntimeError):
 # =============================================================== helpers
 
 
-def _state(settings: Settings) -> Path:
-    return Path(settings.state_dir).resolve()
-
-
 def postgres_paths(settings: Settings) -> dict[str, Path]:
-    base = _state(settings) / "pg"
+    base = state_path(settings) / "pg"
     return {"base": base, "data": base / "data", "run": base / "run", "log": base / "postgres.log"}
-
-
-def broker_paths(settings: Settings) -> dict[str, Path]:
-    base = _state(settings) / "mosquitto"
-    return {
-        "base": base,
-        "conf": base / "mosquitto.conf",
-        "data": base / "data",
-        "log": base / "mosquitto.log",
-        "pid": base / "mosquitto.pid",
-        "passwd": base / "passwd",
-        "acl": base / "acl",
-    }
 
 
 def _is_root() -> bool:
@@ -171,41 +155,13 @@ def _make_traversable(path: Path) -> None:
             os.chmod(p, (mode & 0o7777) | 0o001)
 
 
-def _alive(pid: int) -> bool:
-    """True when ``pid`` exists and is not a zombie (our daemons are reparented to an init
-    that may not reap them quickly)."""
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
-            stat = fh.read()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    state = stat.rsplit(")", 1)[-1].split()[0]
-    return state not in ("Z", "X")
-
-
-def _cmdline(pid: int) -> list[str]:
-    try:
-        with open(f"/proc/{pid}/cmdline", "rb") as fh:
-            return [a.decode(errors="replace") for a in fh.read().split(b"\0") if a]
-    except (FileNotFoundError, ProcessLookupError):
-        return []
-
-
-def _read_pid(path: Path) -> int | None:
-    try:
-        first = path.read_text().split("\n", 1)[0].strip()
-        return int(first)
-    except (FileNotFoundError, ValueError):
-        return None
-
-
 def _wait_gone(pid: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if not _alive(pid):
+        if not alive(pid):
             return True
         time.sleep(0.02)
-    return not _alive(pid)
+    return not alive(pid)
 
 
 def _port_open(host: str, port: int, timeout: float = 0.5) -> bool:
@@ -216,25 +172,12 @@ def _port_open(host: str, port: int, timeout: float = 0.5) -> bool:
         return False
 
 
-@contextlib.contextmanager
-def state_lock(settings: Settings, name: str) -> Iterator[None]:
-    """An exclusive lock across processes on ``state_dir/.{name}.lock``."""
-    state = _state(settings)
-    state.mkdir(parents=True, exist_ok=True)
-    with open(state / f".{name}.lock", "a+") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def _lock(settings: Settings) -> contextlib.AbstractContextManager[None]:
     return state_lock(settings, "services")
 
 
 def _prepare_state_dir(settings: Settings) -> Path:
-    state = _state(settings)
+    state = state_path(settings)
     state.mkdir(parents=True, exist_ok=True)
     _make_traversable(state)
     return state
@@ -273,10 +216,10 @@ def _pg(name: str) -> str:
 def postgres_pid(settings: Settings) -> int | None:
     """The postmaster's pid (from ``postmaster.pid``) when it runs, else None."""
     paths = postgres_paths(settings)
-    pid = _read_pid(paths["data"] / "postmaster.pid")
-    if pid is None or not _alive(pid):
+    pid = read_pid(paths["data"] / "postmaster.pid")
+    if pid is None or not alive(pid):
         return None
-    cmd = _cmdline(pid)
+    cmd = cmdline(pid)
     if not cmd or not Path(cmd[0]).name.startswith(("postgres", "postmaster")):
         return None  # a stale pid file whose pid now belongs to something else
     return pid
@@ -561,18 +504,6 @@ def _broker_conf(settings: Settings) -> str:
     return "\n".join(lines) + "\n"
 
 
-def broker_pid(settings: Settings) -> int | None:
-    """Pid of this state dir's Mosquitto when it runs, else None (stale pid files are ignored)."""
-    p = broker_paths(settings)
-    pid = _read_pid(p["pid"])
-    if pid is None or not _alive(pid):
-        return None
-    cmd = _cmdline(pid)
-    if not cmd or Path(cmd[0]).name != "mosquitto" or str(p["conf"]) not in cmd:
-        return None  # pid reused by something else
-    return pid
-
-
 def _check_writable_by(user: str, path: Path) -> None:
     if not _is_root():
         if not os.access(path, os.W_OK | os.X_OK):
@@ -595,8 +526,6 @@ def _check_writable_by(user: str, path: Path) -> None:
 
 
 def _prepare_broker(settings: Settings) -> Path:
-    from fleetstream import credentials
-
     _prepare_state_dir(settings)
     p = broker_paths(settings)
     p["base"].mkdir(parents=True, exist_ok=True)
@@ -662,8 +591,8 @@ def _start_broker_locked(settings: Settings) -> int:
             log.info("mosquitto: started pid %s on port %s in %.2f s", pid, settings.mqtt_port, time.monotonic() - t0)
             return pid
         if pid is None and p["pid"].exists() and time.monotonic() - t0 > 1.0:
-            written = _read_pid(p["pid"])
-            if written is not None and not _alive(written):
+            written = read_pid(p["pid"])
+            if written is not None and not alive(written):
                 break  # it started and died (bind error, unreadable files...)
         time.sleep(0.02)
     raise ServiceError(f"mosquitto did not come up on {settings.mqtt_host}:{settings.mqtt_port}\n{_tail(p['log'])}")
@@ -674,7 +603,7 @@ def _wait_port(settings: Settings, pid: int, timeout: float) -> bool:
     while time.monotonic() < deadline:
         if _port_open(settings.mqtt_host, settings.mqtt_port, 0.2):
             return True
-        if not _alive(pid):
+        if not alive(pid):
             return False
         time.sleep(0.02)
     return False
@@ -742,7 +671,7 @@ def down(settings: Settings) -> dict[str, Any]:
 
 def status(settings: Settings) -> dict[str, Any]:
     """What runs, where, and whether it answers."""
-    out: dict[str, Any] = {"state_dir": str(_state(settings))}
+    out: dict[str, Any] = {"state_dir": str(state_path(settings))}
     if settings.embedded_pg:
         pid = postgres_pid(settings)
         out["postgres"] = {

@@ -1,7 +1,7 @@
 """``fleetstream train eta``: learn the ETA set from one tenant's history in TimescaleDB.
 
 Reads positions, first arrivals and their plans (``store.history``), builds the speed
-profiles, the detour factor and the corrective model (``models.training``), and
+profiles, the detour factor and the corrective model (``training.eta``), and
 publishes the set as a new version under ``<state_dir>/models/eta``
 (``models.eta_versions``), where the engine loads it at start and on SIGHUP. Prints
 the held-out metrics and the time each phase took. Without history it says so and
@@ -17,7 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from fleetstream.settings import Settings
+from core.settings import Settings
 
 __all__ = ["eta_models_dir", "run_train_eta"]
 
@@ -34,9 +34,9 @@ def run_train_eta(settings: Settings, tenant: str | None = None, since: datetime
     (exit code, summary with metrics, version and seconds per phase)."""
     from models.eta_versions import publish_eta_set
     from models.registry import EtaModels
-    from models.training import HORIZONS_S, train_eta_from_frames
     from store.db import connect
     from store.history import load_eta_history
+    from training.eta import HORIZONS_S, train_eta_from_frames
 
     tenant = tenant or settings.tenant
     began = time.perf_counter()

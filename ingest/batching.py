@@ -14,7 +14,7 @@ from typing import Any
 
 import h3.api.basic_int as h3
 
-from ingest.contract import DoorEvent, GpsFix, Limits, TemperatureReading, decode
+from core.contract import DoorEvent, GpsFix, Limits, TemperatureReading, decode
 
 __all__ = ["Received", "Prepared", "prepare", "dead_letter_row"]
 

@@ -1,7 +1,7 @@
 """The dispatch listener: delivery plans from MQTT into the plan store.
 
 A dispatch system publishes one plan JSON object (the form in
-``pipelines/trackers/plan.py``) to ``dispatch/<tenant>/plan`` at QoS 1 with the
+``core/plan.py``) to ``dispatch/<tenant>/plan`` at QoS 1 with the
 ``dispatch`` account (:func:`publish_plan`). The listener is one persistent MQTT v5
 session (client id ``fleetstream-dispatch``, gateway account, ``clean_start=False``
 on every connect, session expiry ``session_expiry_s``) subscribed to
@@ -35,10 +35,10 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
-from fleetstream.settings import Settings
+from core.contract import Rejected
+from core.plan import Plan, PlanError
+from core.settings import Settings
 from ingest.batching import dead_letter_row
-from ingest.contract import Rejected
-from pipelines.trackers.plan import Plan, PlanError
 from store.db import connect
 from store.plans import store_plan
 
@@ -62,7 +62,7 @@ CLIENT_ID = "fleetstream-dispatch"
 DEAD_LETTER_SHARD = -1  # dead_letters.shard of the dispatch listener (gateway shards are >= 0)
 _RECEIVE_MAXIMUM = 16  # un-acked plans the broker may send at once; bounds memory at 16 x max_payload_bytes
 _NO_MATCHING_SUBSCRIBERS = 0x10
-_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # tenant ids, as for devices (ingest/contract.py)
+_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # tenant ids, as for devices (core/contract.py)
 
 
 class PublishError(RuntimeError):
@@ -120,7 +120,8 @@ class _Message:
 class DispatchListener:
     """The single consumer of ``dispatch/+/plan``: store or dead-letter, commit, then PUBACK."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, account: tuple[str, str]) -> None:
+        self.account = account
         self.settings = settings
         self.totals = {"messages": 0, "stored": 0, "unchanged": 0, "dead_letters": 0}
         self._inbox: queue.Queue[_Message] = queue.Queue()
@@ -135,7 +136,7 @@ class DispatchListener:
     def _make_client(self) -> mqtt.Client:
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=CLIENT_ID, protocol=mqtt.MQTTv5,
                              manual_ack=True)
-        client.username_pw_set(*self.settings.mqtt_credentials("gateway"))
+        client.username_pw_set(*self.account)
         client.reconnect_delay_set(min_delay=0.1, max_delay=2.0)  # type: ignore[arg-type]
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -275,14 +276,14 @@ class DispatchListener:
             log.info("dispatch: stopped: %s", self.totals)
 
 
-def run_dispatch(settings: Settings, stop: threading.Event | None = None) -> None:
-    """Run the dispatch listener until ``stop`` is set; without one (a process of its own),
+def run_dispatch(settings: Settings, account: tuple[str, str], stop: threading.Event | None = None) -> None:
+    """Run the dispatch listener, logged in as ``account`` (username, password), until ``stop`` is set; without one (a process of its own),
     until SIGTERM/SIGINT (call it from the main thread then)."""
     if stop is None:
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
-    DispatchListener(settings).run(stop)
+    DispatchListener(settings, account).run(stop)
 
 
 # ---------------------------------------------------------------- publishing
@@ -300,13 +301,13 @@ def _tenant_of(payload: bytes) -> str:
 
 
 def publish_plan(settings: Settings, plan: Plan | Mapping[str, Any] | bytes, *, tenant: str | None = None,
-                 credentials: tuple[str, str] | None = None, timeout_s: float = 10.0) -> None:
+                 credentials: tuple[str, str], timeout_s: float = 10.0) -> None:
     """Publish one plan to ``dispatch/<tenant>/plan`` at QoS 1 and wait for the broker's PUBACK.
 
     A ``Plan`` or dict is validated first (PlanError) and size-checked against
     ``max_payload_bytes`` (ValueError); bytes are sent as they are (the listener judges
     them), on the topic of ``tenant`` or else of the payload's ``tenant`` field.
-    ``credentials`` default to the ``dispatch`` role's account.
+    ``credentials``: the (username, password) to publish with (the ``dispatch`` role's account).
 
     Raises PublishError when the broker refuses the login or the publish (e.g. 0x87 Not
     authorized), or answers 0x10 No matching subscribers: then no listener session
@@ -324,7 +325,7 @@ def publish_plan(settings: Settings, plan: Plan | Mapping[str, Any] | bytes, *, 
             raise ValueError(f"plan is {len(payload)} bytes, over max_payload_bytes {settings.max_payload_bytes}")
         tenant = tenant if tenant is not None else parsed.tenant
     topic = plan_topic(tenant)
-    username, password = credentials if credentials is not None else settings.mqtt_credentials("dispatch")
+    username, password = credentials
 
     cond = threading.Condition()
     connack: list[ReasonCode] = []

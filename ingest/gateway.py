@@ -23,9 +23,9 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from fleetstream.settings import Settings
+from core.contract import Limits, subscription_filter
+from core.settings import Settings
 from ingest.batching import Received, prepare
-from ingest.contract import Limits, subscription_filter
 from ingest.writer import ShardWriter
 
 __all__ = ["GatewayShard", "SHARE_GROUP", "ready_file", "run_gateway"]
@@ -50,8 +50,9 @@ class _Pending:
 class GatewayShard:
     """One gateway worker: shard ``shard`` of the ``$share/fleetstream`` group."""
 
-    def __init__(self, settings: Settings, shard: int) -> None:
+    def __init__(self, settings: Settings, shard: int, account: tuple[str, str]) -> None:
         self.settings = settings
+        self.account = account
         self.shard = shard
         self.limits = Limits(settings.max_payload_bytes, settings.max_batch_readings, settings.max_future_skew_s)
         self.writer = ShardWriter(settings.dsn(), shard, settings.dead_letter_raw_cap)
@@ -67,7 +68,7 @@ class GatewayShard:
     def _make_client(self) -> mqtt.Client:
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"fleetstream-gw-{self.shard}",
                              protocol=mqtt.MQTTv5, manual_ack=True)
-        client.username_pw_set(*self.settings.mqtt_credentials("gateway"))
+        client.username_pw_set(*self.account)
         # Back before any device: Mosquitto 2.0 restores a shared-subscription session from its
         # persistence file but queues nothing for it until the member reconnects, so what a
         # device publishes after a broker restart and before a shard is back is dropped.
@@ -180,9 +181,10 @@ class GatewayShard:
             self.writer.close()
 
 
-def run_gateway(settings: Settings, shard: int) -> None:
-    """Process entry point: serve one shard until SIGTERM/SIGINT."""
+def run_gateway(settings: Settings, shard: int, account: tuple[str, str]) -> None:
+    """Process entry point: serve one shard until SIGTERM/SIGINT, logged in as ``account``
+    (username, password)."""
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    GatewayShard(settings, shard).run(stop)
+    GatewayShard(settings, shard, account).run(stop)

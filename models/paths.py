@@ -6,7 +6,7 @@ Three ways to get the path, best first:
   each stop's projection (``RouteGeometry``, ``remaining_along_route``). Progress is
   monotone: a projection never lands behind ``min_progress_m``, so GPS noise or a
   route that passes the same street twice cannot send the vehicle backwards.
-- ``network``: shortest paths on a ``edge.roads.RoadNetwork`` from the vehicle's
+- ``network``: shortest paths on a ``models.roads.RoadNetwork`` from the vehicle's
   nearest node through the stops' nearest nodes (``NetworkPaths``, LRU-cached).
 - ``straight``: great-circle legs times a detour factor learned from history
   (``straight_line``, ``fit_detour_factor``).
@@ -31,12 +31,12 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 import h3.api.basic_int as h3
 import numpy as np
 
-from pipelines.trackers.geo import EARTH_RADIUS_M, cumulative_lengths_m, haversine_m
-from pipelines.trackers.plan import Stop
+from core.geo import EARTH_RADIUS_M, cumulative_lengths_m, haversine_m
+from core.plan import Stop
 
 if TYPE_CHECKING:
-    from edge.roads import RoadNetwork
     from models.profiles import SpeedProfiles
+    from models.roads import RoadNetwork
 
 __all__ = [
     "DEFAULT_DETOUR_FACTOR",

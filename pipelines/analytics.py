@@ -15,13 +15,13 @@ from typing import Any
 
 import h3.api.basic_int as h3
 
-from ingest.contract import GpsFix
+from core.contract import GpsFix
+from core.plan import Plan
+from core.thresholds import AnalyticsConfig, EtaConfig
 from pipelines.baselines import dwell_baseline
 from pipelines.cells import CellMinute, CellMinutes
-from pipelines.trackers.config import AnalyticsConfig
-from pipelines.trackers.eta import EtaConfig, EtaTracker
+from pipelines.trackers.eta import EtaTracker
 from pipelines.trackers.events import Alert, EtaUpdate, Event, StopEvent
-from pipelines.trackers.plan import Plan
 from pipelines.trackers.vehicle import VehicleAnalytics
 from pipelines.vehicle_state import StoredReading, VehicleState, VehicleSummary
 

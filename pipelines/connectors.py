@@ -21,7 +21,7 @@ from bytewax.inputs import FixedPartitionedSource, StatefulSourcePartition
 from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from psycopg.types.json import Jsonb
 
-from ingest.contract import DoorEvent, GpsFix, TemperatureReading
+from core.contract import DoorEvent, GpsFix, TemperatureReading
 from pipelines.analytics import EventOut, Output, PlanUpdate, Resynced
 from pipelines.cells import CellMinute
 from pipelines.trackers.events import Alert, EtaUpdate, StopEvent

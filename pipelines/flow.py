@@ -28,10 +28,9 @@ from bytewax.inputs import Source
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 
+from core.thresholds import AnalyticsConfig, EtaConfig
 from pipelines.analytics import Output, PlanUpdate, VehicleEngine
 from pipelines.clock import FleetClock
-from pipelines.trackers.config import AnalyticsConfig
-from pipelines.trackers.eta import EtaConfig
 from pipelines.vehicle_state import StoredReading, VehicleState, VehicleSummary
 
 __all__ = ["build_analytics_flow", "build_flow"]

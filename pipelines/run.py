@@ -12,15 +12,14 @@ from bytewax.dataflow import Dataflow
 from bytewax.recovery import RecoveryConfig, init_db_dir
 from bytewax.run import cli_main
 
-from fleetstream.settings import Settings
+from core.settings import Settings
+from core.thresholds import AnalyticsConfig, EtaConfig
 from models import registry
 from models.eta import features
 from models.paths import NetworkPaths
 from pipelines.baselines import set_dwell_baselines
 from pipelines.connectors import AnalyticsStore, CommittedReadings, VehicleStateSink
 from pipelines.flow import build_analytics_flow, build_flow
-from pipelines.trackers.config import AnalyticsConfig
-from pipelines.trackers.eta import EtaConfig
 from store.db import connect
 
 __all__ = ["analytics_config", "build_engine_flow", "eta_config", "eta_models_dir", "load_baselines",
@@ -55,7 +54,7 @@ def eta_network(settings: Settings) -> NetworkPaths | None:
     empty: none, straight lines times the learned detour factor)."""
     if not settings.eta_road_network:
         return None
-    from edge.roads import RoadNetwork
+    from models.roads import RoadNetwork
 
     network = RoadNetwork.load(settings.eta_road_network, settings.state_dir / "cache")
     log.info("flow: ETAs without a planned route follow the %s road network (%d nodes)",

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime
 
-from ingest.contract import DoorEvent, GpsFix, Reading, TemperatureReading
+from core.contract import DoorEvent, GpsFix, Reading, TemperatureReading
 
 __all__ = ["StoredReading", "VehicleState", "VehicleSummary"]
 

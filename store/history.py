@@ -1,4 +1,4 @@
-"""The ETA's training history read from TimescaleDB into polars frames (``models.training.EtaHistory``).
+"""The ETA's training history read from TimescaleDB into polars frames (``EtaHistory``).
 
 Positions and arrivals leave the database as one ``COPY (SELECT ...) TO STDOUT (FORMAT
 csv)`` each and are parsed by polars' CSV reader in bulk: no Python object per row
@@ -17,16 +17,30 @@ What is read, for one tenant and an optional ``[since, until)`` range of arrival
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 import polars as pl
 import psycopg
 from psycopg import sql
 
-from models.training import EtaHistory
-from pipelines.trackers.plan import Plan
+from core.plan import Plan
 
-__all__ = ["load_eta_history"]
+__all__ = ["EtaHistory", "load_eta_history"]
+
+@dataclass(frozen=True)
+class EtaHistory:
+    """What the ETA is trained on (``training.eta`` describes the frames): positions, arrivals
+    (with a ``plan_version`` column) and the plans they belong to, from the database or a simulation."""
+
+    positions: pl.DataFrame
+    arrivals: pl.DataFrame
+    plans: list[Plan]
+
+    def is_empty(self) -> bool:
+        """No fix or no arrival (or no plan): nothing to learn from."""
+        return self.positions.height == 0 or self.arrivals.height == 0 or not self.plans
+
 
 _POSITIONS = {"tenant": pl.String, "vehicle_id": pl.String, "fix_us": pl.Int64, "lat": pl.Float64,
               "lon": pl.Float64, "speed_mps": pl.Float64, "h3_cell": pl.Int64}

@@ -23,7 +23,7 @@ import psycopg
 from psycopg.pq import TransactionStatus
 from psycopg.types.json import Jsonb
 
-from pipelines.trackers.plan import Plan, PlanError
+from core.plan import Plan, PlanError
 
 __all__ = ["latest_plan", "load_plans_file", "plan_digest", "plans_after", "store_plan"]
 

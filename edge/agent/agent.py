@@ -32,14 +32,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from edge.agent.config import AgentConfig
-from edge.agent.outbox import Outbox, StoredReading
-from edge.agent.sampling import GpsSample, Sample, Sampler, TemperatureSample
-from edge.agent.sensors.door import DoorContact, DoorLine, DoorPoller, FakeDoorLine, GpiodLine
-from edge.agent.sensors.gps import FakeGps, GpsdSource
-from edge.agent.sensors.temperature import FakeThermometers, W1Thermometers
-from edge.publisher import DevicePublisher
-from ingest.contract import (
+from core.contract import (
     READING_TYPES,
     DoorEvent,
     GpsFix,
@@ -50,6 +43,13 @@ from ingest.contract import (
     encode_status,
     topic_for,
 )
+from edge.agent.config import AgentConfig
+from edge.agent.outbox import Outbox, StoredReading
+from edge.agent.sampling import GpsSample, Sample, Sampler, TemperatureSample
+from edge.agent.sensors.door import DoorContact, DoorLine, DoorPoller, FakeDoorLine, GpiodLine
+from edge.agent.sensors.gps import FakeGps, GpsdSource
+from edge.agent.sensors.temperature import FakeThermometers, W1Thermometers
+from edge.publisher import DevicePublisher
 
 __all__ = ["Agent", "SampleSource", "build_sources", "plan_messages", "to_reading", "reading_fields", "AGENT_VERSION"]
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+from core.contract import READING_TYPES, ContractError, Limits, topic_for
 from edge.agent.outbox import DEFAULT_DROP_ORDER
 from edge.agent.sampling import GpsPolicy, TemperaturePolicy
-from ingest.contract import READING_TYPES, ContractError, Limits, topic_for
 
 __all__ = [
     "ConfigError",

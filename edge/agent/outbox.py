@@ -36,7 +36,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from ingest.contract import READING_TYPES, format_time
+from core.contract import READING_TYPES, format_time
 
 __all__ = ["Outbox", "StoredReading", "OutboxStats", "OutboxError", "ROW_OVERHEAD_BYTES", "DEFAULT_DROP_ORDER"]
 

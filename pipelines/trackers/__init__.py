@@ -6,9 +6,9 @@ or is passed in. ``VehicleAnalytics`` (``vehicle.py``) chains them behind a reor
 buffer and corrects its results when late data arrives.
 """
 
-from pipelines.trackers.config import AnalyticsConfig
+from core.plan import Plan, PlanError, Stop
+from core.thresholds import AnalyticsConfig
 from pipelines.trackers.events import Alert, StopEvent
-from pipelines.trackers.plan import Plan, PlanError, Stop
 from pipelines.trackers.vehicle import LatenessStats, VehicleAnalytics
 
 __all__ = ["AnalyticsConfig", "Alert", "LatenessStats", "Plan", "PlanError", "Stop", "StopEvent", "VehicleAnalytics"]

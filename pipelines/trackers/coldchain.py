@@ -31,8 +31,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from ingest.contract import TemperatureReading
-from pipelines.trackers.config import AnalyticsConfig
+from core.contract import TemperatureReading
+from core.thresholds import AnalyticsConfig
 from pipelines.trackers.events import Alert, new_alert
 
 __all__ = ["ColdChainTracker"]

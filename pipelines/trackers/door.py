@@ -16,8 +16,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from ingest.contract import DoorEvent
-from pipelines.trackers.config import AnalyticsConfig
+from core.contract import DoorEvent
+from core.thresholds import AnalyticsConfig
 from pipelines.trackers.events import Alert, new_alert
 
 __all__ = ["DoorTracker"]

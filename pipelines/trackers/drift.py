@@ -47,16 +47,16 @@ from typing import Any
 import h3.api.basic_int as h3
 import numpy as np
 
-from pipelines.trackers.config import AnalyticsConfig
-from pipelines.trackers.events import Alert, new_alert
-from pipelines.trackers.geo import (
+from core.geo import (
     PolylinePosition,
     cumulative_lengths_m,
     distance_to_segment_m,
     haversine_m,
     locate_on_polyline,
 )
-from pipelines.trackers.plan import Stop
+from core.plan import Stop
+from core.thresholds import AnalyticsConfig
+from pipelines.trackers.events import Alert, new_alert
 from pipelines.trackers.quality import CheckedFix
 
 __all__ = ["RouteCorridor", "RouteDriftTracker"]

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from pipelines.trackers.config import AnalyticsConfig
+from core.thresholds import AnalyticsConfig
 from pipelines.trackers.events import Alert, StopEvent, new_alert
 from pipelines.trackers.motion import MotionChange
 

@@ -49,52 +49,23 @@ do not change in between.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, NamedTuple
 
 import h3.api.basic_int as h3
 
+from core.geo import haversine_m
+from core.plan import Plan, Stop
+from core.thresholds import EtaConfig
 from models import registry
 from models.eta import features
 from models.paths import Projection, RouteGeometry, SampledPath, route_geometry, sample_path
 from models.profiles import SpeedProfiles
 from pipelines.trackers.events import EtaUpdate, Event, eta_update_id
-from pipelines.trackers.geo import haversine_m
-from pipelines.trackers.plan import Plan, Stop
 from pipelines.trackers.quality import CheckedFix
 
-__all__ = ["EtaConfig", "EtaTracker", "StopEstimate", "hour_of_week_at"]
-
-
-@dataclass(frozen=True)
-class EtaConfig:
-    """Knobs of the live ETA (seconds, metres, m/s)."""
-
-    reemit_s: float = 60.0  # re-emit a stop's ETA when it moved by more than this
-    models: str = "default"  # name of the model set in models.registry
-    cell_resolution: int = 9  # H3 resolution of path pieces (that of the speed profiles)
-    sample_m: float = 100.0  # paths are costed in pieces of at most this length
-    default_speed_mps: float = 8.0  # driving speed without profiles (about 29 km/h)
-    parked_speed_mps: float = 1.0  # slower than this is standing
-    parked_after_s: float = 60.0  # standing this long = parked
-    off_route_m: float = 200.0  # further than this from the route = off route
-    traffic_ratio: float = 0.5  # moving below this share of the profile speed = in traffic
-    traffic_horizon_m: float = 500.0  # ... and the next this many metres go at the current speed
-    speed_smoothing: float = 0.3  # weight of a new fix's speed in the smoothed speed
-    search_ahead_m: float = 500.0  # route projection window beyond the progress ...
-    max_speed_mps: float = 40.0  # ... plus this much per second since the last fix
-    leave_stop_m: float = 100.0  # the rest of a stop's service counts until this far outside its circle
-    model_every_s: float = 30.0  # run the model at most this often per vehicle (fix time)
-    estimate_every_s: float = 0.0  # estimate (and maybe re-emit) at most this often (fix time); 0 = every fix
-
-    def __post_init__(self) -> None:
-        for name, value in self.__dict__.items():
-            if isinstance(value, (int, float)) and not isinstance(value, bool) and not value >= 0:
-                raise ValueError(f"EtaConfig.{name} must be >= 0, got {value}")
-        if self.default_speed_mps <= 0 or not 0 < self.speed_smoothing <= 1:
-            raise ValueError("EtaConfig: default_speed_mps must be > 0 and speed_smoothing in (0, 1]")
+__all__ = ["EtaTracker", "StopEstimate", "hour_of_week_at"]
 
 
 class StopEstimate(NamedTuple):

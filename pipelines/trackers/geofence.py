@@ -25,11 +25,11 @@ from typing import Any
 
 import h3.api.basic_int as h3
 
-from ingest.contract import format_time
-from pipelines.trackers.config import AnalyticsConfig
+from core.contract import format_time
+from core.geo import M_PER_DEG_LAT, haversine_m
+from core.plan import Plan, Stop
+from core.thresholds import AnalyticsConfig
 from pipelines.trackers.events import StopEvent, stop_event_id
-from pipelines.trackers.geo import M_PER_DEG_LAT, haversine_m
-from pipelines.trackers.plan import Plan, Stop
 from pipelines.trackers.quality import CheckedFix
 
 __all__ = ["GeofenceTracker", "StopIndex"]

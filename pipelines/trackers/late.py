@@ -21,9 +21,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from datetime import datetime
 
-from ingest.contract import format_time
+from core.contract import format_time
+from core.plan import Stop
 from pipelines.trackers.events import Alert, EtaUpdate, new_alert
-from pipelines.trackers.plan import Stop
 
 __all__ = ["PredictedLateTracker"]
 

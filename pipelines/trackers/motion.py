@@ -18,8 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from pipelines.trackers.config import AnalyticsConfig
-from pipelines.trackers.geo import haversine_m
+from core.geo import haversine_m
+from core.thresholds import AnalyticsConfig
 from pipelines.trackers.quality import CheckedFix
 
 __all__ = ["MotionChange", "MotionTracker"]

@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from ingest.contract import format_time
-from pipelines.trackers.config import AnalyticsConfig
+from core.contract import format_time
+from core.thresholds import AnalyticsConfig
 from pipelines.trackers.events import Alert, new_alert
 
 __all__ = ["OfflineTracker"]

@@ -18,10 +18,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from ingest.contract import GpsFix
-from pipelines.trackers.config import AnalyticsConfig
+from core.contract import GpsFix
+from core.geo import haversine_m
+from core.thresholds import AnalyticsConfig
 from pipelines.trackers.events import Alert, new_alert
-from pipelines.trackers.geo import haversine_m
 
 __all__ = ["CheckedFix", "GpsQualityFilter", "USABLE_FLAGS"]
 

@@ -65,9 +65,10 @@ from typing import Any, NamedTuple, Protocol
 
 import h3.api.basic_int as h3
 
-from ingest.contract import DoorEvent, GpsFix, Reading, TemperatureReading
+from core.contract import DoorEvent, GpsFix, Reading, TemperatureReading
+from core.plan import Plan, Stop
+from core.thresholds import AnalyticsConfig
 from pipelines.trackers.coldchain import ColdChainTracker
-from pipelines.trackers.config import AnalyticsConfig
 from pipelines.trackers.door import DoorTracker
 from pipelines.trackers.drift import RouteCorridor, RouteDriftTracker
 from pipelines.trackers.dwell import Baseline, DwellTracker
@@ -76,7 +77,6 @@ from pipelines.trackers.geofence import GeofenceTracker, StopIndex
 from pipelines.trackers.late import PredictedLateTracker
 from pipelines.trackers.motion import MotionChange, MotionTracker
 from pipelines.trackers.offline import OfflineTracker
-from pipelines.trackers.plan import Plan, Stop
 from pipelines.trackers.quality import CheckedFix, GpsQualityFilter
 from pipelines.trackers.reorder import Released, ReorderBuffer
 from pipelines.vehicle_state import StoredReading

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 from bytewax.testing import TestingSink, TestingSource, run_main
 
+from core.thresholds import EtaConfig
 from pipelines.analytics import EventOut, PlanUpdate
 from pipelines.cells import CellMinute
 from pipelines.flow import build_analytics_flow
@@ -24,7 +25,7 @@ def fixed_wall() -> datetime:
 def with_cells(items: list[StoredReading]) -> list[StoredReading]:
     import h3.api.basic_int as h3
 
-    from ingest.contract import GpsFix
+    from core.contract import GpsFix
 
     return [StoredReading(i.reading, h3.latlng_to_cell(i.reading.lat, i.reading.lon, 9), i.received_at, 0,
                           i.shard_seq) if isinstance(i.reading, GpsFix) else i for i in items]
@@ -32,7 +33,9 @@ def with_cells(items: list[StoredReading]) -> list[StoredReading]:
 
 def run(readings: list[object], plans: list[object]) -> list[object]:
     out: list[object] = []
-    run_main(build_analytics_flow(TestingSource([*plans, *readings]), TestingSink(out), wall=fixed_wall))
+    # an ETA estimate at every fix (the default is every 15 s), so each step below is visible
+    run_main(build_analytics_flow(TestingSource([*plans, *readings]), TestingSink(out), wall=fixed_wall,
+                                  eta=EtaConfig(estimate_every_s=0.0)))
     return out
 
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 from bytewax.testing import TestingSink, TestingSource, run_main
 
-from ingest.contract import DoorEvent, GpsFix, TemperatureReading
+from core.contract import DoorEvent, GpsFix, TemperatureReading
 from pipelines.flow import build_flow
 from pipelines.vehicle_state import StoredReading, VehicleState, VehicleSummary
 

@@ -6,7 +6,7 @@ own ports (MQTT 18831, PostgreSQL 55433; ``FLEETSTREAM_TEST_STATE_DIR``,
 55432) is never touched. They start once per test session and stop at its end.
 
 Fixtures
-    ``services``           (session) the test :class:`~fleetstream.settings.Settings`, services up
+    ``services``           (session) the test :class:`~core.settings.Settings`, services up
     ``services_settings``  (session) the same object, for tests that want a clearer name
     ``db``                 (per test) an autocommit psycopg connection to the test database
 """
@@ -19,8 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from core.settings import Settings, load_settings
 from fleetstream import services as fs_services
-from fleetstream.settings import Settings, load_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # overridable so that two test sessions on one machine do not share services

@@ -20,13 +20,13 @@ from typing import Any
 
 import pytest
 
+from core.contract import Reading, encode_batch
+from core.plan import Plan
 from edge.publisher import DevicePublisher
-from edge.roads import RoadNetwork
-from edge.simulator import AnomalyPlan, FleetSimulator, RawMessage
 from fleetstream import credentials
 from fleetstream.engine import Engine
-from ingest.contract import Reading, encode_batch
-from pipelines.trackers.plan import Plan
+from models.roads import RoadNetwork
+from sim.simulator import AnomalyPlan, FleetSimulator, RawMessage
 from store.db import migrate
 from store.plans import store_plan
 from tests.integration.test_no_loss import _kill_engine, _wait_for

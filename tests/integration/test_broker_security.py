@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 import paho.mqtt.client as mqtt
 import pytest
 
+from core.settings import Settings
 from fleetstream import credentials
-from fleetstream.settings import Settings
 
 pytestmark = pytest.mark.integration
 

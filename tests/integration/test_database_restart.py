@@ -6,10 +6,10 @@ import threading
 import time
 from datetime import UTC, datetime, timedelta
 
+from core.contract import GpsFix, encode_single
 from edge.publisher import DevicePublisher
 from fleetstream import credentials, services
 from fleetstream.engine import Engine
-from ingest.contract import GpsFix, encode_single
 from store.db import connect, migrate
 
 READINGS = 4000

@@ -30,10 +30,11 @@ import pytest
 from paho.mqtt.properties import Properties
 from psycopg.types.json import Jsonb
 
+from core.settings import Settings
+from delivery.deliverer import event_payload, run_delivery
 from fleetstream import credentials
 from fleetstream import services as fs_services
-from fleetstream.settings import Settings
-from pipelines.delivery import event_payload, run_delivery
+from fleetstream.credentials import mqtt_account
 from store.db import connect, migrate
 from tests.integration.waiting import wait_until
 
@@ -129,7 +130,7 @@ class Subscriber:
     def __post_init__(self) -> None:
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{self.tenant}-monitor",
                                   protocol=mqtt.MQTTv5)
-        self.client.username_pw_set(*self.settings.mqtt_credentials("monitor"))
+        self.client.username_pw_set(*mqtt_account(self.settings, "monitor"))
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = lambda *_: self.subscribed.set()
         self.client.on_message = self._on_message
@@ -247,7 +248,7 @@ def delivering(settings: Settings) -> Iterator[threading.Thread]:
 
     def target() -> None:
         try:
-            run_delivery(settings, stop)
+            run_delivery(settings, mqtt_account(settings, "alerts"), stop)
         except BaseException as exc:
             errors.append(exc)
             raise

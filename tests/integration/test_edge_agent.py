@@ -30,10 +30,10 @@ from pathlib import Path
 
 import pytest
 
+from core.settings import Settings
 from edge.agent.outbox import Outbox
 from fleetstream import credentials, services
 from fleetstream.engine import Engine
-from fleetstream.settings import Settings
 from ingest.gateway import ready_file
 from store.db import migrate
 

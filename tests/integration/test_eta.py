@@ -17,10 +17,11 @@ import paho.mqtt.client as mqtt
 import pytest
 from bytewax.testing import TestingSource, run_main
 
-from fleetstream.settings import Settings
+from core.settings import Settings
+from delivery.deliverer import run_delivery
+from fleetstream.credentials import mqtt_account
 from pipelines.analytics import PlanUpdate
 from pipelines.connectors import AnalyticsStore
-from pipelines.delivery import run_delivery
 from pipelines.flow import build_analytics_flow
 from pipelines.vehicle_state import StoredReading
 from store.db import migrate
@@ -128,14 +129,14 @@ def test_eta_updates_are_delivered_to_the_etas_topic(services_settings: Settings
     got: list[tuple[str, dict[str, Any]]] = []
     subscribed = threading.Event()
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{tenant}-monitor", protocol=mqtt.MQTTv5)
-    client.username_pw_set(*services_settings.mqtt_credentials("monitor"))
+    client.username_pw_set(*mqtt_account(services_settings, "monitor"))
     client.on_connect = lambda c, *_: c.subscribe(f"etas/{tenant}/#", 1)
     client.on_subscribe = lambda *_: subscribed.set()
     client.on_message = lambda _c, _u, msg: got.append((msg.topic, json.loads(msg.payload)))
     client.connect(*services_settings.mqtt_endpoint())
     client.loop_start()
     stop = threading.Event()
-    thread = threading.Thread(target=run_delivery, args=(replace(services_settings, delivery_poll_ms=50), stop),
+    thread = threading.Thread(target=run_delivery, args=(replace(services_settings, delivery_poll_ms=50), mqtt_account(services_settings, "alerts"), stop),
                               daemon=True)
     try:
         assert subscribed.wait(10)

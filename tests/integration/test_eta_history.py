@@ -15,14 +15,14 @@ import h3.api.basic_int as h3
 import polars as pl
 import pytest
 
-from bench.eta import load_history
-from edge.roads import RoadNetwork
+from core.plan import Plan, Stop
+from core.settings import Settings
+from fleetstream.bench.eta import load_history
 from fleetstream.eta_evaluation import EtaEvalDay, simulated_history
-from fleetstream.settings import Settings
 from fleetstream.train_eta import eta_models_dir, run_train_eta
 from models import registry
 from models.eta_versions import current_version
-from pipelines.trackers.plan import Plan, Stop
+from models.roads import RoadNetwork
 from store.db import connect, migrate
 from store.history import load_eta_history
 from store.plans import store_plan

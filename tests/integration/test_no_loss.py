@@ -21,10 +21,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
+from core.contract import DoorEvent, GpsFix, TemperatureReading, encode_batch, encode_single, topic_for
 from edge.publisher import DevicePublisher
 from fleetstream import credentials, services
 from fleetstream.engine import Engine
-from ingest.contract import DoorEvent, GpsFix, TemperatureReading, encode_batch, encode_single, topic_for
 from store.db import migrate
 
 pytestmark = pytest.mark.integration

@@ -14,11 +14,13 @@ from typing import Any
 
 import pytest
 
+from core.plan import Plan
+from core.settings import Settings
 from fleetstream import credentials
 from fleetstream import services as fs_services
-from fleetstream.settings import Settings
-from ingest.dispatch import DEAD_LETTER_SHARD, PublishError, plan_topic, publish_plan, ready_file, run_dispatch
-from pipelines.trackers.plan import Plan
+from fleetstream.credentials import mqtt_account
+from ingest import dispatch
+from ingest.dispatch import DEAD_LETTER_SHARD, PublishError, plan_topic, ready_file, run_dispatch
 from store.db import connect, migrate
 from store.plans import latest_plan, plans_after, store_plan
 from tests.integration.waiting import wait_until
@@ -27,6 +29,12 @@ pytestmark = pytest.mark.integration
 
 NOT_AUTHORIZED = 0x87
 
+
+
+def publish_plan(settings: Settings, plan: Any, **kwargs: Any) -> None:
+    """``dispatch.publish_plan`` as the dispatch role, unless the test names other credentials."""
+    kwargs.setdefault("credentials", mqtt_account(settings, "dispatch"))
+    dispatch.publish_plan(settings, plan, **kwargs)
 
 @pytest.fixture(scope="module", autouse=True)
 def schema(services_settings: Settings) -> None:
@@ -54,7 +62,7 @@ def running_listener(settings: Settings) -> Iterator[threading.Thread]:
     """run_dispatch in a thread, subscribed before the body runs; stopped after it."""
     ready_file(settings).unlink(missing_ok=True)
     stop = threading.Event()
-    thread = threading.Thread(target=run_dispatch, args=(settings, stop), name="dispatch", daemon=True)
+    thread = threading.Thread(target=run_dispatch, args=(settings, mqtt_account(settings, "gateway"), stop), name="dispatch", daemon=True)
     thread.start()
     try:
         wait_until(lambda: ready_file(settings).exists() or not thread.is_alive(), what="dispatch subscription")

@@ -7,8 +7,8 @@ from datetime import UTC, datetime, timedelta
 
 import h3
 
+from core.contract import DoorEvent, GpsFix, Limits, TemperatureReading, encode_batch, encode_single
 from ingest.batching import Received, prepare
-from ingest.contract import DoorEvent, GpsFix, Limits, TemperatureReading, encode_batch, encode_single
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 

@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from ingest.contract import (
+from core.contract import (
     ContractError,
     DoorEvent,
     GpsFix,

@@ -12,8 +12,8 @@ from datetime import UTC, datetime, timedelta, timezone
 import h3
 import pytest
 
-from fleetstream.settings import Settings
-from pipelines.delivery import (
+from core.settings import Settings
+from delivery.deliverer import (
     DeliveryConfigError,
     delivery_channels,
     encode_body,
@@ -177,4 +177,4 @@ def test_webhooks_without_a_secret_refuse_to_start() -> None:
 def test_run_delivery_refuses_before_starting_anything() -> None:
     # no services here: it must fail on the settings alone, at once
     with pytest.raises(DeliveryConfigError, match="webhook_secret"):
-        run_delivery(replace(Settings(), webhook_urls="http://127.0.0.1:9/a", pg_port=1, mqtt_port=1))
+        run_delivery(replace(Settings(), webhook_urls="http://127.0.0.1:9/a", pg_port=1, mqtt_port=1), ("a", "b"))

@@ -9,11 +9,11 @@ import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from core.contract import Limits, decode
 from edge.agent.agent import Agent, plan_messages, reading_fields, to_reading
 from edge.agent.config import parse_config
 from edge.agent.outbox import Outbox, StoredReading
 from edge.agent.sampling import DoorSample, GpsSample, TemperatureSample
-from ingest.contract import Limits, decode
 
 REPO = Path(__file__).resolve().parents[2]
 T0 = datetime(2026, 11, 22, 5, 0, tzinfo=UTC)

@@ -9,7 +9,6 @@ from datetime import UTC, datetime, timedelta
 import polars as pl
 import pytest
 
-from edge.roads import RoadNetwork
 from fleetstream.eta_evaluation import (
     EtaEvalDay,
     eta_targets_missed,
@@ -17,6 +16,7 @@ from fleetstream.eta_evaluation import (
     score_eta,
     simulated_history,
 )
+from models.roads import RoadNetwork
 
 NAN = math.nan
 

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from fleetstream.settings import Settings
+from core.geo import haversine_m
+from core.settings import Settings
+from delivery.deliverer import event_payload, event_topic, merge_pages
 from models import registry
 from models.profiles import SpeedProfiles
-from pipelines.delivery import event_payload, event_topic, merge_pages
 from pipelines.run import eta_config, eta_models_dir, eta_network, load_eta_models
-from pipelines.trackers.geo import haversine_m
 
 
 @pytest.fixture(autouse=True)
@@ -75,8 +75,9 @@ def test_eta_payload_and_topic() -> None:
 
 
 def test_a_configured_road_network_serves_plans_without_a_route_and_survives_reloads(tmp_path: Path) -> None:
-    from pipelines.trackers.eta import EtaConfig, EtaTracker
-    from pipelines.trackers.plan import Plan, Stop
+    from core.plan import Plan, Stop
+    from core.thresholds import EtaConfig
+    from pipelines.trackers.eta import EtaTracker
     from pipelines.trackers.quality import CheckedFix
 
     assert eta_network(Settings(state_dir=tmp_path)) is None  # the default: no network

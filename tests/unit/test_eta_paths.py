@@ -9,7 +9,8 @@ import math
 import networkx as nx
 import pytest
 
-from edge.roads import RoadNetwork
+from core.geo import EARTH_RADIUS_M, offset
+from core.plan import Stop
 from models.paths import (
     DEFAULT_DETOUR_FACTOR,
     NetworkPaths,
@@ -20,8 +21,7 @@ from models.paths import (
     straight_line,
 )
 from models.profiles import SpeedProfiles
-from pipelines.trackers.geo import EARTH_RADIUS_M, offset
-from pipelines.trackers.plan import Stop
+from models.roads import RoadNetwork
 
 LON = 24.94
 ROUTE = [(60.0 + i * 0.001, LON) for i in range(11)]  # 10 segments due north, ~111.2 m each

@@ -15,13 +15,14 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 import pytest
 
+from core.geo import EARTH_RADIUS_M, offset
+from core.plan import Plan, Stop
+from core.thresholds import EtaConfig
 from models import registry
 from models.profiles import SpeedProfiles
 from pipelines.trackers.dwell import hour_of_week
-from pipelines.trackers.eta import EtaConfig, EtaTracker, hour_of_week_at
+from pipelines.trackers.eta import EtaTracker, hour_of_week_at
 from pipelines.trackers.events import EtaUpdate, eta_update_id
-from pipelines.trackers.geo import EARTH_RADIUS_M, offset
-from pipelines.trackers.plan import Plan, Stop
 from pipelines.trackers.quality import CheckedFix
 
 T0 = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)  # a Monday, hour of week 8
@@ -61,7 +62,8 @@ def models() -> Iterator[None]:
 
 
 def tracker(plan: Plan | None = PLAN, **config: float) -> EtaTracker:
-    t = EtaTracker("acme", "van-1", EtaConfig(models=NAME, **config))  # type: ignore[arg-type]
+    # an estimate at every fix unless the test says otherwise (the default is every 15 s)
+    t = EtaTracker("acme", "van-1", EtaConfig(models=NAME, **{"estimate_every_s": 0.0, **config}))  # type: ignore[arg-type]
     t.set_plan(plan)
     return t
 

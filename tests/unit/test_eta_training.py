@@ -11,11 +11,11 @@ import h3.api.basic_int as h3
 import polars as pl
 import pytest
 
+from core.geo import EARTH_RADIUS_M
+from core.plan import Plan, Stop
 from models.paths import fit_detour_factor
 from models.profiles import SpeedProfiles
-from models.training import build_training_rows, detour_pairs, train_eta_from_frames
-from pipelines.trackers.geo import EARTH_RADIUS_M
-from pipelines.trackers.plan import Plan, Stop
+from training.eta import build_training_rows, detour_pairs, train_eta_from_frames
 
 T0 = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
 LON = 24.94

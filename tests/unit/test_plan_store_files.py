@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
+from core.plan import Plan, PlanError
 from ingest.dispatch import check_plan_message, plan_topic
-from pipelines.trackers.plan import Plan, PlanError
 from store.plans import load_plans_file, plan_digest
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import networkx as nx
 import pytest
 
-from edge.roads import RoadNetwork, bundled_pbf, distance_to_polyline_m, haversine_m, parse_maxspeed
+from models.roads import RoadNetwork, bundled_pbf, distance_to_polyline_m, haversine_m, parse_maxspeed
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import fields
 from pathlib import Path
 
-from fleetstream.settings import Settings, load_settings
+from core.settings import Settings, load_settings
 
 README = Path(__file__).resolve().parents[2] / "README.md"
 
@@ -27,7 +27,7 @@ def test_environment_overrides_with_types(monkeypatch) -> None:
 def test_external_services_are_parsed() -> None:
     s = Settings(mqtt_url="mqtt://gw:secret@broker:1884", pg_dsn="postgresql://db/fleet")
     assert s.mqtt_endpoint() == ("broker", 1884)
-    assert s.mqtt_credentials("gateway") == ("gw", "secret")
+    assert s.mqtt_url_account() == ("gw", "secret")
     assert s.dsn() == "postgresql://db/fleet"
     assert not s.embedded_mqtt and not s.embedded_pg
 

@@ -11,12 +11,12 @@ from typing import Any
 import pytest
 
 import edge.agent.agent as agent_module
-from edge.roads import RoadNetwork
-from edge.simulate import run_simulation
-from edge.simulator import vehicle_ids
-from fleetstream.settings import Settings
-from ingest.contract import decode as decode_message
-from ingest.contract import encode_reading, parse_topic
+from core.contract import decode as decode_message
+from core.contract import encode_reading, parse_topic
+from core.settings import Settings
+from models.roads import RoadNetwork
+from sim.fleet import run_simulation
+from sim.simulator import vehicle_ids
 
 
 class FakePublisher:

@@ -11,9 +11,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edge.roads import RoadNetwork, distance_to_polyline_m, haversine_m
-from edge.simulate import simulated_clock
-from edge.simulator import (
+from core.contract import DoorEvent, GpsFix, TemperatureReading, decode, encode_single
+from models.roads import RoadNetwork, distance_to_polyline_m, haversine_m
+from sim.fleet import simulated_clock
+from sim.simulator import (
     ANOMALY_TYPES,
     DEVIATION_AMBIGUOUS_S,
     DEVIATION_M,
@@ -26,7 +27,6 @@ from edge.simulator import (
     SimEvent,
     vehicle_ids,
 )
-from ingest.contract import DoorEvent, GpsFix, TemperatureReading, decode, encode_single
 
 START = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)
 
@@ -388,7 +388,7 @@ def test_simulated_clock_never_runs_ahead_of_the_wall(minutes: float, speedup: f
 
 def test_contract_plans_are_valid_engine_plans(
         faulty: tuple[FleetSimulator, list[SimEvent], list[dict[str, Any]]]) -> None:
-    from pipelines.trackers.plan import Plan
+    from core.plan import Plan
 
     sim, _, _ = faulty
     plans = [Plan.from_dict(p) for p in sim.contract_plans()]

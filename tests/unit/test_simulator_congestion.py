@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edge.simulator import CENTRE, congestion_factor
+from sim.simulator import CENTRE, congestion_factor
 
 
 def test_free_at_night_slowest_in_the_rush_on_main_roads_in_the_centre() -> None:

@@ -2,7 +2,7 @@
 
 from datetime import UTC, datetime, timedelta
 
-from ingest.contract import GpsFix, TemperatureReading
+from core.contract import GpsFix, TemperatureReading
 from pipelines.connectors import _receive_prefixes
 from pipelines.vehicle_state import StoredReading
 

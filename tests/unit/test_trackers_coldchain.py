@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from ingest.contract import TemperatureReading
+from core.contract import TemperatureReading
+from core.thresholds import AnalyticsConfig
 from pipelines.trackers.coldchain import ColdChainTracker
-from pipelines.trackers.config import AnalyticsConfig
 from pipelines.trackers.events import alert_id
 
 T0 = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from ingest.contract import DoorEvent, GpsFix
-from pipelines.trackers.config import AnalyticsConfig
+from core.contract import DoorEvent, GpsFix
+from core.geo import offset
+from core.plan import Plan, Stop
+from core.thresholds import AnalyticsConfig
 from pipelines.trackers.door import DoorTracker
 from pipelines.trackers.events import alert_id
-from pipelines.trackers.geo import offset
-from pipelines.trackers.plan import Plan, Stop
 from pipelines.trackers.vehicle import VehicleAnalytics
 from pipelines.vehicle_state import StoredReading
 

@@ -7,16 +7,19 @@ from datetime import UTC, datetime, timedelta
 
 import h3.api.basic_int as h3
 
-from pipelines.trackers.config import AnalyticsConfig
+from core.geo import offset
+from core.plan import Stop
+from core.thresholds import AnalyticsConfig
 from pipelines.trackers.drift import RouteCorridor, RouteDriftTracker
 from pipelines.trackers.events import alert_id
-from pipelines.trackers.geo import offset
-from pipelines.trackers.plan import Stop
 from pipelines.trackers.quality import CheckedFix
 
 T0 = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
 LAT, LON = 60.17, 24.94
-CFG = AnalyticsConfig()
+# The scenarios below are drawn to these wider thresholds (resolution 10: a corridor of about
+# 200 m each side); the defaults are checked on their own in the first test.
+CFG = AnalyticsConfig(corridor_resolution=10, drift_distance_m=350.0, drift_min_duration_s=120.0,
+                      detour_max_offset_m=400.0)
 
 
 def at(s: float) -> datetime:
@@ -49,6 +52,13 @@ def straight(s0: float, a: tuple[float, float], b: tuple[float, float], steps: i
     """``steps`` fixes every 5 s from a towards b (b included)."""
     return [fix(s0 + 5 * i, a[0] + (b[0] - a[0]) * i / steps, a[1] + (b[1] - a[1]) * i / steps)
             for i in range(1, steps + 1)]
+
+
+def test_the_default_corridor_lies_inside_the_default_distance_threshold() -> None:
+    default = AnalyticsConfig()
+    corridor = RouteCorridor(ROUTE, default.corridor_resolution, default.corridor_k)
+    reach = max(corridor.locate(lat, lon).cross_track_m for cell in corridor.cells for lat, lon in h3.cell_to_boundary(cell))
+    assert default.drift_distance_m / 2 < reach < default.drift_distance_m
 
 
 def test_the_corridor_lies_inside_the_distance_threshold() -> None:

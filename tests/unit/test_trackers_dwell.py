@@ -5,13 +5,13 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta, timezone
 
-from ingest.contract import GpsFix
-from pipelines.trackers.config import AnalyticsConfig
+from core.contract import GpsFix
+from core.geo import offset
+from core.plan import Plan, Stop
+from core.thresholds import AnalyticsConfig
 from pipelines.trackers.dwell import DwellTracker, hour_of_week
 from pipelines.trackers.events import Alert, StopEvent, alert_id
-from pipelines.trackers.geo import offset
 from pipelines.trackers.motion import MotionChange
-from pipelines.trackers.plan import Plan, Stop
 from pipelines.trackers.vehicle import VehicleAnalytics
 from pipelines.vehicle_state import StoredReading
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pipelines.trackers.geo import (
+from core.geo import (
     EARTH_RADIUS_M,
     bearing_deg,
     destination,

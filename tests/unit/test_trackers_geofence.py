@@ -5,11 +5,11 @@ from __future__ import annotations
 import math
 from datetime import UTC, datetime, timedelta
 
-from pipelines.trackers.config import AnalyticsConfig
+from core.geo import offset
+from core.plan import Plan, Stop
+from core.thresholds import AnalyticsConfig
 from pipelines.trackers.events import stop_event_id
-from pipelines.trackers.geo import offset
 from pipelines.trackers.geofence import GeofenceTracker, StopIndex
-from pipelines.trackers.plan import Plan, Stop
 from pipelines.trackers.quality import CheckedFix
 
 T0 = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)

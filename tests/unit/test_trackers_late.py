@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
+from core.plan import Stop
 from pipelines.trackers.events import Alert, EtaUpdate, alert_id, eta_update_id
 from pipelines.trackers.late import PredictedLateTracker
-from pipelines.trackers.plan import Stop
 
 T0 = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
 S1 = Stop("s1", 60.17, 24.94, window_end=T0 + timedelta(minutes=30))

@@ -6,8 +6,8 @@ import math
 import random
 from datetime import UTC, datetime, timedelta
 
-from pipelines.trackers.config import AnalyticsConfig
-from pipelines.trackers.geo import offset
+from core.geo import offset
+from core.thresholds import AnalyticsConfig
 from pipelines.trackers.motion import MotionChange, MotionTracker
 from pipelines.trackers.quality import CheckedFix
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from pipelines.trackers.config import AnalyticsConfig
+from core.thresholds import AnalyticsConfig
 from pipelines.trackers.events import alert_id
 from pipelines.trackers.offline import OfflineTracker
 
@@ -32,7 +32,7 @@ def test_offline_opens_after_the_gap_and_resolves_on_the_next_reading() -> None:
 
 
 def test_a_gap_jumped_over_by_the_clock_is_reported_open_and_resolved_at_once() -> None:
-    from ingest.contract import GpsFix
+    from core.contract import GpsFix
     from pipelines.trackers.vehicle import VehicleAnalytics
     from pipelines.vehicle_state import StoredReading
 

@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from pipelines.trackers.plan import Plan, PlanError, Stop
+from core.plan import Plan, PlanError, Stop
 
 
 def good() -> dict[str, Any]:

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
 
-from ingest.contract import GpsFix
-from pipelines.trackers.config import AnalyticsConfig
+from core.contract import GpsFix
+from core.geo import haversine_m, offset
+from core.thresholds import AnalyticsConfig
 from pipelines.trackers.events import alert_id
-from pipelines.trackers.geo import haversine_m, offset
 from pipelines.trackers.quality import GpsQualityFilter
 
 T0 = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)

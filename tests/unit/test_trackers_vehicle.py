@@ -8,11 +8,11 @@ import time
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
-from ingest.contract import DoorEvent, GpsFix, Reading, TemperatureReading
-from pipelines.trackers.config import AnalyticsConfig
+from core.contract import DoorEvent, GpsFix, Reading, TemperatureReading
+from core.geo import offset
+from core.plan import Plan, Stop
+from core.thresholds import AnalyticsConfig
 from pipelines.trackers.events import Alert, Event, StopEvent, alert_id, stop_event_id
-from pipelines.trackers.geo import offset
-from pipelines.trackers.plan import Plan, Stop
 from pipelines.trackers.vehicle import VehicleAnalytics
 from pipelines.vehicle_state import StoredReading
 

@@ -4,7 +4,8 @@ replay made and retracts the stop's current ETA when the replay no longer makes 
 
 from __future__ import annotations
 
-from pipelines.trackers.eta import EtaConfig, EtaTracker
+from core.thresholds import EtaConfig
+from pipelines.trackers.eta import EtaTracker
 from pipelines.trackers.events import EtaUpdate, StopEvent
 from pipelines.trackers.vehicle import VehicleAnalytics
 from pipelines.vehicle_state import StoredReading
@@ -17,7 +18,7 @@ def s(t) -> float:
 
 def analytics() -> VehicleAnalytics:
     # re-emit on 10 s changes: the vehicle's ETA for s1 moves while it closes in
-    return VehicleAnalytics("acme", "van-1", plan=PLAN, eta=EtaTracker("acme", "van-1", EtaConfig(reemit_s=10)))
+    return VehicleAnalytics("acme", "van-1", plan=PLAN, eta=EtaTracker("acme", "van-1", EtaConfig(reemit_s=10, estimate_every_s=0.0)))
 
 
 def day(held_back: tuple[float, float] | None = None) -> list[StoredReading]:

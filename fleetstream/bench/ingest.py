@@ -32,11 +32,11 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from core.contract import GpsFix, Limits, encode_batch, encode_single
+from core.settings import Settings
 from fleetstream import credentials, services
 from fleetstream.engine import Engine
-from fleetstream.settings import Settings
 from ingest.batching import Received, prepare
-from ingest.contract import GpsFix, Limits, encode_batch, encode_single
 from ingest.writer import COMMIT_CHANNEL, TABLES
 from store.db import connect, migrate
 
@@ -89,7 +89,7 @@ def _messages(tenant: str, part: int, parts: int, readings: int, per_message: in
 
 def _client(settings: Settings, client_id: str) -> mqtt.Client:
     client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
-    client.username_pw_set(*settings.mqtt_credentials("bench"))
+    client.username_pw_set(*credentials.mqtt_account(settings, "bench"))
     client.max_inflight_messages_set(500)
     client.max_queued_messages_set(0)
     return client
@@ -228,7 +228,7 @@ def _drain_paho(settings: Settings, messages: int, readings: int) -> Figure:
 
 
 def _mosquitto_sub(settings: Settings, tenant: str, count: int | None) -> float:
-    user, password = settings.mqtt_credentials("bench")
+    user, password = credentials.mqtt_account(settings, "bench")
     host, port = settings.mqtt_endpoint()
     argv = ["mosquitto_sub", "-h", host, "-p", str(port), "-u", user, "-P", password, "-V", "mqttv5", "-q", "1",
             "-c", "-i", REF_C, "-x", "3600", "-t", f"fleet/{tenant}/+/+"]

@@ -12,7 +12,12 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 from urllib.parse import urlsplit
 
+from core.thresholds import AnalyticsConfig, EtaConfig
+
 __all__ = ["Settings", "load_settings"]
+
+_A = AnalyticsConfig()  # the thresholds' defaults live there, once
+_E = EtaConfig()
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 
@@ -46,7 +51,7 @@ class Settings:
     max_batch_readings: int = 5000
     max_future_skew_s: float = 300.0  # fixes further ahead of the server clock are rejected
     dead_letter_raw_cap: int = 4096  # bytes of a bad payload kept in dead_letters
-    h3_resolution: int = 9  # ~0.1 km^2 cells for positions.h3_cell
+    h3_resolution: int = _A.cell_resolution  # ~0.1 km^2 cells for positions.h3_cell
     # dataflow
     flow_epoch_s: float = 2.0  # Bytewax snapshot interval
     flow_poll_ms: int = 200  # how often the replay source looks for new rows
@@ -55,22 +60,22 @@ class Settings:
     flow_tick_ms: int = 1000  # how often a vehicle with pending timers is woken (wall clock)
     fleet_idle_grace_s: float = 5.0  # with no data for this long, the fleet clock follows the wall clock
     flow_eta: int = 1  # 1 = live ETAs per remaining stop and predicted_late alerts in the analytics dataflow
-    eta_reemit_s: float = 60.0  # a stop's ETA is re-emitted when it moved by more than this
-    eta_every_s: float = 15.0  # a vehicle's ETAs are estimated at most this often (fix time)
+    eta_reemit_s: float = _E.reemit_s  # a stop's ETA is re-emitted when it moved by more than this
+    eta_every_s: float = _E.estimate_every_s  # a vehicle's ETAs are estimated at most this often (fix time)
     eta_road_network: str = ""  # ETAs to stops of a plan without a route follow this network (helsinki or a .pbf)
-    predicted_late_margin_s: float = 60.0  # an ETA this far past a stop's window end -> predicted_late
-    # analytics thresholds (the rest: pipelines/trackers/config.py AnalyticsConfig defaults)
-    reorder_max_delay_s: float = 10.0  # event-time wait of a vehicle's reorder buffer
-    correction_window_s: float = 3600.0  # late readings this far behind are corrected by replay
-    unplanned_dwell_s: float = 600.0  # stopped away from every stop this long -> unplanned_dwell
-    long_dwell_s: float = 1800.0  # at a stop this long -> long_dwell (cells without a baseline)
-    drift_distance_m: float = 150.0  # off the route corridor and this far from the route -> off route
-    drift_min_duration_s: float = 60.0  # off route this long -> route_drift
-    detour_max_offset_m: float = 200.0  # off route but this close to the beeline to the next stop (and closing in): a planned detour
-    corridor_resolution: int = 11  # H3 resolution of the route corridor (k = 1: about 110 m each side)
-    excursion_min_s: float = 300.0  # temperature outside the load's range this long -> temp_excursion
-    door_open_max_s: float = 300.0  # reefer door open this long -> door_open_too_long
-    offline_after_s: float = 300.0  # no data this long (fleet clock) while on duty -> offline
+    predicted_late_margin_s: float = _A.predicted_late_margin_s  # an ETA this far past a stop's window end -> predicted_late
+    # analytics thresholds: defaults from core/thresholds.py (AnalyticsConfig); the rest of its fields keep theirs
+    reorder_max_delay_s: float = _A.reorder_max_delay_s  # event-time wait of a vehicle's reorder buffer
+    correction_window_s: float = _A.correction_window_s  # late readings this far behind are corrected by replay
+    unplanned_dwell_s: float = _A.unplanned_dwell_s  # stopped away from every stop this long -> unplanned_dwell
+    long_dwell_s: float = _A.long_dwell_s  # at a stop this long -> long_dwell (cells without a baseline)
+    drift_distance_m: float = _A.drift_distance_m  # off the route corridor and this far from the route -> off route
+    drift_min_duration_s: float = _A.drift_min_duration_s  # off route this long -> route_drift
+    detour_max_offset_m: float = _A.detour_max_offset_m  # off route but this close to the beeline to the next stop (and closing in): a planned detour
+    corridor_resolution: int = _A.corridor_resolution  # H3 resolution of the route corridor (k = 1: about 110 m each side)
+    excursion_min_s: float = _A.excursion_min_s  # temperature outside the load's range this long -> temp_excursion
+    door_open_max_s: float = _A.door_open_max_s  # reefer door open this long -> door_open_too_long
+    offline_after_s: float = _A.offline_after_s  # no data this long (fleet clock) while on duty -> offline
     baseline_min_samples: int = 5  # departures a cell-hour needs before its dwell baseline is used
     # ETA training (`fleetstream train eta`) and its evaluation (`fleetstream evaluate --eta`)
     eta_models_keep: int = 10  # trained ETA versions kept under <state_dir>/models/eta/versions
@@ -120,15 +125,14 @@ class Settings:
         address the vans reach while the engine stays on loopback."""
         return [a.strip() for a in self.mqtt_also_listen.split(",") if a.strip()]
 
-    def mqtt_credentials(self, role: str) -> tuple[str, str]:
-        """(username, password) for a service role: ``gateway``, ``simulator``, ``alerts``."""
+    def mqtt_url_account(self) -> tuple[str, str] | None:
+        """(username, password) given in ``mqtt_url``, or None: then the composition root
+        (``fleetstream.credentials.mqtt_account``) looks the service account up."""
         if self.mqtt_url:
             parts = urlsplit(self.mqtt_url)
             if parts.username:
                 return parts.username, parts.password or ""
-        from fleetstream import credentials
-
-        return credentials.service_account(self, role)
+        return None
 
     def dsn(self) -> str:
         """libpq connection string of the database."""

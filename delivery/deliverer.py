@@ -65,8 +65,8 @@ import h3
 import psycopg
 from psycopg.rows import dict_row
 
-from fleetstream.settings import Settings
-from ingest.contract import format_time
+from core.contract import format_time
+from core.settings import Settings
 from store.db import connect
 
 __all__ = [
@@ -101,7 +101,7 @@ _PAGE_ROWS = 500  # changes read per query and table
 _PUBLISH_TIMEOUT_S = 10.0  # longest wait for one PUBACK
 _ERROR_TEXT_CAP = 500  # characters of an error kept in delivery_failures
 _RESPONSE_READ_CAP = 64 * 1024  # bytes of a webhook response read (and ignored)
-_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # tenant and vehicle ids (ingest/contract.py): safe topic levels
+_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # tenant and vehicle ids (core/contract.py): safe topic levels
 
 # payload field <- column, after kind, id, rev, tenant, vehicle (stop_events.kind becomes "type")
 _ALERT_FIELDS: tuple[tuple[str, str], ...] = tuple((c, c) for c in (
@@ -360,7 +360,8 @@ class MqttChannel:
 
     channel = MQTT_CHANNEL
 
-    def __init__(self, settings: Settings, stop: threading.Event) -> None:
+    def __init__(self, settings: Settings, account: tuple[str, str], stop: threading.Event) -> None:
+        self.account = account
         self.settings = settings
         self.stop = stop
         self.feed = ChangeFeed(settings.dsn(), self.channel, stop_events=True, etas=bool(settings.eta_mqtt))
@@ -390,7 +391,7 @@ class MqttChannel:
             self._outages += 1
 
     async def _session(self) -> None:
-        username, password = self.settings.mqtt_credentials("alerts")
+        username, password = self.account
         host, port = self.settings.mqtt_endpoint()
         client = _PublishClient(host, port, username=username, password=password,
                                 identifier=f"fleetstream-delivery-{uuid.uuid4().hex[:8]}",
@@ -536,8 +537,9 @@ class WebhookChannel:
 # ------------------------------------------------------------------ entry point
 
 
-def run_delivery(settings: Settings, stop: threading.Event | None = None) -> None:
-    """Deliver alerts and stop events until ``stop`` is set (or SIGTERM / SIGINT, when ``stop`` is None).
+def run_delivery(settings: Settings, account: tuple[str, str] | None, stop: threading.Event | None = None) -> None:
+    """Deliver alerts and stop events until ``stop`` is set (or SIGTERM / SIGINT, when ``stop`` is None);
+    MQTT as ``account`` (username, password; None when ``alert_mqtt`` is off).
 
     Raises :class:`DeliveryConfigError` at once if the settings cannot work. Database and
     broker outages never end it: each channel logs, backs off and retries.
@@ -550,7 +552,9 @@ def run_delivery(settings: Settings, stop: threading.Event | None = None) -> Non
                 signal.signal(sig, lambda *_: stop.set())
     workers: list[MqttChannel | WebhookChannel] = []
     if settings.alert_mqtt:
-        workers.append(MqttChannel(settings, stop))
+        if account is None:
+            raise DeliveryConfigError("alert_mqtt is on but no MQTT account was given")
+        workers.append(MqttChannel(settings, account, stop))
     workers += [WebhookChannel(settings, url, stop) for url in webhook_urls(settings.webhook_urls)]
     if not workers:
         log.warning("delivery: no channel configured (alert_mqtt = 0 and no webhook_urls); idle")

@@ -32,14 +32,14 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from core.contract import Reading, encode_batch
+from core.plan import Plan
+from core.settings import Settings
 from edge.publisher import DevicePublisher
-from edge.roads import RoadNetwork
-from edge.simulator import AnomalyPlan, FleetSimulator, RawMessage
 from fleetstream import credentials, services
 from fleetstream.engine import Engine
-from fleetstream.settings import Settings
-from ingest.contract import Reading, encode_batch
-from pipelines.trackers.plan import Plan
+from models.roads import RoadNetwork
+from sim.simulator import AnomalyPlan, FleetSimulator, RawMessage
 from store.db import connect, migrate
 from store.plans import store_plan
 

@@ -33,8 +33,8 @@ from zoneinfo import ZoneInfo
 
 import numpy as np
 
-from edge.roads import RoadNetwork, RoadPath, bearing_deg, distance_to_polyline_m, haversine_m
-from ingest.contract import DoorEvent, GpsFix, Reading, TemperatureReading, encode_single, format_time
+from core.contract import DoorEvent, GpsFix, Reading, TemperatureReading, encode_single, format_time
+from models.roads import RoadNetwork, RoadPath, bearing_deg, distance_to_polyline_m, haversine_m
 
 __all__ = [
     "ANOMALY_TYPES",
@@ -304,7 +304,7 @@ class FleetSimulator:
         return out
 
     def contract_plans(self) -> list[dict[str, Any]]:
-        """Per vehicle, its plan in the engine's JSON form (``pipelines.trackers.plan.Plan.from_dict``):
+        """Per vehicle, its plan in the engine's JSON form (``core.plan.Plan.from_dict``):
         stops with windows and planned service seconds, the planned route, the reefer's range."""
         out = []
         for plan in self.plans():

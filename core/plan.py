@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from ingest.contract import format_time
+from core.contract import format_time
 
 __all__ = ["Plan", "PlanError", "Stop"]
 

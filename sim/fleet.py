@@ -38,6 +38,16 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from core.contract import (
+    GpsFix,
+    Reading,
+    TemperatureReading,
+    device_username,
+    encode_batch,
+    encode_single,
+    format_time,
+)
+from core.settings import Settings
 from edge.agent.agent import Agent, reading_fields, to_reading
 from edge.agent.config import (
     AgentConfig,
@@ -59,21 +69,12 @@ from edge.agent.sampling import (
     TemperatureSample,
 )
 from edge.publisher import DevicePublisher
-from edge.roads import RoadNetwork
-from edge.simulator import AnomalyPlan, FleetSimulator, RawMessage, SimEvent
-from fleetstream.settings import Settings
-from ingest.contract import (
-    GpsFix,
-    Reading,
-    TemperatureReading,
-    encode_batch,
-    encode_single,
-    format_time,
-)
+from models.roads import RoadNetwork
+from sim.simulator import AnomalyPlan, FleetSimulator, RawMessage, SimEvent
 
 __all__ = ["run_simulation", "simulated_clock", "KEEP_EVERY_FIX", "KEEP_EVERY_TEMPERATURE"]
 
-log = logging.getLogger("fleetstream.edge.simulate")
+log = logging.getLogger("fleetstream.sim.fleet")
 
 PROGRESS_EVERY_S = 1.0  # wall seconds between on_progress calls
 BATCH_MAX_READINGS = 500  # per batch message; well under the contract's limits
@@ -120,7 +121,7 @@ def run_simulation(settings: Settings, vehicles: int | None = None, minutes: flo
     """Simulate ``vehicles`` for ``minutes`` wall minutes at ``speedup`` and publish everything.
 
     ``None`` arguments take the ``sim_*`` settings. ``device_passwords`` maps vehicle
-    id -> password (see ``edge.simulator.vehicle_ids``): each vehicle is then an edge
+    id -> password (see ``sim.simulator.vehicle_ids``): each vehicle is then an edge
     agent with its own outbox, and the agents always send batch messages (``batch``
     has no effect there). Without it, one shared publisher (``service_credentials``)
     sends each reading as one message, or with ``batch`` as batch envelopes every
@@ -161,6 +162,8 @@ def run_simulation(settings: Settings, vehicles: int | None = None, minutes: flo
     sink: _AgentFleet | _SharedPublisher
     if device_passwords is not None:
         sink = _AgentFleet(settings, sim.vehicle_ids, device_passwords, counts)
+    elif service_credentials is None:
+        raise ValueError("run_simulation needs device_passwords or service_credentials")
     else:
         sink = _SharedPublisher(settings, service_credentials, batch, counts)
     last_progress = time.monotonic()
@@ -241,8 +244,6 @@ class _AgentFleet:
 
     def __init__(self, settings: Settings, vehicles: list[str], passwords: dict[str, str],
                  counts: Counter[str]) -> None:
-        from fleetstream.credentials import device_username
-
         missing = [v for v in vehicles if v not in passwords]
         if missing:
             raise KeyError(f"no device password for {len(missing)} vehicles, e.g. {missing[0]}")
@@ -360,10 +361,10 @@ class _AgentFleet:
 class _SharedPublisher:
     """Every vehicle's messages through one service-account publisher (external brokers)."""
 
-    def __init__(self, settings: Settings, service_credentials: tuple[str, str] | None, batch: bool,
+    def __init__(self, settings: Settings, service_credentials: tuple[str, str], batch: bool,
                  counts: Counter[str]) -> None:
         host, port = settings.mqtt_endpoint()
-        username, password = service_credentials or settings.mqtt_credentials("simulator")
+        username, password = service_credentials
         self.settings, self.batch, self.counts = settings, batch, counts
         self.pub = DevicePublisher(host, port, username, password, client_id=f"sim-{settings.tenant}",
                                    session_expiry_s=settings.session_expiry_s,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, fields
 
-__all__ = ["AnalyticsConfig"]
+__all__ = ["AnalyticsConfig", "EtaConfig"]
 
 
 @dataclass(frozen=True)
@@ -52,12 +52,12 @@ class AnalyticsConfig:
     dwell_min_threshold_s: float = 300.0  # ... but never below this
 
     # -- route drift
-    corridor_resolution: int = 10  # H3 resolution of the route corridor
+    corridor_resolution: int = 11  # H3 resolution of the route corridor (k = 1: about 110 m each side)
     corridor_k: int = 1  # grid_disk radius around the cells the route passes through
-    drift_distance_m: float = 350.0  # off the corridor and further than this from the route = off route
-    drift_min_duration_s: float = 120.0  # off route this long -> route_drift
+    drift_distance_m: float = 150.0  # off the corridor and further than this from the route = off route
+    drift_min_duration_s: float = 60.0  # off route this long -> route_drift
     drift_resolve_s: float = 30.0  # back on route this long -> resolved
-    detour_max_offset_m: float = 400.0  # a planned detour stays this close to the straight line to the next stop
+    detour_max_offset_m: float = 200.0  # a planned detour stays this close to the straight line to the next stop
     detour_slack_m: float = 100.0  # ... and never gets further than this from its closest approach to it
 
     # -- cold chain (degrees Celsius)
@@ -90,3 +90,31 @@ class AnalyticsConfig:
         if not 0 <= self.cell_resolution <= 15 or not 0 <= self.corridor_resolution <= 15:
             raise ValueError("H3 resolutions must be in [0, 15]")
 
+
+@dataclass(frozen=True)
+class EtaConfig:
+    """Knobs of the live ETA (seconds, metres, m/s)."""
+
+    reemit_s: float = 60.0  # re-emit a stop's ETA when it moved by more than this
+    models: str = "default"  # name of the model set in models.registry
+    cell_resolution: int = 9  # H3 resolution of path pieces (that of the speed profiles)
+    sample_m: float = 100.0  # paths are costed in pieces of at most this length
+    default_speed_mps: float = 8.0  # driving speed without profiles (about 29 km/h)
+    parked_speed_mps: float = 1.0  # slower than this is standing
+    parked_after_s: float = 60.0  # standing this long = parked
+    off_route_m: float = 200.0  # further than this from the route = off route
+    traffic_ratio: float = 0.5  # moving below this share of the profile speed = in traffic
+    traffic_horizon_m: float = 500.0  # ... and the next this many metres go at the current speed
+    speed_smoothing: float = 0.3  # weight of a new fix's speed in the smoothed speed
+    search_ahead_m: float = 500.0  # route projection window beyond the progress ...
+    max_speed_mps: float = 40.0  # ... plus this much per second since the last fix
+    leave_stop_m: float = 100.0  # the rest of a stop's service counts until this far outside its circle
+    model_every_s: float = 30.0  # run the model at most this often per vehicle (fix time)
+    estimate_every_s: float = 15.0  # estimate (and maybe re-emit) at most this often (fix time); 0 = every fix
+
+    def __post_init__(self) -> None:
+        for name, value in self.__dict__.items():
+            if isinstance(value, (int, float)) and not isinstance(value, bool) and not value >= 0:
+                raise ValueError(f"EtaConfig.{name} must be >= 0, got {value}")
+        if self.default_speed_mps <= 0 or not 0 < self.speed_smoothing <= 1:
+            raise ValueError("EtaConfig: default_speed_mps must be > 0 and speed_smoothing in (0, 1]")

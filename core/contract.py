@@ -56,6 +56,7 @@ __all__ = [
     "topic_for",
     "parse_topic",
     "subscription_filter",
+    "device_username",
     "decode",
     "encode_reading",
     "encode_single",
@@ -191,6 +192,11 @@ def parse_topic(topic: str) -> tuple[str, str, str]:
     if stream not in STREAMS or not _ID.match(tenant) or not _ID.match(vehicle):
         raise ContractError("bad_topic", f"{topic!r} has a bad tenant, vehicle or stream")
     return tenant, vehicle, stream
+
+
+def device_username(tenant: str, vehicle: str) -> str:
+    """The MQTT username of a device: ``<tenant>.<vehicle>`` (service accounts have no dot)."""
+    return f"{tenant}.{vehicle}"
 
 
 def subscription_filter(tenant: str = "+") -> str:

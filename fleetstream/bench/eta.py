@@ -28,14 +28,14 @@ from typing import Any
 
 import polars as pl
 
-from bench.analytics import bench_settings
-from edge.roads import RoadNetwork
+from core.settings import Settings
 from fleetstream import services
+from fleetstream.bench.analytics import bench_settings
 from fleetstream.eta_evaluation import FIRST_DAY, EtaEvalDay, simulated_history
-from fleetstream.settings import Settings
 from fleetstream.train_eta import run_train_eta
-from models.training import EtaHistory
+from models.roads import RoadNetwork
 from store.db import connect, migrate
+from store.history import EtaHistory
 from store.plans import store_plan
 
 __all__ = ["load_history", "run_eta_benchmark"]

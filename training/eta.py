@@ -30,36 +30,22 @@ from typing import Any
 
 import polars as pl
 
-from ingest.contract import GpsFix
+from core.contract import GpsFix
+from core.geo import EARTH_RADIUS_M
+from core.plan import Plan
+from core.thresholds import AnalyticsConfig, EtaConfig
 from models import registry
 from models.eta import FEATURES, EtaModel, train
 from models.paths import fit_detour_factor
 from models.profiles import MIN_SPEED_MPS, SpeedProfiles, build_speed_profiles, hour_of_week_expr
-from pipelines.trackers.config import AnalyticsConfig
-from pipelines.trackers.eta import EtaConfig, EtaTracker, StopEstimate
-from pipelines.trackers.geo import EARTH_RADIUS_M
-from pipelines.trackers.plan import Plan
+from pipelines.trackers.eta import EtaTracker, StopEstimate
 from pipelines.trackers.quality import GpsQualityFilter
 
-__all__ = ["HORIZONS_S", "EtaHistory", "EtaTraining", "build_training_rows", "detour_pairs", "train_eta_from_frames"]
+__all__ = ["HORIZONS_S", "EtaTraining", "build_training_rows", "detour_pairs", "train_eta_from_frames"]
 
 HORIZONS_S: tuple[float, ...] = (120, 300, 600, 900, 1800, 2700, 3600, 5400)
 _KEY = ["tenant", "vehicle_id"]
 _counter = itertools.count()
-
-
-@dataclass(frozen=True)
-class EtaHistory:
-    """What the ETA is trained on: the three inputs described in the module docstring
-    (``arrivals`` with a ``plan_version`` column), from the database or a simulation."""
-
-    positions: pl.DataFrame
-    arrivals: pl.DataFrame
-    plans: list[Plan]
-
-    def is_empty(self) -> bool:
-        """No fix or no arrival (or no plan): nothing to learn from."""
-        return self.positions.height == 0 or self.arrivals.height == 0 or not self.plans
 
 
 def _haversine(lat1: pl.Expr, lon1: pl.Expr, lat2: pl.Expr, lon2: pl.Expr) -> pl.Expr:
