@@ -27,8 +27,6 @@ __all__ = [
     "EtaUpdate",
     "StopEvent",
     "alert_id",
-    "event_time",
-    "is_retracted",
     "eta_update_id",
     "new_alert",
     "stop_event_id",
@@ -105,6 +103,24 @@ class Alert:
     def is_open(self) -> bool:
         return self.status == "open"
 
+    # -- as a correction ``Result`` (see correction.py)
+    @property
+    def ledger_key(self) -> str:
+        return self.id
+
+    @property
+    def is_retracted(self) -> bool:
+        return self.status == "retracted"
+
+    @property
+    def time(self) -> datetime:
+        """When it last changed: its end, else its start."""
+        return self.end or self.start
+
+    @property
+    def settled(self) -> bool:
+        return self.status != "open"
+
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,6 +142,23 @@ class StopEvent:
     def retract(self) -> StopEvent:
         """The same event, withdrawn."""
         return replace(self, retracted=True)
+
+    # -- as a correction ``Result`` (see correction.py)
+    @property
+    def ledger_key(self) -> str:
+        return self.id
+
+    @property
+    def is_retracted(self) -> bool:
+        return self.retracted
+
+    @property
+    def time(self) -> datetime:
+        return self.at
+
+    @property
+    def settled(self) -> bool:
+        return True
 
 
 
@@ -158,20 +191,26 @@ class EtaUpdate:
         """The same prediction, withdrawn."""
         return replace(self, retracted=True)
 
+    # -- as a correction ``Result`` (see correction.py): one prediction of its stop's series;
+    # the state keeps only the stop's latest (the history belongs in the database)
+    @property
+    def ledger_key(self) -> str:
+        return f"eta|{self.stop_id}"
+
+    @property
+    def is_retracted(self) -> bool:
+        return self.retracted
+
+    @property
+    def time(self) -> datetime:
+        return self.at
+
+    @property
+    def settled(self) -> bool:
+        return True
+
 
 Event = Alert | StopEvent | EtaUpdate
-
-
-def is_retracted(event: Event) -> bool:
-    """Whether this version of the event withdraws it."""
-    return event.status == "retracted" if isinstance(event, Alert) else event.retracted
-
-
-def event_time(event: Event) -> datetime:
-    """When the event last changed, in event time: an alert's end (or start), else ``at``."""
-    if isinstance(event, Alert):
-        return event.end or event.start
-    return event.at
 
 
 def new_alert(type: str, tenant: str, vehicle: str, start: datetime, *, stop_id: str | None = None,

@@ -19,28 +19,20 @@ Time
     on the readings, never on when the runtime called us. Alerts raised by timers
     carry state-derived times only (never the time the timer ran).
 
-Suppression
-    Each condition yields one alert id: emitted when it opens, again when it resolves.
-    A ledger of what was emitted drops exact repeats. ETA updates (each prediction its own
-    id) are kept in it only as each stop's latest, so it stays a few entries per stop.
-
-Late data
-    A reading whose fix time is behind what the trackers already processed (readings
-    and fired timers: the "frontier") cannot just be applied. The vehicle keeps the
-    last ``correction_window_s`` of readings (and plan changes, so a replay applies
-    each plan where it applied live) plus a pickled copy of the tracker state every
-    ``checkpoint_every_s`` of fix time, each with the ledger as it stood. A late
-    reading is inserted into that history and marked pending (as is
-    everything released after it, so a burst costs one replay); on the next
-    ``on_timer`` the state is restored from the last checkpoint at or before the
-    earliest pending fix time, the history is replayed in fix-time order (timers
-    firing in between, up to the old frontier), and the replayed ledger is diffed
-    against what was emitted: changed events are re-emitted under the same id,
-    events that no longer hold are emitted retracted. Readings older than the oldest
-    checkpoint are counted as ``too_late_readings`` and not analysed.
-    ``next_timer()`` asks for ``on_timer`` at once while a correction is pending.
-    A late reading that is behind the reorder watermark but not behind the frontier
-    (nothing happened since) is simply applied: lateness alone costs no replay.
+Suppression and late data
+    ``correction.Corrector`` runs the trackers (``VehicleTrackers``, the replayable
+    state): a ledger of what was emitted drops exact repeats (each condition yields one
+    alert id: emitted when it opens, again when it resolves), and a reading whose fix
+    time is behind what the trackers already processed (readings and fired timers: the
+    "frontier") is replayed from a checkpoint. The vehicle keeps the last
+    ``correction_window_s`` of readings (and plan changes, so a replay applies each plan
+    where it applied live) and a checkpoint every ``checkpoint_every_s`` of fix time.
+    A late reading is marked pending (as is everything released after it, so a burst
+    costs one replay); the next ``on_timer`` corrects. Readings older than the oldest
+    checkpoint are counted as ``too_late_readings`` and not analysed. ``next_timer()``
+    asks for ``on_timer`` at once while a correction is pending. A late reading that is
+    behind the reorder watermark but not behind the frontier (nothing happened since) is
+    simply applied: lateness alone costs no replay.
 
 State size
     Made to be snapshotted often. The history is a list of plain tuples of numbers
@@ -55,13 +47,9 @@ State size
 
 from __future__ import annotations
 
-import io
-import pickle
-from bisect import bisect_left, bisect_right, insort_right
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from operator import itemgetter
-from typing import Any, NamedTuple, Protocol
+from datetime import datetime, timedelta
+from typing import Any, Protocol
 
 import h3.api.basic_int as h3
 
@@ -69,10 +57,11 @@ from core.contract import DoorEvent, GpsFix, Reading, TemperatureReading
 from core.plan import Plan, Stop
 from core.thresholds import AnalyticsConfig
 from pipelines.trackers.coldchain import ColdChainTracker
+from pipelines.trackers.correction import Corrector, Row, at_us, us
 from pipelines.trackers.door import DoorTracker
 from pipelines.trackers.drift import RouteCorridor, RouteDriftTracker
 from pipelines.trackers.dwell import Baseline, DwellTracker
-from pipelines.trackers.events import Alert, EtaUpdate, Event, StopEvent, event_time, is_retracted
+from pipelines.trackers.events import EtaUpdate, Event, StopEvent
 from pipelines.trackers.geofence import GeofenceTracker, StopIndex
 from pipelines.trackers.late import PredictedLateTracker
 from pipelines.trackers.motion import MotionChange, MotionTracker
@@ -83,9 +72,6 @@ from pipelines.vehicle_state import StoredReading
 
 __all__ = ["ActivePlan", "EtaHook", "LatenessStats", "NoEta", "VehicleAnalytics", "VehicleTrackers"]
 
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
-_GENESIS_US = -(2**62)  # before any fix time
 
 
 class EtaHook(Protocol):
@@ -138,69 +124,32 @@ class ActivePlan:
         return {"active": self, "plan": self.plan, "index": self.index, "corridor": self.corridor}
 
 
-# History rows are plain tuples, sorted by their first item (fix time in integer
-# microseconds since 1970 UTC), because they pickle ~30 times faster than readings:
+# History rows (``correction.Row``) are plain tuples, sorted by their first item (fix time in
+# integer microseconds since 1970 UTC), because they pickle ~30 times faster than readings:
 #   (us, _GPS, seq, lat, lon, speed_mps, heading_deg, accuracy_m, alt_m, h3_cell)
 #   (us, _TEMP, seq, sensor, celsius)
 #   (us, _DOOR, seq, door, open)
 #   (us, _PLAN, ActivePlan | None)          a plan change taking effect at us
-Row = tuple[Any, ...]
 _GPS, _TEMP, _DOOR, _PLAN = 0, 1, 2, 3
-_row_time = itemgetter(0)
-
-
-def _us(t: datetime) -> int:
-    return (t - _EPOCH) // _MICROSECOND
-
-
-def _at(us: int) -> datetime:
-    return _EPOCH + timedelta(microseconds=us)
 
 
 def _encode(reading: Reading, cell: int | None) -> Row:
-    us = _us(reading.fix_time)
+    t = us(reading.fix_time)
     if isinstance(reading, GpsFix):
-        return (us, _GPS, reading.seq, reading.lat, reading.lon, reading.speed_mps, reading.heading_deg,
+        return (t, _GPS, reading.seq, reading.lat, reading.lon, reading.speed_mps, reading.heading_deg,
                 reading.accuracy_m, reading.alt_m, cell)
     if isinstance(reading, TemperatureReading):
-        return (us, _TEMP, reading.seq, reading.sensor, reading.celsius)
-    return (us, _DOOR, reading.seq, reading.door, reading.open)
+        return (t, _TEMP, reading.seq, reading.sensor, reading.celsius)
+    return (t, _DOOR, reading.seq, reading.door, reading.open)
 
 
 def _decode(row: Row, tenant: str, vehicle: str) -> Reading:
-    t = _at(row[0])
+    t = at_us(row[0])
     if row[1] == _GPS:
         return GpsFix(tenant, vehicle, row[2], t, row[3], row[4], row[5], row[6], row[7], row[8])
     if row[1] == _TEMP:
         return TemperatureReading(tenant, vehicle, row[2], t, row[3], row[4])
     return DoorEvent(tenant, vehicle, row[2], t, row[3], row[4])
-
-
-class _Checkpoint(NamedTuple):
-    us: int  # the state before processing the history rows at or after this time
-    active: ActivePlan | None  # the plan then in force, kept out of the blob
-    blob: bytes  # the pickled VehicleTrackers, naming the config and plan parts
-    ledger: dict[str, Event]  # what had been emitted; events are immutable, shared with the live ledger
-
-
-class _SharingPickler(pickle.Pickler):
-    """Writes shared immutable objects (config, plan parts) as names, not copies."""
-
-    def __init__(self, file: io.BytesIO, shared: dict[str, Any]) -> None:
-        super().__init__(file, pickle.HIGHEST_PROTOCOL)
-        self._names = {id(obj): name for name, obj in shared.items() if obj is not None}
-
-    def persistent_id(self, obj: Any) -> str | None:
-        return self._names.get(id(obj))
-
-
-class _SharingUnpickler(pickle.Unpickler):
-    def __init__(self, file: io.BytesIO, shared: dict[str, Any]) -> None:
-        super().__init__(file)
-        self._shared = shared
-
-    def persistent_load(self, pid: Any) -> Any:
-        return self._shared[pid]
 
 
 @dataclass(slots=True)
@@ -220,12 +169,14 @@ class LatenessStats:
 class VehicleTrackers:
     """The trackers of one vehicle in pipeline order, fed readings in fix-time order.
 
-    This is what a checkpoint copies; ``time`` is the event-time frontier (the latest
-    fix time applied or timer fired).
+    The replayable state of ``correction.Corrector``: what a checkpoint copies; ``time`` is
+    the event-time frontier (the latest fix time applied or timer fired). ``baseline`` gives
+    typical dwell times (see ``dwell.py``).
     """
 
-    def __init__(self, tenant: str, vehicle: str, config: AnalyticsConfig, eta: EtaHook) -> None:
-        self.config = config
+    def __init__(self, tenant: str, vehicle: str, config: AnalyticsConfig, eta: EtaHook,
+                 baseline: Baseline | None = None) -> None:
+        self.tenant, self.vehicle, self.config, self.baseline = tenant, vehicle, config, baseline
         self.quality = GpsQualityFilter(tenant, vehicle, config)
         self.motion = MotionTracker(config)
         self.geofence = GeofenceTracker(tenant, vehicle, config)
@@ -241,7 +192,22 @@ class VehicleTrackers:
 
     # ---------------------------------------------------------------- inputs
 
-    def apply(self, reading: Reading, h3_cell: int | None, baseline: Baseline | None) -> list[Event]:
+    def step(self, row: Row, reading: Reading | None = None) -> list[Event]:
+        """Fire the timers due by the row's time, then apply the row (a reading, or a plan
+        change); ``reading`` is the row's reading when the caller has it already."""
+        t = reading.fix_time if reading is not None else at_us(row[0])
+        events = self.advance(t)
+        if row[1] == _PLAN:
+            return events + self.set_plan(row[2], t)
+        if reading is None:
+            reading = _decode(row, self.tenant, self.vehicle)
+        return events + self.apply(reading, row[9] if row[1] == _GPS else None)
+
+    def shared(self) -> dict[str, Any]:
+        """The config and the plan's parts: immutable, so checkpoints name them instead of copying."""
+        return {"config": self.config, **(self.active.shared() if self.active is not None else {})}
+
+    def apply(self, reading: Reading, h3_cell: int | None) -> list[Event]:
         """Apply one reading (call ``advance(reading.fix_time)`` first); ``h3_cell`` of a GPS fix."""
         t = reading.fix_time
         self._clock(t)
@@ -251,7 +217,7 @@ class VehicleTrackers:
             out += alerts
             out += self.coldchain.observe(t, h3_cell)
             if checked.usable:
-                out += self._on_fix(checked, baseline)
+                out += self._on_fix(checked)
         elif isinstance(reading, TemperatureReading):
             out += self.coldchain.update(reading, self.temp_range(), self._cell())
             out += self.coldchain.observe(t, self._cell())
@@ -271,7 +237,7 @@ class VehicleTrackers:
             out += self.dwell.replan(self._at_stop(), self.geofence.next_stop() is not None, t)
         return out
 
-    def advance(self, t: datetime, baseline: Baseline | None) -> list[Event]:
+    def advance(self, t: datetime) -> list[Event]:
         """Fire, in order, every timer due at or before fix time ``t``."""
         out: list[Event] = []
         last_due: datetime | None = None
@@ -283,7 +249,7 @@ class VehicleTrackers:
             changes = self.motion.on_timer(due)
             stop_events = self.geofence.on_timer(due)
             out += stop_events
-            out += self._dwell_inputs(changes, stop_events, baseline)
+            out += self._dwell_inputs(changes, stop_events)
             if stop_events and self.late.open:
                 out += self._predicted_late(due, [], stop_events)
             out += self.dwell.on_timer(due)
@@ -310,12 +276,12 @@ class VehicleTrackers:
             return self.active.plan.temp_range_c
         return self.config.temp_range_c
 
-    def _on_fix(self, fix: CheckedFix, baseline: Baseline | None) -> list[Event]:
+    def _on_fix(self, fix: CheckedFix) -> list[Event]:
         self.position = fix
         changes = self.motion.update(fix)
         stop_events = self.geofence.update(fix)
         out: list[Event] = list(stop_events)
-        out += self._dwell_inputs(changes, stop_events, baseline)
+        out += self._dwell_inputs(changes, stop_events)
         if self.drift.corridor is not None:
             out += self.drift.update(fix, self.geofence.next_stop(), self._at_stop() is True)
         etas = self.eta.update(fix, self.geofence.remaining_stops())
@@ -329,15 +295,14 @@ class VehicleTrackers:
         updates = [e for e in etas if isinstance(e, EtaUpdate)]
         return list(self.late.update(t, updates, self.geofence.remaining_stops(), arrivals, self._cell()))
 
-    def _dwell_inputs(self, changes: list[MotionChange], stop_events: list[StopEvent],
-                      baseline: Baseline | None) -> list[Event]:
+    def _dwell_inputs(self, changes: list[MotionChange], stop_events: list[StopEvent]) -> list[Event]:
         out: list[Event] = []
         for change in changes:
             at_stop = self.geofence.at_stop(change.lat, change.lon, change.h3_cell)
-            out += self.dwell.on_motion(change, at_stop, self.geofence.next_stop() is not None, baseline)
+            out += self.dwell.on_motion(change, at_stop, self.geofence.next_stop() is not None, self.baseline)
         for event in stop_events:
             cell = self.active.index.cells.get(event.stop_id) if self.active is not None else None
-            out += self.dwell.on_stop_event(event, cell, baseline)
+            out += self.dwell.on_stop_event(event, cell, self.baseline)
         return out
 
     def _at_stop(self) -> bool | None:
@@ -362,21 +327,18 @@ class VehicleAnalytics:
 
     def __init__(self, tenant: str, vehicle: str, config: AnalyticsConfig = AnalyticsConfig(),
                  plan: Plan | None = None, baseline: Baseline | None = None, eta: EtaHook | None = None) -> None:
-        self.tenant, self.vehicle, self.config, self.baseline = tenant, vehicle, config, baseline
+        self.tenant, self.vehicle, self.config = tenant, vehicle, config
         self.lateness = LatenessStats()
         self._max_delay = timedelta(seconds=config.reorder_max_delay_s)
-        self._checkpoint_us = round(config.checkpoint_every_s * 1e6)
         self._buffer: ReorderBuffer[tuple[Reading, int | None]] = ReorderBuffer(config.reorder_max_delay_s)
         self._offline = OfflineTracker(tenant, vehicle, config)
-        self._trackers = VehicleTrackers(tenant, vehicle, config, eta if eta is not None else NoEta())
+        trackers = VehicleTrackers(tenant, vehicle, config, eta if eta is not None else NoEta(), baseline)
         if plan is not None:
-            self._trackers.set_plan(ActivePlan.build(self._own(plan), config), _EPOCH)
-            self._trackers.time = None
-        self._history: list[Row] = []
-        self._checkpoints = [self._checkpoint(_GENESIS_US, self._trackers, {})]
-        self._ledger: dict[str, Event] = {}  # id -> last version emitted (replayable trackers only)
-        self._pending_us: int | None = None  # earliest fix time a correction must replay from
-        self._pending_since: datetime | None = None  # clock time the correction became pending
+            trackers.set_plan(ActivePlan.build(self._own(plan), config), at_us(0))
+            trackers.time = None
+        self._corrector: Corrector[VehicleTrackers, Event] = Corrector(trackers, config.checkpoint_every_s,
+                                                                       config.correction_window_s)
+        self._pending_since: datetime | None = None  # clock time a correction became pending
 
     # ---------------------------------------------------------------- the four verbs
 
@@ -401,17 +363,21 @@ class VehicleAnalytics:
     def on_timer(self, now: datetime) -> list[Event]:
         """Run what is due at fleet-clock time ``now``: corrections, buffer flush, timers, offline."""
         out: list[Event] = list(self._offline.on_timer(now)) if self.on_duty else []
-        if self._pending_us is not None:
-            out += self._correct()
+        if self._corrector.pending_us is not None:
+            corrected, replayed = self._corrector.correct()
+            out += corrected
+            self.lateness.corrections += 1
+            self.lateness.replayed_entries += replayed
+            self._pending_since = None
         for released in self._buffer.on_timer(now):
             out += self._release(released, now)
-        out += self._emit(self._trackers.advance(now - self._max_delay, self.baseline), self._ledger)
+        out += self._corrector.advance(now - self._max_delay)
         return out
 
     def next_timer(self) -> datetime | None:
         """Server time (UTC) at which ``on_timer`` should next run; None when nothing is due."""
         dues = [self._buffer.next_timer(), self._offline.next_timer() if self.on_duty else None, self._pending_since]
-        tracker_due = self._trackers.next_timer()
+        tracker_due = self.trackers.next_timer()
         if tracker_due is not None:
             dues.append(tracker_due + self._max_delay)
         found = [d for d in dues if d is not None]
@@ -423,52 +389,50 @@ class VehicleAnalytics:
         reading was analysed (or with ``now`` None: the clock is not known yet) it applies from
         the first reading on."""
         active = ActivePlan.build(self._own(plan), self.config) if plan is not None else None
-        if now is None or self._trackers.time is None:
-            return self._process((0, _PLAN, active))  # at 1970: before every reading
+        if now is None or self.trackers.time is None:
+            return self._corrector.process((0, _PLAN, active))  # at 1970: before every reading
         out = self.on_timer(now)
         t = now - self._max_delay
-        if self._trackers.time is not None and self._trackers.time > t:
-            t = self._trackers.time
-        out += self._process((_us(t), _PLAN, active))
+        frontier = self.trackers.time
+        if frontier is not None and frontier > t:
+            t = frontier
+        out += self._corrector.process((us(t), _PLAN, active))
         return out
 
     # ---------------------------------------------------------------- read-only views
 
     @property
+    def trackers(self) -> VehicleTrackers:
+        """The current tracker state (read it, do not change it)."""
+        return self._corrector.state
+
+    @property
     def plan(self) -> Plan | None:
-        active = self._trackers.active
+        active = self.trackers.active
         return active.plan if active is not None else None
 
     @property
     def on_duty(self) -> bool:
         """False once the plan is done (no stop left, none being served): a van parked at the
         depot after its round is not "offline". True without a plan."""
-        trackers = self._trackers
+        trackers = self.trackers
         if trackers.active is None:
             return True
         return trackers.geofence.visit is not None or bool(trackers.geofence.remaining_stops())
 
-    @property
-    def trackers(self) -> VehicleTrackers:
-        """The current tracker state (read it, do not change it)."""
-        return self._trackers
-
     def emitted(self) -> list[Event]:
         """The latest version of every event still within the correction window, as emitted."""
-        return list(self._ledger.values())
+        return self._corrector.emitted()
 
     def ledger_horizon(self) -> datetime | None:
         """Event time from which ``emitted()`` holds every event this state emitted (open
         alerts: all of them); None before the first reading."""
-        frontier = self._trackers.time
-        if frontier is None:
-            return None
-        return _at(_us(frontier) - round(self.config.correction_window_s * 1e6))
+        return self._corrector.horizon()
 
     @property
     def history_size(self) -> int:
         """Readings and plan changes kept for corrections."""
-        return len(self._history)
+        return self._corrector.history_size
 
     # ---------------------------------------------------------------- internals
 
@@ -496,159 +460,16 @@ class VehicleAnalytics:
             stats.total_lateness_s += released.lateness_s
             stats.max_lateness_s = max(stats.max_lateness_s, released.lateness_s)
         row = _encode(reading, cell)
-        frontier = self._trackers.time
-        behind = frontier is not None and reading.fix_time < frontier
-        if not behind and self._pending_us is None:
-            return self._process(row, reading)
-        if row[0] < self._checkpoints[0].us:
+        corrector = self._corrector
+        behind = corrector.behind(row)
+        if not behind and corrector.pending_us is None:
+            return corrector.process(row, reading)
+        if not corrector.defer(row):
             stats.too_late_readings += 1
             return []
         if behind:
             stats.corrected_readings += 1
         # the trackers are past it (or a correction is pending): replay on the next on_timer
-        insort_right(self._history, row, key=_row_time)
-        if self._pending_us is None or row[0] < self._pending_us:
-            self._pending_us = row[0]
         if self._pending_since is None:
             self._pending_since = now
         return []
-
-    def _process(self, row: Row, reading: Reading | None = None) -> list[Event]:
-        self._maybe_checkpoint(row[0], self._trackers, self._ledger)
-        self._history.append(row)
-        out = self._emit(self._step(self._trackers, row, reading), self._ledger)
-        self._prune()
-        return out
-
-    def _step(self, trackers: VehicleTrackers, row: Row, reading: Reading | None = None) -> list[Event]:
-        """Fire the timers due by the row's time, then apply the row."""
-        t = reading.fix_time if reading is not None else _at(row[0])
-        events = trackers.advance(t, self.baseline)
-        if row[1] == _PLAN:
-            return events + trackers.set_plan(row[2], t)
-        if reading is None:
-            reading = _decode(row, self.tenant, self.vehicle)
-        return events + trackers.apply(reading, row[9] if row[1] == _GPS else None, self.baseline)
-
-    def _checkpoint(self, us: int, trackers: VehicleTrackers, ledger: dict[str, Event]) -> _Checkpoint:
-        buffer = io.BytesIO()
-        _SharingPickler(buffer, self._shared(trackers.active)).dump(trackers)
-        return _Checkpoint(us, trackers.active, buffer.getvalue(), dict(ledger))
-
-    def _restore(self, cp: _Checkpoint) -> tuple[VehicleTrackers, dict[str, Event]]:
-        trackers = _SharingUnpickler(io.BytesIO(cp.blob), self._shared(cp.active)).load()
-        return trackers, dict(cp.ledger)
-
-    def _shared(self, active: ActivePlan | None) -> dict[str, Any]:
-        return {"config": self.config, **(active.shared() if active is not None else {})}
-
-    def _maybe_checkpoint(self, us: int, trackers: VehicleTrackers, ledger: dict[str, Event]) -> None:
-        if us - self._checkpoints[-1].us >= self._checkpoint_us:
-            self._checkpoints.append(self._checkpoint(us, trackers, ledger))
-
-    @staticmethod
-    def _emit(events: list[Event], ledger: dict[str, Event], touched: set[str] | None = None) -> list[Event]:
-        out: list[Event] = []
-        for event in events:
-            key = _ledger_key(event)
-            if ledger.get(key) != event:
-                ledger[key] = event
-                out.append(event)
-                if touched is not None:
-                    touched.add(key)
-        return out
-
-    def _correct(self) -> list[Event]:
-        """Restore the checkpoint before the earliest pending fix time, replay, emit the differences."""
-        assert self._pending_us is not None
-        pending_us = self._pending_us
-        cps = self._checkpoints
-        i = max(0, bisect_right(cps, self._pending_us, key=_checkpoint_time) - 1)
-        cp = cps[i]
-        del cps[i + 1:]
-        frontier = self._trackers.time
-        trackers, ledger = self._restore(cp)
-        touched: set[str] = set()
-        etas: dict[str, EtaUpdate] = {}  # every prediction the replay made, by id
-        start = bisect_left(self._history, cp.us, key=_row_time)
-        for k in range(start, len(self._history)):
-            row = self._history[k]
-            if k > start:
-                self._maybe_checkpoint(row[0], trackers, ledger)
-            _collect(etas, self._emit(self._step(trackers, row), ledger, touched))
-        if frontier is not None:
-            _collect(etas, self._emit(trackers.advance(frontier, self.baseline), ledger, touched))
-
-        out: list[Event] = []
-        live = self._ledger
-        for event_id, old in live.items():
-            if event_id not in ledger:  # emitted since the checkpoint, no longer holds
-                if not is_retracted(old):
-                    old = old.retract()
-                    out.append(old)
-                ledger[event_id] = old
-            elif old != ledger[event_id]:  # holds, with different content
-                new = ledger[event_id]
-                if not isinstance(new, EtaUpdate):
-                    out.append(new)
-                elif (isinstance(old, EtaUpdate) and old.id not in etas and not old.retracted
-                      and _us(old.at) >= pending_us):  # made after the late data: the replay no longer makes it
-                    out.append(old.retract())
-        for event_id in [k for k in ledger if k not in live]:
-            if event_id not in touched:
-                del ledger[event_id]  # settled long ago and already pruned from the live ledger
-            elif not isinstance(ledger[event_id], EtaUpdate):
-                out.append(ledger[event_id])  # new
-        # every prediction the replay made from the earliest late reading on (those before it
-        # are the ones made live); an unchanged one rewrites its row to no effect
-        out += [e for e in etas.values() if _us(e.at) >= pending_us and live.get(_ledger_key(e)) != e]
-        self._trackers, self._ledger = trackers, ledger
-        self.lateness.corrections += 1
-        self.lateness.replayed_entries += len(self._history) - start
-        self._pending_us = self._pending_since = None
-        self._prune()
-        return out
-
-    def _prune(self) -> None:
-        """Forget checkpoints, history and settled ledger entries older than the correction window."""
-        frontier = self._trackers.time
-        cps = self._checkpoints
-        if frontier is None or len(cps) < 2:
-            return
-        horizon_us = _us(frontier) - round(self.config.correction_window_s * 1e6)
-        if cps[1].us > horizon_us:
-            return
-        i = 1
-        while i + 1 < len(cps) and cps[i + 1].us <= horizon_us:
-            i += 1
-        del cps[:i]
-        del self._history[:bisect_left(self._history, cps[0].us, key=_row_time)]
-        horizon = _at(horizon_us)
-        for event_id in [k for k, e in self._ledger.items() if _settled_before(e, horizon)]:
-            del self._ledger[event_id]
-
-
-def _ledger_key(event: Event) -> str:
-    """Where the ledger keeps an event: under its id, except ETA updates, which are kept
-    only as the stop's latest (each prediction has its own id; the history belongs in the
-    database, not in the state). A correction emits every prediction its replay made (an
-    unchanged one rewrites its row to no effect) and retracts the stop's current ETA when
-    the replay no longer makes it; earlier live predictions the replay does not make again
-    stay as they were made (the state no longer knows them)."""
-    return f"eta|{event.stop_id}" if isinstance(event, EtaUpdate) else event.id
-
-
-def _collect(etas: dict[str, EtaUpdate], events: list[Event]) -> None:
-    for event in events:
-        if isinstance(event, EtaUpdate):
-            etas[event.id] = event
-
-
-def _checkpoint_time(cp: _Checkpoint) -> int:
-    return cp.us
-
-
-def _settled_before(event: Event, horizon: datetime) -> bool:
-    if isinstance(event, Alert) and event.status == "open":
-        return False
-    return event_time(event) < horizon

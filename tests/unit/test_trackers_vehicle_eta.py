@@ -43,7 +43,7 @@ def test_the_ledger_keeps_one_eta_per_stop() -> None:
     assert s1_etas(out) == [(11.0, 0.0, 125.0, False), (16.0, 5.0, 228.0, False), (21.0, 10.0, 122.0, False),
                             (66.0, 55.0, 111.0, False), (111.0, 100.0, 100.0, False), (126.0, 115.0, 115.0, False)]
     assert sum(isinstance(e, EtaUpdate) for _, e in out) > 10
-    etas = {k: e for k, e in va._ledger.items() if isinstance(e, EtaUpdate)}
+    etas = {e.ledger_key: e for e in va.emitted() if isinstance(e, EtaUpdate)}
     assert sorted(etas) == ["eta|s1", "eta|s2"]
     assert s(etas["eta|s1"].at) == 115.0
 
