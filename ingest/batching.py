@@ -15,6 +15,7 @@ from typing import Any
 import h3.api.basic_int as h3
 
 from core.contract import DoorEvent, GpsFix, Limits, TemperatureReading, decode
+from ingest.rows import DeadLetterRow, DoorRow, PositionRow, StatusRow, TemperatureRow
 
 __all__ = ["Received", "Prepared", "prepare", "dead_letter_row"]
 
@@ -31,13 +32,13 @@ class Received:
 
 @dataclass(slots=True)
 class Prepared:
-    """Rows ready for the writer, in the order of the store's columns."""
+    """Rows ready for the writer (``ingest/rows.py``)."""
 
-    positions: list[tuple[Any, ...]] = field(default_factory=list)
-    temperatures: list[tuple[Any, ...]] = field(default_factory=list)
-    doors: list[tuple[Any, ...]] = field(default_factory=list)
-    statuses: list[tuple[Any, ...]] = field(default_factory=list)
-    dead_letters: list[tuple[Any, ...]] = field(default_factory=list)
+    positions: list[PositionRow] = field(default_factory=list)
+    temperatures: list[TemperatureRow] = field(default_factory=list)
+    doors: list[DoorRow] = field(default_factory=list)
+    statuses: list[StatusRow] = field(default_factory=list)
+    dead_letters: list[DeadLetterRow] = field(default_factory=list)
     # each row's place among the batch's readings in receive order (message by message, each
     # message's readings in the device's order): the writer numbers shard_seq by it
     position_order: list[int] = field(default_factory=list)
@@ -52,10 +53,10 @@ class Prepared:
 
 
 def dead_letter_row(topic: str, payload: bytes, received_at: datetime, reason: str, detail: str,
-                    index: int | None, raw_cap: int) -> tuple[Any, ...]:
+                    index: int | None, raw_cap: int) -> DeadLetterRow:
     """A dead_letters row; the digest makes a redelivered bad message land once."""
     digest = hashlib.sha256(topic.encode() + b"\0" + payload + b"\0" + str(index).encode()).digest()
-    return (received_at, topic, reason, detail[:500], index, payload[:raw_cap], len(payload), digest)
+    return DeadLetterRow(received_at, topic, reason, detail[:500], index, payload[:raw_cap], len(payload), digest)
 
 
 def prepare(messages: list[Received], limits: Limits, h3_resolution: int, raw_cap: int) -> Prepared:
@@ -69,8 +70,8 @@ def prepare(messages: list[Received], limits: Limits, h3_resolution: int, raw_ca
             out.dead_letters.append(dead_letter_row(msg.topic, msg.payload, received_at, rej.reason, rej.detail,
                                                     rej.index, raw_cap))
         for status in decoded.statuses:
-            out.statuses.append((status.sent_at, status.tenant, status.vehicle, status.state,
-                                 json.dumps(status.details), received_at))
+            out.statuses.append(StatusRow(status.sent_at, status.tenant, status.vehicle, status.state,
+                                          json.dumps(status.details), received_at))
         for r in decoded.readings:
             if isinstance(r, GpsFix):
                 content: tuple[Any, ...] = (r.lat, r.lon, r.speed_mps, r.heading_deg, r.accuracy_m, r.alt_m)
@@ -89,22 +90,25 @@ def prepare(messages: list[Received], limits: Limits, h3_resolution: int, raw_ca
                     out.dead_letters.append(_conflict_row(msg, received_at, r, raw_cap))
                 continue
             seen[key] = content
-            head = (r.fix_time, r.tenant, r.vehicle, r.seq)
             order = out.reading_count
             if isinstance(r, GpsFix):
                 cell = h3.latlng_to_cell(r.lat, r.lon, h3_resolution)
-                out.positions.append((*head, *content, cell, r.device_time, received_at))
+                out.positions.append(PositionRow(r.fix_time, r.tenant, r.vehicle, r.seq, r.lat, r.lon, r.speed_mps,
+                                                 r.heading_deg, r.accuracy_m, r.alt_m, cell, r.device_time,
+                                                 received_at))
                 out.position_order.append(order)
             elif isinstance(r, TemperatureReading):
-                out.temperatures.append((*head, *content, r.device_time, received_at))
+                out.temperatures.append(TemperatureRow(r.fix_time, r.tenant, r.vehicle, r.seq, r.sensor, r.celsius,
+                                                       r.device_time, received_at))
                 out.temperature_order.append(order)
             else:
-                out.doors.append((*head, *content, r.device_time, received_at))
+                out.doors.append(DoorRow(r.fix_time, r.tenant, r.vehicle, r.seq, r.door, r.open, r.device_time,
+                                         received_at))
                 out.door_order.append(order)
     return out
 
 
-def _conflict_row(msg: Received, received_at: datetime, r: Any, raw_cap: int) -> tuple[Any, ...]:
+def _conflict_row(msg: Received, received_at: datetime, r: Any, raw_cap: int) -> DeadLetterRow:
     detail = f"{r.kind} seq {r.seq} at {r.fix_time.isoformat()} already received with different content"
     return dead_letter_row(msg.topic, msg.payload, received_at, "conflict", detail, None, raw_cap)
 

@@ -39,6 +39,7 @@ from core.contract import Rejected
 from core.plan import Plan, PlanError
 from core.settings import Settings
 from ingest.batching import dead_letter_row
+from ingest.writer import store_dead_letters
 from store.db import connect
 from store.plans import store_plan
 
@@ -208,13 +209,8 @@ class DispatchListener:
     def _dead_letter(self, conn: psycopg.Connection, msg: _Message, rejected: Rejected) -> None:
         row = dead_letter_row(msg.topic, msg.payload, msg.received_at, rejected.reason, rejected.detail, None,
                               self.settings.dead_letter_raw_cap)
-        with conn.transaction():
-            # the digest makes a redelivered bad message land once (as in ingest/writer.py)
-            conn.execute(
-                "INSERT INTO dead_letters (received_at, topic, reason, detail, batch_index, payload, payload_size, "
-                "digest, shard) SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s "
-                "WHERE NOT EXISTS (SELECT 1 FROM dead_letters WHERE digest = %s)",
-                (*row, DEAD_LETTER_SHARD, row[7]))
+        with conn.transaction(), conn.cursor() as cur:
+            store_dead_letters(cur, [row], DEAD_LETTER_SHARD)
 
     def _commit(self, msg: _Message, stop: threading.Event) -> bool:
         """Store or dead-letter ``msg``; False when ``stop`` came first (left un-acked)."""

@@ -18,43 +18,61 @@ from typing import Any
 import psycopg
 
 from ingest.batching import Prepared, dead_letter_row
+from ingest.rows import DeadLetterRow, DoorRow, PositionRow, ReadingRow, StatusRow, TemperatureRow
 from store.db import connect
 
-__all__ = ["ShardWriter", "WriteResult", "COMMIT_CHANNEL"]
+__all__ = ["ShardWriter", "WriteResult", "COMMIT_CHANNEL", "store_dead_letters"]
 
 log = logging.getLogger("fleetstream.writer")
 COMMIT_CHANNEL = "fleetstream_commit"
 _SHARD_LOCK = 0x67770000  # + shard: one writer per shard, so shard_seq follows commit order
 
 
+# PostgreSQL types of the reading rows' columns (binary COPY needs them)
+_TYPES = {"fix_time": "timestamptz", "tenant": "text", "vehicle_id": "text", "seq": "int8", "lat": "float8",
+          "lon": "float8", "speed_mps": "float4", "heading_deg": "float4", "accuracy_m": "float4", "alt_m": "float4",
+          "h3_cell": "int8", "sensor": "text", "celsius": "float4", "door": "text", "is_open": "bool",
+          "device_time": "timestamptz", "received_at": "timestamptz", "shard": "int2", "shard_seq": "int8"}
+_TAIL = ("shard", "shard_seq")  # the writer's own columns, after each row's
+
+
 @dataclass(frozen=True)
 class _Table:
     name: str
-    columns: tuple[str, ...]  # as prepared, without (shard, shard_seq)
-    types: tuple[str, ...]
+    row: type[ReadingRow]  # its fields are the columns, as prepared
     content: tuple[str, ...]  # columns that must match for a repeat to be a duplicate
     stream: str  # topic stream, for conflict dead letters
 
+    @property
+    def columns(self) -> tuple[str, ...]:
+        return (*self.row._fields, *_TAIL)
 
-_KEY = ("fix_time", "tenant", "vehicle_id", "seq")
-_KEY_TYPES = ("timestamptz", "text", "text", "int8")
-_TAIL = ("shard", "shard_seq")
-_TAIL_TYPES = ("int2", "int8")
+    @property
+    def types(self) -> list[str]:
+        return [_TYPES[c] for c in self.columns]
+
 
 TABLES = (
-    _Table("positions",
-           _KEY + ("lat", "lon", "speed_mps", "heading_deg", "accuracy_m", "alt_m", "h3_cell", "device_time", "received_at"),
-           _KEY_TYPES + ("float8", "float8", "float4", "float4", "float4", "float4", "int8", "timestamptz", "timestamptz"),
-           ("lat", "lon", "speed_mps", "heading_deg", "accuracy_m", "alt_m"), "gps"),
-    _Table("temperatures",
-           _KEY + ("sensor", "celsius", "device_time", "received_at"),
-           _KEY_TYPES + ("text", "float4", "timestamptz", "timestamptz"),
-           ("sensor", "celsius"), "temp"),
-    _Table("door_events",
-           _KEY + ("door", "is_open", "device_time", "received_at"),
-           _KEY_TYPES + ("text", "bool", "timestamptz", "timestamptz"),
-           ("door", "is_open"), "door"),
+    _Table("positions", PositionRow, ("lat", "lon", "speed_mps", "heading_deg", "accuracy_m", "alt_m"), "gps"),
+    _Table("temperatures", TemperatureRow, ("sensor", "celsius"), "temp"),
+    _Table("door_events", DoorRow, ("door", "is_open"), "door"),
 )
+_DEAD_LETTER_COLUMNS = ", ".join((*DeadLetterRow._fields, "shard"))
+_STATUS_INSERT = (f"INSERT INTO device_status ({', '.join(StatusRow._fields)}) "
+                  "VALUES (%s, %s, %s, %s, %s::jsonb, %s) ON CONFLICT DO NOTHING")
+
+
+def store_dead_letters(cur: psycopg.Cursor[Any], rows: list[DeadLetterRow], shard: int) -> int:
+    """Insert ``rows`` (written by ``shard``) inside the caller's transaction; a row whose
+    digest is stored already (a redelivered bad message) is skipped. Returns how many were new."""
+    stored = 0
+    for row in rows:
+        cur.execute(
+            f"INSERT INTO dead_letters ({_DEAD_LETTER_COLUMNS}) SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s "
+            "WHERE NOT EXISTS (SELECT 1 FROM dead_letters WHERE digest = %s)",
+            (*row, shard, row.digest))
+        stored += cur.rowcount
+    return stored
 
 
 @dataclass(frozen=True)
@@ -127,9 +145,9 @@ class ShardWriter:
                     if not rows:
                         continue
                     staged = len(rows)
-                    columns = ", ".join(table.columns + _TAIL)
+                    columns = ", ".join(table.columns)
                     with cur.copy(f"COPY stage_{table.name} ({columns}) FROM STDIN (FORMAT BINARY)") as copy:
-                        copy.set_types(list(table.types + _TAIL_TYPES))
+                        copy.set_types(table.types)
                         for row, place in zip(rows, order, strict=True):
                             copy.write_row((*row, self.shard, self.last_seq + 1 + place))
                     cur.execute(f"INSERT INTO {table.name} ({columns}) SELECT {columns} FROM stage_{table.name} "
@@ -143,11 +161,9 @@ class ShardWriter:
                 seq = self.last_seq + batch.reading_count
                 new_vehicles = self._new_vehicles(cur, batch)
                 if batch.statuses:
-                    cur.executemany(
-                        "INSERT INTO device_status (sent_at, tenant, vehicle_id, state, details, received_at) "
-                        "VALUES (%s, %s, %s, %s, %s::jsonb, %s) ON CONFLICT DO NOTHING", batch.statuses)
-                dead_stored = self._dead_letters(cur, dead)
-                conflicts = sum(1 for d in dead if d[2] == "conflict")
+                    cur.executemany(_STATUS_INSERT, batch.statuses)
+                dead_stored = store_dead_letters(cur, dead, self.shard)
+                conflicts = sum(1 for d in dead if d.reason == "conflict")
                 cur.execute(
                     "UPDATE gateway_shards SET last_seq = %s, stored = stored + %s, duplicates = duplicates + %s, "
                     "conflicts = conflicts + %s, dead_letters = dead_letters + %s, messages = messages + %s, "
@@ -170,7 +186,7 @@ class ShardWriter:
         except psycopg.Error:
             self.close()
 
-    def _conflicts(self, cur: psycopg.Cursor[Any], table: _Table) -> list[tuple[Any, ...]]:
+    def _conflicts(self, cur: psycopg.Cursor[Any], table: _Table) -> list[DeadLetterRow]:
         """Staged rows not inserted whose stored twin has other content: dead letters."""
         staged_content = ", ".join(f"s.{c}" for c in table.content)
         stored_content = ", ".join(f"p.{c}" for c in table.content)
@@ -187,21 +203,8 @@ class ShardWriter:
             rows.append(dead_letter_row(topic, payload, received_at, "conflict", detail, None, self.raw_cap))
         return rows
 
-    def _dead_letters(self, cur: psycopg.Cursor[Any], rows: list[tuple[Any, ...]]) -> int:
-        if not rows:
-            return 0
-        stored = 0
-        for row in rows:
-            cur.execute(
-                "INSERT INTO dead_letters (received_at, topic, reason, detail, batch_index, payload, payload_size, "
-                "digest, shard) SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s "
-                "WHERE NOT EXISTS (SELECT 1 FROM dead_letters WHERE digest = %s)",
-                (*row, self.shard, row[7]))
-            stored += cur.rowcount
-        return stored
-
     def _new_vehicles(self, cur: psycopg.Cursor[Any], batch: Prepared) -> set[tuple[str, str]]:
-        new = {(r[1], r[2]) for rows in (batch.positions, batch.temperatures, batch.doors) for r in rows}
+        new = {(r.tenant, r.vehicle_id) for rows in (batch.positions, batch.temperatures, batch.doors) for r in rows}
         new -= self._known_vehicles
         if new:
             cur.executemany("INSERT INTO vehicles (tenant, vehicle_id) VALUES (%s, %s) ON CONFLICT DO NOTHING",

@@ -10,6 +10,7 @@ a sink would abort the whole dataflow): they retry until it is back.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -186,24 +187,22 @@ def _retrying(what: str, action: Callable[[], None]) -> None:
             delay = min(delay * 2, 5.0)
 
 
-_STATE_UPSERT = """
-    INSERT INTO vehicle_state (tenant, vehicle_id, last_fix_time, lat, lon, speed_mps, h3_cell, gps_count,
-        temp_count, door_count, last_celsius, open_doors, last_received_at, motion, plan_version, next_stop_id,
-        stops_remaining, late_readings, corrected_readings, too_late_readings, corrections, max_lateness_s,
-        processed_at)
-    VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, clock_timestamp())
-    ON CONFLICT (tenant, vehicle_id) DO UPDATE SET
-        last_fix_time = EXCLUDED.last_fix_time, lat = EXCLUDED.lat, lon = EXCLUDED.lon,
-        speed_mps = EXCLUDED.speed_mps, h3_cell = EXCLUDED.h3_cell, gps_count = EXCLUDED.gps_count,
-        temp_count = EXCLUDED.temp_count, door_count = EXCLUDED.door_count,
-        last_celsius = EXCLUDED.last_celsius, open_doors = EXCLUDED.open_doors,
-        last_received_at = EXCLUDED.last_received_at, motion = EXCLUDED.motion,
-        plan_version = EXCLUDED.plan_version, next_stop_id = EXCLUDED.next_stop_id,
-        stops_remaining = EXCLUDED.stops_remaining, late_readings = EXCLUDED.late_readings,
-        corrected_readings = EXCLUDED.corrected_readings, too_late_readings = EXCLUDED.too_late_readings,
-        corrections = EXCLUDED.corrections, max_lateness_s = EXCLUDED.max_lateness_s,
-        processed_at = EXCLUDED.processed_at
-"""
+def _column(field: str) -> str:
+    return "vehicle_id" if field == "vehicle" else field
+
+
+def _upsert(table: str, fields: tuple[str, ...], key: tuple[str, ...], stamp: str | None = None) -> str:
+    """``INSERT … ON CONFLICT (key) DO UPDATE`` of a row given positionally in ``fields`` order;
+    ``stamp`` names a column set to ``clock_timestamp()``."""
+    columns = [_column(f) for f in fields] + ([stamp] if stamp else [])
+    values = ["%s"] * len(fields) + (["clock_timestamp()"] if stamp else [])
+    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns if c not in key)
+    return (f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(values)}) "
+            f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}")
+
+
+_STATE_FIELDS = tuple(f.name for f in dataclasses.fields(VehicleSummary))
+_STATE_UPSERT = _upsert("vehicle_state", _STATE_FIELDS, ("tenant", "vehicle_id"), stamp="processed_at")
 
 # A change bumps rev (the delivery order); an identical re-write (a replay) changes nothing.
 _ALERT_UPSERT = """
@@ -257,20 +256,12 @@ _ETA_UPSERT = """
     WHERE (eta_updates.eta, eta_updates.details, eta_updates.retracted)
           IS DISTINCT FROM (EXCLUDED.eta, EXCLUDED.details, EXCLUDED.retracted)
 """
-_CELL_UPSERT = """
-    INSERT INTO cell_minutes (minute, tenant, h3_cell, vehicle_id, fixes, speed_sum, speed_n, stopped_s)
-    VALUES (%s, %s, %s, %s, %s, %s, %s, %s)
-    ON CONFLICT (tenant, h3_cell, vehicle_id, minute) DO UPDATE SET
-        fixes = EXCLUDED.fixes, speed_sum = EXCLUDED.speed_sum, speed_n = EXCLUDED.speed_n,
-        stopped_s = EXCLUDED.stopped_s
-"""
+_CELL_UPSERT = _upsert("cell_minutes", CellMinute._fields, ("tenant", "h3_cell", "vehicle_id", "minute"))
 
 
-def _state_row(s: VehicleSummary) -> tuple[Any, ...]:
-    return (s.tenant, s.vehicle, s.last_fix_time, s.lat, s.lon, s.speed_mps, s.h3_cell, s.gps_count,
-            s.temp_count, s.door_count, s.last_celsius, list(s.open_doors), s.last_received_at, s.motion,
-            s.plan_version, s.next_stop_id, s.stops_remaining, s.late_readings, s.corrected_readings,
-            s.too_late_readings, s.corrections, s.max_lateness_s)
+def _state_row(s: VehicleSummary) -> list[Any]:
+    row = [getattr(s, f) for f in _STATE_FIELDS]
+    return [list(v) if isinstance(v, tuple) else v for v in row]  # open_doors: a text[]
 
 
 def _alert_row(a: Alert, detected_at: datetime) -> dict[str, Any]:

@@ -244,7 +244,7 @@ def _copy_reference(settings: Settings, readings: int) -> Figure:
     now = datetime.now(UTC).timestamp()
     prepared = prepare([Received(*encode_single(f), now) for f in fixes], Limits(), settings.h3_resolution, 4096)
     table = TABLES[0]
-    columns = ", ".join((*table.columns, "shard", "shard_seq"))
+    columns = ", ".join(table.columns)
     with connect(settings.dsn(), autocommit=True) as conn:
         conn.execute("DROP TABLE IF EXISTS bench_positions")
         conn.execute("CREATE TABLE bench_positions (LIKE positions INCLUDING ALL)")
@@ -254,7 +254,7 @@ def _copy_reference(settings: Settings, readings: int) -> Figure:
         start = time.perf_counter()
         for lo in range(0, readings, 5000):
             with conn.cursor() as cur, cur.copy(f"COPY bench_positions ({columns}) FROM STDIN (FORMAT BINARY)") as copy:
-                copy.set_types([*table.types, "int2", "int8"])
+                copy.set_types(table.types)
                 for i, row in enumerate(prepared.positions[lo:lo + 5000], start=lo):
                     copy.write_row((*row, 0, i))
             conn.commit()

@@ -26,16 +26,16 @@ def test_rows_carry_h3_cell_and_server_time() -> None:
     out = prepare([received(fix(1))], Limits(), 9, 4096)
     (row,) = out.positions
     assert row[:4] == (fix(1).fix_time, "acme", "van-1", 1)
-    assert row[10] == h3.str_to_int(h3.latlng_to_cell(60.17, 24.94, 9))
-    assert row[12] == NOW
+    assert row.h3_cell == h3.str_to_int(h3.latlng_to_cell(60.17, 24.94, 9))
+    assert row.received_at == NOW
 
 
 def test_identical_repeat_is_a_duplicate_and_other_content_a_conflict() -> None:
     out = prepare([received(fix(1)), received(fix(1)), received(fix(1, lat=60.2)), received(fix(2))], Limits(), 9, 4096)
-    assert [r[3] for r in out.positions] == [1, 2]
+    assert [r.seq for r in out.positions] == [1, 2]
     assert out.duplicates == 1
     assert out.conflicts == 1
-    assert [d[2] for d in out.dead_letters] == ["conflict"]
+    assert [d.reason for d in out.dead_letters] == ["conflict"]
 
 
 def test_dead_letters_keep_topic_reason_capped_payload_and_a_stable_digest() -> None:
@@ -45,7 +45,7 @@ def test_dead_letters_keep_topic_reason_capped_payload_and_a_stable_digest() -> 
     (row,) = first
     received_at, topic, reason, _detail, index, payload, size, digest = row
     assert (received_at, topic, reason, index, len(payload), size) == (NOW, "fleet/acme/van-1/gps", "bad_json", None, 100, 9001)
-    assert digest == again[0][7]
+    assert digest == again[0].digest
 
 
 def test_batch_message_splits_into_tables() -> None:
