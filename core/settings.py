@@ -1,20 +1,29 @@
 """Every knob of fleetstream in one place.
 
 Values come from, in order: the dataclass defaults below, then environment
-variables ``FLEETSTREAM_<NAME>`` (upper case). Empty ``mqtt_url`` / ``pg_dsn``
-mean "use the project-local embedded services".
+variables ``FLEETSTREAM_<NAME>`` (upper case), then the caller's overrides. Empty
+``mqtt_url`` / ``pg_dsn`` mean "use the project-local embedded services".
+
+An unknown ``FLEETSTREAM_*`` variable, a value that does not parse, and a value out
+of its range are a ``SettingsError`` naming the variable (or field), at start.
+``FLEETSTREAM_TEST_*`` variables belong to the test suite and ``FLEETSTREAM_CACHE_DIR``
+/ ``FLEETSTREAM_PG_MAJOR`` to ``scripts/bootstrap.sh``; they are not settings.
 """
 
 from __future__ import annotations
 
+import difflib
+import math
 import os
-from dataclasses import dataclass, fields, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 from core.thresholds import AnalyticsConfig, EtaConfig
 
-__all__ = ["Settings", "load_settings"]
+__all__ = ["Settings", "SettingsError", "load_settings"]
 
 _A = AnalyticsConfig()  # the thresholds' defaults live there, once
 _E = EtaConfig()
@@ -38,6 +47,7 @@ class Settings:
     pg_host: str = "127.0.0.1"
     pg_port: int = 55432
     pg_database: str = "fleetstream"
+    pg_bindir: str = ""  # PostgreSQL's programs (initdb, pg_ctl); empty: /usr/lib/postgresql/<15 or newest>/bin
     broker_max_queued_messages: int = 2_000_000  # per persistent client; past it the broker drops
     broker_max_queued_bytes: int = 1_000_000_000
     broker_message_size_limit: int = 1_048_576  # bytes; the gateway dead-letters above max_payload_bytes
@@ -103,6 +113,9 @@ class Settings:
     sim_duplicate_rate: float = 0.003  # repeated messages per valid reading
     sim_batch_every_s: float = 1.0  # with --batch: wall seconds a device collects before sending
 
+    def __post_init__(self) -> None:
+        _check(self)
+
     # ------------------------------------------------------------ derived
 
     @property
@@ -145,23 +158,74 @@ class Settings:
         return self.state_dir / "recovery"
 
 
-def _coerce(kind: type | str, raw: str) -> object:
-    name = kind if isinstance(kind, str) else kind.__name__
-    if name in ("int",):
-        return int(raw)
-    if name in ("float",):
-        return float(raw)
-    if name in ("Path",):
+class SettingsError(ValueError):
+    """A setting that is unknown, does not parse, or is out of its range; the message names it."""
+
+
+_ENV_PREFIX = "FLEETSTREAM_"
+_NOT_SETTINGS = ("FLEETSTREAM_TEST_", "FLEETSTREAM_CACHE_DIR", "FLEETSTREAM_PG_MAJOR")
+_FLAGS = ("flow_analytics", "flow_eta", "alert_mqtt", "eta_mqtt")  # 0 = off, 1 = on
+# (low, high) bounds, both inclusive; every other number must be >= 0
+_RANGES: dict[str, tuple[float, float]] = {
+    "mqtt_port": (1, 65535), "pg_port": (1, 65535),
+    "gateway_workers": (1, 64), "gateway_batch_max": (1, 100_000), "gateway_flush_ms": (1, 60_000),
+    "gateway_receive_maximum": (1, 65535), "session_expiry_s": (1, 2**32 - 1),
+    "max_payload_bytes": (64, 256 * 1024 * 1024), "max_batch_readings": (1, 1_000_000),
+    "h3_resolution": (0, 15), "corridor_resolution": (0, 15),
+    "flow_epoch_s": (0.05, 3600), "flow_poll_ms": (1, 60_000), "flow_batch_rows": (1, 10_000_000),
+    "flow_tick_ms": (1, 60_000), "webhook_timeout_s": (0.1, 600), "webhook_max_attempts": (1, 1000),
+    "delivery_poll_ms": (1, 60_000), "eta_models_keep": (1, 1000), "eta_eval_vehicles": (1, 100_000),
+    "eta_eval_days": (1, 365), "sim_vehicles": (1, 1_000_000), "sim_speedup": (0.001, 100_000),
+    "sim_gps_period_s": (0.1, 86_400), "sim_anomaly_probability": (0, 1), "sim_malformed_rate": (0, 1),
+    "sim_duplicate_rate": (0, 1), "broker_message_size_limit": (1024, 256 * 1024 * 1024),
+}
+
+
+def _check(settings: Settings) -> None:
+    for f in fields(settings):
+        value = getattr(settings, f.name)
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            continue
+        if not math.isfinite(value):
+            raise SettingsError(f"{f.name} must be a finite number, got {value}")
+        low, high = (0, 1) if f.name in _FLAGS else _RANGES.get(f.name, (0, math.inf))
+        if not low <= value <= high:
+            where = f"between {low} and {high}" if high != math.inf else f"at least {low}"
+            raise SettingsError(f"{f.name} must be {where}, got {value}")
+
+
+def _parse(kind: type | str, raw: str, name: str) -> object:
+    type_name = kind if isinstance(kind, str) else kind.__name__
+    try:
+        if type_name == "int":
+            return int(raw.strip())
+        if type_name == "float":
+            return float(raw.strip())
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not {'an integer' if type_name == 'int' else 'a number'}") from None
+    if type_name == "Path":
         return Path(raw)
     return raw
 
 
-def load_settings(**overrides: object) -> Settings:
-    """Defaults, then ``FLEETSTREAM_*`` environment variables, then ``overrides``."""
-    values: dict[str, object] = {}
-    for f in fields(Settings):
-        raw = os.environ.get(f"FLEETSTREAM_{f.name.upper()}")
-        if raw is not None:
-            values[f.name] = _coerce(f.type, raw)
-    settings = replace(Settings(), **values)
-    return replace(settings, **{k: v for k, v in overrides.items() if v is not None})
+def load_settings(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Defaults, then ``FLEETSTREAM_*`` variables of ``environ`` (default: the process's), then
+    ``overrides`` (None values are ignored). Raises ``SettingsError`` naming what is wrong."""
+    env = os.environ if environ is None else environ
+    by_variable = {f"{_ENV_PREFIX}{f.name.upper()}": f for f in fields(Settings)}
+    values: dict[str, Any] = {}
+    for variable, raw in env.items():
+        if not variable.startswith(_ENV_PREFIX) or variable.startswith(_NOT_SETTINGS):
+            continue
+        f = by_variable.get(variable)
+        if f is None:
+            close = difflib.get_close_matches(variable, by_variable, n=1)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            raise SettingsError(f"unknown setting {variable}{hint}; every setting is listed in docs/settings.md")
+        values[f.name] = _parse(f.type, raw, variable)
+    known = {f.name for f in fields(Settings)}
+    for name in overrides:
+        if name not in known:
+            raise SettingsError(f"unknown setting {name!r}")
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    return Settings(**values)

@@ -240,14 +240,12 @@ def delivery_channels(settings: Settings) -> list[str]:
     """The channel (cursor) names these settings deliver to: ``mqtt`` and ``webhook:<url>``.
 
     Raises :class:`DeliveryConfigError` when webhooks are configured without
-    ``webhook_secret``, with a bad URL, or with ``webhook_max_attempts`` below 1.
+    ``webhook_secret`` or with a bad URL (``Settings`` checks ``webhook_max_attempts``).
     """
     urls = webhook_urls(settings.webhook_urls)
     if urls and not settings.webhook_secret:
         raise DeliveryConfigError("webhook_urls is set but webhook_secret is empty: set FLEETSTREAM_WEBHOOK_SECRET "
                                   "(the HMAC key receivers verify X-Fleetstream-Signature with)")
-    if urls and settings.webhook_max_attempts < 1:
-        raise DeliveryConfigError(f"webhook_max_attempts must be at least 1, not {settings.webhook_max_attempts}")
     return ([MQTT_CHANNEL] if settings.alert_mqtt else []) + [f"webhook:{u}" for u in urls]
 
 

@@ -6,6 +6,7 @@ import argparse
 import json
 import logging
 import sys
+from typing import Any
 
 from core.settings import Settings, load_settings
 
@@ -158,7 +159,7 @@ def _evaluate(settings: Settings, args: argparse.Namespace) -> int:
         return 1 if eta_missed else 0
     given = {"sim_vehicles": args.vehicles, "sim_minutes": args.minutes, "sim_speedup": args.speedup,
              "sim_anomaly_probability": args.probability}
-    scenario = {k: given[k] if given[k] is not None else default for k, default in EVALUATION_DEFAULTS.items()}
+    scenario: dict[str, Any] = {k: given[k] if given[k] is not None else v for k, v in EVALUATION_DEFAULTS.items()}
     _, missed = run_evaluation(replace(settings, **scenario))
     return 1 if missed else 0
 

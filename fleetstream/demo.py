@@ -15,7 +15,7 @@ from typing import Any
 from core.settings import Settings
 from fleetstream import credentials, services
 from fleetstream.engine import Engine
-from store.db import connect, migrate
+from store.db import connect, migrate, one, scalar
 
 __all__ = ["run_demo", "simulate", "fleet_summary"]
 
@@ -44,9 +44,9 @@ def _sample(conn: Any, published: int, tenant: str) -> _Sample:
         "SELECT coalesce(sum(gps_count + temp_count + door_count), 0), "
         "extract(epoch FROM max(processed_at - last_received_at) FILTER (WHERE processed_at > now() - interval '5 s')) "
         "FROM vehicle_state WHERE tenant = %s", (tenant,)).fetchone()
-    tenant_rows = conn.execute(
+    tenant_rows = scalar(conn,
         "SELECT (SELECT count(*) FROM positions WHERE tenant = %(t)s) + (SELECT count(*) FROM temperatures "
-        "WHERE tenant = %(t)s) + (SELECT count(*) FROM door_events WHERE tenant = %(t)s)", {"t": tenant}).fetchone()[0]
+        "WHERE tenant = %(t)s) + (SELECT count(*) FROM door_events WHERE tenant = %(t)s)", {"t": tenant})
     return _Sample(time.monotonic(), published, int(stored), int(dead), int(dups), int(processed),
                    float(lag) if lag is not None else None, int(tenant_rows))
 
@@ -65,13 +65,13 @@ def fleet_summary(settings: Settings, tenant: str, since: datetime) -> dict[str,
     with connect(settings.dsn(), autocommit=True) as conn:
         out: dict[str, Any] = {}
         for table in ("positions", "temperatures", "door_events"):
-            count, vehicles, first, last = conn.execute(
-                f"SELECT count(*), count(DISTINCT vehicle_id), min(fix_time), max(fix_time) FROM {table} "
-                "WHERE tenant = %s AND received_at >= %s", (tenant, since)).fetchone()
+            count, vehicles, first, last = one(
+                conn, f"SELECT count(*), count(DISTINCT vehicle_id), min(fix_time), max(fix_time) FROM {table} "
+                "WHERE tenant = %s AND received_at >= %s", (tenant, since))
             out[table] = {"rows": count, "vehicles": vehicles, "first_fix": first, "last_fix": last}
-        out["h3_cells_visited"] = conn.execute(
+        out["h3_cells_visited"] = scalar(conn,
             "SELECT count(DISTINCT h3_cell) FROM positions WHERE tenant = %s AND received_at >= %s",
-            (tenant, since)).fetchone()[0]
+            (tenant, since))
         out["dead_letters"] = dict(conn.execute(
             "SELECT reason, count(*) FROM dead_letters WHERE topic LIKE %s AND received_at >= %s "
             "GROUP BY reason ORDER BY reason", (f"fleet/{tenant}/%", since)).fetchall())
@@ -82,14 +82,14 @@ def fleet_summary(settings: Settings, tenant: str, since: datetime) -> dict[str,
         out["stop_events"] = dict(conn.execute(
             "SELECT kind, count(*) FROM stop_events WHERE tenant = %s AND updated_at >= %s AND NOT retracted "
             "GROUP BY kind ORDER BY kind", (tenant, since)).fetchall())
-        out["eta_updates"] = conn.execute(
-            "SELECT count(*) FROM eta_updates WHERE tenant = %s AND updated_at >= %s", (tenant, since)).fetchone()[0]
+        out["eta_updates"] = scalar(conn,
+            "SELECT count(*) FROM eta_updates WHERE tenant = %s AND updated_at >= %s", (tenant, since))
         # the dataflow's running totals (all time) must equal what is stored (all time)
-        out["stored_all_time"] = {t: conn.execute(f"SELECT count(*) FROM {t} WHERE tenant = %s", (tenant,)).fetchone()[0]
+        out["stored_all_time"] = {t: scalar(conn, f"SELECT count(*) FROM {t} WHERE tenant = %s", (tenant,))
                                   for t in ("positions", "temperatures", "door_events")}
-        out["dataflow_vehicle_state"] = dict(zip(("vehicles", "gps", "temp", "door"), conn.execute(
-            "SELECT count(*), coalesce(sum(gps_count), 0), coalesce(sum(temp_count), 0), coalesce(sum(door_count), 0) "
-            "FROM vehicle_state WHERE tenant = %s", (tenant,)).fetchone(), strict=True))
+        out["dataflow_vehicle_state"] = dict(zip(("vehicles", "gps", "temp", "door"), one(
+            conn, "SELECT count(*), coalesce(sum(gps_count), 0), coalesce(sum(temp_count), 0), "
+            "coalesce(sum(door_count), 0) FROM vehicle_state WHERE tenant = %s", (tenant,)), strict=True))
         return out
 
 
@@ -118,7 +118,11 @@ def simulate(settings: Settings, batch: bool = False, stop: threading.Event | No
     return run_simulation(settings, vehicles=settings.sim_vehicles, minutes=settings.sim_minutes,
                           speedup=settings.sim_speedup, seed=settings.sim_seed, batch=batch,
                           device_passwords=passwords, service_credentials=service, on_progress=on_progress,
-                          stop_event=stop, on_plans=lambda plans: store_plans(settings, plans))
+                          stop_event=stop, on_plans=lambda plans: _discard(store_plans(settings, plans)))
+
+
+def _discard(_: object) -> None:
+    return None
 
 
 def store_plans(settings: Settings, plans: list[dict[str, Any]]) -> list[int]:

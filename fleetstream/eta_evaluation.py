@@ -102,6 +102,12 @@ def simulated_history(network: RoadNetwork, days: Sequence[EtaEvalDay], vehicles
     return EtaHistory(positions, arrival_frame, plans)
 
 
+def _mean(series: pl.Series) -> float:
+    value = series.mean()
+    assert isinstance(value, (int, float))
+    return float(value)
+
+
 def score_eta(rows: pl.DataFrame, horizons_s: Sequence[float] = EVAL_HORIZONS_S) -> list[dict[str, Any]]:
     """Per horizon: errors of ``model_s``, ``profile_s`` and ``naive_s`` against ``label_s``.
 
@@ -118,12 +124,10 @@ def score_eta(rows: pl.DataFrame, horizons_s: Sequence[float] = EVAL_HORIZONS_S)
         entry: dict[str, Any] = {"horizon_s": float(h), "rows": at.height, "naive_rows": common.height}
         for name in ("model", "profile", "naive"):
             err = (common[f"{name}_s"] - common["label_s"]).abs()
-            entry[f"{name}_mae_s"] = float(err.mean()) if common.height else None
-            entry[f"{name}_mape_pct"] = (float((err / common["label_s"]).mean()) * 100.0
-                                         if common.height else None)
+            entry[f"{name}_mae_s"] = _mean(err) if common.height else None
+            entry[f"{name}_mape_pct"] = _mean(err / common["label_s"]) * 100.0 if common.height else None
         for name in ("model", "profile"):
-            entry[f"{name}_mae_all_s"] = (float((at[f"{name}_s"] - at["label_s"]).abs().mean())
-                                          if at.height else None)
+            entry[f"{name}_mae_all_s"] = _mean((at[f"{name}_s"] - at["label_s"]).abs()) if at.height else None
         out.append(entry)
     return out
 
@@ -192,7 +196,7 @@ def run_eta_evaluation(settings: Settings, vehicles: int | None = None, days: in
                                detour_factor=training.detour_factor, horizons_s=EVAL_HORIZONS_S)
     from models.eta import FEATURES
 
-    model_s = training.model.predict(rows.select(FEATURES).to_numpy()) if rows.height else []
+    model_s: Any = training.model.predict(rows.select(FEATURES).to_numpy()) if rows.height else []
     rows = rows.with_columns(model_s=pl.Series(model_s, dtype=pl.Float64))
     table = score_eta(rows)
     missed = eta_targets_missed(table)

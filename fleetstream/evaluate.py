@@ -22,7 +22,7 @@ from fleetstream import services
 from fleetstream.demo import simulate
 from fleetstream.engine import Engine
 from fleetstream.evaluation import format_report, report_passes, score
-from store.db import connect, migrate
+from store.db import connect, migrate, scalar
 
 __all__ = ["EVALUATION_DEFAULTS", "run_evaluation"]
 
@@ -36,10 +36,10 @@ def _thresholds(settings: Settings) -> dict[str, float]:
 
 
 def _processed(conn: Any, tenant: str) -> tuple[int, int]:
-    stored = sum(conn.execute(f"SELECT count(*) FROM {t} WHERE tenant = %s", (tenant,)).fetchone()[0]
+    stored = sum(scalar(conn, f"SELECT count(*) FROM {t} WHERE tenant = %s", (tenant,))
                  for t in ("positions", "temperatures", "door_events"))
-    seen = conn.execute("SELECT coalesce(sum(gps_count + temp_count + door_count), 0) FROM vehicle_state "
-                        "WHERE tenant = %s", (tenant,)).fetchone()[0]
+    seen = scalar(conn, "SELECT coalesce(sum(gps_count + temp_count + door_count), 0) FROM vehicle_state "
+                        "WHERE tenant = %s", (tenant,))
     return int(stored), int(seen)
 
 
@@ -52,7 +52,10 @@ def _rows(conn: Any, sql: str, tenant: str) -> list[dict[str, Any]]:
 def run_evaluation(settings: Settings, quiet: bool = False) -> tuple[dict[str, Any], list[str]]:
     """Run the scenario in ``settings`` (its ``sim_*`` knobs); returns (report, missed targets)."""
     settings = replace(settings, tenant=f"eval{int(time.time())}")
-    say = (lambda *a: None) if quiet else (lambda *a: print(*a, flush=True))
+    def say(*parts: object) -> None:
+        if not quiet:
+            print(*parts, flush=True)
+
     say(f"fleetstream evaluate: {settings.sim_vehicles} vans, {settings.sim_minutes:g} min at "
         f"{settings.sim_speedup:g}x ({settings.sim_minutes * settings.sim_speedup:g} simulated minutes), "
         f"anomaly probability {settings.sim_anomaly_probability:g}, seed {settings.sim_seed}, tenant {settings.tenant}")

@@ -135,11 +135,11 @@ def _timing(labels: list[dict[str, Any]], stop_events: list[dict[str, Any]]) -> 
             if k != kind:
                 continue
             expected += 1
-            event = first.get((vehicle, stop, kind))
-            if event is None:
+            found = first.get((vehicle, stop, kind))
+            if found is None:
                 missing += 1
                 continue
-            errors.append((_time(event["at"]) - _time(at)).total_seconds())
+            errors.append((_time(found["at"]) - _time(at)).total_seconds())
         absolute = [abs(e) for e in errors]
         out[kind] = {"expected": expected, "matched": len(errors), "missing": missing, "extra": extra[kind],
                      "median_error_s": _quantile(errors, 0.5), "median_abs_error_s": _quantile(absolute, 0.5),

@@ -193,10 +193,9 @@ def _tail(path: Path, lines: int = 20) -> str:
 # =============================================================== PostgreSQL
 
 
-def _pg_bindir() -> Path:
-    env = os.environ.get("FLEETSTREAM_PG_BINDIR")
-    if env:
-        return Path(env)
+def _pg_bindir(settings: Settings) -> Path:
+    if settings.pg_bindir:
+        return Path(settings.pg_bindir)
     preferred = Path(f"/usr/lib/postgresql/{PG_MAJOR}/bin")
     if (preferred / "postgres").exists():
         return preferred
@@ -209,8 +208,8 @@ def _pg_bindir() -> Path:
     raise ServiceError("PostgreSQL binaries not found (run scripts/bootstrap.sh)")
 
 
-def _pg(name: str) -> str:
-    return str(_pg_bindir() / name)
+def _pg(settings: Settings, name: str) -> str:
+    return str(_pg_bindir(settings) / name)
 
 
 def postgres_pid(settings: Settings) -> int | None:
@@ -228,7 +227,7 @@ def postgres_pid(settings: Settings) -> int | None:
 def _pg_ready(settings: Settings) -> bool:
     proc = subprocess.run(
         [
-            _pg("pg_isready"),
+            _pg(settings, "pg_isready"),
             "-q",
             "-U",
             PG_USER,
@@ -290,7 +289,7 @@ def _pg_init(settings: Settings) -> None:
         _as_user(
             PG_USER,
             [
-                _pg("initdb"),
+                _pg(settings, "initdb"),
                 "-D",
                 str(data),
                 "-U",
@@ -354,8 +353,8 @@ def _start_postgres_locked(settings: Settings) -> int:
             f"port {settings.pg_host}:{settings.pg_port} is taken by another process; "
             "the project-local postgres cannot start there"
         )
-    if Path(_pg("pg_config")).exists():
-        sharedir = _run([_pg("pg_config"), "--sharedir"], "pg_config").stdout.strip()
+    if Path(_pg(settings, "pg_config")).exists():
+        sharedir = _run([_pg(settings, "pg_config"), "--sharedir"], "pg_config").stdout.strip()
         control = Path(sharedir, "extension", "timescaledb.control")
         if not control.exists():
             raise ServiceError(f"TimescaleDB is not installed ({control} missing): run scripts/bootstrap.sh")
@@ -366,7 +365,7 @@ def _start_postgres_locked(settings: Settings) -> int:
         _as_user(
             PG_USER,
             [
-                _pg("pg_ctl"),
+                _pg(settings, "pg_ctl"),
                 "start",
                 "-D",
                 str(paths["data"]),
@@ -414,7 +413,7 @@ def _stop_postgres_locked(settings: Settings, mode: str = "fast") -> bool:
         return False
     data = postgres_paths(settings)["data"]
     proc = subprocess.run(
-        _as_user(PG_USER, [_pg("pg_ctl"), "stop", "-D", str(data), "-m", mode, "-w", "-t", str(PG_STOP_TIMEOUT_S)]),
+        _as_user(PG_USER, [_pg(settings, "pg_ctl"), "stop", "-D", str(data), "-m", mode, "-w", "-t", str(PG_STOP_TIMEOUT_S)]),
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,

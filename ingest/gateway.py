@@ -22,6 +22,7 @@ import psycopg
 from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
 
 from core.contract import Limits, subscription_filter
 from core.settings import Settings
@@ -79,7 +80,7 @@ class GatewayShard:
         client.on_subscribe = self._on_subscribe
         return client
 
-    def _on_connect(self, client: mqtt.Client, _userdata: object, _flags: object, reason: mqtt.ReasonCode,
+    def _on_connect(self, client: mqtt.Client, _userdata: object, _flags: object, reason: ReasonCode,
                     _props: object) -> None:
         if reason.is_failure:
             log.error("shard %d: broker refused connection: %s", self.shard, reason)
@@ -90,7 +91,7 @@ class GatewayShard:
         self._connected.set()
         log.info("shard %d: connected (session present: %s)", self.shard, getattr(_flags, "session_present", "?"))
 
-    def _on_subscribe(self, _client: mqtt.Client, _userdata: object, _mid: int, reasons: list[mqtt.ReasonCode],
+    def _on_subscribe(self, _client: mqtt.Client, _userdata: object, _mid: int, reasons: list[ReasonCode],
                       _props: object) -> None:
         if any(r.is_failure for r in reasons):
             log.error("shard %d: subscription refused: %s", self.shard, reasons)
@@ -101,7 +102,7 @@ class GatewayShard:
         ready.parent.mkdir(parents=True, exist_ok=True)
         ready.touch()
 
-    def _on_disconnect(self, _client: mqtt.Client, _userdata: object, _flags: object, reason: mqtt.ReasonCode,
+    def _on_disconnect(self, _client: mqtt.Client, _userdata: object, _flags: object, reason: ReasonCode,
                        _props: object) -> None:
         self._connected.clear()
         with self._cond:
@@ -109,7 +110,7 @@ class GatewayShard:
         log.warning("shard %d: disconnected: %s", self.shard, reason)
 
     def _on_message(self, _client: mqtt.Client, _userdata: object, msg: mqtt.MQTTMessage) -> None:
-        item = _Pending(self._generation, msg.mid, msg.qos, Received(msg.topic, msg.payload, time.time()))
+        item = _Pending(self._generation, msg.mid, msg.qos, Received(msg.topic, bytes(msg.payload), time.time()))
         with self._cond:
             self._pending.append(item)
             if len(self._pending) >= self.settings.gateway_batch_max:

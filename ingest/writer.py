@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -89,7 +90,8 @@ class WriteResult:
 def _receive_orders(batch: Prepared) -> tuple[list[int], list[int], list[int]]:
     """Each table's rows' places among the batch's readings; table by table when not recorded."""
     given = (batch.position_order, batch.temperature_order, batch.door_order)
-    if all(len(o) == len(r) for o, r in zip(given, (batch.positions, batch.temperatures, batch.doors), strict=True)):
+    if (len(batch.position_order), len(batch.temperature_order), len(batch.door_order)) == (
+            len(batch.positions), len(batch.temperatures), len(batch.doors)):
         return given
     n_pos, n_temp = len(batch.positions), len(batch.temperatures)
     return (list(range(n_pos)), list(range(n_pos, n_pos + n_temp)),
@@ -140,8 +142,8 @@ class ShardWriter:
                 # shard_seq in receive order across the tables (see Prepared), so the dataflow's
                 # replay of this shard, in shard_seq order, sees each message's readings together
                 orders = _receive_orders(batch)
-                for table, rows, order in zip(TABLES, (batch.positions, batch.temperatures, batch.doors), orders,
-                                              strict=True):
+                tables: tuple[Sequence[ReadingRow], ...] = (batch.positions, batch.temperatures, batch.doors)
+                for table, rows, order in zip(TABLES, tables, orders, strict=True):
                     if not rows:
                         continue
                     staged = len(rows)

@@ -87,12 +87,14 @@ class EtaModel:
     def predict_log_ratio(self, X: Any) -> np.ndarray:
         """The clipped predicted ``log(actual_s / profile_s)`` per row."""
         raw = self.regressor.predict(np.asarray(X, dtype=float))
-        return np.clip(raw, -MAX_LOG_RATIO, MAX_LOG_RATIO)
+        clipped: np.ndarray = np.clip(raw, -MAX_LOG_RATIO, MAX_LOG_RATIO)
+        return clipped
 
     def predict(self, X: Any) -> np.ndarray:
         """Predicted seconds to the stop per row: ``profile_s * exp(log ratio)``."""
         X = np.asarray(X, dtype=float)
-        return X[:, _PROFILE] * np.exp(self.predict_log_ratio(X))
+        seconds: np.ndarray = X[:, _PROFILE] * np.exp(self.predict_log_ratio(X))
+        return seconds
 
     def sidecar(self) -> dict[str, Any]:
         """What the JSON sidecar holds."""
@@ -141,7 +143,7 @@ def _sidecar_path(path: Path) -> Path:
     return path.with_name(path.name + ".json")
 
 
-def train(X: Any, y: Sequence[float] | np.ndarray, *, groups: Sequence[Any] | None = None, test_fraction: float = 0.2,
+def train(X: Any, y: Any, *, groups: Sequence[Any] | None = None, test_fraction: float = 0.2,
           random_state: int = 0, max_iter: int = 200, learning_rate: float = 0.1, max_leaf_nodes: int = 31,
           loss: str = "absolute_error",
           version: str | None = None, trained_at: datetime | None = None,

@@ -86,11 +86,12 @@ def _segment_distances_m(lat: np.ndarray, lon: np.ndarray, a: np.ndarray, b: np.
     py = np.atleast_1d(lat)[:, None] * ky
     t = np.clip(((px - ax) * dx + (py - ay) * dy) / seg2, 0.0, 1.0)
     ex, ey = ax + t * dx - px, ay + t * dy - py
-    return np.sqrt(np.min(ex * ex + ey * ey, axis=1))
+    distances: np.ndarray = np.sqrt(np.min(ex * ex + ey * ey, axis=1))
+    return distances
 
 
-def distance_to_polyline_m(points: Sequence[Point], polyline: Sequence[Point]) -> np.ndarray:
-    """Distance in metres from each (lat, lon) in ``points`` to the polyline."""
+def distance_to_polyline_m(points: Sequence[Point] | np.ndarray, polyline: Sequence[Point]) -> np.ndarray:
+    """Distance in metres from each (lat, lon) in ``points`` (a sequence or an (n, 2) array) to the polyline."""
     line = np.asarray(polyline, dtype=float)
     if len(line) == 1:
         line = np.vstack([line, line])

@@ -64,7 +64,7 @@ def _to_stored(row: tuple[Any, ...], shard: int) -> StoredReading:
 
 def read_after(conn: psycopg.Connection, shard: int, after: int, limit: int) -> list[StoredReading]:
     """Committed readings of ``shard`` with ``shard_seq > after``, in commit order."""
-    rows = conn.execute(_READ_AFTER, {"shard": shard, "after": after, "limit": limit}).fetchall()  # type: ignore[arg-type]
+    rows = conn.execute(_READ_AFTER, {"shard": shard, "after": after, "limit": limit}).fetchall()
     return [_to_stored(row, shard) for row in rows]
 
 
@@ -310,7 +310,7 @@ class _Writer:
             try:
                 with self.conn.transaction(), self.conn.cursor() as cur:
                     for sql, rows in statements:
-                        cur.executemany(sql, rows)  # type: ignore[arg-type]  # our own constant SQL
+                        cur.executemany(sql, rows)
             except psycopg.OperationalError:
                 self.conn.close()
                 raise

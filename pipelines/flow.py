@@ -48,10 +48,17 @@ def _vehicle_state(state: VehicleState | None, item: StoredReading) -> tuple[Veh
     return state, state.update(item)
 
 
-def build_flow(source: Source[StoredReading], vehicle_state_sink: Sink[Any], flow_id: str = "fleetstream") -> Dataflow:
-    """readings (commit order) → key by vehicle → per-vehicle state → vehicle_state sink."""
+def _reading(item: StoredReading | PlanUpdate) -> StoredReading | None:
+    return item if isinstance(item, StoredReading) else None
+
+
+def build_flow(source: Source[StoredReading | PlanUpdate], vehicle_state_sink: Sink[Any],
+               flow_id: str = "fleetstream") -> Dataflow:
+    """readings (commit order; plan revisions are skipped) → key by vehicle → per-vehicle state
+    → vehicle_state sink."""
     flow = Dataflow(flow_id)
-    readings = op.input("committed_readings", flow, source)
+    inputs = op.input("committed_readings", flow, source)
+    readings = op.filter_map("readings_only", inputs, _reading)
     by_vehicle = op.key_on("key_by_vehicle", readings, lambda item: item.key)
     summaries = op.stateful_map("vehicle_state", by_vehicle, _vehicle_state)
     op.output("vehicle_state_out", op.map("drop_key", summaries, lambda kv: kv[1]), vehicle_state_sink)

@@ -608,7 +608,7 @@ class FleetSimulator:
             frac = (DEVIATION_M - da) / (db - da) if db != da else 0.0
             return times[a] + frac * (times[b] - times[a])
 
-        spans: list[list[float]] = []  # [start s, end s, first knot, last knot]
+        spans: list[list[Any]] = []  # [start s, end s, first knot, last knot]
         outside = np.flatnonzero(off > DEVIATION_M)
         runs = np.split(outside, np.flatnonzero(np.diff(outside) > 1) + 1) if len(outside) else []
         for run in runs:
@@ -746,7 +746,7 @@ class FleetSimulator:
             out = [SimEvent(fix_time, v.id, reading)]
             if faults.random() < plan.duplicate_rate:
                 out.append(SimEvent(fix_time, v.id, reading, duplicate=True))
-            if kind == 0 and faults.random() < plan.malformed_rate:
+            if isinstance(reading, GpsFix) and faults.random() < plan.malformed_rate:
                 raw = _malformed(reading, faults.choice(MALFORMED_REASONS), self.vehicle_ids)
                 out.append(SimEvent(fix_time, v.id, raw))
             if windows and windows[0][0] <= t:

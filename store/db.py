@@ -5,10 +5,11 @@ from __future__ import annotations
 import logging
 import time
 from importlib import resources
+from typing import Any
 
 import psycopg
 
-__all__ = ["connect", "migrate", "migrations", "wait_for_db"]
+__all__ = ["connect", "migrate", "migrations", "one", "scalar", "wait_for_db"]
 
 log = logging.getLogger("fleetstream.db")
 _MIGRATION_LOCK = 0x666C6565  # advisory lock id: one migrator at a time
@@ -26,6 +27,19 @@ def connect(dsn: str, *, autocommit: bool = False, attempts: int = 1, delay_s: f
                 raise
             time.sleep(delay_s)
     raise AssertionError("unreachable")
+
+
+def one(conn: psycopg.Connection[Any], query: Any, params: Any = None) -> tuple[Any, ...]:
+    """The single row ``query`` returns (an aggregate, a lookup that must exist)."""
+    row = conn.execute(query, params).fetchone()
+    if row is None:
+        raise LookupError(f"no row from {str(query)[:80]!r}")
+    return tuple(row)
+
+
+def scalar(conn: psycopg.Connection[Any], query: Any, params: Any = None) -> Any:
+    """The first column of the single row ``query`` returns."""
+    return one(conn, query, params)[0]
 
 
 def wait_for_db(dsn: str, timeout_s: float = 60.0) -> None:
@@ -60,7 +74,7 @@ def migrate(dsn: str) -> list[str]:
                 if version in done:
                     continue
                 with conn.transaction():
-                    conn.execute(sql)  # type: ignore[arg-type]  # our own trusted files
+                    conn.execute(sql)
                     conn.execute("INSERT INTO schema_migrations (version, name) VALUES (%s, %s)", (version, name))
                 log.info("db: applied migration %s", name)
                 applied_now.append(name)

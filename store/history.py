@@ -49,7 +49,7 @@ _ARRIVALS = {"tenant": pl.String, "vehicle_id": pl.String, "stop_id": pl.String,
 _US = "(extract(epoch FROM {col}) * 1000000)::bigint"
 
 
-def _copy_csv(conn: psycopg.Connection, query: sql.Composable, schema: dict[str, pl.DataType]) -> pl.DataFrame:
+def _copy_csv(conn: psycopg.Connection, query: sql.Composable, schema: dict[str, type[pl.DataType]]) -> pl.DataFrame:
     buf = io.BytesIO()
     with conn.cursor() as cur, cur.copy(sql.SQL("COPY ({}) TO STDOUT (FORMAT csv)").format(query)) as copy:
         for block in copy:
@@ -68,8 +68,8 @@ def load_eta_history(conn: psycopg.Connection, tenant: str, since: datetime | No
                      until: datetime | None = None, lead_s: float = 6000.0) -> EtaHistory:
     """Positions, arrivals and plans of ``tenant`` for arrivals in ``[since, until)`` (UTC-aware
     datetimes; None = unbounded); see the module docstring. Empty frames when there is nothing."""
-    bounds_at = sql.SQL("")
-    bounds_fix = sql.SQL("")
+    bounds_at: sql.Composable = sql.SQL("")
+    bounds_fix: sql.Composable = sql.SQL("")
     if since is not None:
         bounds_at += sql.SQL(" AND at >= {}").format(sql.Literal(since))
         bounds_fix += sql.SQL(" AND fix_time >= {}").format(sql.Literal(since - timedelta(seconds=lead_s)))

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import psycopg
 
+from store.db import one
+
 __all__ = ["train_dwell_baselines"]
 
 _TRAIN = """
@@ -35,6 +37,6 @@ def train_dwell_baselines(conn: psycopg.Connection, min_samples: int) -> dict[st
     with conn.transaction():
         conn.execute("DELETE FROM dwell_baselines")
         conn.execute(_TRAIN)
-        total, usable = conn.execute("SELECT count(*), count(*) FILTER (WHERE samples >= %s) FROM dwell_baselines",
-                                     (min_samples,)).fetchone()
+        total, usable = one(conn, "SELECT count(*), count(*) FILTER (WHERE samples >= %s) FROM dwell_baselines",
+                            (min_samples,))
     return {"cell_hours": int(total), "usable_cell_hours": int(usable)}

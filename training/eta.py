@@ -116,7 +116,7 @@ def build_training_rows(positions: pl.DataFrame, arrivals: pl.DataFrame, plans: 
             rows += _replay(plan, vehicle_fixes, arrived, horizons_s, tolerance_s, warmup_s, config, analytics_config)
     finally:
         registry.clear(name)
-    schema = {"tenant": pl.String, "vehicle_id": pl.String, "plan_version": pl.Int64, "trip": pl.String,
+    schema: dict[str, Any] = {"tenant": pl.String, "vehicle_id": pl.String, "plan_version": pl.Int64, "trip": pl.String,
               "stop_id": pl.String, "horizon_s": pl.Float64, "fix_time": pl.Datetime("us", "UTC"),
               **{f: pl.Float64 for f in FEATURES}, "label_s": pl.Float64, "naive_s": pl.Float64,
               "method": pl.String, "state": pl.String}

@@ -20,6 +20,7 @@ byte cap drops readings, as its drop policy says, and counts them.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import queue
@@ -224,7 +225,7 @@ class Agent:
         self._spawn("recorder", self._record_loop)
         self._spawn("sender", self._send_loop)
         for name, source in self.sources.items():
-            self._spawn(f"sensor-{name}", lambda s=source: s.run(self._emit, self._stop_sensors))
+            self._spawn(f"sensor-{name}", functools.partial(source.run, self._emit, self._stop_sensors))
         log.info("agent %s/%s: started (outbox %s: %d readings waiting, next seq %d)", self.tenant, self.vehicle,
                  self.outbox.path, self.outbox.depth(), self.outbox.next_seq())
 

@@ -178,7 +178,7 @@ class _Table:
         value = self._get(key, default, (str,), "a string")
         if choices and value not in choices:
             raise self.error(key, f"must be one of {', '.join(choices)}; got {value!r}")
-        return value
+        return str(value)
 
     def integer(self, key: str, default: int, lo: int | None = None, hi: int | None = None) -> int:
         value = self._get(key, default, (int,), "an integer")

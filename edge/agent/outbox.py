@@ -328,7 +328,7 @@ class Outbox:
             row = self._conn.execute("SELECT taken_at FROM readings ORDER BY seq LIMIT 1").fetchone()
         if row is None:
             return None
-        return max(0.0, (self._clock() if now is None else now) - row[0])
+        return max(0.0, (self._clock() if now is None else now) - float(row[0]))
 
     def next_seq(self) -> int:
         """The seq the next reading will get."""

@@ -40,7 +40,7 @@ from fleetstream import credentials, services
 from fleetstream.engine import Engine
 from models.roads import RoadNetwork
 from sim.simulator import AnomalyPlan, FleetSimulator, RawMessage
-from store.db import connect, migrate
+from store.db import connect, migrate, scalar
 from store.plans import store_plan
 
 __all__ = ["bench_settings", "run_analytics_benchmark"]
@@ -100,7 +100,7 @@ def _drain(settings: Settings, tenant: str, readings: int, flow: bool) -> tuple[
     same as the first)."""
     engine = Engine(settings, with_flow=flow, with_dispatch=False, with_delivery=False)
     with connect(settings.dsn(), autocommit=True) as conn:
-        stored_before = int(conn.execute("SELECT coalesce(sum(stored), 0) FROM gateway_shards").fetchone()[0])
+        stored_before = int(scalar(conn, "SELECT coalesce(sum(stored), 0) FROM gateway_shards"))
     engine.start()
     try:
         deadline = time.monotonic() + 1800
@@ -110,19 +110,19 @@ def _drain(settings: Settings, tenant: str, readings: int, flow: bool) -> tuple[
         done = 0
         with connect(settings.dsn(), autocommit=True) as conn:
             while time.monotonic() < deadline:
-                if stored_at is None and int(conn.execute(stored).fetchone()[0]) - stored_before >= readings:
+                if stored_at is None and int(scalar(conn, stored)) - stored_before >= readings:
                     stored_at = time.time()
                 if stored_at is not None:
                     if not flow:
                         done = readings
                         break
-                    done = int(conn.execute(processed, (tenant,)).fetchone()[0])
+                    done = int(scalar(conn, processed, (tenant,)))
                     if done >= readings:
                         break
                 time.sleep(0.05)
             done_at = time.time()
-            first = conn.execute("SELECT extract(epoch FROM min(received_at)) FROM positions WHERE tenant = %s",
-                                 (tenant,)).fetchone()[0]
+            first = scalar(conn, "SELECT extract(epoch FROM min(received_at)) FROM positions WHERE tenant = %s",
+                                 (tenant,))
         if stored_at is None or done < readings:
             raise RuntimeError(f"{tenant}: {done} of {readings} readings")
         return stored_at - float(first), done_at - float(first)
@@ -190,8 +190,8 @@ def _rounds(settings: Settings, vehicles: int, hours: float) -> dict[str, Any]:
                "etas_vs_gateway_only": round(eta_rate / base, 3), "etas_vs_analytics": round(eta_rate / analytics_rate, 3),
                "stored_with_etas_vs_gateway_only": round(eta_stored_rate / base, 3)}
     with connect(settings.dsn(), autocommit=True) as conn:
-        summary["eta_updates"] = int(conn.execute("SELECT count(*) FROM eta_updates").fetchone()[0])
-        summary["corrections"] = int(conn.execute("SELECT coalesce(sum(corrections), 0) FROM vehicle_state "
-                                                  "WHERE tenant = %s", (f"a{run_id}r3",)).fetchone()[0])
+        summary["eta_updates"] = int(scalar(conn, "SELECT count(*) FROM eta_updates"))
+        summary["corrections"] = int(scalar(conn, "SELECT coalesce(sum(corrections), 0) FROM vehicle_state "
+                                                  "WHERE tenant = %s", (f"a{run_id}r3",)))
     print(json.dumps(summary))
     return summary

@@ -32,13 +32,13 @@ from paho.mqtt.enums import CallbackAPIVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from core.contract import GpsFix, Limits, encode_batch, encode_single
+from core.contract import GpsFix, Limits, Reading, encode_batch, encode_single
 from core.settings import Settings
 from fleetstream import credentials, services
 from fleetstream.engine import Engine
 from ingest.batching import Received, prepare
 from ingest.writer import COMMIT_CHANNEL, TABLES
-from store.db import connect, migrate
+from store.db import connect, migrate, scalar
 
 __all__ = ["run_benchmark"]
 
@@ -77,7 +77,7 @@ def _messages(tenant: str, part: int, parts: int, readings: int, per_message: in
     fixes = _readings(tenant, part * share, share, base)
     if per_message == 1:
         return [encode_single(f) for f in fixes]
-    by_vehicle: dict[str, list[GpsFix]] = {}
+    by_vehicle: dict[str, list[Reading]] = {}
     for f in fixes:
         group = by_vehicle.setdefault(f.vehicle, [])
         group.append(f)
@@ -145,7 +145,7 @@ def _publish(settings: Settings, tenant: str, readings: int, per_message: int, r
     parts = [done.get(timeout=600) for _ in procs]
     for p in procs:
         p.join()
-    return sum(acked / seconds for acked, seconds in parts if seconds > 0)
+    return float(sum(acked / seconds for acked, seconds in parts if seconds > 0))
 
 
 # ---------------------------------------------------------------- consumers
@@ -177,11 +177,11 @@ def _drain_engine(settings: Settings, tenant: str, expected: int, before: int) -
                     break
                 time.sleep(0.01)
             done_at = time.time()
-            row = conn.execute("SELECT extract(epoch FROM min(received_at)) FROM positions WHERE tenant = %s",
-                               (tenant,)).fetchone()
+            first = scalar(conn, "SELECT extract(epoch FROM min(received_at)) FROM positions WHERE tenant = %s",
+                           (tenant,))
         if stored < expected:
             raise RuntimeError(f"engine stored {stored} of {expected} readings")
-        return Figure("engine", expected, done_at - float(row[0]))
+        return Figure("engine", expected, done_at - float(first))
     finally:
         engine.stop()
 

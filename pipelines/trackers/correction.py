@@ -92,7 +92,7 @@ class Result(Protocol):
 R = TypeVar("R", bound=Result)
 
 
-class Replayable(Protocol[R]):  # type: ignore[misc]  # R is used invariantly by design
+class Replayable(Protocol[R]):
     """A state the corrector checkpoints and replays. ``time`` is its frontier: the
     latest row time applied or timer fired (None before the first)."""
 

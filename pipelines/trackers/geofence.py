@@ -111,8 +111,8 @@ class GeofenceTracker:
         out: list[StopEvent] = []
         visit = self.visit
         if visit is not None:
-            stop = visit.stop
-            if haversine_m(fix.lat, fix.lon, stop.lat, stop.lon) <= stop.radius_m + cfg.fence_exit_margin_m:
+            served = visit.stop
+            if haversine_m(fix.lat, fix.lon, served.lat, served.lon) <= served.radius_m + cfg.fence_exit_margin_m:
                 visit.out_since = None
                 return out
             if visit.out_since is None:
