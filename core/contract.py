@@ -269,8 +269,15 @@ def _seq(obj: dict[str, Any]) -> int:
     return raw
 
 
-def _reading(kind: str, obj: dict[str, Any], tenant: str, vehicle: str, now: datetime,
-             limits: Limits, device_time: datetime | None) -> Reading:
+def _reading(
+    kind: str,
+    obj: dict[str, Any],
+    tenant: str,
+    vehicle: str,
+    now: datetime,
+    limits: Limits,
+    device_time: datetime | None,
+) -> Reading:
     seq = _seq(obj)
     fix_time = _time(obj, "fix_time", now, limits)
     assert fix_time is not None
@@ -280,7 +287,12 @@ def _reading(kind: str, obj: dict[str, Any], tenant: str, vehicle: str, now: dat
         lon = _number(obj, "lon", -180.0, 180.0)
         assert lat is not None and lon is not None
         return GpsFix(
-            tenant, vehicle, seq, fix_time, lat, lon,
+            tenant,
+            vehicle,
+            seq,
+            fix_time,
+            lat,
+            lon,
             speed_mps=_number(obj, "speed_mps", 0.0, 150.0, required=False),
             heading_deg=_number(obj, "heading_deg", 0.0, 360.0, required=False),
             accuracy_m=_number(obj, "accuracy_m", 0.0, 1e5, required=False),
@@ -290,16 +302,16 @@ def _reading(kind: str, obj: dict[str, Any], tenant: str, vehicle: str, now: dat
     if kind == "temp":
         celsius = _number(obj, "celsius", -100.0, 150.0)
         assert celsius is not None
-        return TemperatureReading(tenant, vehicle, seq, fix_time, _text(obj, "sensor"), celsius,
-                                  device_time=own_device_time)
+        return TemperatureReading(
+            tenant, vehicle, seq, fix_time, _text(obj, "sensor"), celsius, device_time=own_device_time
+        )
     if kind == "door":
         is_open = obj.get("open")
         if is_open is None:
             raise ContractError("missing_field", "open")
         if not isinstance(is_open, bool):
             raise ContractError("wrong_type", "open must be true or false")
-        return DoorEvent(tenant, vehicle, seq, fix_time, _text(obj, "door"), is_open,
-                         device_time=own_device_time)
+        return DoorEvent(tenant, vehicle, seq, fix_time, _text(obj, "door"), is_open, device_time=own_device_time)
     raise ContractError("bad_type", f"unknown reading type {kind!r}")
 
 
@@ -412,16 +424,29 @@ def encode_single(reading: Reading) -> tuple[str, bytes]:
     return topic_for(reading.tenant, reading.vehicle, reading.kind), json.dumps(body, separators=(",", ":")).encode()
 
 
-def encode_batch(tenant: str, vehicle: str, readings: list[Reading], device_time: datetime | None = None) -> tuple[str, bytes]:
+def encode_batch(
+    tenant: str, vehicle: str, readings: list[Reading], device_time: datetime | None = None
+) -> tuple[str, bytes]:
     """(topic, payload) for many readings of one vehicle in one message."""
-    body: dict[str, Any] = {"v": CONTRACT_VERSION, "vehicle": vehicle, "readings": [encode_reading(r) for r in readings]}
+    body: dict[str, Any] = {
+        "v": CONTRACT_VERSION,
+        "vehicle": vehicle,
+        "readings": [encode_reading(r) for r in readings],
+    }
     if device_time is not None:
         body["device_time"] = format_time(device_time)
     return topic_for(tenant, vehicle, "batch"), json.dumps(body, separators=(",", ":")).encode()
 
 
-def encode_status(tenant: str, vehicle: str, state: str, sent_at: datetime, details: dict[str, Any] | None = None) -> tuple[str, bytes]:
+def encode_status(
+    tenant: str, vehicle: str, state: str, sent_at: datetime, details: dict[str, Any] | None = None
+) -> tuple[str, bytes]:
     """(topic, payload) for a status report (also used as the MQTT last will)."""
-    body = {"v": CONTRACT_VERSION, "vehicle": vehicle, "sent_at": format_time(sent_at), "state": state,
-            "details": details or {}}
+    body = {
+        "v": CONTRACT_VERSION,
+        "vehicle": vehicle,
+        "sent_at": format_time(sent_at),
+        "state": state,
+        "details": details or {},
+    }
     return topic_for(tenant, vehicle, "status"), json.dumps(body, separators=(",", ":")).encode()

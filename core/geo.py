@@ -95,8 +95,9 @@ class PolylinePosition:
     segment: int
 
 
-def locate_on_polyline(lat: float, lon: float, line: Sequence[LatLon] | np.ndarray,
-                       cumulative_m: np.ndarray | None = None) -> PolylinePosition:
+def locate_on_polyline(
+    lat: float, lon: float, line: Sequence[LatLon] | np.ndarray, cumulative_m: np.ndarray | None = None
+) -> PolylinePosition:
     """Cross-track distance to, and progress along, a polyline of (lat, lon) degrees.
 
     ``cumulative_m`` (optional, metres from the start to each vertex) saves recomputing

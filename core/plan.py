@@ -116,14 +116,18 @@ class Stop:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (times as RFC 3339 UTC; absent windows left out)."""
-        out: dict[str, Any] = {"id": self.id, "lat": self.lat, "lon": self.lon, "radius_m": self.radius_m,
-                               "service_s": self.service_s}
+        out: dict[str, Any] = {
+            "id": self.id,
+            "lat": self.lat,
+            "lon": self.lon,
+            "radius_m": self.radius_m,
+            "service_s": self.service_s,
+        }
         if self.window_start is not None:
             out["window_start"] = format_time(self.window_start)
         if self.window_end is not None:
             out["window_end"] = format_time(self.window_end)
         return out
-
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,7 +194,9 @@ class Plan:
                 if not isinstance(p, (list, tuple)) or len(p) != 2:
                     raise PlanError(f"route[{i}]: must be a [lat, lon] pair")
                 pair = {"lat": p[0], "lon": p[1]}
-                points.append((_number(pair, "lat", f"route[{i}].", -90, 90), _number(pair, "lon", f"route[{i}].", -180, 180)))
+                points.append(
+                    (_number(pair, "lat", f"route[{i}].", -90, 90), _number(pair, "lon", f"route[{i}].", -180, 180))
+                )
             route = tuple(points)
         temp = None
         raw_temp = obj.get("temp_range_c")
@@ -203,11 +209,14 @@ class Plan:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form; ``Plan.from_dict(plan.to_dict()) == plan``."""
-        out: dict[str, Any] = {"tenant": self.tenant, "vehicle": self.vehicle, "version": self.version,
-                               "stops": [s.to_dict() for s in self.stops]}
+        out: dict[str, Any] = {
+            "tenant": self.tenant,
+            "vehicle": self.vehicle,
+            "version": self.version,
+            "stops": [s.to_dict() for s in self.stops],
+        }
         if self.route is not None:
             out["route"] = [[lat, lon] for lat, lon in self.route]
         if self.temp_range_c is not None:
             out["temp_range_c"] = list(self.temp_range_c)
         return out
-

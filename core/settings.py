@@ -73,7 +73,9 @@ class Settings:
     eta_reemit_s: float = _E.reemit_s  # a stop's ETA is re-emitted when it moved by more than this
     eta_every_s: float = _E.estimate_every_s  # a vehicle's ETAs are estimated at most this often (fix time)
     eta_road_network: str = ""  # ETAs to stops of a plan without a route follow this network (helsinki or a .pbf)
-    predicted_late_margin_s: float = _A.predicted_late_margin_s  # an ETA this far past a stop's window end -> predicted_late
+    predicted_late_margin_s: float = (
+        _A.predicted_late_margin_s
+    )  # an ETA this far past a stop's window end -> predicted_late
     # analytics thresholds: defaults from core/thresholds.py (AnalyticsConfig); the rest of its fields keep theirs
     reorder_max_delay_s: float = _A.reorder_max_delay_s  # event-time wait of a vehicle's reorder buffer
     correction_window_s: float = _A.correction_window_s  # late readings this far behind are corrected by replay
@@ -81,8 +83,12 @@ class Settings:
     long_dwell_s: float = _A.long_dwell_s  # at a stop this long -> long_dwell (cells without a baseline)
     drift_distance_m: float = _A.drift_distance_m  # off the route corridor and this far from the route -> off route
     drift_min_duration_s: float = _A.drift_min_duration_s  # off route this long -> route_drift
-    detour_max_offset_m: float = _A.detour_max_offset_m  # off route but this close to the beeline to the next stop (and closing in): a planned detour
-    corridor_resolution: int = _A.corridor_resolution  # H3 resolution of the route corridor (k = 1: about 110 m each side)
+    detour_max_offset_m: float = (
+        _A.detour_max_offset_m
+    )  # off route but this close to the beeline to the next stop (and closing in): a planned detour
+    corridor_resolution: int = (
+        _A.corridor_resolution
+    )  # H3 resolution of the route corridor (k = 1: about 110 m each side)
     excursion_min_s: float = _A.excursion_min_s  # temperature outside the load's range this long -> temp_excursion
     door_open_max_s: float = _A.door_open_max_s  # reefer door open this long -> door_open_too_long
     offline_after_s: float = _A.offline_after_s  # no data this long (fleet clock) while on duty -> offline
@@ -167,17 +173,34 @@ _NOT_SETTINGS = ("FLEETSTREAM_TEST_", "FLEETSTREAM_CACHE_DIR", "FLEETSTREAM_PG_M
 _FLAGS = ("flow_analytics", "flow_eta", "alert_mqtt", "eta_mqtt")  # 0 = off, 1 = on
 # (low, high) bounds, both inclusive; every other number must be >= 0
 _RANGES: dict[str, tuple[float, float]] = {
-    "mqtt_port": (1, 65535), "pg_port": (1, 65535),
-    "gateway_workers": (1, 64), "gateway_batch_max": (1, 100_000), "gateway_flush_ms": (1, 60_000),
-    "gateway_receive_maximum": (1, 65535), "session_expiry_s": (1, 2**32 - 1),
-    "max_payload_bytes": (64, 256 * 1024 * 1024), "max_batch_readings": (1, 1_000_000),
-    "h3_resolution": (0, 15), "corridor_resolution": (0, 15),
-    "flow_epoch_s": (0.05, 3600), "flow_poll_ms": (1, 60_000), "flow_batch_rows": (1, 10_000_000),
-    "flow_tick_ms": (1, 60_000), "webhook_timeout_s": (0.1, 600), "webhook_max_attempts": (1, 1000),
-    "delivery_poll_ms": (1, 60_000), "eta_models_keep": (1, 1000), "eta_eval_vehicles": (1, 100_000),
-    "eta_eval_days": (1, 365), "sim_vehicles": (1, 1_000_000), "sim_speedup": (0.001, 100_000),
-    "sim_gps_period_s": (0.1, 86_400), "sim_anomaly_probability": (0, 1), "sim_malformed_rate": (0, 1),
-    "sim_duplicate_rate": (0, 1), "broker_message_size_limit": (1024, 256 * 1024 * 1024),
+    "mqtt_port": (1, 65535),
+    "pg_port": (1, 65535),
+    "gateway_workers": (1, 64),
+    "gateway_batch_max": (1, 100_000),
+    "gateway_flush_ms": (1, 60_000),
+    "gateway_receive_maximum": (1, 65535),
+    "session_expiry_s": (1, 2**32 - 1),
+    "max_payload_bytes": (64, 256 * 1024 * 1024),
+    "max_batch_readings": (1, 1_000_000),
+    "h3_resolution": (0, 15),
+    "corridor_resolution": (0, 15),
+    "flow_epoch_s": (0.05, 3600),
+    "flow_poll_ms": (1, 60_000),
+    "flow_batch_rows": (1, 10_000_000),
+    "flow_tick_ms": (1, 60_000),
+    "webhook_timeout_s": (0.1, 600),
+    "webhook_max_attempts": (1, 1000),
+    "delivery_poll_ms": (1, 60_000),
+    "eta_models_keep": (1, 1000),
+    "eta_eval_vehicles": (1, 100_000),
+    "eta_eval_days": (1, 365),
+    "sim_vehicles": (1, 1_000_000),
+    "sim_speedup": (0.001, 100_000),
+    "sim_gps_period_s": (0.1, 86_400),
+    "sim_anomaly_probability": (0, 1),
+    "sim_malformed_rate": (0, 1),
+    "sim_duplicate_rate": (0, 1),
+    "broker_message_size_limit": (1024, 256 * 1024 * 1024),
 }
 
 

@@ -22,7 +22,9 @@ class AnalyticsConfig:
 
     # -- reorder buffer and late-data correction
     reorder_max_delay_s: float = 10.0  # a reading waits at most this long for earlier ones
-    correction_window_s: float = 3600.0  # late readings this far behind are corrected by replay; older ones are not analysed
+    correction_window_s: float = (
+        3600.0  # late readings this far behind are corrected by replay; older ones are not analysed
+    )
     checkpoint_every_s: float = 300.0  # event-time spacing of the state checkpoints a replay starts from
 
     # -- GPS quality
@@ -75,7 +77,9 @@ class AnalyticsConfig:
     door_open_max_s: float = 300.0  # a door of a refrigerated load open this long -> door_open_too_long
 
     # -- live ETAs (the ETA tracker's own knobs: pipelines/trackers/eta.py EtaConfig)
-    predicted_late_margin_s: float = 60.0  # an ETA this far past a stop's window end -> predicted_late (resolved back inside)
+    predicted_late_margin_s: float = (
+        60.0  # an ETA this far past a stop's window end -> predicted_late (resolved back inside)
+    )
 
     # -- connectivity (the receive clock: the engine's fleet clock)
     offline_after_s: float = 300.0  # no reading received for this long -> offline
@@ -86,7 +90,9 @@ class AnalyticsConfig:
             if isinstance(value, (int, float)) and not isinstance(value, bool) and value < 0:
                 raise ValueError(f"AnalyticsConfig.{f.name} must be >= 0, got {value}")
         if self.temp_range_c is not None and not self.temp_range_c[0] < self.temp_range_c[1]:
-            raise ValueError(f"AnalyticsConfig.temp_range_c must be (low, high) with low < high, got {self.temp_range_c}")
+            raise ValueError(
+                f"AnalyticsConfig.temp_range_c must be (low, high) with low < high, got {self.temp_range_c}"
+            )
         if not 0 <= self.cell_resolution <= 15 or not 0 <= self.corridor_resolution <= 15:
             raise ValueError("H3 resolutions must be in [0, 15]")
 

@@ -104,15 +104,56 @@ _RESPONSE_READ_CAP = 64 * 1024  # bytes of a webhook response read (and ignored)
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # tenant and vehicle ids (core/contract.py): safe topic levels
 
 # payload field <- column, after kind, id, rev, tenant, vehicle (stop_events.kind becomes "type")
-_ALERT_FIELDS: tuple[tuple[str, str], ...] = tuple((c, c) for c in (
-    "type", "severity", "status", "stop_id", "h3_cell", "start_time", "end_time", "details",
-    "detected_at", "updated_at"))
-_STOP_EVENT_FIELDS: tuple[tuple[str, str], ...] = (("type", "kind"),) + tuple((c, c) for c in (
-    "stop_id", "plan_version", "visit", "at", "h3_cell", "window_start", "window_end", "on_time",
-    "service_s", "details", "retracted", "detected_at", "updated_at"))
-_ETA_FIELDS: tuple[tuple[str, str], ...] = tuple((c, c) for c in (
-    "stop_id", "plan_version", "at", "eta", "h3_cell", "window_end", "method", "state", "details", "retracted",
-    "detected_at", "updated_at"))
+_ALERT_FIELDS: tuple[tuple[str, str], ...] = tuple(
+    (c, c)
+    for c in (
+        "type",
+        "severity",
+        "status",
+        "stop_id",
+        "h3_cell",
+        "start_time",
+        "end_time",
+        "details",
+        "detected_at",
+        "updated_at",
+    )
+)
+_STOP_EVENT_FIELDS: tuple[tuple[str, str], ...] = (("type", "kind"),) + tuple(
+    (c, c)
+    for c in (
+        "stop_id",
+        "plan_version",
+        "visit",
+        "at",
+        "h3_cell",
+        "window_start",
+        "window_end",
+        "on_time",
+        "service_s",
+        "details",
+        "retracted",
+        "detected_at",
+        "updated_at",
+    )
+)
+_ETA_FIELDS: tuple[tuple[str, str], ...] = tuple(
+    (c, c)
+    for c in (
+        "stop_id",
+        "plan_version",
+        "at",
+        "eta",
+        "h3_cell",
+        "window_end",
+        "method",
+        "state",
+        "details",
+        "retracted",
+        "detected_at",
+        "updated_at",
+    )
+)
 _TABLES: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
     "alerts": ("alert", _ALERT_FIELDS),
     "stop_events": ("stop_event", _STOP_EVENT_FIELDS),
@@ -154,8 +195,14 @@ def event_payload(row: Mapping[str, Any]) -> dict[str, Any]:
         kind, fields = _TABLES[row["table"]]
     except KeyError:
         raise ValueError(f"not an alerts or stop_events row (nor eta_updates): table={row.get('table')!r}") from None
-    doc: dict[str, Any] = {"v": PAYLOAD_VERSION, "kind": kind, "id": str(row["id"]), "rev": int(row["rev"]),
-                           "tenant": row["tenant"], "vehicle": row["vehicle_id"]}
+    doc: dict[str, Any] = {
+        "v": PAYLOAD_VERSION,
+        "kind": kind,
+        "id": str(row["id"]),
+        "rev": int(row["rev"]),
+        "tenant": row["tenant"],
+        "vehicle": row["vehicle_id"],
+    }
     for name, column in fields:
         value = row[column]
         if column == "h3_cell":
@@ -209,8 +256,12 @@ def retry_schedule(first_s: float, max_attempts: int, cap_s: float = RETRY_CAP_S
     return [retry_delay(first_s, i, cap_s) for i in range(max(0, max_attempts - 1))]
 
 
-def merge_pages(alerts: Sequence[Mapping[str, Any]], stops: Sequence[Mapping[str, Any]],
-                page_rows: int, etas: Sequence[Mapping[str, Any]] = ()) -> list[Mapping[str, Any]]:
+def merge_pages(
+    alerts: Sequence[Mapping[str, Any]],
+    stops: Sequence[Mapping[str, Any]],
+    page_rows: int,
+    etas: Sequence[Mapping[str, Any]] = (),
+) -> list[Mapping[str, Any]]:
     """Rev-ordered pages (each at most ``page_rows``) as one rev-ordered list with no gap.
 
     A full page may end before rows of another table that come after it; those are
@@ -244,8 +295,10 @@ def delivery_channels(settings: Settings) -> list[str]:
     """
     urls = webhook_urls(settings.webhook_urls)
     if urls and not settings.webhook_secret:
-        raise DeliveryConfigError("webhook_urls is set but webhook_secret is empty: set FLEETSTREAM_WEBHOOK_SECRET "
-                                  "(the HMAC key receivers verify X-Fleetstream-Signature with)")
+        raise DeliveryConfigError(
+            "webhook_urls is set but webhook_secret is empty: set FLEETSTREAM_WEBHOOK_SECRET "
+            "(the HMAC key receivers verify X-Fleetstream-Signature with)"
+        )
     return ([MQTT_CHANNEL] if settings.alert_mqtt else []) + [f"webhook:{u}" for u in urls]
 
 
@@ -255,13 +308,21 @@ def _outage_delay(outages: int) -> float:
 
 # ------------------------------------------------------------------ the change log in the database
 
-_ALERT_SELECT = ("SELECT 'alerts' AS \"table\", id, rev, tenant, vehicle_id, "
-                 + ", ".join(c for _, c in _ALERT_FIELDS) + " FROM alerts WHERE rev > %s ORDER BY rev LIMIT %s")
-_STOP_EVENT_SELECT = ("SELECT 'stop_events' AS \"table\", id, rev, tenant, vehicle_id, "
-                      + ", ".join(c for _, c in _STOP_EVENT_FIELDS)
-                      + " FROM stop_events WHERE rev > %s ORDER BY rev LIMIT %s")
-_ETA_SELECT = ("SELECT 'eta_updates' AS \"table\", id, rev, tenant, vehicle_id, "
-               + ", ".join(c for _, c in _ETA_FIELDS) + " FROM eta_updates WHERE rev > %s ORDER BY rev LIMIT %s")
+_ALERT_SELECT = (
+    "SELECT 'alerts' AS \"table\", id, rev, tenant, vehicle_id, "
+    + ", ".join(c for _, c in _ALERT_FIELDS)
+    + " FROM alerts WHERE rev > %s ORDER BY rev LIMIT %s"
+)
+_STOP_EVENT_SELECT = (
+    "SELECT 'stop_events' AS \"table\", id, rev, tenant, vehicle_id, "
+    + ", ".join(c for _, c in _STOP_EVENT_FIELDS)
+    + " FROM stop_events WHERE rev > %s ORDER BY rev LIMIT %s"
+)
+_ETA_SELECT = (
+    "SELECT 'eta_updates' AS \"table\", id, rev, tenant, vehicle_id, "
+    + ", ".join(c for _, c in _ETA_FIELDS)
+    + " FROM eta_updates WHERE rev > %s ORDER BY rev LIMIT %s"
+)
 
 
 class ChangeFeed:
@@ -272,8 +333,9 @@ class ChangeFeed:
     retries. The in-memory cursor moves only after the database has stored it.
     """
 
-    def __init__(self, dsn: str, channel: str, *, stop_events: bool, page_rows: int = _PAGE_ROWS,
-                 etas: bool = False) -> None:
+    def __init__(
+        self, dsn: str, channel: str, *, stop_events: bool, page_rows: int = _PAGE_ROWS, etas: bool = False
+    ) -> None:
         self.dsn = dsn
         self.channel = channel
         self.stop_events = stop_events
@@ -286,10 +348,12 @@ class ChangeFeed:
         if self._conn is None or self._conn.closed:
             self._conn = connect(self.dsn, autocommit=True)
         if self.last_rev is None:
-            self._conn.execute("INSERT INTO delivery_cursors (channel) VALUES (%s) ON CONFLICT (channel) DO NOTHING",
-                               (self.channel,))
-            row = self._conn.execute("SELECT last_rev FROM delivery_cursors WHERE channel = %s",
-                                     (self.channel,)).fetchone()
+            self._conn.execute(
+                "INSERT INTO delivery_cursors (channel) VALUES (%s) ON CONFLICT (channel) DO NOTHING", (self.channel,)
+            )
+            row = self._conn.execute(
+                "SELECT last_rev FROM delivery_cursors WHERE channel = %s", (self.channel,)
+            ).fetchone()
             assert row is not None
             self.last_rev = int(row[0])
             log.info("delivery %s: resuming after rev %d", self.channel, self.last_rev)
@@ -300,8 +364,9 @@ class ChangeFeed:
         conn = self._connection()
         with conn.cursor(row_factory=dict_row) as cur:
             alerts = cur.execute(_ALERT_SELECT, (self.last_rev, self.page_rows)).fetchall()
-            stops = (cur.execute(_STOP_EVENT_SELECT, (self.last_rev, self.page_rows)).fetchall()
-                     if self.stop_events else [])
+            stops = (
+                cur.execute(_STOP_EVENT_SELECT, (self.last_rev, self.page_rows)).fetchall() if self.stop_events else []
+            )
             etas = cur.execute(_ETA_SELECT, (self.last_rev, self.page_rows)).fetchall() if self.etas else []
         return merge_pages(alerts, stops, self.page_rows, etas)
 
@@ -312,9 +377,13 @@ class ChangeFeed:
             with conn.cursor() as cur:
                 cur.executemany(
                     "INSERT INTO delivery_failures (channel, rev, event_id, attempts, error) VALUES (%s, %s, %s, %s, %s)",
-                    [(self.channel, f.rev, f.event_id, f.attempts, f.error[:_ERROR_TEXT_CAP]) for f in failures])
-            conn.execute("UPDATE delivery_cursors SET last_rev = GREATEST(last_rev, %s), delivered = delivered + %s,"
-                         " updated_at = now() WHERE channel = %s", (rev, delivered, self.channel))
+                    [(self.channel, f.rev, f.event_id, f.attempts, f.error[:_ERROR_TEXT_CAP]) for f in failures],
+                )
+            conn.execute(
+                "UPDATE delivery_cursors SET last_rev = GREATEST(last_rev, %s), delivered = delivered + %s,"
+                " updated_at = now() WHERE channel = %s",
+                (rev, delivered, self.channel),
+            )
         self.last_rev = max(self.last_rev or 0, rev)
 
     def reset(self) -> None:
@@ -391,9 +460,15 @@ class MqttChannel:
     async def _session(self) -> None:
         username, password = self.account
         host, port = self.settings.mqtt_endpoint()
-        client = _PublishClient(host, port, username=username, password=password,
-                                identifier=f"fleetstream-delivery-{uuid.uuid4().hex[:8]}",
-                                protocol=aiomqtt.ProtocolVersion.V5, timeout=_PUBLISH_TIMEOUT_S)
+        client = _PublishClient(
+            host,
+            port,
+            username=username,
+            password=password,
+            identifier=f"fleetstream-delivery-{uuid.uuid4().hex[:8]}",
+            protocol=aiomqtt.ProtocolVersion.V5,
+            timeout=_PUBLISH_TIMEOUT_S,
+        )
         client.pending_calls_threshold = _PAGE_ROWS * 2 + 1  # a whole page is pending by design
         async with client:
             log.info("delivery mqtt: connected to %s:%d as %s", host, port, username)
@@ -441,8 +516,10 @@ class MqttChannel:
         if errors:
             raise errors[0] if isinstance(errors[0], aiomqtt.MqttError) else aiomqtt.MqttError(repr(errors[0]))
         if client.refused:
-            raise _Refused(f"broker refused {len(client.refused)} publishes (reason codes "
-                                    f"{sorted(set(client.refused))}); check the ACL of the alerts account")
+            raise _Refused(
+                f"broker refused {len(client.refused)} publishes (reason codes "
+                f"{sorted(set(client.refused))}); check the ACL of the alerts account"
+            )
         return failures
 
 
@@ -485,8 +562,11 @@ class WebhookChannel:
                     outcome = self._deliver(payload)
                     if outcome is None:  # stopped mid-retry: the cursor stays, it is sent again next run
                         break
-                    self.feed.advance(payload["rev"], 0 if isinstance(outcome, Failure) else 1,
-                                      [outcome] if isinstance(outcome, Failure) else [])
+                    self.feed.advance(
+                        payload["rev"],
+                        0 if isinstance(outcome, Failure) else 1,
+                        [outcome] if isinstance(outcome, Failure) else [],
+                    )
             except psycopg.Error as exc:
                 self.feed.reset()
                 log.warning("delivery %s: database unavailable (%s); retrying", self.channel, exc)
@@ -507,19 +587,31 @@ class WebhookChannel:
             if error is None:
                 return True
             if attempt == self.settings.webhook_max_attempts:
-                log.error("delivery %s: rev %d failed %d times (%s); recorded in delivery_failures",
-                          self.channel, payload["rev"], attempt, error)
+                log.error(
+                    "delivery %s: rev %d failed %d times (%s); recorded in delivery_failures",
+                    self.channel,
+                    payload["rev"],
+                    attempt,
+                    error,
+                )
                 return Failure(payload["rev"], payload["id"], attempt, error)
-            log.warning("delivery %s: rev %d attempt %d failed (%s); next in %.2f s",
-                        self.channel, payload["rev"], attempt, error, delays[attempt - 1])
+            log.warning(
+                "delivery %s: rev %d attempt %d failed (%s); next in %.2f s",
+                self.channel,
+                payload["rev"],
+                attempt,
+                error,
+                delays[attempt - 1],
+            )
             if self.stop.wait(delays[attempt - 1]):
                 return None
         raise AssertionError("unreachable")
 
     def _post(self, event_id: str, body: bytes) -> str | None:
         """One signed POST: None on 2xx, else what went wrong."""
-        request = urllib.request.Request(self.url, data=body, method="POST",
-                                         headers=webhook_headers(self.secret, event_id, body, int(time.time())))
+        request = urllib.request.Request(
+            self.url, data=body, method="POST", headers=webhook_headers(self.secret, event_id, body, int(time.time()))
+        )
         try:
             with self._opener.open(request, timeout=self.settings.webhook_timeout_s) as response:
                 response.read(_RESPONSE_READ_CAP)

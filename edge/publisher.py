@@ -90,13 +90,24 @@ class DevicePublisher:
     ``tls_ca_file`` (optional): a PEM CA bundle; TLS is used when it is given.
     """
 
-    def __init__(self, host: str, port: int, username: str | None = None, password: str | None = None, *,
-                 client_id: str | None = None, will: tuple[str, str] | None = None,
-                 session_expiry_s: int = 24 * 3600, keepalive_s: int = 30,
-                 max_payload_bytes: int = Limits().max_payload_bytes, max_pending: int = 10_000,
-                 max_inflight: int = 1000, publish_timeout_s: float = 60.0,
-                 on_settled: Callable[[Hashable, bool], None] | None = None,
-                 tls_ca_file: str | None = None) -> None:
+    def __init__(
+        self,
+        host: str,
+        port: int,
+        username: str | None = None,
+        password: str | None = None,
+        *,
+        client_id: str | None = None,
+        will: tuple[str, str] | None = None,
+        session_expiry_s: int = 24 * 3600,
+        keepalive_s: int = 30,
+        max_payload_bytes: int = Limits().max_payload_bytes,
+        max_pending: int = 10_000,
+        max_inflight: int = 1000,
+        publish_timeout_s: float = 60.0,
+        on_settled: Callable[[Hashable, bool], None] | None = None,
+        tls_ca_file: str | None = None,
+    ) -> None:
         self.host, self.port = host, port
         self.client_id = client_id or username or f"fleetstream-{uuid.uuid4().hex[:12]}"
         self.session_expiry_s = session_expiry_s
@@ -127,8 +138,9 @@ class DevicePublisher:
         client.max_queued_messages_set(2 * max_pending + 100)
         client.reconnect_delay_set(min_delay=1, max_delay=30)
         if will is not None:
-            topic, payload = encode_status(will[0], will[1], "offline", datetime.now(UTC),
-                                           {"reason": "connection lost"})
+            topic, payload = encode_status(
+                will[0], will[1], "offline", datetime.now(UTC), {"reason": "connection lost"}
+            )
             client.will_set(topic, payload, qos=1, retain=False)
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
@@ -186,8 +198,9 @@ class DevicePublisher:
             return
         props = Properties(PacketTypes.CONNECT)
         props.SessionExpiryInterval = self.session_expiry_s
-        self._client.connect_async(self.host, self.port, keepalive=self.keepalive_s,
-                                   clean_start=False, properties=props)
+        self._client.connect_async(
+            self.host, self.port, keepalive=self.keepalive_s, clean_start=False, properties=props
+        )
         self._client.loop_start()
         self._started = True
         if timeout is None:
@@ -208,8 +221,9 @@ class DevicePublisher:
             why = f"refused: {result.getName()} (0x{result.value:02x})" if result is not None else "no CONNACK"
             raise ConnectionError(f"MQTT {self.host}:{self.port} as {self.client_id!r}: {why} within {timeout} s")
 
-    def publish(self, topic: str, payload: bytes | str, key: Hashable | None = None,
-                timeout: float | None = None) -> Hashable:
+    def publish(
+        self, topic: str, payload: bytes | str, key: Hashable | None = None, timeout: float | None = None
+    ) -> Hashable:
         """Accept one QoS 1 message; returns its key (``key`` or a generated int).
 
         Raises ``ValueError`` for a payload over ``max_payload_bytes`` or a key already
@@ -321,8 +335,9 @@ class DevicePublisher:
         except Exception:
             log.exception("on_settled callback failed for key %r", settled[0])
 
-    def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode,
-                    properties: Properties | None) -> None:
+    def _on_publish(
+        self, client: mqtt.Client, userdata: Any, mid: int, reason: ReasonCode, properties: Properties | None
+    ) -> None:
         with self._cond:
             key = self._by_mid.pop(mid, None)
             if key is None:
@@ -332,8 +347,9 @@ class DevicePublisher:
             settled = self._settle(key, reason)
         self._notify_settled(settled)
 
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode,
-                    properties: Properties | None) -> None:
+    def _on_connect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, properties: Properties | None
+    ) -> None:
         with self._cond:
             self._connect_result = reason
             if reason.is_failure:
@@ -352,8 +368,9 @@ class DevicePublisher:
         for key, entry in backlog:
             self._transmit(key, entry, generation)
 
-    def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode,
-                       properties: Properties | None) -> None:
+    def _on_disconnect(
+        self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, properties: Properties | None
+    ) -> None:
         with self._cond:
             self._connected = False
             self._cond.notify_all()

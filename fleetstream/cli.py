@@ -36,8 +36,15 @@ def _device(settings: Settings, args: argparse.Namespace) -> int:
     from fleetstream import credentials
 
     password = credentials.add_device(settings, args.tenant, args.vehicle, args.password)
-    print(json.dumps({"username": f"{args.tenant}.{args.vehicle}", "password": password,
-                      "publish_to": f"fleet/{args.tenant}/{args.vehicle}/#"}))
+    print(
+        json.dumps(
+            {
+                "username": f"{args.tenant}.{args.vehicle}",
+                "password": password,
+                "publish_to": f"fleet/{args.tenant}/{args.vehicle}/#",
+            }
+        )
+    )
     return 0
 
 
@@ -116,7 +123,9 @@ def _plan(settings: Settings, args: argparse.Namespace) -> int:
         with connect(settings.dsn(), autocommit=True) as conn:  # store_plan needs an idle connection
             for plan in plans:
                 version, stored = store_plan(conn, plan, "cli")
-                print(json.dumps({"tenant": plan.tenant, "vehicle": plan.vehicle, "version": version, "stored": stored}))
+                print(
+                    json.dumps({"tenant": plan.tenant, "vehicle": plan.vehicle, "version": version, "stored": stored})
+                )
         return 0
     from fleetstream.credentials import mqtt_account
     from ingest.dispatch import PublishError, plan_topic, publish_plan
@@ -127,7 +136,11 @@ def _plan(settings: Settings, args: argparse.Namespace) -> int:
         except (PublishError, TimeoutError, OSError, ValueError) as exc:
             print(f"error: {plan.tenant}/{plan.vehicle}: {exc}", file=sys.stderr)
             return 1
-        print(json.dumps({"tenant": plan.tenant, "vehicle": plan.vehicle, "topic": plan_topic(plan.tenant), "acked": True}))
+        print(
+            json.dumps(
+                {"tenant": plan.tenant, "vehicle": plan.vehicle, "topic": plan_topic(plan.tenant), "acked": True}
+            )
+        )
     return 0
 
 
@@ -143,7 +156,9 @@ def _deliver(settings: Settings, args: argparse.Namespace) -> int:
     from delivery.deliverer import run_delivery
     from fleetstream.credentials import mqtt_account
 
-    run_delivery(settings, mqtt_account(settings, "alerts") if settings.alert_mqtt else None)  # main thread: SIGTERM / SIGINT stop it
+    run_delivery(
+        settings, mqtt_account(settings, "alerts") if settings.alert_mqtt else None
+    )  # main thread: SIGTERM / SIGINT stop it
     return 0
 
 
@@ -157,8 +172,12 @@ def _evaluate(settings: Settings, args: argparse.Namespace) -> int:
 
         _, eta_missed = run_eta_evaluation(settings, vehicles=args.vehicles, days=args.days)
         return 1 if eta_missed else 0
-    given = {"sim_vehicles": args.vehicles, "sim_minutes": args.minutes, "sim_speedup": args.speedup,
-             "sim_anomaly_probability": args.probability}
+    given = {
+        "sim_vehicles": args.vehicles,
+        "sim_minutes": args.minutes,
+        "sim_speedup": args.speedup,
+        "sim_anomaly_probability": args.probability,
+    }
     scenario: dict[str, Any] = {k: given[k] if given[k] is not None else v for k, v in EVALUATION_DEFAULTS.items()}
     _, missed = run_evaluation(replace(settings, **scenario))
     return 1 if missed else 0
@@ -226,23 +245,33 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("flow", help="run the dataflow (the engine starts it)")
     p.set_defaults(func=_flow)
 
-    for name, func, text in (("simulate", _simulate, "publish a simulated fleet to the broker"),
-                             ("demo", _demo, "services + engine + simulated fleet, with live progress")):
+    for name, func, text in (
+        ("simulate", _simulate, "publish a simulated fleet to the broker"),
+        ("demo", _demo, "services + engine + simulated fleet, with live progress"),
+    ):
         p = sub.add_parser(name, help=text)
         p.add_argument("--vehicles", type=int, help="default: settings.sim_vehicles (50)")
         p.add_argument("--minutes", type=float, help="wall-clock minutes (default: settings.sim_minutes)")
         p.add_argument("--speedup", type=float, help="simulated seconds per wall second")
         p.add_argument("--seed", type=int)
-        p.add_argument("--batch", action="store_true", help="shared-account path only (external broker): batch messages; "
-                       "simulated vans with their own accounts always send batches, like the edge agent")
+        p.add_argument(
+            "--batch",
+            action="store_true",
+            help="shared-account path only (external broker): batch messages; "
+            "simulated vans with their own accounts always send batches, like the edge agent",
+        )
         p.set_defaults(func=func)
 
     p = sub.add_parser("bench", help="ingest benchmark with references measured in the same run")
     p.add_argument("--readings", type=int, default=100_000, help="backlog size for the drain tests")
     p.add_argument("--quick", action="store_true", help="small sizes, for a smoke run")
     p.add_argument("--analytics-only", action="store_true", help="only the analytics benchmark")
-    p.add_argument("--eta", action="store_true", help="only the ETA training benchmark: a simulated week of "
-                   "--vehicles vans (default 50) into TimescaleDB, then `train eta` timed")
+    p.add_argument(
+        "--eta",
+        action="store_true",
+        help="only the ETA training benchmark: a simulated week of "
+        "--vehicles vans (default 50) into TimescaleDB, then `train eta` timed",
+    )
     p.add_argument("--vehicles", type=int, help="with --eta: vans in the simulated week (default 50)")
     p.set_defaults(func=_bench)
 
@@ -263,32 +292,48 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("deliver", help="deliver alerts and stop events to MQTT and webhooks (the engine starts it)")
     p.set_defaults(func=_deliver)
 
-    p = sub.add_parser("evaluate", help="simulated fleet with labelled anomalies through the real engine: "
-                       "precision, recall, detection delay, arrival/departure timing")
+    p = sub.add_parser(
+        "evaluate",
+        help="simulated fleet with labelled anomalies through the real engine: "
+        "precision, recall, detection delay, arrival/departure timing",
+    )
     p.add_argument("--vehicles", type=int, help="default 100")
     p.add_argument("--minutes", type=float, help="wall-clock minutes (default 6)")
     p.add_argument("--speedup", type=float, help="simulated seconds per wall second (default 20)")
     p.add_argument("--probability", type=float, help="chance per van of each anomaly (default 0.5)")
     p.add_argument("--seed", type=int)
-    p.add_argument("--eta", action="store_true", help="instead: ETA accuracy (MAE, MAPE at 5/15/30 min before "
-                   "arrival) of the trained model, the speed profiles alone and the naive baseline, on simulated "
-                   "days (in process; --vehicles default settings.eta_eval_vehicles)")
+    p.add_argument(
+        "--eta",
+        action="store_true",
+        help="instead: ETA accuracy (MAE, MAPE at 5/15/30 min before "
+        "arrival) of the trained model, the speed profiles alone and the naive baseline, on simulated "
+        "days (in process; --vehicles default settings.eta_eval_vehicles)",
+    )
     p.add_argument("--days", type=int, help="with --eta: training days (default settings.eta_eval_days)")
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("train", help="learn a model from the history in TimescaleDB")
-    p.add_argument("model", choices=["dwell", "eta"], help="dwell: per-H3-cell, hour-of-week dwell baselines; "
-                   "eta: speed profiles, detour factor and ETA model, saved under <state_dir>/models/eta")
+    p.add_argument(
+        "model",
+        choices=["dwell", "eta"],
+        help="dwell: per-H3-cell, hour-of-week dwell baselines; "
+        "eta: speed profiles, detour factor and ETA model, saved under <state_dir>/models/eta",
+    )
     p.add_argument("--tenant", help="eta: whose history (default settings.tenant)")
     p.add_argument("--since", help="eta: arrivals from this ISO time (with zone); default: all history")
     p.add_argument("--until", help="eta: arrivals before this ISO time (with zone)")
     p.set_defaults(func=_train)
 
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    overrides = {"sim_vehicles": getattr(args, "vehicles", None), "sim_minutes": getattr(args, "minutes", None),
-                 "sim_speedup": getattr(args, "speedup", None), "sim_seed": getattr(args, "seed", None)}
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s"
+    )
+    overrides = {
+        "sim_vehicles": getattr(args, "vehicles", None),
+        "sim_minutes": getattr(args, "minutes", None),
+        "sim_speedup": getattr(args, "speedup", None),
+        "sim_seed": getattr(args, "seed", None),
+    }
     settings = load_settings(**overrides)
     return int(args.func(settings, args) or 0)
 

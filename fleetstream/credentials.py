@@ -68,8 +68,14 @@ ROLE_ACLS: dict[str, tuple[str, ...]] = {
     "dispatch": ("topic write dispatch/#",),
     "simulator": ("topic readwrite fleet/#",),
     "bench": ("topic readwrite fleet/#",),
-    "monitor": ("topic read fleet/#", "topic read $SYS/#", "topic read alerts/#", "topic read stops/#",
-                "topic read etas/#", "topic read dispatch/#"),
+    "monitor": (
+        "topic read fleet/#",
+        "topic read $SYS/#",
+        "topic read alerts/#",
+        "topic read stops/#",
+        "topic read etas/#",
+        "topic read dispatch/#",
+    ),
 }
 _DEFAULT_ROLE_ACL: tuple[str, ...] = ("topic readwrite fleet/#",)
 _RELOAD_PROBE_S = 3.0

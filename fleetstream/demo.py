@@ -39,25 +39,41 @@ def _sample(conn: Any, published: int, tenant: str) -> _Sample:
     # what the dataflow counted for it (other tenants' history may share the database)
     stored, dead, dups = conn.execute(
         "SELECT coalesce(sum(stored), 0), coalesce(sum(dead_letters), 0), coalesce(sum(duplicates), 0) "
-        "FROM gateway_shards").fetchone()
+        "FROM gateway_shards"
+    ).fetchone()
     processed, lag = conn.execute(
         "SELECT coalesce(sum(gps_count + temp_count + door_count), 0), "
         "extract(epoch FROM max(processed_at - last_received_at) FILTER (WHERE processed_at > now() - interval '5 s')) "
-        "FROM vehicle_state WHERE tenant = %s", (tenant,)).fetchone()
-    tenant_rows = scalar(conn,
+        "FROM vehicle_state WHERE tenant = %s",
+        (tenant,),
+    ).fetchone()
+    tenant_rows = scalar(
+        conn,
         "SELECT (SELECT count(*) FROM positions WHERE tenant = %(t)s) + (SELECT count(*) FROM temperatures "
-        "WHERE tenant = %(t)s) + (SELECT count(*) FROM door_events WHERE tenant = %(t)s)", {"t": tenant})
-    return _Sample(time.monotonic(), published, int(stored), int(dead), int(dups), int(processed),
-                   float(lag) if lag is not None else None, int(tenant_rows))
+        "WHERE tenant = %(t)s) + (SELECT count(*) FROM door_events WHERE tenant = %(t)s)",
+        {"t": tenant},
+    )
+    return _Sample(
+        time.monotonic(),
+        published,
+        int(stored),
+        int(dead),
+        int(dups),
+        int(processed),
+        float(lag) if lag is not None else None,
+        int(tenant_rows),
+    )
 
 
 def _progress_line(first: _Sample, prev: _Sample, cur: _Sample) -> str:
     dt = max(cur.at - prev.at, 1e-6)
     lag = f"{cur.lag_s:.1f} s" if cur.lag_s is not None else "-"
-    return (f"[{cur.at - first.at:6.0f} s] in {(cur.published - prev.published) / dt:7.0f}/s  "
-            f"stored {(cur.stored - prev.stored) / dt:7.0f}/s  total {cur.stored - first.stored:8d}  "
-            f"flow lag {lag:>6}  backlog {max(0, cur.tenant_rows - cur.processed):6d}  "
-            f"dead letters {cur.dead - first.dead:4d}  duplicates {cur.duplicates - first.duplicates:4d}")
+    return (
+        f"[{cur.at - first.at:6.0f} s] in {(cur.published - prev.published) / dt:7.0f}/s  "
+        f"stored {(cur.stored - prev.stored) / dt:7.0f}/s  total {cur.stored - first.stored:8d}  "
+        f"flow lag {lag:>6}  backlog {max(0, cur.tenant_rows - cur.processed):6d}  "
+        f"dead letters {cur.dead - first.dead:4d}  duplicates {cur.duplicates - first.duplicates:4d}"
+    )
 
 
 def fleet_summary(settings: Settings, tenant: str, since: datetime) -> dict[str, Any]:
@@ -66,30 +82,59 @@ def fleet_summary(settings: Settings, tenant: str, since: datetime) -> dict[str,
         out: dict[str, Any] = {}
         for table in ("positions", "temperatures", "door_events"):
             count, vehicles, first, last = one(
-                conn, f"SELECT count(*), count(DISTINCT vehicle_id), min(fix_time), max(fix_time) FROM {table} "
-                "WHERE tenant = %s AND received_at >= %s", (tenant, since))
+                conn,
+                f"SELECT count(*), count(DISTINCT vehicle_id), min(fix_time), max(fix_time) FROM {table} "
+                "WHERE tenant = %s AND received_at >= %s",
+                (tenant, since),
+            )
             out[table] = {"rows": count, "vehicles": vehicles, "first_fix": first, "last_fix": last}
-        out["h3_cells_visited"] = scalar(conn,
+        out["h3_cells_visited"] = scalar(
+            conn,
             "SELECT count(DISTINCT h3_cell) FROM positions WHERE tenant = %s AND received_at >= %s",
-            (tenant, since))
-        out["dead_letters"] = dict(conn.execute(
-            "SELECT reason, count(*) FROM dead_letters WHERE topic LIKE %s AND received_at >= %s "
-            "GROUP BY reason ORDER BY reason", (f"fleet/{tenant}/%", since)).fetchall())
+            (tenant, since),
+        )
+        out["dead_letters"] = dict(
+            conn.execute(
+                "SELECT reason, count(*) FROM dead_letters WHERE topic LIKE %s AND received_at >= %s "
+                "GROUP BY reason ORDER BY reason",
+                (f"fleet/{tenant}/%", since),
+            ).fetchall()
+        )
         # what the analytics made of it (rows written or changed during this run)
-        out["alerts"] = dict(conn.execute(
-            "SELECT type || ' ' || status, count(*) FROM alerts WHERE tenant = %s AND updated_at >= %s "
-            "GROUP BY 1 ORDER BY 1", (tenant, since)).fetchall())
-        out["stop_events"] = dict(conn.execute(
-            "SELECT kind, count(*) FROM stop_events WHERE tenant = %s AND updated_at >= %s AND NOT retracted "
-            "GROUP BY kind ORDER BY kind", (tenant, since)).fetchall())
-        out["eta_updates"] = scalar(conn,
-            "SELECT count(*) FROM eta_updates WHERE tenant = %s AND updated_at >= %s", (tenant, since))
+        out["alerts"] = dict(
+            conn.execute(
+                "SELECT type || ' ' || status, count(*) FROM alerts WHERE tenant = %s AND updated_at >= %s "
+                "GROUP BY 1 ORDER BY 1",
+                (tenant, since),
+            ).fetchall()
+        )
+        out["stop_events"] = dict(
+            conn.execute(
+                "SELECT kind, count(*) FROM stop_events WHERE tenant = %s AND updated_at >= %s AND NOT retracted "
+                "GROUP BY kind ORDER BY kind",
+                (tenant, since),
+            ).fetchall()
+        )
+        out["eta_updates"] = scalar(
+            conn, "SELECT count(*) FROM eta_updates WHERE tenant = %s AND updated_at >= %s", (tenant, since)
+        )
         # the dataflow's running totals (all time) must equal what is stored (all time)
-        out["stored_all_time"] = {t: scalar(conn, f"SELECT count(*) FROM {t} WHERE tenant = %s", (tenant,))
-                                  for t in ("positions", "temperatures", "door_events")}
-        out["dataflow_vehicle_state"] = dict(zip(("vehicles", "gps", "temp", "door"), one(
-            conn, "SELECT count(*), coalesce(sum(gps_count), 0), coalesce(sum(temp_count), 0), "
-            "coalesce(sum(door_count), 0) FROM vehicle_state WHERE tenant = %s", (tenant,)), strict=True))
+        out["stored_all_time"] = {
+            t: scalar(conn, f"SELECT count(*) FROM {t} WHERE tenant = %s", (tenant,))
+            for t in ("positions", "temperatures", "door_events")
+        }
+        out["dataflow_vehicle_state"] = dict(
+            zip(
+                ("vehicles", "gps", "temp", "door"),
+                one(
+                    conn,
+                    "SELECT count(*), coalesce(sum(gps_count), 0), coalesce(sum(temp_count), 0), "
+                    "coalesce(sum(door_count), 0) FROM vehicle_state WHERE tenant = %s",
+                    (tenant,),
+                ),
+                strict=True,
+            )
+        )
         return out
 
 
@@ -99,8 +144,9 @@ def _provision(settings: Settings) -> dict[str, str]:
     return credentials.add_devices(settings, settings.tenant, vehicle_ids(settings.sim_vehicles))
 
 
-def simulate(settings: Settings, batch: bool = False, stop: threading.Event | None = None,
-             progress: dict[str, int] | None = None) -> dict[str, Any]:
+def simulate(
+    settings: Settings, batch: bool = False, stop: threading.Event | None = None, progress: dict[str, int] | None = None
+) -> dict[str, Any]:
     """Publish the simulated fleet with each vehicle's own credentials (provisioned here)."""
     from sim.fleet import run_simulation
 
@@ -115,10 +161,19 @@ def simulate(settings: Settings, batch: bool = False, stop: threading.Event | No
         if progress is not None:
             progress.update(counts)
 
-    return run_simulation(settings, vehicles=settings.sim_vehicles, minutes=settings.sim_minutes,
-                          speedup=settings.sim_speedup, seed=settings.sim_seed, batch=batch,
-                          device_passwords=passwords, service_credentials=service, on_progress=on_progress,
-                          stop_event=stop, on_plans=lambda plans: _discard(store_plans(settings, plans)))
+    return run_simulation(
+        settings,
+        vehicles=settings.sim_vehicles,
+        minutes=settings.sim_minutes,
+        speedup=settings.sim_speedup,
+        seed=settings.sim_seed,
+        batch=batch,
+        device_passwords=passwords,
+        service_credentials=service,
+        on_progress=on_progress,
+        stop_event=stop,
+        on_plans=lambda plans: _discard(store_plans(settings, plans)),
+    )
 
 
 def _discard(_: object) -> None:
@@ -138,8 +193,11 @@ def run_demo(settings: Settings, batch: bool = False) -> int:
     """Services up, schema, engine, simulated fleet; live progress; summary from TimescaleDB."""
     started = time.monotonic()
     started_at = datetime.now(UTC)
-    print(f"fleetstream demo: {settings.sim_vehicles} vehicles for {settings.sim_minutes:g} min "
-          f"({settings.sim_speedup:g}x simulated time), tenant {settings.tenant!r}", flush=True)
+    print(
+        f"fleetstream demo: {settings.sim_vehicles} vehicles for {settings.sim_minutes:g} min "
+        f"({settings.sim_speedup:g}x simulated time), tenant {settings.tenant!r}",
+        flush=True,
+    )
     if settings.embedded_mqtt or settings.embedded_pg:
         services.up(settings)
     migrate(settings.dsn())
@@ -173,8 +231,11 @@ def run_demo(settings: Settings, batch: bool = False) -> int:
                     if cur.stored == prev.stored and cur.processed >= cur.tenant_rows:
                         break
                     if time.monotonic() - fleet_done_at > _SETTLE_TIMEOUT_S:
-                        print(f"\nthe dataflow had not caught up {_SETTLE_TIMEOUT_S:.0f} s after the fleet "
-                              f"finished (backlog {cur.tenant_rows - cur.processed}); summarising anyway", flush=True)
+                        print(
+                            f"\nthe dataflow had not caught up {_SETTLE_TIMEOUT_S:.0f} s after the fleet "
+                            f"finished (backlog {cur.tenant_rows - cur.processed}); summarising anyway",
+                            flush=True,
+                        )
                         break
                 prev = cur
     finally:
@@ -185,6 +246,8 @@ def run_demo(settings: Settings, batch: bool = False) -> int:
     print(f"\nTimescaleDB received for tenant {settings.tenant!r} during this run:")
     for key, value in fleet_summary(settings, settings.tenant, started_at).items():
         print(f"  {key}: {json.dumps(value, default=str)}")
-    print(f"\ndone in {time.monotonic() - started:.0f} s; services still running "
-          f"(stop them with: fleetstream services down)")
+    print(
+        f"\ndone in {time.monotonic() - started:.0f} s; services still running "
+        f"(stop them with: fleetstream services down)"
+    )
     return 0

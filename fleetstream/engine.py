@@ -52,12 +52,15 @@ class _Child:
 class Engine:
     """Start, watch and stop the engine's processes."""
 
-    def __init__(self, settings: Settings, with_flow: bool = True, with_dispatch: bool = True,
-                 with_delivery: bool | None = None) -> None:
+    def __init__(
+        self, settings: Settings, with_flow: bool = True, with_dispatch: bool = True, with_delivery: bool | None = None
+    ) -> None:
         self.settings = settings
         cli = [sys.executable, "-m", "fleetstream.cli"]
-        self.children = [_Child(f"gateway-{i}", [*cli, "gateway", "--shard", str(i)], shard=i)
-                         for i in range(settings.gateway_workers)]
+        self.children = [
+            _Child(f"gateway-{i}", [*cli, "gateway", "--shard", str(i)], shard=i)
+            for i in range(settings.gateway_workers)
+        ]
         if with_flow:
             self.children.append(_Child("flow", [*cli, "flow"]))
         # one dispatch listener per broker (its client id is fixed): plans over MQTT
@@ -76,8 +79,13 @@ class Engine:
         if child.name == "dispatch":
             dispatch_ready_file(self.settings).unlink(missing_ok=True)
         with open(self._log / f"{child.name}.log", "ab") as out:
-            child.proc = subprocess.Popen(child.argv, env=settings_env(self.settings), stdout=out,
-                                          stderr=subprocess.STDOUT, preexec_fn=_die_with_parent)
+            child.proc = subprocess.Popen(
+                child.argv,
+                env=settings_env(self.settings),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                preexec_fn=_die_with_parent,
+            )
         log.info("engine: started %s (pid %d)", child.name, child.proc.pid)
 
     def start(self) -> None:

@@ -42,8 +42,15 @@ from models.roads import RoadNetwork
 from sim.simulator import AnomalyPlan, FleetSimulator, RawMessage
 from store.history import EtaHistory
 
-__all__ = ["EVAL_HORIZONS_S", "EtaEvalDay", "eta_targets_missed", "format_eta_table", "run_eta_evaluation",
-           "score_eta", "simulated_history"]
+__all__ = [
+    "EVAL_HORIZONS_S",
+    "EtaEvalDay",
+    "eta_targets_missed",
+    "format_eta_table",
+    "run_eta_evaluation",
+    "score_eta",
+    "simulated_history",
+]
 
 EVAL_HORIZONS_S: tuple[float, ...] = (300.0, 900.0, 1800.0)
 FIRST_DAY = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)  # a Monday, 08:00 in Helsinki
@@ -60,9 +67,17 @@ class EtaEvalDay:
     version: int
 
 
-def simulated_history(network: RoadNetwork, days: Sequence[EtaEvalDay], vehicles: int, *, tenant: str = "demo",
-                      stagger_s: float = 9 * 3600.0, gps_period_s: float = 5.0,
-                      anomalies: AnomalyPlan | None = None, resolution: int = 9) -> EtaHistory:
+def simulated_history(
+    network: RoadNetwork,
+    days: Sequence[EtaEvalDay],
+    vehicles: int,
+    *,
+    tenant: str = "demo",
+    stagger_s: float = 9 * 3600.0,
+    gps_period_s: float = 5.0,
+    anomalies: AnomalyPlan | None = None,
+    resolution: int = 9,
+) -> EtaHistory:
     """The fixes, true (first) arrivals and plans of ``vehicles`` vans on each of ``days``.
 
     Fixes as the devices sent them (noise, offline gaps delivered late: fix times are
@@ -73,8 +88,16 @@ def simulated_history(network: RoadNetwork, days: Sequence[EtaEvalDay], vehicles
     arrivals: list[tuple[str, str, str, int, datetime]] = []
     plans: list[Plan] = []
     for day in days:
-        sim = FleetSimulator(network, vehicles=vehicles, seed=day.seed, start=day.start, gps_period_s=gps_period_s,
-                             anomalies=anomalies, tenant=tenant, stagger_s=stagger_s)
+        sim = FleetSimulator(
+            network,
+            vehicles=vehicles,
+            seed=day.seed,
+            start=day.start,
+            gps_period_s=gps_period_s,
+            anomalies=anomalies,
+            tenant=tenant,
+            stagger_s=stagger_s,
+        )
         for event in sim.events():
             fix = event.item
             if event.duplicate or isinstance(fix, RawMessage) or not isinstance(fix, GpsFix):
@@ -87,18 +110,43 @@ def simulated_history(network: RoadNetwork, days: Sequence[EtaEvalDay], vehicles
             speeds.append(fix.speed_mps)
         for label in sim.labels():
             if label["kind"] == "stop_visit" and label["arrival"] is not None:
-                arrivals.append((tenant, label["vehicle"], label["stop_id"], day.version,
-                                 datetime.fromisoformat(label["arrival"])))
+                arrivals.append(
+                    (tenant, label["vehicle"], label["stop_id"], day.version, datetime.fromisoformat(label["arrival"]))
+                )
         for body in sim.contract_plans():
             plans.append(Plan.from_dict({**body, "version": day.version}))
     cells = [h3.latlng_to_cell(lat, lon, resolution) for lat, lon in zip(lats, lons, strict=True)]
-    positions = pl.DataFrame({"tenant": tenants, "vehicle_id": vids, "fix_time": times, "lat": lats, "lon": lons,
-                              "speed_mps": speeds, "h3_cell": cells},
-                             schema={"tenant": pl.String, "vehicle_id": pl.String, "fix_time": pl.Datetime("us", "UTC"),
-                                     "lat": pl.Float64, "lon": pl.Float64, "speed_mps": pl.Float64, "h3_cell": pl.Int64})
-    arrival_frame = pl.DataFrame(arrivals, schema={"tenant": pl.String, "vehicle_id": pl.String, "stop_id": pl.String,
-                                                   "plan_version": pl.Int64, "at": pl.Datetime("us", "UTC")},
-                                 orient="row")
+    positions = pl.DataFrame(
+        {
+            "tenant": tenants,
+            "vehicle_id": vids,
+            "fix_time": times,
+            "lat": lats,
+            "lon": lons,
+            "speed_mps": speeds,
+            "h3_cell": cells,
+        },
+        schema={
+            "tenant": pl.String,
+            "vehicle_id": pl.String,
+            "fix_time": pl.Datetime("us", "UTC"),
+            "lat": pl.Float64,
+            "lon": pl.Float64,
+            "speed_mps": pl.Float64,
+            "h3_cell": pl.Int64,
+        },
+    )
+    arrival_frame = pl.DataFrame(
+        arrivals,
+        schema={
+            "tenant": pl.String,
+            "vehicle_id": pl.String,
+            "stop_id": pl.String,
+            "plan_version": pl.Int64,
+            "at": pl.Datetime("us", "UTC"),
+        },
+        orient="row",
+    )
     return EtaHistory(positions, arrival_frame, plans)
 
 
@@ -154,23 +202,30 @@ def _f(value: float | None, spec: str) -> str:
 
 def format_eta_table(table: list[dict[str, Any]]) -> str:
     """The scored table as Markdown."""
-    lines = ["| before arrival | rows (naive answers) | MAE model | MAE profile | MAE naive | model vs naive "
-             "| MAPE model | MAPE profile | MAPE naive | all rows: MAE model / profile |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "| before arrival | rows (naive answers) | MAE model | MAE profile | MAE naive | model vs naive "
+        "| MAPE model | MAPE profile | MAPE naive | all rows: MAE model / profile |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for e in table:
-        gain = (None if not e["naive_mae_s"] or e["model_mae_s"] is None
-                else (e["model_mae_s"] / e["naive_mae_s"] - 1.0) * 100.0)
+        gain = (
+            None
+            if not e["naive_mae_s"] or e["model_mae_s"] is None
+            else (e["model_mae_s"] / e["naive_mae_s"] - 1.0) * 100.0
+        )
         lines.append(
             f"| {e['horizon_s'] / 60:g} min | {e['rows']} ({e['naive_rows']}) | {_f(e['model_mae_s'], '.0f')} s "
             f"| {_f(e['profile_mae_s'], '.0f')} s | {_f(e['naive_mae_s'], '.0f')} s | {_f(gain, '+.0f')} % "
             f"| {_f(e['model_mape_pct'], '.1f')} % | {_f(e['profile_mape_pct'], '.1f')} % "
             f"| {_f(e['naive_mape_pct'], '.1f')} % "
-            f"| {_f(e['model_mae_all_s'], '.0f')} s / {_f(e['profile_mae_all_s'], '.0f')} s |")
+            f"| {_f(e['model_mae_all_s'], '.0f')} s / {_f(e['profile_mae_all_s'], '.0f')} s |"
+        )
     return "\n".join(lines)
 
 
-def run_eta_evaluation(settings: Settings, vehicles: int | None = None, days: int | None = None,
-                       say: Callable[[str], Any] = print) -> tuple[dict[str, Any], list[str]]:
+def run_eta_evaluation(
+    settings: Settings, vehicles: int | None = None, days: int | None = None, say: Callable[[str], Any] = print
+) -> tuple[dict[str, Any], list[str]]:
     """Simulate, train, test, score and print; returns (report, missed targets). The report is
     also written to ``<state_dir>/eval/eta-report.json``."""
     from training.eta import build_training_rows, train_eta_from_frames
@@ -182,41 +237,70 @@ def run_eta_evaluation(settings: Settings, vehicles: int | None = None, days: in
     network = RoadNetwork.from_settings(settings)
     train_days = [EtaEvalDay(FIRST_DAY + timedelta(days=d), seed + d, d + 1) for d in range(days)]
     test_day = EtaEvalDay(FIRST_DAY + timedelta(days=days), seed + TEST_SEED_OFFSET, days + 1)
-    say(f"fleetstream evaluate --eta: {vehicles} vans, trained on {days} simulated days "
+    say(
+        f"fleetstream evaluate --eta: {vehicles} vans, trained on {days} simulated days "
         f"({train_days[0].start:%Y-%m-%d}..{train_days[-1].start:%Y-%m-%d}, seeds {seed}..{seed + days - 1}), "
-        f"tested on {test_day.start:%Y-%m-%d} (seed {test_day.seed})")
-    history = simulated_history(network, train_days, vehicles, tenant=settings.tenant,
-                                gps_period_s=settings.sim_gps_period_s)
-    test = simulated_history(network, [test_day], vehicles, tenant=settings.tenant,
-                             gps_period_s=settings.sim_gps_period_s)
+        f"tested on {test_day.start:%Y-%m-%d} (seed {test_day.seed})"
+    )
+    history = simulated_history(
+        network, train_days, vehicles, tenant=settings.tenant, gps_period_s=settings.sim_gps_period_s
+    )
+    test = simulated_history(
+        network, [test_day], vehicles, tenant=settings.tenant, gps_period_s=settings.sim_gps_period_s
+    )
     simulated = time.perf_counter()
     training = train_eta_from_frames(history.positions, history.arrivals, history.plans, random_state=seed)
     trained = time.perf_counter()
-    rows = build_training_rows(test.positions, test.arrivals, test.plans, profiles=training.profiles,
-                               detour_factor=training.detour_factor, horizons_s=EVAL_HORIZONS_S)
+    rows = build_training_rows(
+        test.positions,
+        test.arrivals,
+        test.plans,
+        profiles=training.profiles,
+        detour_factor=training.detour_factor,
+        horizons_s=EVAL_HORIZONS_S,
+    )
     from models.eta import FEATURES
 
     model_s: Any = training.model.predict(rows.select(FEATURES).to_numpy()) if rows.height else []
     rows = rows.with_columns(model_s=pl.Series(model_s, dtype=pl.Float64))
     table = score_eta(rows)
     missed = eta_targets_missed(table)
-    report = {"vehicles": vehicles, "train_days": days, "seed": seed, "test_seed": test_day.seed,
-              "test_day": test_day.start.isoformat(), "train_positions": history.positions.height,
-              "train_arrivals": history.arrivals.height, "training_rows": training.rows.height,
-              "test_arrivals": test.arrivals.height, "model_version": training.model.version,
-              "model_metrics": training.model.metrics, "detour_factor": training.detour_factor,
-              "table": table, "missed": missed, "simulate_s": round(simulated - began, 1),
-              "train_s": round(trained - simulated, 1), "total_s": round(time.perf_counter() - began, 1)}
+    report = {
+        "vehicles": vehicles,
+        "train_days": days,
+        "seed": seed,
+        "test_seed": test_day.seed,
+        "test_day": test_day.start.isoformat(),
+        "train_positions": history.positions.height,
+        "train_arrivals": history.arrivals.height,
+        "training_rows": training.rows.height,
+        "test_arrivals": test.arrivals.height,
+        "model_version": training.model.version,
+        "model_metrics": training.model.metrics,
+        "detour_factor": training.detour_factor,
+        "table": table,
+        "missed": missed,
+        "simulate_s": round(simulated - began, 1),
+        "train_s": round(trained - simulated, 1),
+        "total_s": round(time.perf_counter() - began, 1),
+    }
     out = Path(settings.state_dir) / "eval" / "eta-report.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(report, indent=2, default=str), encoding="utf-8")
-    say(f"simulated {history.positions.height + test.positions.height} fixes in {report['simulate_s']} s; "
+    say(
+        f"simulated {history.positions.height + test.positions.height} fixes in {report['simulate_s']} s; "
         f"trained on {training.rows.height} rows ({history.arrivals.height} arrivals) in {report['train_s']} s; "
-        f"detour factor {training.detour_factor:.2f}")
+        f"detour factor {training.detour_factor:.2f}"
+    )
     say("\n" + format_eta_table(table))
-    say("\nMAE in seconds, MAPE in % of the true time to arrival; the first columns on the rows where the naive "
-        "baseline answers (the van moving), the last over every row.")
+    say(
+        "\nMAE in seconds, MAPE in % of the true time to arrival; the first columns on the rows where the naive "
+        "baseline answers (the van moving), the last over every row."
+    )
     say(f"report: {out}")
-    say("targets met (model MAE >= 30 % below naive and below profile at every horizon)" if not missed
-        else "targets missed:\n  " + "\n  ".join(missed))
+    say(
+        "targets met (model MAE >= 30 % below naive and below profile at every horizon)"
+        if not missed
+        else "targets missed:\n  " + "\n  ".join(missed)
+    )
     return report, missed

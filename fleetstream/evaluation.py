@@ -60,8 +60,14 @@ def _overlap_s(a0: datetime, a1: datetime, b0: datetime, b1: datetime) -> float:
     return (min(a1, b1) - max(a0, b0)).total_seconds()
 
 
-def _score_type(labels: list[dict[str, Any]], alerts: list[dict[str, Any]], threshold_s: float,
-                sim_end: datetime, tolerance: timedelta, censor_margin: timedelta) -> dict[str, Any]:
+def _score_type(
+    labels: list[dict[str, Any]],
+    alerts: list[dict[str, Any]],
+    threshold_s: float,
+    sim_end: datetime,
+    tolerance: timedelta,
+    censor_margin: timedelta,
+) -> dict[str, Any]:
     raised = [a for a in alerts if _time(a["detected_at"]) <= sim_end]
     detectable, censored, ambiguous = [], [], []
     for label in labels:
@@ -103,20 +109,29 @@ def _score_type(labels: list[dict[str, Any]], alerts: list[dict[str, Any]], thre
     true_alerts = matched + censored_hits
     median = _quantile(delays, 0.5)
     return {
-        "labels": len(labels), "detectable": len(detectable), "censored": len(censored),
-        "ambiguous": len(ambiguous), "alerts": counted_alerts, "matched": matched, "matched_censored": censored_hits,
-        "false_positives": counted_alerts - true_alerts, "missed": len(detectable) - matched,
+        "labels": len(labels),
+        "detectable": len(detectable),
+        "censored": len(censored),
+        "ambiguous": len(ambiguous),
+        "alerts": counted_alerts,
+        "matched": matched,
+        "matched_censored": censored_hits,
+        "false_positives": counted_alerts - true_alerts,
+        "missed": len(detectable) - matched,
         "precision": true_alerts / counted_alerts if counted_alerts else None,
         "recall": matched / len(detectable) if detectable else None,
-        "delay_median_s": median, "delay_p95_s": _quantile(delays, 0.95), "threshold_s": threshold_s,
+        "delay_median_s": median,
+        "delay_p95_s": _quantile(delays, 0.95),
+        "threshold_s": threshold_s,
         "delay_minus_threshold_s": None if median is None else median - threshold_s,
     }
 
 
 def _timing(labels: list[dict[str, Any]], stop_events: list[dict[str, Any]]) -> dict[str, Any]:
     visits = [row for row in labels if row["kind"] == "stop_visit"]
-    truth = {(v["vehicle"], v["stop_id"], kind): v[kind] for v in visits for kind in ("arrival", "departure")
-             if v.get(kind)}
+    truth = {
+        (v["vehicle"], v["stop_id"], kind): v[kind] for v in visits for kind in ("arrival", "departure") if v.get(kind)
+    }
     first: dict[tuple[str, str, str], dict[str, Any]] = {}
     extra: Counter[str] = Counter()
     for event in stop_events:
@@ -141,9 +156,15 @@ def _timing(labels: list[dict[str, Any]], stop_events: list[dict[str, Any]]) -> 
                 continue
             errors.append((_time(found["at"]) - _time(at)).total_seconds())
         absolute = [abs(e) for e in errors]
-        out[kind] = {"expected": expected, "matched": len(errors), "missing": missing, "extra": extra[kind],
-                     "median_error_s": _quantile(errors, 0.5), "median_abs_error_s": _quantile(absolute, 0.5),
-                     "p95_abs_error_s": _quantile(absolute, 0.95)}
+        out[kind] = {
+            "expected": expected,
+            "matched": len(errors),
+            "missing": missing,
+            "extra": extra[kind],
+            "median_error_s": _quantile(errors, 0.5),
+            "median_abs_error_s": _quantile(absolute, 0.5),
+            "p95_abs_error_s": _quantile(absolute, 0.95),
+        }
     out["extra_events"] = sum(extra.values())
     return out
 
@@ -154,9 +175,16 @@ def _threshold(thresholds: dict[str, float], alert_type: str, label_type: str) -
     return float(thresholds[label_type])
 
 
-def score(labels: list[dict[str, Any]], alerts: list[dict[str, Any]], stop_events: list[dict[str, Any]], *,
-          sim_end: datetime, thresholds: dict[str, float], tolerance_s: float = 120.0,
-          censor_margin_s: float = 60.0) -> dict[str, Any]:
+def score(
+    labels: list[dict[str, Any]],
+    alerts: list[dict[str, Any]],
+    stop_events: list[dict[str, Any]],
+    *,
+    sim_end: datetime,
+    thresholds: dict[str, float],
+    tolerance_s: float = 120.0,
+    censor_margin_s: float = 60.0,
+) -> dict[str, Any]:
     """The evaluation report (see the module docstring).
 
     ``labels``: the simulator's label rows; ``alerts``: rows with id, type, vehicle_id,
@@ -171,13 +199,18 @@ def score(labels: list[dict[str, Any]], alerts: list[dict[str, Any]], stop_event
     for label_type, alert_type in ALERT_FOR_LABEL.items():
         mine = [row for row in labels if row["kind"] == "anomaly" and row["type"] == label_type]
         theirs = [a for a in live if a["type"] == alert_type]
-        anomalies[label_type] = {"alert_type": alert_type,
-                                 **_score_type(mine, theirs, _threshold(thresholds, alert_type, label_type),
-                                               sim_end, tolerance, margin)}
+        anomalies[label_type] = {
+            "alert_type": alert_type,
+            **_score_type(mine, theirs, _threshold(thresholds, alert_type, label_type), sim_end, tolerance, margin),
+        }
     mapped = set(ALERT_FOR_LABEL.values())
     unlabelled = dict(sorted(Counter(a["type"] for a in live if a["type"] not in mapped).items()))
-    return {"sim_end": sim_end.isoformat(), "anomalies": anomalies, "unlabelled_alerts": unlabelled,
-            "stops": _timing(labels, stop_events)}
+    return {
+        "sim_end": sim_end.isoformat(),
+        "anomalies": anomalies,
+        "unlabelled_alerts": unlabelled,
+        "stops": _timing(labels, stop_events),
+    }
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -186,29 +219,43 @@ def _fmt(value: float | None, spec: str) -> str:
 
 def format_report(report: dict[str, Any]) -> str:
     """Plain-text tables: one row per anomaly type, then arrival/departure timing."""
-    lines = [f"{'anomaly':<16}{'alert type':<16}{'precision':>10}{'recall':>8}{'detect./labels':>16}"
-             f"{'delay p50':>11}{'p95':>8}{'p50 - threshold':>17}"]
+    lines = [
+        f"{'anomaly':<16}{'alert type':<16}{'precision':>10}{'recall':>8}{'detect./labels':>16}"
+        f"{'delay p50':>11}{'p95':>8}{'p50 - threshold':>17}"
+    ]
     for name, row in report["anomalies"].items():
-        lines.append(f"{name:<16}{row['alert_type']:<16}{_fmt(row['precision'], '.3f'):>10}"
-                     f"{_fmt(row['recall'], '.3f'):>8}{row['detectable']:>9}/{row['labels']:<6}"
-                     f"{_fmt(row['delay_median_s'], '.0f'):>10}s{_fmt(row['delay_p95_s'], '.0f'):>7}s"
-                     f"{_fmt(row['delay_minus_threshold_s'], '+.0f'):>16}s")
+        lines.append(
+            f"{name:<16}{row['alert_type']:<16}{_fmt(row['precision'], '.3f'):>10}"
+            f"{_fmt(row['recall'], '.3f'):>8}{row['detectable']:>9}/{row['labels']:<6}"
+            f"{_fmt(row['delay_median_s'], '.0f'):>10}s{_fmt(row['delay_p95_s'], '.0f'):>7}s"
+            f"{_fmt(row['delay_minus_threshold_s'], '+.0f'):>16}s"
+        )
     if report["unlabelled_alerts"]:
-        lines.append("alerts of types the simulator does not label: "
-                     + ", ".join(f"{k} {v}" for k, v in report["unlabelled_alerts"].items()))
+        lines.append(
+            "alerts of types the simulator does not label: "
+            + ", ".join(f"{k} {v}" for k, v in report["unlabelled_alerts"].items())
+        )
     lines.append("")
-    lines.append(f"{'stop events':<12}{'matched':>14}{'median error':>14}{'median |error|':>16}{'p95 |error|':>13}"
-                 f"{'missing':>9}{'extra':>7}")
+    lines.append(
+        f"{'stop events':<12}{'matched':>14}{'median error':>14}{'median |error|':>16}{'p95 |error|':>13}"
+        f"{'missing':>9}{'extra':>7}"
+    )
     for kind in ("arrival", "departure"):
         row = report["stops"][kind]
-        lines.append(f"{kind:<12}{row['matched']:>7}/{row['expected']:<6}{_fmt(row['median_error_s'], '+.1f'):>13}s"
-                     f"{_fmt(row['median_abs_error_s'], '.1f'):>15}s{_fmt(row['p95_abs_error_s'], '.1f'):>12}s"
-                     f"{row['missing']:>9}{row['extra']:>7}")
+        lines.append(
+            f"{kind:<12}{row['matched']:>7}/{row['expected']:<6}{_fmt(row['median_error_s'], '+.1f'):>13}s"
+            f"{_fmt(row['median_abs_error_s'], '.1f'):>15}s{_fmt(row['p95_abs_error_s'], '.1f'):>12}s"
+            f"{row['missing']:>9}{row['extra']:>7}"
+        )
     return "\n".join(lines)
 
 
-def report_passes(report: dict[str, Any], min_precision: float = 0.95, min_recall: float = 0.95,
-                  max_delay_over_threshold_s: float = 30.0) -> list[str]:
+def report_passes(
+    report: dict[str, Any],
+    min_precision: float = 0.95,
+    min_recall: float = 0.95,
+    max_delay_over_threshold_s: float = 30.0,
+) -> list[str]:
     """The targets a report misses (empty: all met)."""
     failed = []
     for name, row in report["anomalies"].items():
@@ -218,5 +265,7 @@ def report_passes(report: dict[str, Any], min_precision: float = 0.95, min_recal
             failed.append(f"{name}: recall {_fmt(row['recall'], '.3f')} < {min_recall}")
         over = row["delay_minus_threshold_s"]
         if over is None or over > max_delay_over_threshold_s:
-            failed.append(f"{name}: median delay {_fmt(over, '+.0f')} s over the threshold > {max_delay_over_threshold_s}")
+            failed.append(
+                f"{name}: median delay {_fmt(over, '+.0f')} s over the threshold > {max_delay_over_threshold_s}"
+            )
     return failed

@@ -413,7 +413,9 @@ def _stop_postgres_locked(settings: Settings, mode: str = "fast") -> bool:
         return False
     data = postgres_paths(settings)["data"]
     proc = subprocess.run(
-        _as_user(PG_USER, [_pg(settings, "pg_ctl"), "stop", "-D", str(data), "-m", mode, "-w", "-t", str(PG_STOP_TIMEOUT_S)]),
+        _as_user(
+            PG_USER, [_pg(settings, "pg_ctl"), "stop", "-D", str(data), "-m", mode, "-w", "-t", str(PG_STOP_TIMEOUT_S)]
+        ),
         stdin=subprocess.DEVNULL,
         capture_output=True,
         text=True,

@@ -27,9 +27,14 @@ def eta_models_dir(settings: Settings) -> Path:
     return Path(settings.state_dir) / "models" / "eta"
 
 
-def run_train_eta(settings: Settings, tenant: str | None = None, since: datetime | None = None,
-                  until: datetime | None = None, say: Callable[[str], Any] = print,
-                  models_dir: Path | None = None) -> tuple[int, dict[str, Any]]:
+def run_train_eta(
+    settings: Settings,
+    tenant: str | None = None,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    say: Callable[[str], Any] = print,
+    models_dir: Path | None = None,
+) -> tuple[int, dict[str, Any]]:
     """Train and publish (to ``models_dir``, default ``eta_models_dir(settings)``); returns
     (exit code, summary with metrics, version and seconds per phase)."""
     from models.eta_versions import publish_eta_set
@@ -45,11 +50,17 @@ def run_train_eta(settings: Settings, tenant: str | None = None, since: datetime
     loaded = time.perf_counter()
     counts = {"positions": history.positions.height, "arrivals": history.arrivals.height, "plans": len(history.plans)}
     summary: dict[str, Any] = {"tenant": tenant, **counts, "load_s": round(loaded - began, 2)}
-    span = f"tenant {tenant!r}" + (f" from {since.isoformat()}" if since else "") + (f" until {until.isoformat()}" if until else "")
+    span = (
+        f"tenant {tenant!r}"
+        + (f" from {since.isoformat()}" if since else "")
+        + (f" until {until.isoformat()}" if until else "")
+    )
     if history.is_empty():
-        say(f"no ETA history for {span}: {counts['positions']} positions, {counts['arrivals']} arrivals, "
+        say(
+            f"no ETA history for {span}: {counts['positions']} positions, {counts['arrivals']} arrivals, "
             f"{counts['plans']} plans. Arrivals come from vehicles with plans driving through the engine; "
-            "nothing was trained.")
+            "nothing was trained."
+        )
         return 1, summary
     try:
         training = train_eta_from_frames(history.positions, history.arrivals, history.plans)  # seeded: repeatable
@@ -59,15 +70,29 @@ def run_train_eta(settings: Settings, tenant: str | None = None, since: datetime
     trained = time.perf_counter()
     model = training.model
     models_dir = models_dir or eta_models_dir(settings)
-    folder = publish_eta_set(models_dir, EtaModels(training.profiles, model, training.detour_factor),
-                             model.version, keep=settings.eta_models_keep)
+    folder = publish_eta_set(
+        models_dir,
+        EtaModels(training.profiles, model, training.detour_factor),
+        model.version,
+        keep=settings.eta_models_keep,
+    )
     done = time.perf_counter()
-    summary.update(version=folder.name, folder=str(folder), rows=training.rows.height,
-                   trips=training.rows["trip"].n_unique(), detour_factor=round(training.detour_factor, 3),
-                   profile_cells=sum(len(t) for t in training.profiles.cell_hour), metrics=model.metrics,
-                   train_s=round(trained - loaded, 2), save_s=round(done - trained, 2), total_s=round(done - began, 2))
+    summary.update(
+        version=folder.name,
+        folder=str(folder),
+        rows=training.rows.height,
+        trips=training.rows["trip"].n_unique(),
+        detour_factor=round(training.detour_factor, 3),
+        profile_cells=sum(len(t) for t in training.profiles.cell_hour),
+        metrics=model.metrics,
+        train_s=round(trained - loaded, 2),
+        save_s=round(done - trained, 2),
+        total_s=round(done - began, 2),
+    )
     say(json.dumps(summary, indent=2, default=str))
-    say(f"ETA set {folder.name} is current in {models_dir} (engine: loaded at start, or send SIGHUP); "
+    say(
+        f"ETA set {folder.name} is current in {models_dir} (engine: loaded at start, or send SIGHUP); "
         f"held-out MAE {model.metrics['mae_s']:.0f} s (profile alone {model.metrics['profile_mae_s']:.0f} s); "
-        f"took {done - began:.1f} s (read {loaded - began:.1f} s, train {trained - loaded:.1f} s)")
+        f"took {done - began:.1f} s (read {loaded - began:.1f} s, train {trained - loaded:.1f} s)"
+    )
     return 0, summary

@@ -20,7 +20,6 @@ from ingest.rows import DeadLetterRow, DoorRow, PositionRow, StatusRow, Temperat
 __all__ = ["Received", "Prepared", "prepare", "dead_letter_row"]
 
 
-
 @dataclass(frozen=True, slots=True)
 class Received:
     """One MQTT message as the gateway got it. ``received_ts``: Unix seconds."""
@@ -52,8 +51,9 @@ class Prepared:
         return len(self.positions) + len(self.temperatures) + len(self.doors)
 
 
-def dead_letter_row(topic: str, payload: bytes, received_at: datetime, reason: str, detail: str,
-                    index: int | None, raw_cap: int) -> DeadLetterRow:
+def dead_letter_row(
+    topic: str, payload: bytes, received_at: datetime, reason: str, detail: str, index: int | None, raw_cap: int
+) -> DeadLetterRow:
     """A dead_letters row; the digest makes a redelivered bad message land once."""
     digest = hashlib.sha256(topic.encode() + b"\0" + payload + b"\0" + str(index).encode()).digest()
     return DeadLetterRow(received_at, topic, reason, detail[:500], index, payload[:raw_cap], len(payload), digest)
@@ -67,11 +67,15 @@ def prepare(messages: list[Received], limits: Limits, h3_resolution: int, raw_ca
         received_at = datetime.fromtimestamp(msg.received_ts, UTC)
         decoded = decode(msg.topic, msg.payload, received_at, limits)
         for rej in decoded.rejected:
-            out.dead_letters.append(dead_letter_row(msg.topic, msg.payload, received_at, rej.reason, rej.detail,
-                                                    rej.index, raw_cap))
+            out.dead_letters.append(
+                dead_letter_row(msg.topic, msg.payload, received_at, rej.reason, rej.detail, rej.index, raw_cap)
+            )
         for status in decoded.statuses:
-            out.statuses.append(StatusRow(status.sent_at, status.tenant, status.vehicle, status.state,
-                                          json.dumps(status.details), received_at))
+            out.statuses.append(
+                StatusRow(
+                    status.sent_at, status.tenant, status.vehicle, status.state, json.dumps(status.details), received_at
+                )
+            )
         for r in decoded.readings:
             if isinstance(r, GpsFix):
                 content: tuple[Any, ...] = (r.lat, r.lon, r.speed_mps, r.heading_deg, r.accuracy_m, r.alt_m)
@@ -93,17 +97,35 @@ def prepare(messages: list[Received], limits: Limits, h3_resolution: int, raw_ca
             order = out.reading_count
             if isinstance(r, GpsFix):
                 cell = h3.latlng_to_cell(r.lat, r.lon, h3_resolution)
-                out.positions.append(PositionRow(r.fix_time, r.tenant, r.vehicle, r.seq, r.lat, r.lon, r.speed_mps,
-                                                 r.heading_deg, r.accuracy_m, r.alt_m, cell, r.device_time,
-                                                 received_at))
+                out.positions.append(
+                    PositionRow(
+                        r.fix_time,
+                        r.tenant,
+                        r.vehicle,
+                        r.seq,
+                        r.lat,
+                        r.lon,
+                        r.speed_mps,
+                        r.heading_deg,
+                        r.accuracy_m,
+                        r.alt_m,
+                        cell,
+                        r.device_time,
+                        received_at,
+                    )
+                )
                 out.position_order.append(order)
             elif isinstance(r, TemperatureReading):
-                out.temperatures.append(TemperatureRow(r.fix_time, r.tenant, r.vehicle, r.seq, r.sensor, r.celsius,
-                                                       r.device_time, received_at))
+                out.temperatures.append(
+                    TemperatureRow(
+                        r.fix_time, r.tenant, r.vehicle, r.seq, r.sensor, r.celsius, r.device_time, received_at
+                    )
+                )
                 out.temperature_order.append(order)
             else:
-                out.doors.append(DoorRow(r.fix_time, r.tenant, r.vehicle, r.seq, r.door, r.open, r.device_time,
-                                         received_at))
+                out.doors.append(
+                    DoorRow(r.fix_time, r.tenant, r.vehicle, r.seq, r.door, r.open, r.device_time, received_at)
+                )
                 out.door_order.append(order)
     return out
 
@@ -111,4 +133,3 @@ def prepare(messages: list[Received], limits: Limits, h3_resolution: int, raw_ca
 def _conflict_row(msg: Received, received_at: datetime, r: Any, raw_cap: int) -> DeadLetterRow:
     detail = f"{r.kind} seq {r.seq} at {r.fix_time.isoformat()} already received with different content"
     return dead_letter_row(msg.topic, msg.payload, received_at, "conflict", detail, None, raw_cap)
-

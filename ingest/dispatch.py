@@ -135,8 +135,7 @@ class DispatchListener:
     # ---------------------------------------------------------------- MQTT
 
     def _make_client(self) -> mqtt.Client:
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=CLIENT_ID, protocol=mqtt.MQTTv5,
-                             manual_ack=True)
+        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=CLIENT_ID, protocol=mqtt.MQTTv5, manual_ack=True)
         client.username_pw_set(*self.account)
         client.reconnect_delay_set(min_delay=0.1, max_delay=2.0)  # type: ignore[arg-type]
         client.on_connect = self._on_connect
@@ -145,8 +144,9 @@ class DispatchListener:
         client.on_subscribe = self._on_subscribe
         return client
 
-    def _on_connect(self, client: mqtt.Client, _userdata: object, flags: Any, reason: ReasonCode,
-                    _props: object) -> None:
+    def _on_connect(
+        self, client: mqtt.Client, _userdata: object, flags: Any, reason: ReasonCode, _props: object
+    ) -> None:
         if reason.is_failure:
             log.error("dispatch: broker refused connection: %s", reason)
             return
@@ -162,8 +162,9 @@ class DispatchListener:
         self._connected.set()
         log.info("dispatch: connected (session present: %s)", session_present)
 
-    def _on_subscribe(self, _client: mqtt.Client, _userdata: object, _mid: int, reasons: list[ReasonCode],
-                      _props: object) -> None:
+    def _on_subscribe(
+        self, _client: mqtt.Client, _userdata: object, _mid: int, reasons: list[ReasonCode], _props: object
+    ) -> None:
         if any(r.is_failure for r in reasons):
             log.error("dispatch: subscription to %s refused: %s", PLAN_FILTER, reasons)
             return
@@ -171,8 +172,9 @@ class DispatchListener:
         ready.parent.mkdir(parents=True, exist_ok=True)
         ready.touch()
 
-    def _on_disconnect(self, _client: mqtt.Client, _userdata: object, _flags: object, reason: ReasonCode,
-                       _props: object) -> None:
+    def _on_disconnect(
+        self, _client: mqtt.Client, _userdata: object, _flags: object, reason: ReasonCode, _props: object
+    ) -> None:
         self._connected.clear()
         with self._lock:
             self._generation += 1  # nothing received so far may be acked on the next connection
@@ -207,8 +209,15 @@ class DispatchListener:
             self._conn = None
 
     def _dead_letter(self, conn: psycopg.Connection, msg: _Message, rejected: Rejected) -> None:
-        row = dead_letter_row(msg.topic, msg.payload, msg.received_at, rejected.reason, rejected.detail, None,
-                              self.settings.dead_letter_raw_cap)
+        row = dead_letter_row(
+            msg.topic,
+            msg.payload,
+            msg.received_at,
+            rejected.reason,
+            rejected.detail,
+            None,
+            self.settings.dead_letter_raw_cap,
+        )
         with conn.transaction(), conn.cursor() as cur:
             store_dead_letters(cur, [row], DEAD_LETTER_SHARD)
 
@@ -226,8 +235,13 @@ class DispatchListener:
                         outcome = Rejected("bad_plan", f"the database refused the plan: {str(exc).strip()}")
                         continue
                     self.totals["stored" if stored else "unchanged"] += 1
-                    log.info("dispatch: plan %s/%s %s version %d", outcome.tenant, outcome.vehicle,
-                             "stored as" if stored else "unchanged at", version)
+                    log.info(
+                        "dispatch: plan %s/%s %s version %d",
+                        outcome.tenant,
+                        outcome.vehicle,
+                        "stored as" if stored else "unchanged at",
+                        version,
+                    )
                 else:
                     self._dead_letter(conn, msg, outcome)
                     self.totals["dead_letters"] += 1
@@ -296,8 +310,14 @@ def _tenant_of(payload: bytes) -> str:
     return tenant
 
 
-def publish_plan(settings: Settings, plan: Plan | Mapping[str, Any] | bytes, *, tenant: str | None = None,
-                 credentials: tuple[str, str], timeout_s: float = 10.0) -> None:
+def publish_plan(
+    settings: Settings,
+    plan: Plan | Mapping[str, Any] | bytes,
+    *,
+    tenant: str | None = None,
+    credentials: tuple[str, str],
+    timeout_s: float = 10.0,
+) -> None:
     """Publish one plan to ``dispatch/<tenant>/plan`` at QoS 1 and wait for the broker's PUBACK.
 
     A ``Plan`` or dict is validated first (PlanError) and size-checked against
@@ -338,8 +358,9 @@ def publish_plan(settings: Settings, plan: Plan | Mapping[str, Any] | bytes, *, 
             cond.notify_all()
 
     # one-shot sender: a clean session, nothing for the broker to keep
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"fleetstream-plan-{uuid.uuid4().hex[:12]}",
-                         protocol=mqtt.MQTTv5)
+    client = mqtt.Client(
+        CallbackAPIVersion.VERSION2, client_id=f"fleetstream-plan-{uuid.uuid4().hex[:12]}", protocol=mqtt.MQTTv5
+    )
     client.username_pw_set(username, password)
     client.on_connect = on_connect
     client.on_publish = on_publish
@@ -364,8 +385,10 @@ def publish_plan(settings: Settings, plan: Plan | Mapping[str, Any] | bytes, *, 
         if reason.is_failure:
             raise PublishError(f"broker refused the plan on {topic}: {reason} (0x{code:02X})", code)
         if code == _NO_MATCHING_SUBSCRIBERS:
-            raise PublishError(f"no subscriber on {topic}: the dispatch listener has never run here, "
-                               "so the broker dropped the plan", code)
+            raise PublishError(
+                f"no subscriber on {topic}: the dispatch listener has never run here, so the broker dropped the plan",
+                code,
+            )
     finally:
         client.disconnect()
         client.loop_stop()

@@ -67,8 +67,9 @@ class GatewayShard:
     # ---------------------------------------------------------------- MQTT
 
     def _make_client(self) -> mqtt.Client:
-        client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"fleetstream-gw-{self.shard}",
-                             protocol=mqtt.MQTTv5, manual_ack=True)
+        client = mqtt.Client(
+            CallbackAPIVersion.VERSION2, client_id=f"fleetstream-gw-{self.shard}", protocol=mqtt.MQTTv5, manual_ack=True
+        )
         client.username_pw_set(*self.account)
         # Back before any device: Mosquitto 2.0 restores a shared-subscription session from its
         # persistence file but queues nothing for it until the member reconnects, so what a
@@ -80,8 +81,9 @@ class GatewayShard:
         client.on_subscribe = self._on_subscribe
         return client
 
-    def _on_connect(self, client: mqtt.Client, _userdata: object, _flags: object, reason: ReasonCode,
-                    _props: object) -> None:
+    def _on_connect(
+        self, client: mqtt.Client, _userdata: object, _flags: object, reason: ReasonCode, _props: object
+    ) -> None:
         if reason.is_failure:
             log.error("shard %d: broker refused connection: %s", self.shard, reason)
             return
@@ -91,8 +93,9 @@ class GatewayShard:
         self._connected.set()
         log.info("shard %d: connected (session present: %s)", self.shard, getattr(_flags, "session_present", "?"))
 
-    def _on_subscribe(self, _client: mqtt.Client, _userdata: object, _mid: int, reasons: list[ReasonCode],
-                      _props: object) -> None:
+    def _on_subscribe(
+        self, _client: mqtt.Client, _userdata: object, _mid: int, reasons: list[ReasonCode], _props: object
+    ) -> None:
         if any(r.is_failure for r in reasons):
             log.error("shard %d: subscription refused: %s", self.shard, reasons)
             return
@@ -102,8 +105,9 @@ class GatewayShard:
         ready.parent.mkdir(parents=True, exist_ok=True)
         ready.touch()
 
-    def _on_disconnect(self, _client: mqtt.Client, _userdata: object, _flags: object, reason: ReasonCode,
-                       _props: object) -> None:
+    def _on_disconnect(
+        self, _client: mqtt.Client, _userdata: object, _flags: object, reason: ReasonCode, _props: object
+    ) -> None:
         self._connected.clear()
         with self._cond:
             self._generation += 1  # nothing received so far may be acked on the next connection
@@ -135,16 +139,18 @@ class GatewayShard:
             return batch
 
     def _commit(self, batch: list[_Pending], stop: threading.Event) -> None:
-        prepared = prepare([p.message for p in batch], self.limits, self.settings.h3_resolution,
-                           self.settings.dead_letter_raw_cap)
+        prepared = prepare(
+            [p.message for p in batch], self.limits, self.settings.h3_resolution, self.settings.dead_letter_raw_cap
+        )
         delay = 0.5
         while True:
             try:
                 result = self.writer.write(prepared, len(batch))
                 break
             except psycopg.OperationalError as exc:  # database away: keep the batch, retry, never ack
-                log.warning("shard %d: database unavailable (%s); retrying in %.1f s", self.shard,
-                            str(exc).strip()[:120], delay)
+                log.warning(
+                    "shard %d: database unavailable (%s); retrying in %.1f s", self.shard, str(exc).strip()[:120], delay
+                )
                 self.writer.close()
                 if stop.wait(delay):
                     raise
@@ -154,8 +160,13 @@ class GatewayShard:
         for p in batch:  # PUBACK in arrival order, only on the connection they arrived on
             if p.generation == generation and p.qos > 0:
                 self.client.ack(p.mid, p.qos)
-        for key, value in (("messages", len(batch)), ("stored", result.stored), ("duplicates", result.duplicates),
-                           ("conflicts", result.conflicts), ("dead_letters", result.dead_letters)):
+        for key, value in (
+            ("messages", len(batch)),
+            ("stored", result.stored),
+            ("duplicates", result.duplicates),
+            ("conflicts", result.conflicts),
+            ("dead_letters", result.dead_letters),
+        ):
             self.totals[key] += value
 
     def run(self, stop: threading.Event) -> None:

@@ -30,10 +30,27 @@ _SHARD_LOCK = 0x67770000  # + shard: one writer per shard, so shard_seq follows 
 
 
 # PostgreSQL types of the reading rows' columns (binary COPY needs them)
-_TYPES = {"fix_time": "timestamptz", "tenant": "text", "vehicle_id": "text", "seq": "int8", "lat": "float8",
-          "lon": "float8", "speed_mps": "float4", "heading_deg": "float4", "accuracy_m": "float4", "alt_m": "float4",
-          "h3_cell": "int8", "sensor": "text", "celsius": "float4", "door": "text", "is_open": "bool",
-          "device_time": "timestamptz", "received_at": "timestamptz", "shard": "int2", "shard_seq": "int8"}
+_TYPES = {
+    "fix_time": "timestamptz",
+    "tenant": "text",
+    "vehicle_id": "text",
+    "seq": "int8",
+    "lat": "float8",
+    "lon": "float8",
+    "speed_mps": "float4",
+    "heading_deg": "float4",
+    "accuracy_m": "float4",
+    "alt_m": "float4",
+    "h3_cell": "int8",
+    "sensor": "text",
+    "celsius": "float4",
+    "door": "text",
+    "is_open": "bool",
+    "device_time": "timestamptz",
+    "received_at": "timestamptz",
+    "shard": "int2",
+    "shard_seq": "int8",
+}
 _TAIL = ("shard", "shard_seq")  # the writer's own columns, after each row's
 
 
@@ -59,8 +76,10 @@ TABLES = (
     _Table("door_events", DoorRow, ("door", "is_open"), "door"),
 )
 _DEAD_LETTER_COLUMNS = ", ".join((*DeadLetterRow._fields, "shard"))
-_STATUS_INSERT = (f"INSERT INTO device_status ({', '.join(StatusRow._fields)}) "
-                  "VALUES (%s, %s, %s, %s, %s::jsonb, %s) ON CONFLICT DO NOTHING")
+_STATUS_INSERT = (
+    f"INSERT INTO device_status ({', '.join(StatusRow._fields)}) "
+    "VALUES (%s, %s, %s, %s, %s::jsonb, %s) ON CONFLICT DO NOTHING"
+)
 
 
 def store_dead_letters(cur: psycopg.Cursor[Any], rows: list[DeadLetterRow], shard: int) -> int:
@@ -71,7 +90,8 @@ def store_dead_letters(cur: psycopg.Cursor[Any], rows: list[DeadLetterRow], shar
         cur.execute(
             f"INSERT INTO dead_letters ({_DEAD_LETTER_COLUMNS}) SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s "
             "WHERE NOT EXISTS (SELECT 1 FROM dead_letters WHERE digest = %s)",
-            (*row, shard, row.digest))
+            (*row, shard, row.digest),
+        )
         stored += cur.rowcount
     return stored
 
@@ -91,11 +111,17 @@ def _receive_orders(batch: Prepared) -> tuple[list[int], list[int], list[int]]:
     """Each table's rows' places among the batch's readings; table by table when not recorded."""
     given = (batch.position_order, batch.temperature_order, batch.door_order)
     if (len(batch.position_order), len(batch.temperature_order), len(batch.door_order)) == (
-            len(batch.positions), len(batch.temperatures), len(batch.doors)):
+        len(batch.positions),
+        len(batch.temperatures),
+        len(batch.doors),
+    ):
         return given
     n_pos, n_temp = len(batch.positions), len(batch.temperatures)
-    return (list(range(n_pos)), list(range(n_pos, n_pos + n_temp)),
-            list(range(n_pos + n_temp, n_pos + n_temp + len(batch.doors))))
+    return (
+        list(range(n_pos)),
+        list(range(n_pos, n_pos + n_temp)),
+        list(range(n_pos + n_temp, n_pos + n_temp + len(batch.doors))),
+    )
 
 
 class ShardWriter:
@@ -152,8 +178,10 @@ class ShardWriter:
                         copy.set_types(table.types)
                         for row, place in zip(rows, order, strict=True):
                             copy.write_row((*row, self.shard, self.last_seq + 1 + place))
-                    cur.execute(f"INSERT INTO {table.name} ({columns}) SELECT {columns} FROM stage_{table.name} "
-                                "ON CONFLICT DO NOTHING")
+                    cur.execute(
+                        f"INSERT INTO {table.name} ({columns}) SELECT {columns} FROM stage_{table.name} "
+                        "ON CONFLICT DO NOTHING"
+                    )
                     inserted = cur.rowcount
                     stored += inserted
                     if inserted < staged:
@@ -170,7 +198,8 @@ class ShardWriter:
                     "UPDATE gateway_shards SET last_seq = %s, stored = stored + %s, duplicates = duplicates + %s, "
                     "conflicts = conflicts + %s, dead_letters = dead_letters + %s, messages = messages + %s, "
                     "updated_at = now() WHERE shard = %s",
-                    (seq, stored, duplicates, conflicts, dead_stored, messages, self.shard))
+                    (seq, stored, duplicates, conflicts, dead_stored, messages, self.shard),
+                )
                 if stored:
                     cur.execute("SELECT pg_notify(%s, %s)", (COMMIT_CHANNEL, f"{self.shard}:{seq}"))
             conn.commit()
@@ -196,7 +225,8 @@ class ShardWriter:
             f"SELECT s.tenant, s.vehicle_id, s.seq, s.fix_time, s.received_at, json_build_array({staged_content})::text "
             f"FROM stage_{table.name} s JOIN {table.name} p USING (tenant, vehicle_id, fix_time, seq) "
             f"WHERE (p.shard, p.shard_seq) <> (s.shard, s.shard_seq) "
-            f"AND ({stored_content}) IS DISTINCT FROM ({staged_content})")
+            f"AND ({stored_content}) IS DISTINCT FROM ({staged_content})"
+        )
         rows = []
         for tenant, vehicle, seq, fix_time, received_at, values in cur.fetchall():
             topic = f"fleet/{tenant}/{vehicle}/{table.stream}"
@@ -209,6 +239,7 @@ class ShardWriter:
         new = {(r.tenant, r.vehicle_id) for rows in (batch.positions, batch.temperatures, batch.doors) for r in rows}
         new -= self._known_vehicles
         if new:
-            cur.executemany("INSERT INTO vehicles (tenant, vehicle_id) VALUES (%s, %s) ON CONFLICT DO NOTHING",
-                            sorted(new))
+            cur.executemany(
+                "INSERT INTO vehicles (tenant, vehicle_id) VALUES (%s, %s) ON CONFLICT DO NOTHING", sorted(new)
+            )
         return new

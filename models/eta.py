@@ -63,11 +63,27 @@ _PROFILE = FEATURES.index("profile_s")
 _MIN_PROFILE_S = 1.0  # ratios to a near-zero estimate are meaningless
 
 
-def features(remaining_m: float, profile_s: float, speed_mps: float | None, stops_before: int, hour_of_week: int,
-             dwell_s: float = 0.0, cross_track_m: float = 0.0, service_before_s: float = 0.0) -> list[float]:
+def features(
+    remaining_m: float,
+    profile_s: float,
+    speed_mps: float | None,
+    stops_before: int,
+    hour_of_week: int,
+    dwell_s: float = 0.0,
+    cross_track_m: float = 0.0,
+    service_before_s: float = 0.0,
+) -> list[float]:
     """One feature row in ``FEATURES`` order (a missing speed becomes NaN, which the model handles)."""
-    return [float(remaining_m), float(profile_s), math.nan if speed_mps is None else float(speed_mps),
-            float(stops_before), float(hour_of_week), float(dwell_s), float(cross_track_m), float(service_before_s)]
+    return [
+        float(remaining_m),
+        float(profile_s),
+        math.nan if speed_mps is None else float(speed_mps),
+        float(stops_before),
+        float(hour_of_week),
+        float(dwell_s),
+        float(cross_track_m),
+        float(service_before_s),
+    ]
 
 
 @dataclass
@@ -98,9 +114,15 @@ class EtaModel:
 
     def sidecar(self) -> dict[str, Any]:
         """What the JSON sidecar holds."""
-        return {"format": _FORMAT, "version": self.version, "features": list(self.features), "target": TARGET,
-                "metrics": self.metrics, "trained_at": self.trained_at.astimezone(UTC).isoformat(),
-                "sklearn": _sklearn_version()}
+        return {
+            "format": _FORMAT,
+            "version": self.version,
+            "features": list(self.features),
+            "target": TARGET,
+            "metrics": self.metrics,
+            "trained_at": self.trained_at.astimezone(UTC).isoformat(),
+            "sklearn": _sklearn_version(),
+        }
 
     def save(self, path: Path | str) -> Path:
         """Write the regressor (joblib) to ``path`` and the sidecar to ``path.json``, each atomically."""
@@ -143,11 +165,21 @@ def _sidecar_path(path: Path) -> Path:
     return path.with_name(path.name + ".json")
 
 
-def train(X: Any, y: Any, *, groups: Sequence[Any] | None = None, test_fraction: float = 0.2,
-          random_state: int = 0, max_iter: int = 200, learning_rate: float = 0.1, max_leaf_nodes: int = 31,
-          loss: str = "absolute_error",
-          version: str | None = None, trained_at: datetime | None = None,
-          baselines: Mapping[str, Sequence[float | None]] | None = None) -> EtaModel:
+def train(
+    X: Any,
+    y: Any,
+    *,
+    groups: Sequence[Any] | None = None,
+    test_fraction: float = 0.2,
+    random_state: int = 0,
+    max_iter: int = 200,
+    learning_rate: float = 0.1,
+    max_leaf_nodes: int = 31,
+    loss: str = "absolute_error",
+    version: str | None = None,
+    trained_at: datetime | None = None,
+    baselines: Mapping[str, Sequence[float | None]] | None = None,
+) -> EtaModel:
     """Fit an ``EtaModel`` on rows ``X`` (``FEATURES`` order) and labels ``y`` (actual seconds to the stop).
 
     A ``test_fraction`` of the rows is held out (whole ``groups`` at a time when given,
@@ -173,30 +205,41 @@ def train(X: Any, y: Any, *, groups: Sequence[Any] | None = None, test_fraction:
         raise ValueError(f"X must be (n, {len(FEATURES)}) with one label per row")
     keep = (X[:, _PROFILE] >= _MIN_PROFILE_S) & (y > 0) & np.isfinite(y)
     X, y = X[keep], y[keep]
-    others = {name: np.array([np.nan if v is None else v for v in values], dtype=float)[keep]
-              for name, values in (baselines or {}).items()}
+    others = {
+        name: np.array([np.nan if v is None else v for v in values], dtype=float)[keep]
+        for name, values in (baselines or {}).items()
+    }
     group = np.asarray(groups)[keep] if groups is not None else np.arange(len(y))
     if len(y) < 10:
         raise ValueError(f"need at least 10 usable rows to train, got {len(y)}")
     rng = np.random.default_rng(random_state)
     unique = np.unique(group)
-    held = rng.permutation(len(unique))[:max(1, round(test_fraction * len(unique)))]
+    held = rng.permutation(len(unique))[: max(1, round(test_fraction * len(unique)))]
     test = np.isin(group, unique[held])
     if test.all():
         raise ValueError("the held-out split would take every row: need more groups")
     target = np.log(y / X[:, _PROFILE])
-    regressor = HistGradientBoostingRegressor(loss=loss, max_iter=max_iter, learning_rate=learning_rate,
-                                              max_leaf_nodes=max_leaf_nodes, early_stopping=False,
-                                              random_state=random_state)
+    regressor = HistGradientBoostingRegressor(
+        loss=loss,
+        max_iter=max_iter,
+        learning_rate=learning_rate,
+        max_leaf_nodes=max_leaf_nodes,
+        early_stopping=False,
+        random_state=random_state,
+    )
     regressor.fit(X[~test], target[~test])
     trained_at = trained_at or datetime.now(UTC)
     model = EtaModel(regressor, version or f"eta-{trained_at.astimezone(UTC):%Y%m%dT%H%M%SZ}", trained_at)
     err = np.abs(model.predict(X[test]) - y[test])
     base = np.abs(X[test, _PROFILE] - y[test])
-    model.metrics = {"mae_s": round(float(err.mean()), 3), "median_ae_s": round(float(np.median(err)), 3),
-                     "profile_mae_s": round(float(base.mean()), 3),
-                     "profile_median_ae_s": round(float(np.median(base)), 3),
-                     "n_train": int((~test).sum()), "n_test": int(test.sum())}
+    model.metrics = {
+        "mae_s": round(float(err.mean()), 3),
+        "median_ae_s": round(float(np.median(err)), 3),
+        "profile_mae_s": round(float(base.mean()), 3),
+        "profile_median_ae_s": round(float(np.median(base)), 3),
+        "n_train": int((~test).sum()),
+        "n_test": int(test.sum()),
+    }
     for name, values in others.items():
         answered = np.isfinite(values[test])
         if answered.any():

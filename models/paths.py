@@ -117,8 +117,13 @@ class SampledPath:
         return self.time_at(profiles, hour, end) - self.time_at(profiles, hour, from_m)
 
 
-def sample_path(points: Sequence[LatLon], resolution: int = 9, sample_m: float = 100.0, scale: float = 1.0,
-                lengths_m: Sequence[float] | None = None) -> SampledPath:
+def sample_path(
+    points: Sequence[LatLon],
+    resolution: int = 9,
+    sample_m: float = 100.0,
+    scale: float = 1.0,
+    lengths_m: Sequence[float] | None = None,
+) -> SampledPath:
     """Cut a polyline of (lat, lon) degrees into pieces of at most ``sample_m`` metres.
 
     Piece lengths are great-circle lengths times ``scale`` (a detour factor for straight
@@ -183,8 +188,9 @@ class RouteGeometry:
     def length_m(self) -> float:
         return self._cum_list[-1]
 
-    def project(self, lat: float, lon: float, min_progress_m: float = 0.0,
-                max_progress_m: float | None = None) -> Projection:
+    def project(
+        self, lat: float, lon: float, min_progress_m: float = 0.0, max_progress_m: float | None = None
+    ) -> Projection:
         """The nearest point of the route between ``min_progress_m`` and ``max_progress_m`` metres along it
         (on the earliest pass when the route passes within ``SAME_PLACE_M`` of that distance again).
 
@@ -232,7 +238,7 @@ class RouteGeometry:
     def points_between(self, from_m: float, to_m: float) -> list[LatLon]:
         """The route's polyline from ``from_m`` to ``to_m`` metres: both ends and the vertices between."""
         cum = self._cum_list
-        inner = self.points[bisect_right(cum, from_m):bisect_left(cum, to_m)]
+        inner = self.points[bisect_right(cum, from_m) : bisect_left(cum, to_m)]
         return [self.point_at(from_m), *inner, self.point_at(to_m)]
 
     def stop_progress(self, stops: Iterable[Stop], min_progress_m: float = 0.0) -> dict[str, float]:
@@ -271,8 +277,9 @@ class RemainingPath:
     points: list[LatLon]
 
 
-def remaining_along_route(route: Sequence[LatLon], position: LatLon, stops: Sequence[Stop],
-                          min_progress_m: float = 0.0) -> RemainingPath:
+def remaining_along_route(
+    route: Sequence[LatLon], position: LatLon, stops: Sequence[Stop], min_progress_m: float = 0.0
+) -> RemainingPath:
     """Metres along ``route`` from ``position`` to each of ``stops`` (see ``RemainingPath``).
 
     Stops are projected in order from the start of the route (each at or after the one
@@ -290,8 +297,9 @@ def remaining_along_route(route: Sequence[LatLon], position: LatLon, stops: Sequ
 # ---------------------------------------------------------------- straight line
 
 
-def straight_line(position: LatLon, stops: Sequence[Stop], detour_factor: float = DEFAULT_DETOUR_FACTOR
-                  ) -> list[tuple[str, float]]:
+def straight_line(
+    position: LatLon, stops: Sequence[Stop], detour_factor: float = DEFAULT_DETOUR_FACTOR
+) -> list[tuple[str, float]]:
     """(stop id, estimated road metres from ``position``) through ``stops`` in order:
     cumulative great-circle legs, each times ``detour_factor``."""
     out: list[tuple[str, float]] = []
@@ -307,8 +315,11 @@ def straight_line(position: LatLon, stops: Sequence[Stop], detour_factor: float 
 def fit_detour_factor(pairs: Iterable[tuple[float, float]], min_straight_m: float = 200.0) -> float:
     """Median of travelled / straight-line metres over legs of at least ``min_straight_m``
     (shorter ones are GPS noise), clamped to [1.0, 3.0]; ``DEFAULT_DETOUR_FACTOR`` without data."""
-    ratios = [travelled / straight for straight, travelled in pairs
-              if straight >= min_straight_m and math.isfinite(travelled) and travelled > 0]
+    ratios = [
+        travelled / straight
+        for straight, travelled in pairs
+        if straight >= min_straight_m and math.isfinite(travelled) and travelled > 0
+    ]
     if not ratios:
         return DEFAULT_DETOUR_FACTOR
     return float(min(DETOUR_RANGE[1], max(DETOUR_RANGE[0], median(ratios))))
@@ -328,8 +339,9 @@ class NetworkPaths:
     ``models.registry``.
     """
 
-    def __init__(self, network: RoadNetwork, resolution: int = 9, sample_m: float = 100.0,
-                 trees: int = 512, legs: int = 4096) -> None:
+    def __init__(
+        self, network: RoadNetwork, resolution: int = 9, sample_m: float = 100.0, trees: int = 512, legs: int = 4096
+    ) -> None:
         self.network = network
         self.resolution, self.sample_m = resolution, sample_m
         self._reverse = network.graph.reverse(copy=False)

@@ -124,9 +124,15 @@ class SpeedProfiles:
         tables = [{_key(int(c), int(h)): float(v) for c, h, v in rows} for rows in obj["cell_hour"]]
         if len(tables) != len(levels):
             raise ValueError("speed profiles: one cell_hour table per level expected")
-        return cls(levels, float(obj["prior_weight"]), float(obj["fleet_mean_mps"]), tables,
-                   {int(c): float(v) for c, v in obj["cell_all"]}, int(obj["samples"]),
-                   float(obj.get("min_speed_mps", MIN_SPEED_MPS)))
+        return cls(
+            levels,
+            float(obj["prior_weight"]),
+            float(obj["fleet_mean_mps"]),
+            tables,
+            {int(c): float(v) for c, v in obj["cell_all"]},
+            int(obj["samples"]),
+            float(obj.get("min_speed_mps", MIN_SPEED_MPS)),
+        )
 
 
 def hour_of_week_expr(column: str = "fix_time") -> pl.Expr:
@@ -137,8 +143,13 @@ def hour_of_week_expr(column: str = "fix_time") -> pl.Expr:
     return ((t.dt.weekday().cast(pl.Int32) - 1) * 24 + t.dt.hour().cast(pl.Int32)).alias("hour_of_week")
 
 
-def build_speed_profiles(df: pl.DataFrame, resolution: int = 9, parent_levels: Sequence[int] = (7, 5),
-                         prior_weight: float = 10.0, min_speed_mps: float = MIN_SPEED_MPS) -> SpeedProfiles:
+def build_speed_profiles(
+    df: pl.DataFrame,
+    resolution: int = 9,
+    parent_levels: Sequence[int] = (7, 5),
+    prior_weight: float = 10.0,
+    min_speed_mps: float = MIN_SPEED_MPS,
+) -> SpeedProfiles:
     """Learn ``SpeedProfiles`` from columns ``h3_cell``, ``hour_of_week``, ``speed_mps``.
 
     ``prior_weight`` (k) is in samples: a cell-hour with k moving fixes is half its own
@@ -153,14 +164,22 @@ def build_speed_profiles(df: pl.DataFrame, resolution: int = 9, parent_levels: S
         raise ValueError(f"parent_levels {tuple(parent_levels)} must be strictly coarser than resolution {resolution}")
     if prior_weight < 0:
         raise ValueError("prior_weight must be >= 0")
-    moving = (df.lazy()
-              .select(pl.col("h3_cell").cast(pl.Int64), pl.col("hour_of_week").cast(pl.Int32),
-                      pl.col("speed_mps").cast(pl.Float64))
-              .filter(pl.col("speed_mps").is_not_null() & (pl.col("speed_mps") >= min_speed_mps)
-                      & pl.col("hour_of_week").is_between(0, 167))
-              .group_by("h3_cell", "hour_of_week")
-              .agg(n=pl.len(), total=pl.col("speed_mps").sum())
-              .collect())
+    moving = (
+        df.lazy()
+        .select(
+            pl.col("h3_cell").cast(pl.Int64),
+            pl.col("hour_of_week").cast(pl.Int32),
+            pl.col("speed_mps").cast(pl.Float64),
+        )
+        .filter(
+            pl.col("speed_mps").is_not_null()
+            & (pl.col("speed_mps") >= min_speed_mps)
+            & pl.col("hour_of_week").is_between(0, 167)
+        )
+        .group_by("h3_cell", "hour_of_week")
+        .agg(n=pl.len(), total=pl.col("speed_mps").sum())
+        .collect()
+    )
     if moving.height == 0:
         raise ValueError("no moving samples (speed_mps >= min_speed_mps) to build speed profiles from")
     k = float(prior_weight)
@@ -175,7 +194,9 @@ def build_speed_profiles(df: pl.DataFrame, resolution: int = 9, parent_levels: S
             raise ValueError(f"h3_cell {cell} has resolution {res}, coarser than {resolution}")
         for level in levels:
             ancestors[f"c{level}"].append(cell if level == res else h3.cell_to_parent(cell, level))
-    mapping = pl.DataFrame({"h3_cell": cells, **ancestors}, schema={"h3_cell": pl.Int64, **{c: pl.Int64 for c in ancestors}})
+    mapping = pl.DataFrame(
+        {"h3_cell": cells, **ancestors}, schema={"h3_cell": pl.Int64, **{c: pl.Int64 for c in ancestors}}
+    )
     moving = moving.join(mapping, on="h3_cell")
 
     def grouped(level: int) -> pl.DataFrame:
@@ -185,18 +206,29 @@ def build_speed_profiles(df: pl.DataFrame, resolution: int = 9, parent_levels: S
         return moving.group_by(*keys, "hour_of_week").agg(n=pl.col("n").sum(), total=pl.col("total").sum())
 
     top = f"c{levels[-1]}"
-    top_all = (moving.group_by(top).agg(n=pl.col("n").sum(), total=pl.col("total").sum())
-               .with_columns(all_est=(pl.col("total") + k * fleet) / (pl.col("n") + k)))
-    prior = (grouped(levels[-1]).join(top_all.select(top, "all_est"), on=top)
-             .with_columns(est=(pl.col("total") + k * pl.col("all_est")) / (pl.col("n") + k)))
+    top_all = (
+        moving.group_by(top)
+        .agg(n=pl.col("n").sum(), total=pl.col("total").sum())
+        .with_columns(all_est=(pl.col("total") + k * fleet) / (pl.col("n") + k))
+    )
+    prior = (
+        grouped(levels[-1])
+        .join(top_all.select(top, "all_est"), on=top)
+        .with_columns(est=(pl.col("total") + k * pl.col("all_est")) / (pl.col("n") + k))
+    )
     estimates: dict[int, pl.DataFrame] = {levels[-1]: prior}
     for i in range(len(levels) - 2, -1, -1):
         level, parent = levels[i], levels[i + 1]
         parent_est = estimates[parent].select(pl.col(f"c{parent}"), "hour_of_week", pl.col("est").alias("prior"))
-        estimates[level] = (grouped(level).join(parent_est, on=[f"c{parent}", "hour_of_week"])
-                            .with_columns(est=(pl.col("total") + k * pl.col("prior")) / (pl.col("n") + k)))
+        estimates[level] = (
+            grouped(level)
+            .join(parent_est, on=[f"c{parent}", "hour_of_week"])
+            .with_columns(est=(pl.col("total") + k * pl.col("prior")) / (pl.col("n") + k))
+        )
 
-    tables = [{_key(c, h): float(v) for c, h, v in estimates[level].select(f"c{level}", "hour_of_week", "est").iter_rows()}
-              for level in levels]
+    tables = [
+        {_key(c, h): float(v) for c, h, v in estimates[level].select(f"c{level}", "hour_of_week", "est").iter_rows()}
+        for level in levels
+    ]
     cell_all = {c: float(v) for c, v in top_all.select(top, "all_est").iter_rows()}
     return SpeedProfiles(levels, k, fleet, tables, cell_all, int(moving["n"].sum()), float(min_speed_mps))

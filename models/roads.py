@@ -40,8 +40,16 @@ _BUILD_VERSION = 1  # bump when the graph layout changes, to invalidate caches
 
 # Typical urban limits (km/h) when a way has no usable maxspeed tag.
 _CLASS_SPEED_KMH = {
-    "motorway": 100.0, "trunk": 80.0, "primary": 50.0, "secondary": 40.0, "tertiary": 40.0,
-    "unclassified": 30.0, "residential": 30.0, "living_street": 20.0, "service": 20.0, "road": 30.0,
+    "motorway": 100.0,
+    "trunk": 80.0,
+    "primary": 50.0,
+    "secondary": 40.0,
+    "tertiary": 40.0,
+    "unclassified": 30.0,
+    "residential": 30.0,
+    "living_street": 20.0,
+    "service": 20.0,
+    "road": 30.0,
 }
 _LINK_FACTOR = 0.7  # *_link ramps are slower than the road they join
 _ZONE_SPEED_KMH = {"urban": 50.0, "rural": 80.0, "motorway": 120.0, "living_street": 20.0, "walk": 7.0}
@@ -132,8 +140,12 @@ class RoadPath:
             return self
         if self.nodes[-1] != other.nodes[0]:
             raise ValueError("paths do not join")
-        return RoadPath(self.nodes + other.nodes[1:], self.points + other.points[1:],
-                        self.lengths_m + other.lengths_m, self.speeds_kmh + other.speeds_kmh)
+        return RoadPath(
+            self.nodes + other.nodes[1:],
+            self.points + other.points[1:],
+            self.lengths_m + other.lengths_m,
+            self.speeds_kmh + other.speeds_kmh,
+        )
 
 
 EMPTY_PATH = RoadPath((), (), (), ())
@@ -216,9 +228,13 @@ def _build_graph(pbf: Path) -> nx.DiGraph:
         coords = tuple((float(lat), float(lon)) for lon, lat in row.geometry.coords)
         length = float(row.length) if row.length == row.length and row.length > 0 else _polyline_length(coords)
         speed = parse_maxspeed(row.maxspeed) or _class_speed(row.highway)
-        attrs = {"length_m": length, "speed_kmh": speed, "travel_s": length / (speed / 3.6),
-                 "highway": row.highway if isinstance(row.highway, str) else "",
-                 "name": row.name if isinstance(row.name, str) else ""}
+        attrs = {
+            "length_m": length,
+            "speed_kmh": speed,
+            "travel_s": length / (speed / 3.6),
+            "highway": row.highway if isinstance(row.highway, str) else "",
+            "name": row.name if isinstance(row.name, str) else "",
+        }
         forward, backward = _directions(row.oneway, row.tags)
         for ok, a, b, geom in ((forward, u, v, coords), (backward, v, u, coords[::-1])):
             # parallel ways between the same nodes: keep the quicker one
@@ -268,7 +284,9 @@ class RoadNetwork:
         """
         pbf = bundled_pbf(name)
         stat = pbf.stat()
-        key = hashlib.sha256(f"{pbf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{_BUILD_VERSION}".encode()).hexdigest()[:16]
+        key = hashlib.sha256(
+            f"{pbf.resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{_BUILD_VERSION}".encode()
+        ).hexdigest()[:16]
         cache = Path(cache_dir) / f"roads-{pbf.stem.split('.')[0].lower()}-{key}.pickle" if cache_dir else None
         if cache is not None and cache.is_file():
             try:
@@ -319,7 +337,9 @@ class RoadNetwork:
 
     def distance_to_road_m(self, lat: float | Sequence[float], lon: float | Sequence[float]) -> np.ndarray:
         """Distance (m) from each point to the nearest road segment of the network."""
-        return _segment_distances_m(np.asarray(lat, dtype=float), np.asarray(lon, dtype=float), self._seg_a, self._seg_b)
+        return _segment_distances_m(
+            np.asarray(lat, dtype=float), np.asarray(lon, dtype=float), self._seg_a, self._seg_b
+        )
 
     def shortest_path(self, a: int, b: int) -> RoadPath:
         """Quickest path from node ``a`` to node ``b`` (memoised)."""

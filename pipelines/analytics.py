@@ -84,8 +84,9 @@ class VehicleEngine:
 
     # ------------------------------------------------------------------ inputs
 
-    def on_reading(self, item: StoredReading, now: datetime, run_due: bool = True,
-                   summarize: bool = True) -> list[Output]:
+    def on_reading(
+        self, item: StoredReading, now: datetime, run_due: bool = True, summarize: bool = True
+    ) -> list[Output]:
         """One committed reading; ``now`` is the fleet clock. Runs the timers due by ``now`` too,
         unless ``run_due`` is False: then the caller runs ``on_timer`` after the rest of its
         input batch (a burst of late readings then costs one replay, not one per reading).
@@ -129,8 +130,9 @@ class VehicleEngine:
         the crashed run wrote that this state never emitted (``Resynced``).
         """
         emitted = self.analytics.emitted()
-        claim = Resynced(self.basic.tenant, self.basic.vehicle, tuple(e.id for e in emitted),
-                         self.analytics.ledger_horizon())
+        claim = Resynced(
+            self.basic.tenant, self.basic.vehicle, tuple(e.id for e in emitted), self.analytics.ledger_horizon()
+        )
         return [claim, *self._events(emitted, now), self.summary()]
 
     def next_timer(self) -> datetime | None:
@@ -145,14 +147,18 @@ class VehicleEngine:
         geofence, motion, late = trackers.geofence, trackers.motion, self.analytics.lateness
         plan = self.analytics.plan
         nxt = geofence.next_stop()
-        return replace(self.basic.summary(),
-                       motion=None if motion.moving is None else ("moving" if motion.moving else "stopped"),
-                       plan_version=plan.version if plan is not None else None,
-                       next_stop_id=nxt.id if nxt is not None else None,
-                       stops_remaining=len(geofence.remaining_stops()) if plan is not None else None,
-                       late_readings=late.late_readings, corrected_readings=late.corrected_readings,
-                       too_late_readings=late.too_late_readings, corrections=late.corrections,
-                       max_lateness_s=late.max_lateness_s)
+        return replace(
+            self.basic.summary(),
+            motion=None if motion.moving is None else ("moving" if motion.moving else "stopped"),
+            plan_version=plan.version if plan is not None else None,
+            next_stop_id=nxt.id if nxt is not None else None,
+            stops_remaining=len(geofence.remaining_stops()) if plan is not None else None,
+            late_readings=late.late_readings,
+            corrected_readings=late.corrected_readings,
+            too_late_readings=late.too_late_readings,
+            corrections=late.corrections,
+            max_lateness_s=late.max_lateness_s,
+        )
 
     def _events(self, events: list[Event], now: datetime) -> list[EventOut]:
         out: list[EventOut] = []
@@ -169,8 +175,11 @@ class VehicleEngine:
             s = plan.stop(stop_id)
         except KeyError:
             return None
-        return {"h3_cell": h3.latlng_to_cell(s.lat, s.lon, self.config.cell_resolution),
-                "window_start": s.window_start, "window_end": s.window_end}
+        return {
+            "h3_cell": h3.latlng_to_cell(s.lat, s.lon, self.config.cell_resolution),
+            "window_start": s.window_start,
+            "window_end": s.window_end,
+        }
 
 
 def is_alert(out: Output) -> bool:

@@ -38,8 +38,14 @@ class CellMinute(NamedTuple):
 class CellMinutes:
     """Accumulates a vehicle's rows; ``add`` returns the row the fix changed."""
 
-    def __init__(self, tenant: str, vehicle: str, standing_speed_mps: float = 1.0, max_gap_s: float = 60.0,
-                 keep_s: float = 3600.0) -> None:
+    def __init__(
+        self,
+        tenant: str,
+        vehicle: str,
+        standing_speed_mps: float = 1.0,
+        max_gap_s: float = 60.0,
+        keep_s: float = 3600.0,
+    ) -> None:
         self.tenant, self.vehicle = tenant, vehicle
         self.standing_speed_mps, self.max_gap_s, self.keep_s = standing_speed_mps, max_gap_s, keep_s
         self._rows: dict[tuple[int, int], list[float]] = {}  # (minute since 1970, cell) -> [fixes, sum, n, stopped]
@@ -67,8 +73,16 @@ class CellMinutes:
             if horizon > self._horizon:
                 self._horizon = horizon
                 self._rows = {k: v for k, v in self._rows.items() if k[0] >= horizon}
-        return CellMinute(_EPOCH + timedelta(minutes=minute), self.tenant, h3_cell, self.vehicle,
-                          int(row[0]), row[1], int(row[2]), row[3])
+        return CellMinute(
+            _EPOCH + timedelta(minutes=minute),
+            self.tenant,
+            h3_cell,
+            self.vehicle,
+            int(row[0]),
+            row[1],
+            int(row[2]),
+            row[3],
+        )
 
     def __len__(self) -> int:
         return len(self._rows)

@@ -50,8 +50,26 @@ ORDER BY shard_seq LIMIT %(limit)s
 
 
 def _to_stored(row: tuple[Any, ...], shard: int) -> StoredReading:
-    (shard_seq, tenant, vehicle, seq, fix_time, device_time, received_at, kind,
-     lat, lon, speed, heading, accuracy, alt, cell, label, celsius, is_open) = row
+    (
+        shard_seq,
+        tenant,
+        vehicle,
+        seq,
+        fix_time,
+        device_time,
+        received_at,
+        kind,
+        lat,
+        lon,
+        speed,
+        heading,
+        accuracy,
+        alt,
+        cell,
+        label,
+        celsius,
+        is_open,
+    ) = row
     reading: GpsFix | TemperatureReading | DoorEvent
     if kind == "gps":
         reading = GpsFix(tenant, vehicle, seq, fix_time, lat, lon, speed, heading, accuracy, alt, device_time)
@@ -116,8 +134,9 @@ class _MergedShards(StatefulSourcePartition[StoredReading | PlanUpdate, dict[int
     backlog drains, which the vehicles' reorder buffers could not absorb.
     """
 
-    def __init__(self, dsn: str, shards: int, after: dict[int, int], limit: int, poll_s: float,
-                 with_plans: bool) -> None:
+    def __init__(
+        self, dsn: str, shards: int, after: dict[int, int], limit: int, poll_s: float, with_plans: bool
+    ) -> None:
         self.dsn, self.shards, self.limit, self.poll_s, self.with_plans = dsn, shards, limit, poll_s, with_plans
         self.after = {shard: after.get(shard, 0) for shard in range(shards)}
         self.plans_after = after.get(PLANS, 0)
@@ -128,8 +147,11 @@ class _MergedShards(StatefulSourcePartition[StoredReading | PlanUpdate, dict[int
         try:
             if self.conn is None or self.conn.closed:
                 self.conn = connect(self.dsn, autocommit=True)
-            plans = [PlanUpdate(plan, seq, at) for seq, plan, at in plans_after(self.conn, self.plans_after, self.limit)
-                     ] if self.with_plans else []
+            plans = (
+                [PlanUpdate(plan, seq, at) for seq, plan, at in plans_after(self.conn, self.plans_after, self.limit)]
+                if self.with_plans
+                else []
+            )
             reads = {shard: read_after(self.conn, shard, after, self.limit) for shard, after in self.after.items()}
         except psycopg.OperationalError as exc:
             log.warning("source: database unavailable (%s)", str(exc).strip()[:120])
@@ -197,8 +219,10 @@ def _upsert(table: str, fields: tuple[str, ...], key: tuple[str, ...], stamp: st
     columns = [_column(f) for f in fields] + ([stamp] if stamp else [])
     values = ["%s"] * len(fields) + (["clock_timestamp()"] if stamp else [])
     updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns if c not in key)
-    return (f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(values)}) "
-            f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}")
+    return (
+        f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(values)}) "
+        f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}"
+    )
 
 
 _STATE_FIELDS = tuple(f.name for f in dataclasses.fields(VehicleSummary))
@@ -265,31 +289,65 @@ def _state_row(s: VehicleSummary) -> list[Any]:
 
 
 def _alert_row(a: Alert, detected_at: datetime) -> dict[str, Any]:
-    return {"id": a.id, "tenant": a.tenant, "vehicle": a.vehicle, "type": a.type, "severity": a.severity,
-            "status": a.status, "stop_id": a.stop_id, "h3_cell": a.h3_cell, "start": a.start, "end": a.end,
-            "details": Jsonb(a.details), "detected_at": detected_at}
+    return {
+        "id": a.id,
+        "tenant": a.tenant,
+        "vehicle": a.vehicle,
+        "type": a.type,
+        "severity": a.severity,
+        "status": a.status,
+        "stop_id": a.stop_id,
+        "h3_cell": a.h3_cell,
+        "start": a.start,
+        "end": a.end,
+        "details": Jsonb(a.details),
+        "detected_at": detected_at,
+    }
 
 
 def _stop_row(e: StopEvent, detected_at: datetime, stop: dict[str, Any] | None) -> dict[str, Any]:
     d = e.details
     window = d.get("window")
     stop = stop or {}
-    return {"id": e.id, "kind": e.kind, "tenant": e.tenant, "vehicle": e.vehicle, "stop_id": e.stop_id,
-            "plan_version": d.get("plan_version", 0), "visit": d.get("visit", 1), "at": e.at,
-            "h3_cell": stop.get("h3_cell"), "window_start": stop.get("window_start"),
-            "window_end": stop.get("window_end"),
-            "on_time": None if e.kind != "arrival" or window is None else window == "on_time",
-            "service_s": d.get("service_s"), "details": Jsonb(d), "retracted": e.retracted,
-            "detected_at": detected_at}
+    return {
+        "id": e.id,
+        "kind": e.kind,
+        "tenant": e.tenant,
+        "vehicle": e.vehicle,
+        "stop_id": e.stop_id,
+        "plan_version": d.get("plan_version", 0),
+        "visit": d.get("visit", 1),
+        "at": e.at,
+        "h3_cell": stop.get("h3_cell"),
+        "window_start": stop.get("window_start"),
+        "window_end": stop.get("window_end"),
+        "on_time": None if e.kind != "arrival" or window is None else window == "on_time",
+        "service_s": d.get("service_s"),
+        "details": Jsonb(d),
+        "retracted": e.retracted,
+        "detected_at": detected_at,
+    }
 
 
 def _eta_row(e: EtaUpdate, detected_at: datetime, stop: dict[str, Any] | None) -> dict[str, Any]:
     d = e.details
     stop = stop or {}
-    return {"at": e.at, "id": e.id, "tenant": e.tenant, "vehicle": e.vehicle, "stop_id": e.stop_id,
-            "plan_version": e.plan_version, "eta": e.eta, "h3_cell": stop.get("h3_cell"),
-            "window_end": stop.get("window_end"), "method": d.get("method"), "state": d.get("state"),
-            "details": Jsonb(d), "retracted": e.retracted, "detected_at": detected_at}
+    return {
+        "at": e.at,
+        "id": e.id,
+        "tenant": e.tenant,
+        "vehicle": e.vehicle,
+        "stop_id": e.stop_id,
+        "plan_version": e.plan_version,
+        "eta": e.eta,
+        "h3_cell": stop.get("h3_cell"),
+        "window_end": stop.get("window_end"),
+        "method": d.get("method"),
+        "state": d.get("state"),
+        "details": Jsonb(d),
+        "retracted": e.retracted,
+        "detected_at": detected_at,
+    }
 
 
 class _Writer:
@@ -358,8 +416,9 @@ class _AnalyticsPartition(StatelessSinkPartition[Output]):
         disowned: list[dict[str, Any]] = []  # applied before this batch's upserts, which come after
         for item in items:
             if isinstance(item, Resynced):
-                disowned.append({"tenant": item.tenant, "vehicle": item.vehicle, "ids": list(item.ids),
-                                 "horizon": item.horizon})
+                disowned.append(
+                    {"tenant": item.tenant, "vehicle": item.vehicle, "ids": list(item.ids), "horizon": item.horizon}
+                )
             elif isinstance(item, VehicleSummary):
                 states[(item.tenant, item.vehicle)] = item
             elif isinstance(item, CellMinute):
@@ -381,15 +440,17 @@ class _AnalyticsPartition(StatelessSinkPartition[Output]):
                     if event.id in etas:
                         row["detected_at"] = etas[event.id]["detected_at"]
                     etas[event.id] = row
-        self.writer.run([
-            (_ALERT_DISOWN, disowned),
-            (_STOP_DISOWN, disowned),
-            (_ALERT_UPSERT, list(alerts.values())),
-            (_STOP_UPSERT, list(stops.values())),
-            (_ETA_UPSERT, list(etas.values())),
-            (_CELL_UPSERT, [tuple(c) for c in cells.values()]),
-            (_STATE_UPSERT, [_state_row(s) for s in states.values()]),
-        ])
+        self.writer.run(
+            [
+                (_ALERT_DISOWN, disowned),
+                (_STOP_DISOWN, disowned),
+                (_ALERT_UPSERT, list(alerts.values())),
+                (_STOP_UPSERT, list(stops.values())),
+                (_ETA_UPSERT, list(etas.values())),
+                (_CELL_UPSERT, [tuple(c) for c in cells.values()]),
+                (_STATE_UPSERT, [_state_row(s) for s in states.values()]),
+            ]
+        )
 
     def close(self) -> None:
         self.writer.close()

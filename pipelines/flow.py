@@ -52,8 +52,9 @@ def _reading(item: StoredReading | PlanUpdate) -> StoredReading | None:
     return item if isinstance(item, StoredReading) else None
 
 
-def build_flow(source: Source[StoredReading | PlanUpdate], vehicle_state_sink: Sink[Any],
-               flow_id: str = "fleetstream") -> Dataflow:
+def build_flow(
+    source: Source[StoredReading | PlanUpdate], vehicle_state_sink: Sink[Any], flow_id: str = "fleetstream"
+) -> Dataflow:
     """readings (commit order; plan revisions are skipped) → key by vehicle → per-vehicle state
     → vehicle_state sink."""
     flow = Dataflow(flow_id)
@@ -99,8 +100,15 @@ class _VehicleLogic(StatefulBatchLogic[Stamped, list[Output], VehicleEngine]):
     vehicle's summary is emitted once, at its end, not once per reading.
     """
 
-    def __init__(self, engine: VehicleEngine | None, config: AnalyticsConfig, clock: FleetClock,
-                 tick: timedelta, wall: Wall, eta: EtaConfig | None = None) -> None:
+    def __init__(
+        self,
+        engine: VehicleEngine | None,
+        config: AnalyticsConfig,
+        clock: FleetClock,
+        tick: timedelta,
+        wall: Wall,
+        eta: EtaConfig | None = None,
+    ) -> None:
         self.engine, self.config, self.clock, self.tick, self.wall = engine, config, clock, tick, wall
         self.eta = eta
         self._wake: datetime | None = None
@@ -155,10 +163,16 @@ class _VehicleLogic(StatefulBatchLogic[Stamped, list[Output], VehicleEngine]):
         return self.engine
 
 
-def build_analytics_flow(source: Source[StoredReading | PlanUpdate], store: Sink[Output],
-                         config: AnalyticsConfig = AnalyticsConfig(), tick_s: float = 1.0,
-                         idle_grace_s: float = 5.0, wall: Wall = _wall,
-                         flow_id: str = "fleetstream", eta: EtaConfig | None = EtaConfig()) -> Dataflow:
+def build_analytics_flow(
+    source: Source[StoredReading | PlanUpdate],
+    store: Sink[Output],
+    config: AnalyticsConfig = AnalyticsConfig(),
+    tick_s: float = 1.0,
+    idle_grace_s: float = 5.0,
+    wall: Wall = _wall,
+    flow_id: str = "fleetstream",
+    eta: EtaConfig | None = EtaConfig(),
+) -> Dataflow:
     """plans and readings → key by vehicle → vehicle analytics → flatten → analytics store.
 
     ``wall`` is the wall clock (tests pass their own); the fleet clock shared by every
@@ -171,8 +185,9 @@ def build_analytics_flow(source: Source[StoredReading | PlanUpdate], store: Sink
     inputs = op.input("plans_and_readings", flow, source)
     stamped = op.map("fleet_clock", inputs, _FleetClockStamp(clock, wall))
     by_vehicle = op.key_on("key_by_vehicle", stamped, lambda pair: pair[0].key)
-    outputs = op.stateful_batch("vehicle_analytics", by_vehicle,
-                                lambda resume: _VehicleLogic(resume, config, clock, tick, wall, eta))
+    outputs = op.stateful_batch(
+        "vehicle_analytics", by_vehicle, lambda resume: _VehicleLogic(resume, config, clock, tick, wall, eta)
+    )
     rows = op.flat_map("flatten", outputs, lambda kv: kv[1])
     op.output("analytics_store", rows, store)
     return flow

@@ -22,8 +22,15 @@ from pipelines.connectors import AnalyticsStore, CommittedReadings, VehicleState
 from pipelines.flow import build_analytics_flow, build_flow
 from store.db import connect
 
-__all__ = ["analytics_config", "build_engine_flow", "eta_config", "eta_models_dir", "load_baselines",
-           "load_eta_models", "run_flow"]
+__all__ = [
+    "analytics_config",
+    "build_engine_flow",
+    "eta_config",
+    "eta_models_dir",
+    "load_baselines",
+    "load_eta_models",
+    "run_flow",
+]
 
 log = logging.getLogger("fleetstream.flow")
 _ETA_SET = EtaConfig.models  # the name the engine's ETA trackers look their models up by
@@ -40,8 +47,9 @@ def eta_config(settings: Settings) -> EtaConfig | None:
     """The live ETA tracker's config, or None when ``flow_eta`` is off."""
     if not settings.flow_eta:
         return None
-    return EtaConfig(reemit_s=settings.eta_reemit_s, estimate_every_s=settings.eta_every_s,
-                     cell_resolution=settings.h3_resolution)
+    return EtaConfig(
+        reemit_s=settings.eta_reemit_s, estimate_every_s=settings.eta_every_s, cell_resolution=settings.h3_resolution
+    )
 
 
 def eta_models_dir(settings: Settings) -> Path:
@@ -57,8 +65,11 @@ def eta_network(settings: Settings) -> NetworkPaths | None:
     from models.roads import RoadNetwork
 
     network = RoadNetwork.load(settings.eta_road_network, settings.state_dir / "cache")
-    log.info("flow: ETAs without a planned route follow the %s road network (%d nodes)",
-             settings.eta_road_network, len(network))
+    log.info(
+        "flow: ETAs without a planned route follow the %s road network (%d nodes)",
+        settings.eta_road_network,
+        len(network),
+    )
     return NetworkPaths(network, resolution=settings.h3_resolution)
 
 
@@ -80,19 +91,32 @@ def load_eta_models(directory: Path, keep_current: bool = False, network: Networ
         if not keep_current:
             registry.clear(_ETA_SET)
             registry.set_models(_ETA_SET, network=network)
-        log.error("flow: could not load the ETA models in %s (%s: %s); %s", directory, type(exc).__name__, exc,
-                  "keeping the models loaded before" if keep_current else "serving ETAs without a model")
+        log.error(
+            "flow: could not load the ETA models in %s (%s: %s); %s",
+            directory,
+            type(exc).__name__,
+            exc,
+            "keeping the models loaded before" if keep_current else "serving ETAs without a model",
+        )
         return False
     if models.model is not None:
         try:  # a model that loads but cannot predict would fail inside the flow: probe it here
             models.model.predict_log_ratio([features(1000.0, 120.0, 8.0, 0, 10, 0.0, 0.0, 0.0)])
         except Exception as exc:
             models = registry.set_models(_ETA_SET, model=None)
-            log.error("flow: the ETA model in %s cannot predict (%s: %s); serving the speed-profile estimate",
-                      directory, type(exc).__name__, exc)
-    log.info("flow: ETA models loaded from %s (speed profiles: %s, model: %s, detour factor %.2f)", directory,
-             "yes" if models.profiles is not None else "no", "yes" if models.model is not None else "no",
-             models.detour_factor)
+            log.error(
+                "flow: the ETA model in %s cannot predict (%s: %s); serving the speed-profile estimate",
+                directory,
+                type(exc).__name__,
+                exc,
+            )
+    log.info(
+        "flow: ETA models loaded from %s (speed profiles: %s, model: %s, detour factor %.2f)",
+        directory,
+        "yes" if models.profiles is not None else "no",
+        "yes" if models.model is not None else "no",
+        models.detour_factor,
+    )
     return True
 
 
@@ -106,13 +130,19 @@ def load_baselines(settings: Settings) -> int:
 def build_engine_flow(settings: Settings) -> Dataflow:
     """The dataflow the engine runs: analytics (default) or basic per-vehicle state."""
     dsn, poll_s = settings.dsn(), settings.flow_poll_ms / 1000
-    source = CommittedReadings(dsn, settings.gateway_workers, settings.flow_batch_rows, poll_s,
-                               with_plans=bool(settings.flow_analytics))
+    source = CommittedReadings(
+        dsn, settings.gateway_workers, settings.flow_batch_rows, poll_s, with_plans=bool(settings.flow_analytics)
+    )
     if not settings.flow_analytics:
         return build_flow(source, VehicleStateSink(dsn))
-    return build_analytics_flow(source, AnalyticsStore(dsn),
-                                analytics_config(settings), tick_s=settings.flow_tick_ms / 1000,
-                                idle_grace_s=settings.fleet_idle_grace_s, eta=eta_config(settings))
+    return build_analytics_flow(
+        source,
+        AnalyticsStore(dsn),
+        analytics_config(settings),
+        tick_s=settings.flow_tick_ms / 1000,
+        idle_grace_s=settings.fleet_idle_grace_s,
+        eta=eta_config(settings),
+    )
 
 
 def run_flow(settings: Settings) -> None:
@@ -129,5 +159,9 @@ def run_flow(settings: Settings) -> None:
         load_eta_models(models, network=network)
         # SIGHUP (the engine forwards its own): reload the ETA set, e.g. after `fleetstream train eta`
         signal.signal(signal.SIGHUP, lambda *_: load_eta_models(models, keep_current=True, network=network))
-    cli_main(build_engine_flow(settings), workers_per_process=1,
-             epoch_interval=timedelta(seconds=settings.flow_epoch_s), recovery_config=RecoveryConfig(str(recovery)))
+    cli_main(
+        build_engine_flow(settings),
+        workers_per_process=1,
+        epoch_interval=timedelta(seconds=settings.flow_epoch_s),
+        recovery_config=RecoveryConfig(str(recovery)),
+    )

@@ -91,10 +91,16 @@ class VehicleState:
     def summary(self) -> VehicleSummary:
         fix = self.last_fix
         return VehicleSummary(
-            self.tenant, self.vehicle,
-            fix.fix_time if fix else None, fix.lat if fix else None, fix.lon if fix else None,
-            fix.speed_mps if fix else None, self.h3_cell,
-            self.gps_count, self.temp_count, self.door_count,
+            self.tenant,
+            self.vehicle,
+            fix.fix_time if fix else None,
+            fix.lat if fix else None,
+            fix.lon if fix else None,
+            fix.speed_mps if fix else None,
+            self.h3_cell,
+            self.gps_count,
+            self.temp_count,
+            self.door_count,
             self.last_temp.celsius if self.last_temp else None,
             tuple(sorted(d for d, e in self.doors.items() if e.open)),
             self.last_received_at,

@@ -105,19 +105,32 @@ def _write_json_atomic(path: Path, data: Any) -> None:
 
 def _anomalies(settings: Settings, span_s: float) -> AnomalyPlan:
     p = settings.sim_anomaly_probability
-    return AnomalyPlan(long_dwell=p, route_deviation=p, temp_excursion=p, door_away=p, offline=p,
-                       malformed_rate=settings.sim_malformed_rate, duplicate_rate=settings.sim_duplicate_rate,
-                       within_s=0.5 * span_s)
+    return AnomalyPlan(
+        long_dwell=p,
+        route_deviation=p,
+        temp_excursion=p,
+        door_away=p,
+        offline=p,
+        malformed_rate=settings.sim_malformed_rate,
+        duplicate_rate=settings.sim_duplicate_rate,
+        within_s=0.5 * span_s,
+    )
 
 
-def run_simulation(settings: Settings, vehicles: int | None = None, minutes: float | None = None,
-                   speedup: float | None = None, seed: int | None = None, batch: bool = False,
-                   device_passwords: dict[str, str] | None = None,
-                   service_credentials: tuple[str, str] | None = None,
-                   on_progress: Callable[[dict[str, int]], None] | None = None,
-                   stop_event: threading.Event | None = None,
-                   network: RoadNetwork | None = None,
-                   on_plans: Callable[[list[dict[str, Any]]], None] | None = None) -> dict[str, Any]:
+def run_simulation(
+    settings: Settings,
+    vehicles: int | None = None,
+    minutes: float | None = None,
+    speedup: float | None = None,
+    seed: int | None = None,
+    batch: bool = False,
+    device_passwords: dict[str, str] | None = None,
+    service_credentials: tuple[str, str] | None = None,
+    on_progress: Callable[[dict[str, int]], None] | None = None,
+    stop_event: threading.Event | None = None,
+    network: RoadNetwork | None = None,
+    on_plans: Callable[[list[dict[str, Any]]], None] | None = None,
+) -> dict[str, Any]:
     """Simulate ``vehicles`` for ``minutes`` wall minutes at ``speedup`` and publish everything.
 
     ``None`` arguments take the ``sim_*`` settings. ``device_passwords`` maps vehicle
@@ -146,13 +159,28 @@ def run_simulation(settings: Settings, vehicles: int | None = None, minutes: flo
     mono_start = time.monotonic()
     sim_start, sim_end = simulated_clock(wall_start, minutes, speedup)
     span_s = (sim_end - sim_start).total_seconds()
-    sim = FleetSimulator(network, vehicles=vehicles, seed=seed, start=sim_start,
-                         gps_period_s=settings.sim_gps_period_s, tenant=settings.tenant,
-                         anomalies=_anomalies(settings, span_s), stagger_s=min(300.0, 0.2 * span_s))
+    sim = FleetSimulator(
+        network,
+        vehicles=vehicles,
+        seed=seed,
+        start=sim_start,
+        gps_period_s=settings.sim_gps_period_s,
+        tenant=settings.tenant,
+        anomalies=_anomalies(settings, span_s),
+        stagger_s=min(300.0, 0.2 * span_s),
+    )
     out_dir = Path(settings.state_dir) / "sim"
     plans_path, labels_path = out_dir / "plans.json", out_dir / "labels.jsonl"
-    _write_json_atomic(plans_path, {"tenant": settings.tenant, "seed": seed, "sim_start": format_time(sim_start),
-                                    "sim_end": format_time(sim_end), "vehicles": sim.plans()})
+    _write_json_atomic(
+        plans_path,
+        {
+            "tenant": settings.tenant,
+            "seed": seed,
+            "sim_start": format_time(sim_start),
+            "sim_end": format_time(sim_end),
+            "vehicles": sim.plans(),
+        },
+    )
     contract_plans = sim.contract_plans()
     _write_json_atomic(out_dir / "contract_plans.json", contract_plans)
     if on_plans is not None:  # e.g. dispatch stores them before the first van reports
@@ -197,15 +225,25 @@ def run_simulation(settings: Settings, vehicles: int | None = None, minutes: flo
     n_labels = sim.write_labels(labels_path, until=reached)
     labels = [json.loads(line) for line in labels_path.read_text(encoding="utf-8").splitlines()]
     summary: dict[str, Any] = {
-        "tenant": settings.tenant, "vehicles": vehicles, "seed": seed, "speedup": speedup,
+        "tenant": settings.tenant,
+        "vehicles": vehicles,
+        "seed": seed,
+        "speedup": speedup,
         "batch": batch or isinstance(sink, _AgentFleet),
-        "sim_start": format_time(sim_start), "sim_reached": format_time(reached),
-        "wall_s": round(time.monotonic() - mono_start, 1), "stopped": stopped,
+        "sim_start": format_time(sim_start),
+        "sim_reached": format_time(reached),
+        "wall_s": round(time.monotonic() - mono_start, 1),
+        "stopped": stopped,
         "readings": {kind: counts[kind] for kind in ("gps", "temp", "door")},
-        "published": counts["published"], "malformed": counts["malformed"], "duplicates": counts["duplicates"],
-        "late": counts["late"], **delivery,
+        "published": counts["published"],
+        "malformed": counts["malformed"],
+        "duplicates": counts["duplicates"],
+        "late": counts["late"],
+        **delivery,
         "anomalies": dict(Counter(row["type"] for row in labels if row["kind"] == "anomaly")),
-        "labels": str(labels_path), "label_rows": n_labels, "plans": str(plans_path),
+        "labels": str(labels_path),
+        "label_rows": n_labels,
+        "plans": str(plans_path),
         "contract_plans": str(out_dir / "contract_plans.json"),
     }
     if on_progress is not None:
@@ -219,8 +257,15 @@ def run_simulation(settings: Settings, vehicles: int | None = None, minutes: flo
 def _to_sample(reading: Reading) -> Sample:
     """The sensor sample an agent would have taken for a simulated contract reading."""
     if isinstance(reading, GpsFix):
-        return GpsSample(reading.fix_time, reading.lat, reading.lon, speed_mps=reading.speed_mps,
-                         heading_deg=reading.heading_deg, accuracy_m=reading.accuracy_m, alt_m=reading.alt_m)
+        return GpsSample(
+            reading.fix_time,
+            reading.lat,
+            reading.lon,
+            speed_mps=reading.speed_mps,
+            heading_deg=reading.heading_deg,
+            accuracy_m=reading.accuracy_m,
+            alt_m=reading.alt_m,
+        )
     if isinstance(reading, TemperatureReading):
         return TemperatureSample(reading.fix_time, reading.sensor, reading.celsius)
     return DoorSample(reading.fix_time, reading.door, reading.open)
@@ -229,7 +274,9 @@ def _to_sample(reading: Reading) -> Sample:
 def _as_stored(reading: Reading, seq: int) -> Reading:
     """``reading`` exactly as its agent stored it under ``seq`` (what a resend of it carries)."""
     kind, fields = reading_fields(_to_sample(reading))
-    return to_reading(reading.tenant, reading.vehicle, StoredReading(seq, kind, format_time(reading.fix_time), fields, 0))
+    return to_reading(
+        reading.tenant, reading.vehicle, StoredReading(seq, kind, format_time(reading.fix_time), fields, 0)
+    )
 
 
 class _EveryDoorEvent(DoorSampler):
@@ -242,8 +289,9 @@ class _EveryDoorEvent(DoorSampler):
 class _AgentFleet:
     """One edge agent per vehicle, without sensors: the simulator records, the agents send."""
 
-    def __init__(self, settings: Settings, vehicles: list[str], passwords: dict[str, str],
-                 counts: Counter[str]) -> None:
+    def __init__(
+        self, settings: Settings, vehicles: list[str], passwords: dict[str, str], counts: Counter[str]
+    ) -> None:
         missing = [v for v in vehicles if v not in passwords]
         if missing:
             raise KeyError(f"no device password for {len(missing)} vehicles, e.g. {missing[0]}")
@@ -253,8 +301,9 @@ class _AgentFleet:
         for old in self.outbox_dir.glob("*.sqlite*"):  # a new fleet every run: no readings left from the last
             old.unlink()
         host, port = settings.mqtt_endpoint()
-        sender = SenderConfig(batch_max_bytes=max(1024, min(SenderConfig().batch_max_bytes,
-                                                             settings.max_payload_bytes)))
+        sender = SenderConfig(
+            batch_max_bytes=max(1024, min(SenderConfig().batch_max_bytes, settings.max_payload_bytes))
+        )
         self.agents: dict[str, Agent] = {}
         self._seqs: dict[tuple[str, int], int] = {}  # (vehicle, simulator seq) -> outbox seq, for duplicates
         self._raw = 0
@@ -263,12 +312,21 @@ class _AgentFleet:
             for vehicle in vehicles:
                 config = AgentConfig(
                     device=DeviceConfig(settings.tenant, vehicle),
-                    broker=BrokerConfig(host=host, port=port, username=device_username(settings.tenant, vehicle),
-                                        password=passwords[vehicle], client_id=f"{settings.tenant}-{vehicle}",
-                                        session_expiry_s=settings.session_expiry_s),
-                    outbox=OutboxConfig(path=self.outbox_dir / f"{vehicle}.sqlite"), sender=sender,
-                    gps_sampling=KEEP_EVERY_FIX, temp_sampling=KEEP_EVERY_TEMPERATURE,
-                    gps=GpsSensorConfig(source="off"), temperature=TemperatureSensorConfig(source="off"))
+                    broker=BrokerConfig(
+                        host=host,
+                        port=port,
+                        username=device_username(settings.tenant, vehicle),
+                        password=passwords[vehicle],
+                        client_id=f"{settings.tenant}-{vehicle}",
+                        session_expiry_s=settings.session_expiry_s,
+                    ),
+                    outbox=OutboxConfig(path=self.outbox_dir / f"{vehicle}.sqlite"),
+                    sender=sender,
+                    gps_sampling=KEEP_EVERY_FIX,
+                    temp_sampling=KEEP_EVERY_TEMPERATURE,
+                    gps=GpsSensorConfig(source="off"),
+                    temperature=TemperatureSensorConfig(source="off"),
+                )
                 agent = Agent(config, sources={})
                 agent.sampler.door = _EveryDoorEvent()
                 self.agents[vehicle] = agent
@@ -329,17 +387,23 @@ class _AgentFleet:
         while self._in_outboxes() and time.monotonic() < deadline:
             time.sleep(0.1)
         pending = self._in_outboxes()
-        flushed = pending == 0 and all([a.publisher.flush(max(0.0, deadline - time.monotonic()))
-                                        for a in self.agents.values()])
+        flushed = pending == 0 and all(
+            [a.publisher.flush(max(0.0, deadline - time.monotonic())) for a in self.agents.values()]
+        )
         dropped = sum(sum(a.outbox.stats().dropped.values()) for a in self.agents.values())
         self.close()
         agents = list(self.agents.values())
         return {
             "messages": self.counts["raw_messages"] + sum(a.counters.published_messages for a in agents),
-            "acked": sum(a.publisher.acked for a in agents), "resent": sum(a.publisher.resent for a in agents),
-            "refused": sum(a.publisher.refused for a in agents), "pending": pending, "flushed": flushed,
-            "outbox_dropped": dropped, "not_recorded": self.counts["not_recorded"],
-            "raw_failed": self.counts["raw_failed"], "outboxes": str(self.outbox_dir),
+            "acked": sum(a.publisher.acked for a in agents),
+            "resent": sum(a.publisher.resent for a in agents),
+            "refused": sum(a.publisher.refused for a in agents),
+            "pending": pending,
+            "flushed": flushed,
+            "outbox_dropped": dropped,
+            "not_recorded": self.counts["not_recorded"],
+            "raw_failed": self.counts["raw_failed"],
+            "outboxes": str(self.outbox_dir),
         }
 
     def close(self) -> None:
@@ -347,8 +411,10 @@ class _AgentFleet:
         if self._closed:
             return
         self._closed = True
-        threads = [threading.Thread(target=a.stop, kwargs={"drain_s": 1.0}, name=f"stop-{v}", daemon=True)
-                   for v, a in self.agents.items()]
+        threads = [
+            threading.Thread(target=a.stop, kwargs={"drain_s": 1.0}, name=f"stop-{v}", daemon=True)
+            for v, a in self.agents.items()
+        ]
         for t in threads:
             t.start()
         for t in threads:
@@ -361,14 +427,22 @@ class _AgentFleet:
 class _SharedPublisher:
     """Every vehicle's messages through one service-account publisher (external brokers)."""
 
-    def __init__(self, settings: Settings, service_credentials: tuple[str, str], batch: bool,
-                 counts: Counter[str]) -> None:
+    def __init__(
+        self, settings: Settings, service_credentials: tuple[str, str], batch: bool, counts: Counter[str]
+    ) -> None:
         host, port = settings.mqtt_endpoint()
         username, password = service_credentials
         self.settings, self.batch, self.counts = settings, batch, counts
-        self.pub = DevicePublisher(host, port, username, password, client_id=f"sim-{settings.tenant}",
-                                   session_expiry_s=settings.session_expiry_s,
-                                   max_payload_bytes=settings.max_payload_bytes, max_pending=50_000)
+        self.pub = DevicePublisher(
+            host,
+            port,
+            username,
+            password,
+            client_id=f"sim-{settings.tenant}",
+            session_expiry_s=settings.session_expiry_s,
+            max_payload_bytes=settings.max_payload_bytes,
+            max_pending=50_000,
+        )
         self.pub.connect()
         self.pending_batches: dict[str, list[Reading]] = {}
         self.last_batch = time.monotonic()
@@ -376,7 +450,7 @@ class _SharedPublisher:
     def send_batches(self) -> None:
         for vehicle, readings in self.pending_batches.items():
             for i in range(0, len(readings), BATCH_MAX_READINGS):
-                chunk = readings[i:i + BATCH_MAX_READINGS]
+                chunk = readings[i : i + BATCH_MAX_READINGS]
                 self.pub.publish(*encode_batch(self.settings.tenant, vehicle, chunk))
                 self.counts["messages"] += 1
         self.pending_batches.clear()
@@ -417,8 +491,15 @@ class _SharedPublisher:
     def finish(self, timeout: float) -> dict[str, Any]:
         self.send_batches()
         flushed = self.pub.flush(timeout)
-        return {"messages": self.counts["messages"], "acked": self.pub.acked, "resent": self.pub.resent,
-                "refused": self.pub.refused, "pending": self.pub.pending, "flushed": flushed, "outbox_dropped": 0}
+        return {
+            "messages": self.counts["messages"],
+            "acked": self.pub.acked,
+            "resent": self.pub.resent,
+            "refused": self.pub.refused,
+            "pending": self.pub.pending,
+            "flushed": flushed,
+            "outbox_dropped": 0,
+        }
 
     def close(self) -> None:
         self.pub.close()

@@ -239,9 +239,18 @@ class FleetSimulator:
     ``stagger_s`` seconds. ``gps_period_s`` is the fix interval in seconds.
     """
 
-    def __init__(self, network: RoadNetwork, vehicles: int = 50, seed: int = 7, start: datetime = DEFAULT_START,
-                 gps_period_s: float = 5.0, anomalies: AnomalyPlan | None = None, tenant: str = "demo",
-                 stagger_s: float = 300.0, depots: int = 3) -> None:
+    def __init__(
+        self,
+        network: RoadNetwork,
+        vehicles: int = 50,
+        seed: int = 7,
+        start: datetime = DEFAULT_START,
+        gps_period_s: float = 5.0,
+        anomalies: AnomalyPlan | None = None,
+        tenant: str = "demo",
+        stagger_s: float = 300.0,
+        depots: int = 3,
+    ) -> None:
         if start.tzinfo is None:
             raise ValueError("start must be timezone-aware (UTC)")
         if gps_period_s <= 0:
@@ -287,20 +296,31 @@ class FleetSimulator:
             route = self._planned_route(v)
             stops = []
             for s in v.stops:
-                stops.append({
-                    "id": s.id, "seq": s.seq, "lat": s.lat, "lon": s.lon, "radius_m": STOP_RADIUS_M,
-                    "window_start": format_time(self._time(s.planned_arrival_s - WINDOW_BEFORE_S)),
-                    "window_end": format_time(self._time(s.planned_arrival_s + WINDOW_AFTER_S)),
-                    "planned_arrival": format_time(self._time(s.planned_arrival_s)),
-                    "planned_service_s": s.planned_service_s,
-                })
+                stops.append(
+                    {
+                        "id": s.id,
+                        "seq": s.seq,
+                        "lat": s.lat,
+                        "lon": s.lon,
+                        "radius_m": STOP_RADIUS_M,
+                        "window_start": format_time(self._time(s.planned_arrival_s - WINDOW_BEFORE_S)),
+                        "window_end": format_time(self._time(s.planned_arrival_s + WINDOW_AFTER_S)),
+                        "planned_arrival": format_time(self._time(s.planned_arrival_s)),
+                        "planned_service_s": s.planned_service_s,
+                    }
+                )
             depot_lat, depot_lon = self.network.coords(v.depot)
-            out.append({
-                "tenant": self.tenant, "vehicle": v.id, "depot": {"lat": depot_lat, "lon": depot_lon},
-                "start": format_time(self._time(v.start_s)), "stops": stops,
-                "route_m": round(route.length_m, 1),
-                "route": [[round(lat, 6), round(lon, 6)] for lat, lon in route.points],
-            })
+            out.append(
+                {
+                    "tenant": self.tenant,
+                    "vehicle": v.id,
+                    "depot": {"lat": depot_lat, "lon": depot_lon},
+                    "start": format_time(self._time(v.start_s)),
+                    "stops": stops,
+                    "route_m": round(route.length_m, 1),
+                    "route": [[round(lat, 6), round(lon, 6)] for lat, lon in route.points],
+                }
+            )
         return out
 
     def contract_plans(self) -> list[dict[str, Any]]:
@@ -308,13 +328,27 @@ class FleetSimulator:
         stops with windows and planned service seconds, the planned route, the reefer's range."""
         out = []
         for plan in self.plans():
-            out.append({
-                "tenant": plan["tenant"], "vehicle": plan["vehicle"], "version": 1,
-                "stops": [{"id": s["id"], "lat": s["lat"], "lon": s["lon"], "radius_m": s["radius_m"],
-                           "window_start": s["window_start"], "window_end": s["window_end"],
-                           "service_s": s["planned_service_s"]} for s in plan["stops"]],
-                "route": plan["route"], "temp_range_c": list(TEMP_RANGE_C),
-            })
+            out.append(
+                {
+                    "tenant": plan["tenant"],
+                    "vehicle": plan["vehicle"],
+                    "version": 1,
+                    "stops": [
+                        {
+                            "id": s["id"],
+                            "lat": s["lat"],
+                            "lon": s["lon"],
+                            "radius_m": s["radius_m"],
+                            "window_start": s["window_start"],
+                            "window_end": s["window_end"],
+                            "service_s": s["planned_service_s"],
+                        }
+                        for s in plan["stops"]
+                    ],
+                    "route": plan["route"],
+                    "temp_range_c": list(TEMP_RANGE_C),
+                }
+            )
         return out
 
     def labels(self, until: datetime | None = None) -> list[dict[str, Any]]:
@@ -330,25 +364,52 @@ class FleetSimulator:
         for v in self._vehicles:
             if v.start_s > limit:
                 continue
-            rows.append({"kind": "trip", "vehicle": v.id, "start": when(v.start_s), "end": when(v.end_s),
-                         "depot_return": when(v.visits[-1]["arrival"]) if v.visits else None})
+            rows.append(
+                {
+                    "kind": "trip",
+                    "vehicle": v.id,
+                    "start": when(v.start_s),
+                    "end": when(v.end_s),
+                    "depot_return": when(v.visits[-1]["arrival"]) if v.visits else None,
+                }
+            )
             for visit in v.visits[:-1]:  # the last visit is the return to the depot
-                rows.append({"kind": "stop_visit", "vehicle": v.id, "stop_id": visit["stop_id"],
-                             "seq": visit["seq"], "arrival": when(visit["arrival"]),
-                             "departure": when(visit["departure"]), "door_open": when(visit["door_open"]),
-                             "door_close": when(visit["door_close"])})
+                rows.append(
+                    {
+                        "kind": "stop_visit",
+                        "vehicle": v.id,
+                        "stop_id": visit["stop_id"],
+                        "seq": visit["seq"],
+                        "arrival": when(visit["arrival"]),
+                        "departure": when(visit["departure"]),
+                        "door_open": when(visit["door_open"]),
+                        "door_close": when(visit["door_close"]),
+                    }
+                )
             for label in v.anomalies:
                 if label.start_s <= limit:
                     rows.append(self._label_row(label))
         for event in self.events(until):
             if isinstance(event.item, RawMessage):
                 at_s = (event.at - self.start).total_seconds()
-                rows.append(self._label_row(AnomalyLabel(event.vehicle, "malformed", at_s, at_s,
-                                                         details={"reason": event.item.reason})))
+                rows.append(
+                    self._label_row(
+                        AnomalyLabel(event.vehicle, "malformed", at_s, at_s, details={"reason": event.item.reason})
+                    )
+                )
             elif event.duplicate:
                 at_s = (event.at - self.start).total_seconds()
-                rows.append(self._label_row(AnomalyLabel(event.vehicle, "duplicate", at_s, at_s,
-                                                         details={"seq": event.item.seq, "stream": event.item.kind})))
+                rows.append(
+                    self._label_row(
+                        AnomalyLabel(
+                            event.vehicle,
+                            "duplicate",
+                            at_s,
+                            at_s,
+                            details={"seq": event.item.seq, "stream": event.item.kind},
+                        )
+                    )
+                )
         return rows
 
     def write_labels(self, path: Path | str, until: datetime | None = None) -> int:
@@ -372,9 +433,15 @@ class FleetSimulator:
         return local.hour + local.minute / 60.0 + local.second / 3600.0
 
     def _label_row(self, label: AnomalyLabel) -> dict[str, Any]:
-        return {"kind": "anomaly", "vehicle": label.vehicle, "type": label.type,
-                "start": format_time(self._time(label.start_s)), "end": format_time(self._time(label.end_s)),
-                "stop_id": label.stop_id, "details": label.details}
+        return {
+            "kind": "anomaly",
+            "vehicle": label.vehicle,
+            "type": label.type,
+            "start": format_time(self._time(label.start_s)),
+            "end": format_time(self._time(label.end_s)),
+            "stop_id": label.stop_id,
+            "details": label.details,
+        }
 
     def _planned_route(self, v: _Vehicle) -> RoadPath:
         route = v.planned_legs[0]
@@ -382,8 +449,9 @@ class FleetSimulator:
             route = route + leg
         return route
 
-    def _pick_spread(self, rng: random.Random, count: int, min_gap_m: float, avoid: list[int],
-                     avoid_gap_m: float = 150.0) -> list[int]:
+    def _pick_spread(
+        self, rng: random.Random, count: int, min_gap_m: float, avoid: list[int], avoid_gap_m: float = 150.0
+    ) -> list[int]:
         """``count`` distinct nodes at least ``min_gap_m`` apart and ``avoid_gap_m`` from ``avoid``."""
         net = self.network
         chosen: list[int] = []
@@ -471,8 +539,14 @@ class FleetSimulator:
         self._finish(v)
         return v
 
-    def _drive_day(self, v: _Vehicle, rng: random.Random, depot_wait: float, leg_anomaly: dict[int, str],
-                   leg_detour: dict[int, tuple[int, RoadPath]]) -> None:
+    def _drive_day(
+        self,
+        v: _Vehicle,
+        rng: random.Random,
+        depot_wait: float,
+        leg_anomaly: dict[int, str],
+        leg_detour: dict[int, tuple[int, RoadPath]],
+    ) -> None:
         """Lay out the actual trajectory, door events and stop visits (``leg_detour``: the detour
         node and path driven instead of the planned leg, per leg index)."""
         net = self.network
@@ -506,8 +580,12 @@ class FleetSimulator:
                 if detour_at is None and detour_node is not None and path.nodes[k + 1] == detour_node:
                     detour_at = _ms(t)
                 last = k == len(path.lengths_m) - 1
-                if not last and path.nodes[k + 1] >= 0 and net.graph.out_degree(path.nodes[k + 1]) >= 2 \
-                        and rng.random() < 0.05:
+                if (
+                    not last
+                    and path.nodes[k + 1] >= 0
+                    and net.graph.out_degree(path.nodes[k + 1]) >= 2
+                    and rng.random() < 0.05
+                ):
                     t += rng.uniform(5.0, 40.0)  # traffic lights, giving way
                     v.knot(t, point)
                 if pause_at is not None and k + 1 == pause_at:
@@ -519,8 +597,16 @@ class FleetSimulator:
             if stop is None:
                 v.end_s = _ms(t + 60.0)
                 v.knot(v.end_s, depot_point)
-                v.visits.append({"stop_id": None, "seq": None, "arrival": arrival, "departure": None,
-                                 "door_open": None, "door_close": None})
+                v.visits.append(
+                    {
+                        "stop_id": None,
+                        "seq": None,
+                        "arrival": arrival,
+                        "departure": None,
+                        "door_open": None,
+                        "door_close": None,
+                    }
+                )
                 break
             service = stop.planned_service_s * min(2.0, max(0.5, rng.lognormvariate(0.0, 0.3)))
             departure = _ms(arrival + service)
@@ -528,8 +614,16 @@ class FleetSimulator:
             door_close = _ms(departure - rng.uniform(5.0, 20.0))
             v.doors += [(door_open, True), (door_close, False)]
             v.knot(departure, (stop.lat, stop.lon))
-            v.visits.append({"stop_id": stop.id, "seq": stop.seq, "arrival": arrival, "departure": departure,
-                             "door_open": door_open, "door_close": door_close})
+            v.visits.append(
+                {
+                    "stop_id": stop.id,
+                    "seq": stop.seq,
+                    "arrival": arrival,
+                    "departure": departure,
+                    "door_open": door_open,
+                    "door_close": door_close,
+                }
+            )
             t = departure
 
     def _pause(self, v: _Vehicle, rng: random.Random, kind: str, t: float, point: tuple[float, float]) -> float:
@@ -537,15 +631,33 @@ class FleetSimulator:
         plan = self.anomalies
         if kind == "long_dwell":
             span = rng.uniform(*plan.dwell_s)
-            v.anomalies.append(AnomalyLabel(v.id, "long_dwell", _ms(t), _ms(t + span), details={
-                "lat": point[0], "lon": point[1], "duration_s": round(span, 3)}))
+            v.anomalies.append(
+                AnomalyLabel(
+                    v.id,
+                    "long_dwell",
+                    _ms(t),
+                    _ms(t + span),
+                    details={"lat": point[0], "lon": point[1], "duration_s": round(span, 3)},
+                )
+            )
         else:
             span = rng.uniform(*plan.door_away_s)
             opened, closed = _ms(t + rng.uniform(5.0, 15.0)), _ms(t + span - rng.uniform(5.0, 15.0))
             v.doors += [(opened, True), (closed, False)]
-            v.anomalies.append(AnomalyLabel(v.id, "door_away", opened, closed, details={
-                "lat": point[0], "lon": point[1], "stopped_from": format_time(self._time(t)),
-                "stopped_until": format_time(self._time(t + span))}))
+            v.anomalies.append(
+                AnomalyLabel(
+                    v.id,
+                    "door_away",
+                    opened,
+                    closed,
+                    details={
+                        "lat": point[0],
+                        "lon": point[1],
+                        "stopped_from": format_time(self._time(t)),
+                        "stopped_until": format_time(self._time(t + span)),
+                    },
+                )
+            )
         v.knot(t + span, point)
         return _ms(t + span)
 
@@ -583,8 +695,9 @@ class FleetSimulator:
                 return node, path
         return None
 
-    def _label_deviation(self, v: _Vehicle, first_knot: int, path: RoadPath, planned: RoadPath,
-                         stop: _Stop | None, detour_at: float) -> None:
+    def _label_deviation(
+        self, v: _Vehicle, first_knot: int, path: RoadPath, planned: RoadPath, stop: _Stop | None, detour_at: float
+    ) -> None:
         """Label the spans of this leg driven more than DEVIATION_M off the planned route.
 
         Each span runs from where the distance to the route crossed DEVIATION_M to where it
@@ -625,13 +738,16 @@ class FleetSimulator:
             if end - start < DEVIATION_AMBIGUOUS_S:
                 continue
             a, b = int(first), int(last) + 1
-            details: dict[str, Any] = {"max_off_leg_m": round(float(off_leg[a:b].max()), 1),
-                                       "max_off_route_m": round(float(off[a:b].max()), 1),
-                                       "detour_m": round(path.length_m - planned.length_m, 1)}
+            details: dict[str, Any] = {
+                "max_off_leg_m": round(float(off_leg[a:b].max()), 1),
+                "max_off_route_m": round(float(off[a:b].max()), 1),
+                "detour_m": round(path.length_m - planned.length_m, 1),
+            }
             if end - start < DEVIATION_MIN_S or not start <= detour_at <= end:
                 details["ambiguous"] = True
-            v.anomalies.append(AnomalyLabel(v.id, "route_deviation", _ms(start), _ms(end),
-                                            stop.id if stop else None, details=details))
+            v.anomalies.append(
+                AnomalyLabel(v.id, "route_deviation", _ms(start), _ms(end), stop.id if stop else None, details=details)
+            )
 
     def _temperatures(self, v: _Vehicle, rng: random.Random, fault: tuple[float, float] | None) -> None:
         """Reefer probe every 30 s: slow drift around the setpoint, warming while the door is open,
@@ -685,8 +801,11 @@ class FleetSimulator:
             i = bisect.bisect_right(times, last)
             back = times[i] if i < len(times) else last
             details: dict[str, Any] = {
-                "fault_start": format_time(self._time(fault[0])), "fault_end": format_time(self._time(fault[1])),
-                "peak_celsius": peak, "limit_celsius": high}
+                "fault_start": format_time(self._time(fault[0])),
+                "fault_end": format_time(self._time(fault[1])),
+                "peak_celsius": peak,
+                "limit_celsius": high,
+            }
             if back - first < EXCURSION_MIN_S:
                 details["ambiguous"] = True
             v.anomalies.append(AnomalyLabel(v.id, "temp_excursion", first, back, details=details))
@@ -779,8 +898,18 @@ class FleetSimulator:
             bearing: float | None = round((heading + rng.gauss(0.0, 3.0)) % 360.0, 1) % 360.0
         else:
             reported, bearing = round(abs(rng.gauss(0.0, 0.1)), 2), None
-        return GpsFix(self.tenant, v.id, seq, fix_time, round(lat, 7), round(lon, 7), speed_mps=reported,
-                      heading_deg=bearing, accuracy_m=accuracy, alt_m=alt)
+        return GpsFix(
+            self.tenant,
+            v.id,
+            seq,
+            fix_time,
+            round(lat, 7),
+            round(lon, 7),
+            speed_mps=reported,
+            heading_deg=bearing,
+            accuracy_m=accuracy,
+            alt_m=alt,
+        )
 
 
 # ---------------------------------------------------------------- helpers

@@ -52,15 +52,18 @@ def store_plan(conn: psycopg.Connection, plan: Plan, source: str) -> tuple[int, 
     see the previous writer's commit.
     """
     if conn.info.transaction_status != TransactionStatus.IDLE:
-        raise ValueError("store_plan commits its own transaction: call it outside one "
-                         "(an autocommit connection, or after commit/rollback)")
+        raise ValueError(
+            "store_plan commits its own transaction: call it outside one "
+            "(an autocommit connection, or after commit/rollback)"
+        )
     digest = plan_digest(plan)
     with conn.transaction():
         # held to the end of the transaction: the next writer reads max(plan_seq) after our commit
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PLAN_LOCK,))
         latest = conn.execute(
             "SELECT version, digest FROM plans WHERE tenant = %s AND vehicle_id = %s ORDER BY version DESC LIMIT 1",
-            (plan.tenant, plan.vehicle)).fetchone()
+            (plan.tenant, plan.vehicle),
+        ).fetchone()
         if latest is not None and bytes(latest[1]) == digest:
             return int(latest[0]), False
         version = 1 if latest is None else int(latest[0]) + 1
@@ -71,15 +74,16 @@ def store_plan(conn: psycopg.Connection, plan: Plan, source: str) -> tuple[int, 
         conn.execute(
             "INSERT INTO plans (tenant, vehicle_id, version, plan, digest, source, plan_seq) "
             "VALUES (%s, %s, %s, %s, %s, %s, %s)",
-            (plan.tenant, plan.vehicle, version, Jsonb(body), digest, source, int(row[0])))
+            (plan.tenant, plan.vehicle, version, Jsonb(body), digest, source, int(row[0])),
+        )
     return version, True
 
 
 def latest_plan(conn: psycopg.Connection, tenant: str, vehicle: str) -> Plan | None:
     """The vehicle's latest stored revision, or None when it has no plan."""
     row = conn.execute(
-        "SELECT plan FROM plans WHERE tenant = %s AND vehicle_id = %s ORDER BY version DESC LIMIT 1",
-        (tenant, vehicle)).fetchone()
+        "SELECT plan FROM plans WHERE tenant = %s AND vehicle_id = %s ORDER BY version DESC LIMIT 1", (tenant, vehicle)
+    ).fetchone()
     return None if row is None else Plan.from_dict(row[0])
 
 
@@ -88,7 +92,8 @@ def plans_after(conn: psycopg.Connection, after_seq: int, limit: int) -> list[tu
     (plan_seq, plan, received_at as a timezone-aware datetime)."""
     rows = conn.execute(
         "SELECT plan_seq, plan, received_at FROM plans WHERE plan_seq > %s ORDER BY plan_seq LIMIT %s",
-        (after_seq, limit)).fetchall()
+        (after_seq, limit),
+    ).fetchall()
     return [(int(seq), Plan.from_dict(body), received_at) for seq, body, received_at in rows]
 
 

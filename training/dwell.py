@@ -37,6 +37,7 @@ def train_dwell_baselines(conn: psycopg.Connection, min_samples: int) -> dict[st
     with conn.transaction():
         conn.execute("DELETE FROM dwell_baselines")
         conn.execute(_TRAIN)
-        total, usable = one(conn, "SELECT count(*), count(*) FILTER (WHERE samples >= %s) FROM dwell_baselines",
-                            (min_samples,))
+        total, usable = one(
+            conn, "SELECT count(*), count(*) FILTER (WHERE samples >= %s) FROM dwell_baselines", (min_samples,)
+        )
     return {"cell_hours": int(total), "usable_cell_hours": int(usable)}

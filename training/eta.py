@@ -61,29 +61,49 @@ def detour_pairs(positions: pl.DataFrame, arrivals: pl.DataFrame) -> list[tuple[
     Steps onto a fix reporting a standing speed (below ``MIN_SPEED_MPS``) are left out: GPS
     noise while a van serves a stop would otherwise add metres it never drove.
     """
-    arr = (arrivals.select(*_KEY, "at").sort(*_KEY, "at")
-           .with_columns(next_at=pl.col("at").shift(-1).over(_KEY), leg=pl.int_range(pl.len())))
+    arr = (
+        arrivals.select(*_KEY, "at")
+        .sort(*_KEY, "at")
+        .with_columns(next_at=pl.col("at").shift(-1).over(_KEY), leg=pl.int_range(pl.len()))
+    )
     pos = positions.select(*_KEY, "fix_time", "lat", "lon", "speed_mps").sort(*_KEY, "fix_time")
     # sorted by (vehicle, time) above: within each vehicle the asof keys are in order
-    legs = (pos.join_asof(arr, left_on="fix_time", right_on="at", by=_KEY, strategy="backward", check_sortedness=False)
-            .filter(pl.col("leg").is_not_null() & pl.col("next_at").is_not_null()
-                    & (pl.col("fix_time") <= pl.col("next_at")))
-            .with_columns(step=_haversine(pl.col("lat").shift(1).over("leg"), pl.col("lon").shift(1).over("leg"),
-                                          pl.col("lat"), pl.col("lon")).fill_null(0.0)
-                        * (pl.col("speed_mps").is_null() | (pl.col("speed_mps") >= MIN_SPEED_MPS)).cast(pl.Float64))
-            .group_by("leg")
-            .agg(travelled=pl.col("step").sum(),
-                 straight=_haversine(pl.col("lat").first(), pl.col("lon").first(), pl.col("lat").last(),
-                                     pl.col("lon").last()))
-            .sort("leg"))
+    legs = (
+        pos.join_asof(arr, left_on="fix_time", right_on="at", by=_KEY, strategy="backward", check_sortedness=False)
+        .filter(
+            pl.col("leg").is_not_null() & pl.col("next_at").is_not_null() & (pl.col("fix_time") <= pl.col("next_at"))
+        )
+        .with_columns(
+            step=_haversine(
+                pl.col("lat").shift(1).over("leg"), pl.col("lon").shift(1).over("leg"), pl.col("lat"), pl.col("lon")
+            ).fill_null(0.0)
+            * (pl.col("speed_mps").is_null() | (pl.col("speed_mps") >= MIN_SPEED_MPS)).cast(pl.Float64)
+        )
+        .group_by("leg")
+        .agg(
+            travelled=pl.col("step").sum(),
+            straight=_haversine(
+                pl.col("lat").first(), pl.col("lon").first(), pl.col("lat").last(), pl.col("lon").last()
+            ),
+        )
+        .sort("leg")
+    )
     return [(float(s), float(t)) for s, t in legs.select("straight", "travelled").iter_rows()]
 
 
-def build_training_rows(positions: pl.DataFrame, arrivals: pl.DataFrame, plans: Iterable[Plan], *,
-                        profiles: SpeedProfiles | None, detour_factor: float,
-                        horizons_s: Sequence[float] = HORIZONS_S, tolerance_s: float = 60.0, warmup_s: float = 600.0,
-                        eta_config: EtaConfig = EtaConfig(),
-                        analytics_config: AnalyticsConfig = AnalyticsConfig()) -> pl.DataFrame:
+def build_training_rows(
+    positions: pl.DataFrame,
+    arrivals: pl.DataFrame,
+    plans: Iterable[Plan],
+    *,
+    profiles: SpeedProfiles | None,
+    detour_factor: float,
+    horizons_s: Sequence[float] = HORIZONS_S,
+    tolerance_s: float = 60.0,
+    warmup_s: float = 600.0,
+    eta_config: EtaConfig = EtaConfig(),
+    analytics_config: AnalyticsConfig = AnalyticsConfig(),
+) -> pl.DataFrame:
     """One row per (arrival, horizon) with a fix close enough before it; see the module docstring.
 
     Columns: tenant, vehicle_id, plan_version, trip, stop_id, horizon_s, fix_time,
@@ -95,15 +115,22 @@ def build_training_rows(positions: pl.DataFrame, arrivals: pl.DataFrame, plans: 
         if (p.tenant, p.vehicle) not in latest or p.version > latest[(p.tenant, p.vehicle)].version:
             latest[(p.tenant, p.vehicle)] = p
     if "plan_version" not in arrivals.columns:
-        arrivals = arrivals.join(pl.DataFrame([(t, v, p.version) for (t, v), p in latest.items()],
-                                              schema={"tenant": pl.String, "vehicle_id": pl.String,
-                                                      "plan_version": pl.Int64}, orient="row"),
-                                 on=_KEY, how="inner")
+        arrivals = arrivals.join(
+            pl.DataFrame(
+                [(t, v, p.version) for (t, v), p in latest.items()],
+                schema={"tenant": pl.String, "vehicle_id": pl.String, "plan_version": pl.Int64},
+                orient="row",
+            ),
+            on=_KEY,
+            how="inner",
+        )
     name = f"training-{next(_counter)}"
     registry.set_models(name, profiles=profiles, detour_factor=detour_factor, model=None, network=None)
     config = replace(eta_config, models=name)
-    fixes = {key: frame.sort("fix_time").select("fix_time", "lat", "lon", "speed_mps", "h3_cell").rows()
-             for key, frame in positions.partition_by(_KEY, as_dict=True).items()}
+    fixes = {
+        key: frame.sort("fix_time").select("fix_time", "lat", "lon", "speed_mps", "h3_cell").rows()
+        for key, frame in positions.partition_by(_KEY, as_dict=True).items()
+    }
     rows: list[dict[str, Any]] = []
     try:
         trips = arrivals.sort("at").partition_by([*_KEY, "plan_version"], as_dict=True)
@@ -116,10 +143,20 @@ def build_training_rows(positions: pl.DataFrame, arrivals: pl.DataFrame, plans: 
             rows += _replay(plan, vehicle_fixes, arrived, horizons_s, tolerance_s, warmup_s, config, analytics_config)
     finally:
         registry.clear(name)
-    schema: dict[str, Any] = {"tenant": pl.String, "vehicle_id": pl.String, "plan_version": pl.Int64, "trip": pl.String,
-              "stop_id": pl.String, "horizon_s": pl.Float64, "fix_time": pl.Datetime("us", "UTC"),
-              **{f: pl.Float64 for f in FEATURES}, "label_s": pl.Float64, "naive_s": pl.Float64,
-              "method": pl.String, "state": pl.String}
+    schema: dict[str, Any] = {
+        "tenant": pl.String,
+        "vehicle_id": pl.String,
+        "plan_version": pl.Int64,
+        "trip": pl.String,
+        "stop_id": pl.String,
+        "horizon_s": pl.Float64,
+        "fix_time": pl.Datetime("us", "UTC"),
+        **{f: pl.Float64 for f in FEATURES},
+        "label_s": pl.Float64,
+        "naive_s": pl.Float64,
+        "method": pl.String,
+        "state": pl.String,
+    }
     return pl.DataFrame(rows, schema=schema)
 
 
@@ -127,8 +164,16 @@ def _in(plan: Plan, stop_id: str) -> bool:
     return any(s.id == stop_id for s in plan.stops)
 
 
-def _replay(plan: Plan, fixes: list[tuple[Any, ...]], arrived: dict[str, datetime], horizons_s: Sequence[float],
-            tolerance_s: float, warmup_s: float, config: EtaConfig, analytics: AnalyticsConfig) -> list[dict[str, Any]]:
+def _replay(
+    plan: Plan,
+    fixes: list[tuple[Any, ...]],
+    arrived: dict[str, datetime],
+    horizons_s: Sequence[float],
+    tolerance_s: float,
+    warmup_s: float,
+    config: EtaConfig,
+    analytics: AnalyticsConfig,
+) -> list[dict[str, Any]]:
     """Feed one trip's fixes through the live quality filter and ETA tracker; rows at the horizons."""
     if not arrived:
         return []
@@ -137,7 +182,9 @@ def _replay(plan: Plan, fixes: list[tuple[Any, ...]], arrived: dict[str, datetim
     times = [f[0] for f in fixes]
     lo, hi = bisect_left(times, start), bisect_left(times, end)
     # (moment, stop id, horizon), in moment order: each wants the last usable fix at or before the moment
-    wanted = sorted((at - timedelta(seconds=h), stop_id, float(h)) for stop_id, at in arrived.items() for h in horizons_s)
+    wanted = sorted(
+        (at - timedelta(seconds=h), stop_id, float(h)) for stop_id, at in arrived.items() for h in horizons_s
+    )
     quality = GpsQualityFilter(plan.tenant, plan.vehicle, analytics)
     tracker = EtaTracker(plan.tenant, plan.vehicle, config)
     tracker.set_plan(plan)
@@ -155,15 +202,27 @@ def _replay(plan: Plan, fixes: list[tuple[Any, ...]], arrived: dict[str, datetim
                 continue
             e = last[1].get(stop_id)
             if e is not None:
-                out.append({"tenant": plan.tenant, "vehicle_id": plan.vehicle, "plan_version": plan.version,
-                            "trip": trip, "stop_id": stop_id, "horizon_s": h, "fix_time": last[0],
-                            **dict(zip(FEATURES, e.row, strict=True)),
-                            "label_s": (arrived[stop_id] - last[0]).total_seconds(), "naive_s": e.naive_s,
-                            "method": e.method, "state": e.state})
+                out.append(
+                    {
+                        "tenant": plan.tenant,
+                        "vehicle_id": plan.vehicle,
+                        "plan_version": plan.version,
+                        "trip": trip,
+                        "stop_id": stop_id,
+                        "horizon_s": h,
+                        "fix_time": last[0],
+                        **dict(zip(FEATURES, e.row, strict=True)),
+                        "label_s": (arrived[stop_id] - last[0]).total_seconds(),
+                        "naive_s": e.naive_s,
+                        "method": e.method,
+                        "state": e.state,
+                    }
+                )
 
     for seq, (t, lat, lon, speed, cell) in enumerate(fixes[lo:hi]):
-        checked, _ = quality.update(GpsFix(plan.tenant, plan.vehicle, seq, t, lat, lon,
-                                           None if speed is None else float(speed)), cell)
+        checked, _ = quality.update(
+            GpsFix(plan.tenant, plan.vehicle, seq, t, lat, lon, None if speed is None else float(speed)), cell
+        )
         if not checked.usable:
             continue
         take_until(t)
@@ -183,10 +242,18 @@ class EtaTraining:
     rows: pl.DataFrame
 
 
-def train_eta_from_frames(positions: pl.DataFrame, arrivals: pl.DataFrame, plans: Iterable[Plan], *,
-                          profiles: SpeedProfiles | None = None, detour_factor: float | None = None,
-                          horizons_s: Sequence[float] = HORIZONS_S, random_state: int = 0,
-                          eta_config: EtaConfig = EtaConfig(), **train_options: Any) -> EtaTraining:
+def train_eta_from_frames(
+    positions: pl.DataFrame,
+    arrivals: pl.DataFrame,
+    plans: Iterable[Plan],
+    *,
+    profiles: SpeedProfiles | None = None,
+    detour_factor: float | None = None,
+    horizons_s: Sequence[float] = HORIZONS_S,
+    random_state: int = 0,
+    eta_config: EtaConfig = EtaConfig(),
+    **train_options: Any,
+) -> EtaTraining:
     """Speed profiles (from ``positions`` unless given), the detour factor (from the legs
     between arrivals unless given), the training rows, and the ``EtaModel`` fitted on them.
 
@@ -199,8 +266,21 @@ def train_eta_from_frames(positions: pl.DataFrame, arrivals: pl.DataFrame, plans
         profiles = build_speed_profiles(positions.with_columns(hour_of_week_expr("fix_time")))
     if detour_factor is None:
         detour_factor = fit_detour_factor(detour_pairs(positions, arrivals))
-    rows = build_training_rows(positions, arrivals, plans, profiles=profiles, detour_factor=detour_factor,
-                               horizons_s=horizons_s, eta_config=eta_config)
-    model = train(rows.select(FEATURES).to_numpy(), rows["label_s"].to_numpy(), groups=rows["trip"].to_list(),
-                  random_state=random_state, baselines={"naive": rows["naive_s"].to_list()}, **train_options)
+    rows = build_training_rows(
+        positions,
+        arrivals,
+        plans,
+        profiles=profiles,
+        detour_factor=detour_factor,
+        horizons_s=horizons_s,
+        eta_config=eta_config,
+    )
+    model = train(
+        rows.select(FEATURES).to_numpy(),
+        rows["label_s"].to_numpy(),
+        groups=rows["trip"].to_list(),
+        random_state=random_state,
+        baselines={"naive": rows["naive_s"].to_list()},
+        **train_options,
+    )
     return EtaTraining(model, profiles, detour_factor, rows)

@@ -22,8 +22,9 @@ __all__ = ["main"]
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fleetstream-edge",
-                                     description="fleetstream edge agent: sensors -> durable outbox -> MQTT")
+    parser = argparse.ArgumentParser(
+        prog="fleetstream-edge", description="fleetstream edge agent: sensors -> durable outbox -> MQTT"
+    )
     parser.add_argument("--config", required=True, type=Path, help="the agent's TOML file")
     parser.add_argument("--check", action="store_true", help="check the configuration and exit")
     args = parser.parse_args(argv)
@@ -35,8 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.check:
         print(f"fleetstream-edge: {args.config} is valid ({config.device.tenant}/{config.device.vehicle})")
         return 0
-    logging.basicConfig(level=config.log_level, stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=config.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

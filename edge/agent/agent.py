@@ -79,10 +79,12 @@ def reading_fields(sample: Sample) -> tuple[str, dict[str, Any]]:
     ranges are left out rather than get the reading refused."""
     if isinstance(sample, GpsSample):
         fields: dict[str, Any] = {"lat": sample.lat, "lon": sample.lon}
-        for key, value, lo, hi in (("speed_mps", sample.speed_mps, 0.0, 150.0),
-                                   ("heading_deg", sample.heading_deg, 0.0, 360.0),
-                                   ("accuracy_m", sample.accuracy_m, 0.0, 1e5),
-                                   ("alt_m", sample.alt_m, -1000.0, 20000.0)):
+        for key, value, lo, hi in (
+            ("speed_mps", sample.speed_mps, 0.0, 150.0),
+            ("heading_deg", sample.heading_deg, 0.0, 360.0),
+            ("accuracy_m", sample.accuracy_m, 0.0, 1e5),
+            ("alt_m", sample.alt_m, -1000.0, 20000.0),
+        ):
             if value is not None and lo <= value <= hi:
                 fields[key] = value
         return "gps", fields
@@ -96,15 +98,26 @@ def to_reading(tenant: str, vehicle: str, stored: StoredReading) -> Reading:
     fix_time = datetime.fromisoformat(stored.fix_time)
     f = stored.fields
     if stored.kind == "gps":
-        return GpsFix(tenant, vehicle, stored.seq, fix_time, f["lat"], f["lon"], speed_mps=f.get("speed_mps"),
-                      heading_deg=f.get("heading_deg"), accuracy_m=f.get("accuracy_m"), alt_m=f.get("alt_m"))
+        return GpsFix(
+            tenant,
+            vehicle,
+            stored.seq,
+            fix_time,
+            f["lat"],
+            f["lon"],
+            speed_mps=f.get("speed_mps"),
+            heading_deg=f.get("heading_deg"),
+            accuracy_m=f.get("accuracy_m"),
+            alt_m=f.get("alt_m"),
+        )
     if stored.kind == "temp":
         return TemperatureReading(tenant, vehicle, stored.seq, fix_time, f["sensor"], f["celsius"])
     return DoorEvent(tenant, vehicle, stored.seq, fix_time, f["door"], f["open"])
 
 
-def plan_messages(tenant: str, vehicle: str, rows: list[StoredReading], max_bytes: int,
-                  device_time: datetime | None = None) -> tuple[list[tuple[bytes, list[int]]], list[int]]:
+def plan_messages(
+    tenant: str, vehicle: str, rows: list[StoredReading], max_bytes: int, device_time: datetime | None = None
+) -> tuple[list[tuple[bytes, list[int]]], list[int]]:
     """Batch messages of at most ``max_bytes`` bytes for ``rows`` (oldest first).
 
     Returns ([(payload, seqs)], undeliverable seqs): a batch over the limit is split in
@@ -142,8 +155,11 @@ def build_sources(config: AgentConfig) -> dict[str, SampleSource]:
     if config.doors:
         contacts = []
         for door in config.doors:
-            line: DoorLine = (FakeDoorLine(toggle_s=door.fake_toggle_s) if door.source == "fake"
-                              else GpiodLine(door.chip, door.line, bias=door.bias))
+            line: DoorLine = (
+                FakeDoorLine(toggle_s=door.fake_toggle_s)
+                if door.source == "fake"
+                else GpiodLine(door.chip, door.line, bias=door.bias)
+            )
             contacts.append(DoorContact(door.name, line, debounce_s=door.debounce_s, open_level=door.open_level))
         sources["door"] = DoorPoller(contacts, config.door_poll_s)
     return sources
@@ -195,12 +211,20 @@ class Agent:
         s = config.sender
         self.max_message_bytes = min(s.batch_max_bytes, Limits().max_payload_bytes)
         self.publisher = DevicePublisher(
-            config.broker.host, config.broker.port, config.username, config.broker.password,
-            client_id=config.client_id, will=(self.tenant, self.vehicle),
-            session_expiry_s=config.broker.session_expiry_s, keepalive_s=config.broker.keepalive_s,
-            max_payload_bytes=self.max_message_bytes, max_pending=4 * s.max_inflight_batches + 64,
-            publish_timeout_s=5.0, on_settled=self._on_settled,
-            tls_ca_file=None if config.broker.ca_file is None else str(config.broker.ca_file))
+            config.broker.host,
+            config.broker.port,
+            config.username,
+            config.broker.password,
+            client_id=config.client_id,
+            will=(self.tenant, self.vehicle),
+            session_expiry_s=config.broker.session_expiry_s,
+            keepalive_s=config.broker.keepalive_s,
+            max_payload_bytes=self.max_message_bytes,
+            max_pending=4 * s.max_inflight_batches + 64,
+            publish_timeout_s=5.0,
+            on_settled=self._on_settled,
+            tls_ca_file=None if config.broker.ca_file is None else str(config.broker.ca_file),
+        )
         self._samples: queue.Queue[Sample] = queue.Queue(maxsize=10_000)
         self._settled: queue.SimpleQueue[tuple[Hashable, bool]] = queue.SimpleQueue()
         self._wake = threading.Event()
@@ -226,8 +250,14 @@ class Agent:
         self._spawn("sender", self._send_loop)
         for name, source in self.sources.items():
             self._spawn(f"sensor-{name}", functools.partial(source.run, self._emit, self._stop_sensors))
-        log.info("agent %s/%s: started (outbox %s: %d readings waiting, next seq %d)", self.tenant, self.vehicle,
-                 self.outbox.path, self.outbox.depth(), self.outbox.next_seq())
+        log.info(
+            "agent %s/%s: started (outbox %s: %d readings waiting, next seq %d)",
+            self.tenant,
+            self.vehicle,
+            self.outbox.path,
+            self.outbox.depth(),
+            self.outbox.next_seq(),
+        )
 
     def run(self, stop: threading.Event) -> int:
         """Start, serve until ``stop`` is set (or a worker dies), stop cleanly. Exit code."""
@@ -269,7 +299,8 @@ class Agent:
         """Recorder and sender threads alive and turning."""
         now = time.monotonic()
         return all(t.is_alive() for t in self._threads if not t.name.startswith("sensor-")) and all(
-            now - self._beats.get(name, now) < _HEALTHY_WITHIN_S for name in ("recorder", "sender"))
+            now - self._beats.get(name, now) < _HEALTHY_WITHIN_S for name in ("recorder", "sender")
+        )
 
     def _spawn(self, name: str, target: Callable[[], None]) -> None:
         def guarded() -> None:
@@ -353,8 +384,12 @@ class Agent:
                 self.counters.refused_messages += 1
                 self._refused_until = time.monotonic() + self.config.sender.refused_retry_s
                 refusal = self.publisher.refusals[-1] if self.publisher.refusals else None
-                log.warning("broker refused a batch of %d readings (%s); kept, retrying in %.0f s", len(seqs),
-                            refusal.reason if refusal else "?", self.config.sender.refused_retry_s)
+                log.warning(
+                    "broker refused a batch of %d readings (%s); kept, retrying in %.0f s",
+                    len(seqs),
+                    refusal.reason if refusal else "?",
+                    self.config.sender.refused_retry_s,
+                )
         if acked:
             self.outbox.ack(acked)
 
@@ -369,13 +404,20 @@ class Agent:
             connected = self.publisher.connected
             now = time.monotonic()
             if connected and not was_connected:
-                log.info("broker %s:%s: connected as %s", self.config.broker.host, self.config.broker.port,
-                         self.config.username)
+                log.info(
+                    "broker %s:%s: connected as %s",
+                    self.config.broker.host,
+                    self.config.broker.port,
+                    self.config.username,
+                )
                 self._publish_status("online")
                 next_status = now + s.status_interval_s
             elif was_connected and not connected:
-                log.warning("broker %s:%s: connection lost; readings wait in the outbox",
-                            self.config.broker.host, self.config.broker.port)
+                log.warning(
+                    "broker %s:%s: connection lost; readings wait in the outbox",
+                    self.config.broker.host,
+                    self.config.broker.port,
+                )
             was_connected = connected
             if connected and now >= next_status:
                 self._publish_status("heartbeat")
@@ -396,12 +438,17 @@ class Agent:
         rows = self.outbox.lease(s.batch_max_readings, self.max_message_bytes - _ENVELOPE_RESERVE)
         if not rows:
             return False
-        messages, undeliverable = plan_messages(self.tenant, self.vehicle, rows, self.max_message_bytes,
-                                                datetime.now(UTC))
+        messages, undeliverable = plan_messages(
+            self.tenant, self.vehicle, rows, self.max_message_bytes, datetime.now(UTC)
+        )
         if undeliverable:
             self.counters.undeliverable += len(undeliverable)
-            log.error("%d readings cannot fit one %d-byte message: removed (seqs %s)", len(undeliverable),
-                      self.max_message_bytes, undeliverable[:10])
+            log.error(
+                "%d readings cannot fit one %d-byte message: removed (seqs %s)",
+                len(undeliverable),
+                self.max_message_bytes,
+                undeliverable[:10],
+            )
             self.outbox.ack(undeliverable)
         for payload, seqs in messages:
             key = self._next_key
@@ -423,8 +470,15 @@ class Agent:
         stats = self.outbox.stats()
         faults: dict[str, Any] = {name: source.faults() for name, source in self.sources.items()}
         c = self.counters
-        faults["agent"] = {k: v for k, v in (("clock_not_set", c.clock_not_set), ("store_errors", c.store_errors),
-                                             ("undeliverable", c.undeliverable)) if v}
+        faults["agent"] = {
+            k: v
+            for k, v in (
+                ("clock_not_set", c.clock_not_set),
+                ("store_errors", c.store_errors),
+                ("undeliverable", c.undeliverable),
+            )
+            if v
+        }
         return {
             "agent_version": AGENT_VERSION,
             "queue_depth": stats.depth,

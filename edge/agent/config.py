@@ -262,10 +262,15 @@ def _broker(t: _Table, base: Path) -> BrokerConfig:
     if not host:
         raise t.error("host", "must not be empty")
     config = BrokerConfig(
-        host=host, port=t.integer("port", d.port, 1, 65535), username=t.text("username", d.username),
-        password=password, ca_file=ca_file, client_id=t.text("client_id", d.client_id),
+        host=host,
+        port=t.integer("port", d.port, 1, 65535),
+        username=t.text("username", d.username),
+        password=password,
+        ca_file=ca_file,
+        client_id=t.text("client_id", d.client_id),
         keepalive_s=t.integer("keepalive_s", d.keepalive_s, 5, 65535),
-        session_expiry_s=t.integer("session_expiry_s", d.session_expiry_s, 0, 2**32 - 1))
+        session_expiry_s=t.integer("session_expiry_s", d.session_expiry_s, 0, 2**32 - 1),
+    )
     t.done()
     return config
 
@@ -294,7 +299,8 @@ def _sender(t: _Table) -> SenderConfig:
         batch_max_bytes=t.integer("batch_max_bytes", d.batch_max_bytes, 1024, limits.max_payload_bytes),
         max_inflight_batches=t.integer("max_inflight_batches", d.max_inflight_batches, 1, 1000),
         status_interval_s=t.number("status_interval_s", d.status_interval_s, 1.0),
-        refused_retry_s=t.number("refused_retry_s", d.refused_retry_s, 0.1))
+        refused_retry_s=t.number("refused_retry_s", d.refused_retry_s, 0.1),
+    )
     t.done()
     return config
 
@@ -306,26 +312,32 @@ def _gps_policy(t: _Table) -> GpsPolicy:
         min_turn_deg=t.number("min_turn_deg", d.min_turn_deg, 0.0, 180.0),
         moving_period_s=t.number("moving_period_s", d.moving_period_s, 0.0),
         parked_period_s=t.number("parked_period_s", d.parked_period_s, 0.0),
-        moving_speed_mps=t.number("moving_speed_mps", d.moving_speed_mps, 0.0))
+        moving_speed_mps=t.number("moving_speed_mps", d.moving_speed_mps, 0.0),
+    )
     t.done()
     return config
 
 
 def _temp_policy(t: _Table) -> TemperaturePolicy:
     d = TemperaturePolicy()
-    config = TemperaturePolicy(period_s=t.number("period_s", d.period_s, 0.0),
-                               thresholds_c=t.numbers("thresholds_c", d.thresholds_c),
-                               hysteresis_c=t.number("hysteresis_c", d.hysteresis_c, 0.0))
+    config = TemperaturePolicy(
+        period_s=t.number("period_s", d.period_s, 0.0),
+        thresholds_c=t.numbers("thresholds_c", d.thresholds_c),
+        hysteresis_c=t.number("hysteresis_c", d.hysteresis_c, 0.0),
+    )
     t.done()
     return config
 
 
 def _gps_sensor(t: _Table) -> GpsSensorConfig:
     d = GpsSensorConfig()
-    config = GpsSensorConfig(source=t.text("source", d.source, ("gpsd", "fake", "off")), host=t.text("host", d.host),
-                             port=t.integer("port", d.port, 1, 65535),
-                             fake_rate_hz=t.number("fake_rate_hz", d.fake_rate_hz, 0.001, 1000.0),
-                             fake_speed_mps=t.number("fake_speed_mps", d.fake_speed_mps, 0.0, 100.0))
+    config = GpsSensorConfig(
+        source=t.text("source", d.source, ("gpsd", "fake", "off")),
+        host=t.text("host", d.host),
+        port=t.integer("port", d.port, 1, 65535),
+        fake_rate_hz=t.number("fake_rate_hz", d.fake_rate_hz, 0.001, 1000.0),
+        fake_speed_mps=t.number("fake_speed_mps", d.fake_speed_mps, 0.0, 100.0),
+    )
     t.done()
     return config
 
@@ -345,10 +357,14 @@ def _temp_sensor(t: _Table, base: Path) -> TemperatureSensorConfig:
     devices_dir = t.path("devices_dir", d.devices_dir, base)
     if devices_dir is None:
         raise t.error("devices_dir", "must not be empty")
-    config = TemperatureSensorConfig(source=t.text("source", d.source, ("w1", "fake", "off")), devices_dir=devices_dir,
-                                     poll_s=t.number("poll_s", d.poll_s, 0.5), names=tuple(names),
-                                     fake_rate_hz=t.number("fake_rate_hz", d.fake_rate_hz, 0.001, 1000.0),
-                                     fake_sensors=fake_sensors)
+    config = TemperatureSensorConfig(
+        source=t.text("source", d.source, ("w1", "fake", "off")),
+        devices_dir=devices_dir,
+        poll_s=t.number("poll_s", d.poll_s, 0.5),
+        names=tuple(names),
+        fake_rate_hz=t.number("fake_rate_hz", d.fake_rate_hz, 0.001, 1000.0),
+        fake_sensors=fake_sensors,
+    )
     t.done()
     return config
 
@@ -359,11 +375,15 @@ def _door(t: _Table) -> DoorSensorConfig:
         raise t.error("name", "is required (1-64 characters, e.g. rear)")
     d = DoorSensorConfig(name)
     config = DoorSensorConfig(
-        name=name, source=t.text("source", d.source, ("gpio", "fake")), chip=t.text("chip", d.chip),
-        line=t.integer("line", d.line, 0, 1023), open_level=t.integer("open_level", d.open_level, 0, 1),
+        name=name,
+        source=t.text("source", d.source, ("gpio", "fake")),
+        chip=t.text("chip", d.chip),
+        line=t.integer("line", d.line, 0, 1023),
+        open_level=t.integer("open_level", d.open_level, 0, 1),
         bias=t.text("bias", d.bias, ("pull_up", "pull_down", "none")),
         debounce_s=t.number("debounce_ms", d.debounce_s * 1000, 0.0, 10_000.0) / 1000.0,
-        fake_toggle_s=t.number("fake_toggle_s", d.fake_toggle_s, 0.01))
+        fake_toggle_s=t.number("fake_toggle_s", d.fake_toggle_s, 0.01),
+    )
     t.done()
     return config
 
@@ -400,9 +420,19 @@ def parse_config(data: dict[str, Any], where: str = "<config>", base: Path | Non
     root.done()
     if sender.batch_max_bytes > Limits().max_payload_bytes:
         raise ConfigError(f"{where}: [sender] batch_max_bytes exceeds the contract's {Limits().max_payload_bytes}")
-    return AgentConfig(device=device, broker=broker, outbox=outbox, sender=sender, gps_sampling=gps_sampling,
-                       temp_sampling=temp_sampling, gps=gps, temperature=temperature, doors=doors,
-                       door_poll_s=door_poll_s, log_level=log_level)
+    return AgentConfig(
+        device=device,
+        broker=broker,
+        outbox=outbox,
+        sender=sender,
+        gps_sampling=gps_sampling,
+        temp_sampling=temp_sampling,
+        gps=gps,
+        temperature=temperature,
+        doors=doors,
+        door_poll_s=door_poll_s,
+        log_level=log_level,
+    )
 
 
 def load_config(path: str | Path) -> AgentConfig:

@@ -90,9 +90,15 @@ class OutboxStats:
     cap_exceeded: int = 0
 
     def as_dict(self) -> dict[str, Any]:
-        return {"depth": self.depth, "bytes": self.bytes, "max_bytes": self.max_bytes,
-                "oldest_age_s": None if self.oldest_age_s is None else round(self.oldest_age_s, 3),
-                "next_seq": self.next_seq, "dropped": dict(self.dropped), "cap_exceeded": self.cap_exceeded}
+        return {
+            "depth": self.depth,
+            "bytes": self.bytes,
+            "max_bytes": self.max_bytes,
+            "oldest_age_s": None if self.oldest_age_s is None else round(self.oldest_age_s, 3),
+            "next_seq": self.next_seq,
+            "dropped": dict(self.dropped),
+            "cap_exceeded": self.cap_exceeded,
+        }
 
 
 def _entry_bytes(kind: str, fix_time: str, body: str) -> int:
@@ -112,9 +118,16 @@ class Outbox:
     ``quarantine_corrupt`` is false.
     """
 
-    def __init__(self, path: str | os.PathLike[str], max_bytes: int = 64_000_000,
-                 drop_order: Iterable[str] = DEFAULT_DROP_ORDER, *, first_seq: int | None = None,
-                 clock: Callable[[], float] = time.time, quarantine_corrupt: bool = True) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        max_bytes: int = 64_000_000,
+        drop_order: Iterable[str] = DEFAULT_DROP_ORDER,
+        *,
+        first_seq: int | None = None,
+        clock: Callable[[], float] = time.time,
+        quarantine_corrupt: bool = True,
+    ) -> None:
         self.path = Path(path)
         if max_bytes <= 0:
             raise ValueError(f"max_bytes must be positive, got {max_bytes}")
@@ -136,8 +149,7 @@ class Outbox:
             if not quarantine_corrupt or isinstance(exc, sqlite3.OperationalError):
                 raise OutboxError(f"cannot open the outbox {self.path}: {exc}") from exc
             aside = self.path.with_name(f"{self.path.name}.corrupt-{int(time.time())}")
-            log.error("outbox %s is unreadable (%s): moved aside to %s, starting a new outbox",
-                      self.path, exc, aside)
+            log.error("outbox %s is unreadable (%s): moved aside to %s, starting a new outbox", self.path, exc, aside)
             for suffix in ("", "-wal", "-shm"):
                 src = Path(f"{self.path}{suffix}")
                 if src.exists():
@@ -204,8 +216,10 @@ class Outbox:
             conn = self._conn
             conn.execute("BEGIN IMMEDIATE")
             try:
-                seq = conn.execute("INSERT INTO readings (kind, fix_time, taken_at, body, nbytes) VALUES (?, ?, ?, ?, ?)",
-                                   (kind, stamp, fix_time.timestamp(), body, nbytes)).lastrowid
+                seq = conn.execute(
+                    "INSERT INTO readings (kind, fix_time, taken_at, body, nbytes) VALUES (?, ?, ?, ?, ?)",
+                    (kind, stamp, fix_time.timestamp(), body, nbytes),
+                ).lastrowid
                 depth, stored = self._depth + 1, self._bytes + nbytes + ROW_OVERHEAD_BYTES
                 if stored > self.max_bytes:
                     depth, stored = self._enforce_cap(depth, stored)
@@ -228,15 +242,19 @@ class Outbox:
                 victims: list[int] = []
                 freed = 0
                 for seq, nbytes in conn.execute(
-                        "SELECT seq, nbytes FROM readings WHERE kind = ? AND seq NOT IN (SELECT value FROM json_each(?)) "
-                        "ORDER BY seq LIMIT 256", (kind, leased)):
+                    "SELECT seq, nbytes FROM readings WHERE kind = ? AND seq NOT IN (SELECT value FROM json_each(?)) "
+                    "ORDER BY seq LIMIT 256",
+                    (kind, leased),
+                ):
                     victims.append(seq)
                     freed += nbytes + ROW_OVERHEAD_BYTES
                     if freed >= need:
                         break
                 if not victims:
                     break
-                conn.execute("DELETE FROM readings WHERE seq IN (SELECT value FROM json_each(?))", (json.dumps(victims),))
+                conn.execute(
+                    "DELETE FROM readings WHERE seq IN (SELECT value FROM json_each(?))", (json.dumps(victims),)
+                )
                 self._bump(f"dropped_{kind}", len(victims))
                 depth -= len(victims)
                 stored -= freed
@@ -245,8 +263,11 @@ class Outbox:
         return depth, stored
 
     def _bump(self, name: str, by: int) -> None:
-        self._conn.execute("INSERT INTO counters (name, value) VALUES (?, ?) "
-                           "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value", (name, by))
+        self._conn.execute(
+            "INSERT INTO counters (name, value) VALUES (?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+            (name, by),
+        )
 
     # ------------------------------------------------------------ reading
 
@@ -261,9 +282,12 @@ class Outbox:
             rows = self._conn.execute(
                 "SELECT seq, kind, fix_time, body, nbytes FROM readings "
                 "WHERE seq NOT IN (SELECT value FROM json_each(?)) ORDER BY seq LIMIT ?",
-                (json.dumps(sorted(self._leased)), n))
+                (json.dumps(sorted(self._leased)), n),
+            )
         else:
-            rows = self._conn.execute("SELECT seq, kind, fix_time, body, nbytes FROM readings ORDER BY seq LIMIT ?", (n,))
+            rows = self._conn.execute(
+                "SELECT seq, kind, fix_time, body, nbytes FROM readings ORDER BY seq LIMIT ?", (n,)
+            )
         out: list[StoredReading] = []
         total = 0
         for seq, kind, stamp, body, nbytes in rows:
@@ -295,8 +319,10 @@ class Outbox:
             conn = self._conn
             conn.execute("BEGIN IMMEDIATE")
             try:
-                gone = conn.execute("DELETE FROM readings WHERE seq IN (SELECT value FROM json_each(?)) RETURNING nbytes",
-                                    (json.dumps(wanted),)).fetchall()
+                gone = conn.execute(
+                    "DELETE FROM readings WHERE seq IN (SELECT value FROM json_each(?)) RETURNING nbytes",
+                    (json.dumps(wanted),),
+                ).fetchall()
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -349,9 +375,14 @@ class Outbox:
         with self._lock:
             depth, stored, next_seq = self._depth, self._bytes, self._next_seq()
         return OutboxStats(
-            depth=depth, bytes=stored, max_bytes=self.max_bytes, oldest_age_s=self.oldest_age(now), next_seq=next_seq,
+            depth=depth,
+            bytes=stored,
+            max_bytes=self.max_bytes,
+            oldest_age_s=self.oldest_age(now),
+            next_seq=next_seq,
             dropped={kind: counters.get(f"dropped_{kind}", 0) for kind in READING_TYPES},
-            cap_exceeded=counters.get("cap_exceeded", 0))
+            cap_exceeded=counters.get("cap_exceeded", 0),
+        )
 
     # ------------------------------------------------------------ upkeep
 

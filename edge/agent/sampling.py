@@ -145,8 +145,12 @@ class GpsSampler:
         if distance_m(last.lat, last.lon, fix.lat, fix.lon) >= p.min_distance_m:
             return True
         moving = fix.speed_mps is not None and fix.speed_mps >= p.moving_speed_mps
-        if (moving and fix.heading_deg is not None and last.heading_deg is not None
-                and turn_deg(fix.heading_deg, last.heading_deg) >= p.min_turn_deg):
+        if (
+            moving
+            and fix.heading_deg is not None
+            and last.heading_deg is not None
+            and turn_deg(fix.heading_deg, last.heading_deg) >= p.min_turn_deg
+        ):
             return True
         return elapsed >= (p.moving_period_s if moving else p.parked_period_s)
 

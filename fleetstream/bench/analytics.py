@@ -46,20 +46,48 @@ from store.plans import store_plan
 __all__ = ["bench_settings", "run_analytics_benchmark"]
 
 BATCH = 50
-_TABLES = ("positions", "temperatures", "door_events", "dead_letters", "plans", "alerts", "stop_events",
-           "eta_updates", "cell_minutes", "vehicle_state", "vehicles", "gateway_shards", "device_status")
+_TABLES = (
+    "positions",
+    "temperatures",
+    "door_events",
+    "dead_letters",
+    "plans",
+    "alerts",
+    "stop_events",
+    "eta_updates",
+    "cell_minutes",
+    "vehicle_state",
+    "vehicles",
+    "gateway_shards",
+    "device_status",
+)
 
 
 def bench_settings(settings: Settings) -> Settings:
     """The benchmark's own embedded stack beside the main one."""
-    return replace(settings, state_dir=Path(f"{settings.state_dir}-bench"), mqtt_url="", pg_dsn="",
-                   mqtt_port=settings.mqtt_port + 2, pg_port=settings.pg_port + 2)
+    return replace(
+        settings,
+        state_dir=Path(f"{settings.state_dir}-bench"),
+        mqtt_url="",
+        pg_dsn="",
+        mqtt_port=settings.mqtt_port + 2,
+        pg_port=settings.pg_port + 2,
+    )
 
 
-def _fleet(settings: Settings, tenant: str, vehicles: int, hours: float) -> tuple[FleetSimulator, list[tuple[str, bytes]], int]:
+def _fleet(
+    settings: Settings, tenant: str, vehicles: int, hours: float
+) -> tuple[FleetSimulator, list[tuple[str, bytes]], int]:
     start = (datetime.now(UTC) - timedelta(hours=hours + 1)).replace(microsecond=0)
-    sim = FleetSimulator(RoadNetwork.from_settings(settings), vehicles=vehicles, seed=3, start=start, tenant=tenant,
-                         anomalies=AnomalyPlan(malformed_rate=0.0, duplicate_rate=0.0), stagger_s=600.0)
+    sim = FleetSimulator(
+        RoadNetwork.from_settings(settings),
+        vehicles=vehicles,
+        seed=3,
+        start=start,
+        tenant=tenant,
+        anomalies=AnomalyPlan(malformed_rate=0.0, duplicate_rate=0.0),
+        stagger_s=600.0,
+    )
     pending: dict[str, list[Reading]] = {}
     messages: list[tuple[str, bytes]] = []
     readings = 0
@@ -78,9 +106,18 @@ def _fleet(settings: Settings, tenant: str, vehicles: int, hours: float) -> tupl
 
 def _publish(settings: Settings, tenant: str, messages: list[tuple[str, bytes]], passwords: dict[str, str]) -> None:
     host, port = settings.mqtt_endpoint()
-    pubs = {v: DevicePublisher(host, port, f"{tenant}.{v}", p, client_id=f"{tenant}-{v}",
-                               max_payload_bytes=settings.max_payload_bytes, max_pending=20_000)
-            for v, p in passwords.items()}
+    pubs = {
+        v: DevicePublisher(
+            host,
+            port,
+            f"{tenant}.{v}",
+            p,
+            client_id=f"{tenant}-{v}",
+            max_payload_bytes=settings.max_payload_bytes,
+            max_pending=20_000,
+        )
+        for v, p in passwords.items()
+    }
     try:
         for p in pubs.values():
             p.connect()
@@ -121,8 +158,9 @@ def _drain(settings: Settings, tenant: str, readings: int, flow: bool) -> tuple[
                         break
                 time.sleep(0.05)
             done_at = time.time()
-            first = scalar(conn, "SELECT extract(epoch FROM min(received_at)) FROM positions WHERE tenant = %s",
-                                 (tenant,))
+            first = scalar(
+                conn, "SELECT extract(epoch FROM min(received_at)) FROM positions WHERE tenant = %s", (tenant,)
+            )
         if stored_at is None or done < readings:
             raise RuntimeError(f"{tenant}: {done} of {readings} readings")
         return stored_at - float(first), done_at - float(first)
@@ -145,8 +183,12 @@ def _rounds(settings: Settings, vehicles: int, hours: float) -> dict[str, Any]:
     with connect(settings.dsn(), autocommit=True) as conn:
         conn.execute(f"TRUNCATE {', '.join(_TABLES)}")
     run_id = int(time.time())
-    rounds = (("gateway only", False, 0, 0), ("gateway + basic dataflow", True, 0, 0),
-              ("gateway + analytics, no ETAs", True, 1, 0), ("gateway + analytics + ETAs", True, 1, 1))
+    rounds = (
+        ("gateway only", False, 0, 0),
+        ("gateway + basic dataflow", True, 0, 0),
+        ("gateway + analytics, no ETAs", True, 1, 0),
+        ("gateway + analytics + ETAs", True, 1, 1),
+    )
     figures: list[tuple[str, int, float, float]] = []
     for i, (name, flow, analytics, etas) in enumerate(rounds):
         tenant = f"a{run_id}r{i}"
@@ -160,7 +202,9 @@ def _rounds(settings: Settings, vehicles: int, hours: float) -> dict[str, Any]:
             for table in ("positions", "temperatures", "door_events", "plans"):
                 conn.execute(f"DELETE FROM {table} WHERE tenant <> %s", (tenant,))
             conn.execute("VACUUM ANALYZE positions, temperatures, door_events")
-        primer = Engine(settings, with_flow=False, with_dispatch=False, with_delivery=False)  # the shards' sessions: the broker queues the backlog
+        primer = Engine(
+            settings, with_flow=False, with_dispatch=False, with_delivery=False
+        )  # the shards' sessions: the broker queues the backlog
         primer.start()
         primer.wait_ready()
         primer.stop()
@@ -168,30 +212,43 @@ def _rounds(settings: Settings, vehicles: int, hours: float) -> dict[str, Any]:
         stored_s, done_s = _drain(replace(settings, flow_analytics=analytics, flow_eta=etas), tenant, readings, flow)
         figures.append((name, readings, stored_s, done_s))
     base = figures[0][1] / figures[0][2]
-    print(f"\nfleetstream analytics benchmark — {vehicles} simulated vans, {hours:g} h of driving, "
-          f"batch messages of {BATCH}, backlog drained by the engine")
-    print("stored/s: the gateway's stored-readings rate (first reading received to last committed) with that "
-          "dataflow running beside it; analysed/s: end to end, to the last reading processed by the dataflow")
-    print(f"{'engine':<32}{'readings':>9}{'stored/s':>10}{'÷ gw only':>10}{'seconds':>9}{'analysed/s':>11}"
-          f"{'÷ gw only':>10}")
+    print(
+        f"\nfleetstream analytics benchmark — {vehicles} simulated vans, {hours:g} h of driving, "
+        f"batch messages of {BATCH}, backlog drained by the engine"
+    )
+    print(
+        "stored/s: the gateway's stored-readings rate (first reading received to last committed) with that "
+        "dataflow running beside it; analysed/s: end to end, to the last reading processed by the dataflow"
+    )
+    print(
+        f"{'engine':<32}{'readings':>9}{'stored/s':>10}{'÷ gw only':>10}{'seconds':>9}{'analysed/s':>11}"
+        f"{'÷ gw only':>10}"
+    )
     for name, readings, stored_s, done_s in figures:
         stored_rate, rate = readings / stored_s, readings / done_s
-        print(f"{name:<32}{readings:>9,}{stored_rate:>10,.0f}{stored_rate / base:>10.2f}{done_s:>9.1f}{rate:>11,.0f}"
-              f"{rate / base:>10.2f}")
+        print(
+            f"{name:<32}{readings:>9,}{stored_rate:>10,.0f}{stored_rate / base:>10.2f}{done_s:>9.1f}{rate:>11,.0f}"
+            f"{rate / base:>10.2f}"
+        )
     rates = {name: round(r / s) for name, r, _, s in figures}
     stored_rates = {name: round(r / s) for name, r, s, _ in figures}
     analytics_rate = figures[2][1] / figures[2][3]
     eta_rate = figures[3][1] / figures[3][3]
     basic_rate = figures[1][1] / figures[1][3]
     eta_stored_rate = figures[3][1] / figures[3][2]
-    summary = {"rates": rates, "stored_rates": stored_rates,
-               "analytics_vs_gateway_only": round(analytics_rate / base, 3),
-               "analytics_vs_basic_flow": round(analytics_rate / basic_rate, 3),
-               "etas_vs_gateway_only": round(eta_rate / base, 3), "etas_vs_analytics": round(eta_rate / analytics_rate, 3),
-               "stored_with_etas_vs_gateway_only": round(eta_stored_rate / base, 3)}
+    summary = {
+        "rates": rates,
+        "stored_rates": stored_rates,
+        "analytics_vs_gateway_only": round(analytics_rate / base, 3),
+        "analytics_vs_basic_flow": round(analytics_rate / basic_rate, 3),
+        "etas_vs_gateway_only": round(eta_rate / base, 3),
+        "etas_vs_analytics": round(eta_rate / analytics_rate, 3),
+        "stored_with_etas_vs_gateway_only": round(eta_stored_rate / base, 3),
+    }
     with connect(settings.dsn(), autocommit=True) as conn:
         summary["eta_updates"] = int(scalar(conn, "SELECT count(*) FROM eta_updates"))
-        summary["corrections"] = int(scalar(conn, "SELECT coalesce(sum(corrections), 0) FROM vehicle_state "
-                                                  "WHERE tenant = %s", (f"a{run_id}r3",)))
+        summary["corrections"] = int(
+            scalar(conn, "SELECT coalesce(sum(corrections), 0) FROM vehicle_state WHERE tenant = %s", (f"a{run_id}r3",))
+        )
     print(json.dumps(summary))
     return summary

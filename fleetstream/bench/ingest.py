@@ -66,12 +66,25 @@ def _readings(tenant: str, start_seq: int, count: int, base: datetime) -> list[G
     for i in range(count):
         seq = start_seq + i
         vehicle = f"v{seq % VEHICLES:03d}"
-        out.append(GpsFix(tenant, vehicle, seq, base + timedelta(milliseconds=seq), 60.15 + (seq % 997) * 1e-5,
-                          24.9 + (seq % 991) * 1e-5, speed_mps=8.0, heading_deg=90.0, accuracy_m=5.0))
+        out.append(
+            GpsFix(
+                tenant,
+                vehicle,
+                seq,
+                base + timedelta(milliseconds=seq),
+                60.15 + (seq % 997) * 1e-5,
+                24.9 + (seq % 991) * 1e-5,
+                speed_mps=8.0,
+                heading_deg=90.0,
+                accuracy_m=5.0,
+            )
+        )
     return out
 
 
-def _messages(tenant: str, part: int, parts: int, readings: int, per_message: int, base: datetime) -> list[tuple[str, bytes]]:
+def _messages(
+    tenant: str, part: int, parts: int, readings: int, per_message: int, base: datetime
+) -> list[tuple[str, bytes]]:
     out = []
     share = readings // parts
     fixes = _readings(tenant, part * share, share, base)
@@ -102,8 +115,17 @@ def _connect(client: mqtt.Client, settings: Settings, expiry: int = 3600, clean:
     client.connect(host, port, keepalive=60, clean_start=clean, properties=props)
 
 
-def _publish_part(settings: Settings, tenant: str, part: int, parts: int, readings: int, per_message: int,
-                  rate: float, stamp: bool, done: Any) -> None:
+def _publish_part(
+    settings: Settings,
+    tenant: str,
+    part: int,
+    parts: int,
+    readings: int,
+    per_message: int,
+    rate: float,
+    stamp: bool,
+    done: Any,
+) -> None:
     """Publisher process: QoS 1, waits for every PUBACK; ``rate`` readings/s (0 = as fast as possible)."""
     base = datetime.now(UTC) - timedelta(hours=1)
     client = _client(settings, f"bench-pub-{os.getpid()}")
@@ -118,8 +140,19 @@ def _publish_part(settings: Settings, tenant: str, part: int, parts: int, readin
             pause = due - time.perf_counter()
             if pause > 0:
                 time.sleep(pause)
-            fix = GpsFix(fix.tenant, fix.vehicle, fix.seq, fix.fix_time, fix.lat, fix.lon, fix.speed_mps,
-                         fix.heading_deg, fix.accuracy_m, None, datetime.now(UTC))
+            fix = GpsFix(
+                fix.tenant,
+                fix.vehicle,
+                fix.seq,
+                fix.fix_time,
+                fix.lat,
+                fix.lon,
+                fix.speed_mps,
+                fix.heading_deg,
+                fix.accuracy_m,
+                None,
+                datetime.now(UTC),
+            )
             infos.append(client.publish(*encode_single(fix), qos=1))
     else:
         for topic, payload in _messages(tenant, part, parts, readings, per_message, base):
@@ -132,14 +165,25 @@ def _publish_part(settings: Settings, tenant: str, part: int, parts: int, readin
     done.put((sum(1 for i in infos if i.is_published()), sending))
 
 
-def _publish(settings: Settings, tenant: str, readings: int, per_message: int, rate: float = 0, stamp: bool = False,
-             processes: int = 2) -> float:
+def _publish(
+    settings: Settings,
+    tenant: str,
+    readings: int,
+    per_message: int,
+    rate: float = 0,
+    stamp: bool = False,
+    processes: int = 2,
+) -> float:
     """Publish from ``processes`` processes; returns the send rate (messages/s) while sending."""
     ctx = mp.get_context("fork")
     done = ctx.Queue()
-    procs = [ctx.Process(target=_publish_part, args=(settings, tenant, i, processes, readings, per_message,
-                                                      rate / processes if rate else 0, stamp, done))
-             for i in range(processes)]
+    procs = [
+        ctx.Process(
+            target=_publish_part,
+            args=(settings, tenant, i, processes, readings, per_message, rate / processes if rate else 0, stamp, done),
+        )
+        for i in range(processes)
+    ]
     for p in procs:
         p.start()
     parts = [done.get(timeout=600) for _ in procs]
@@ -177,8 +221,9 @@ def _drain_engine(settings: Settings, tenant: str, expected: int, before: int) -
                     break
                 time.sleep(0.01)
             done_at = time.time()
-            first = scalar(conn, "SELECT extract(epoch FROM min(received_at)) FROM positions WHERE tenant = %s",
-                           (tenant,))
+            first = scalar(
+                conn, "SELECT extract(epoch FROM min(received_at)) FROM positions WHERE tenant = %s", (tenant,)
+            )
         if stored < expected:
             raise RuntimeError(f"engine stored {stored} of {expected} readings")
         return Figure("engine", expected, done_at - float(first))
@@ -230,8 +275,28 @@ def _drain_paho(settings: Settings, messages: int, readings: int) -> Figure:
 def _mosquitto_sub(settings: Settings, tenant: str, count: int | None) -> float:
     user, password = credentials.mqtt_account(settings, "bench")
     host, port = settings.mqtt_endpoint()
-    argv = ["mosquitto_sub", "-h", host, "-p", str(port), "-u", user, "-P", password, "-V", "mqttv5", "-q", "1",
-            "-c", "-i", REF_C, "-x", "3600", "-t", f"fleet/{tenant}/+/+"]
+    argv = [
+        "mosquitto_sub",
+        "-h",
+        host,
+        "-p",
+        str(port),
+        "-u",
+        user,
+        "-P",
+        password,
+        "-V",
+        "mqttv5",
+        "-q",
+        "1",
+        "-c",
+        "-i",
+        REF_C,
+        "-x",
+        "3600",
+        "-t",
+        f"fleet/{tenant}/+/+",
+    ]
     argv += ["-E"] if count is None else ["-C", str(count)]
     start = time.perf_counter()
     subprocess.run(argv, stdout=subprocess.DEVNULL, check=True, timeout=600)
@@ -248,14 +313,16 @@ def _copy_reference(settings: Settings, readings: int) -> Figure:
     with connect(settings.dsn(), autocommit=True) as conn:
         conn.execute("DROP TABLE IF EXISTS bench_positions")
         conn.execute("CREATE TABLE bench_positions (LIKE positions INCLUDING ALL)")
-        conn.execute("SELECT create_hypertable('bench_positions', by_range('fix_time', INTERVAL '1 day'), "
-                     "create_default_indexes => false)")
+        conn.execute(
+            "SELECT create_hypertable('bench_positions', by_range('fix_time', INTERVAL '1 day'), "
+            "create_default_indexes => false)"
+        )
         conn.autocommit = False
         start = time.perf_counter()
         for lo in range(0, readings, 5000):
             with conn.cursor() as cur, cur.copy(f"COPY bench_positions ({columns}) FROM STDIN (FORMAT BINARY)") as copy:
                 copy.set_types(table.types)
-                for i, row in enumerate(prepared.positions[lo:lo + 5000], start=lo):
+                for i, row in enumerate(prepared.positions[lo : lo + 5000], start=lo):
                     copy.write_row((*row, 0, i))
             conn.commit()
         seconds = time.perf_counter() - start
@@ -298,8 +365,9 @@ def _latency(settings: Settings, rate: float, seconds: float) -> dict[str, float
                 break
             time.sleep(0.2)
         time.sleep(1)
-        rows = conn.execute("SELECT shard, shard_seq, extract(epoch FROM device_time) FROM positions "
-                            "WHERE tenant = %s", (tenant,)).fetchall()
+        rows = conn.execute(
+            "SELECT shard, shard_seq, extract(epoch FROM device_time) FROM positions WHERE tenant = %s", (tenant,)
+        ).fetchall()
     stop.set()
     listener.join()
     engine.stop()
@@ -313,8 +381,15 @@ def _latency(settings: Settings, rate: float, seconds: float) -> dict[str, float
             latencies.append((commit_at - float(sent)) * 1000)
     latencies.sort()
     q = statistics.quantiles(latencies, n=100) if len(latencies) > 100 else [float("nan")] * 99
-    return {"target_rate": rate, "publish_rate": achieved, "readings": len(rows), "measured": len(latencies),
-            "p50_ms": q[49], "p99_ms": q[98], "max_ms": latencies[-1] if latencies else float("nan")}
+    return {
+        "target_rate": rate,
+        "publish_rate": achieved,
+        "readings": len(rows),
+        "measured": len(latencies),
+        "p50_ms": q[49],
+        "p99_ms": q[98],
+        "max_ms": latencies[-1] if latencies else float("nan"),
+    }
 
 
 # ---------------------------------------------------------------- main
@@ -329,8 +404,12 @@ def _drain_round(settings: Settings, tenant: str, readings: int, per_message: in
     paho_ref = _drain_paho(settings, messages, messages * per_message)
     c_seconds = _mosquitto_sub(settings, tenant, messages)
     c_ref = Figure("mosquitto_sub", messages * per_message, c_seconds)
-    return {"per_message": per_message, "readings": messages * per_message, "publish_msgs_per_s": publish_rate,
-            "figures": [engine, paho_ref, c_ref]}
+    return {
+        "per_message": per_message,
+        "readings": messages * per_message,
+        "publish_msgs_per_s": publish_rate,
+        "figures": [engine, paho_ref, c_ref],
+    }
 
 
 def run_benchmark(settings: Settings, readings: int = 100_000, quick: bool = False) -> int:
@@ -359,13 +438,26 @@ def run_benchmark(settings: Settings, readings: int = 100_000, quick: bool = Fal
         for fig in [*result["figures"], copy_ref]:
             ratio = engine.rate / fig.rate if fig.rate else float("nan")
             print(f"{label:<22}{fig.name:<18}{fig.rate:>12,.0f}{ratio:>15.2f}")
-        print(f"{'':<22}(backlog of {result['readings']:,} readings published at "
-              f"{result['publish_msgs_per_s']:,.0f} msg/s)")
-    print(f"\nlatency, publish → committed, steady {latency['target_rate']:,.0f} readings/s "
-          f"(achieved {latency['publish_rate']:,.0f}/s, {latency['measured']:,} readings): "
-          f"p50 {latency['p50_ms']:.0f} ms, p99 {latency['p99_ms']:.0f} ms, max {latency['max_ms']:.0f} ms")
-    summary = {"results": [{"per_message": r["per_message"], "readings": r["readings"],
-                            **{f.name: round(f.rate) for f in r["figures"]}} for r in results],
-               "binary_copy": round(copy_ref.rate), "latency": latency}
+        print(
+            f"{'':<22}(backlog of {result['readings']:,} readings published at "
+            f"{result['publish_msgs_per_s']:,.0f} msg/s)"
+        )
+    print(
+        f"\nlatency, publish → committed, steady {latency['target_rate']:,.0f} readings/s "
+        f"(achieved {latency['publish_rate']:,.0f}/s, {latency['measured']:,} readings): "
+        f"p50 {latency['p50_ms']:.0f} ms, p99 {latency['p99_ms']:.0f} ms, max {latency['max_ms']:.0f} ms"
+    )
+    summary = {
+        "results": [
+            {
+                "per_message": r["per_message"],
+                "readings": r["readings"],
+                **{f.name: round(f.rate) for f in r["figures"]},
+            }
+            for r in results
+        ],
+        "binary_copy": round(copy_ref.rate),
+        "latency": latency,
+    }
     print("\n" + json.dumps(summary, default=str))
     return 0

@@ -64,8 +64,9 @@ class ColdChainTracker:
         self.tenant, self.vehicle, self.config = tenant, vehicle, config
         self.probes: dict[str, _Probe] = {}
 
-    def update(self, reading: TemperatureReading, temp_range: tuple[float, float] | None,
-               h3_cell: int | None) -> list[Alert]:
+    def update(
+        self, reading: TemperatureReading, temp_range: tuple[float, float] | None, h3_cell: int | None
+    ) -> list[Alert]:
         """Feed one reading; ``temp_range`` is the load's (low, high) °C, None = not refrigerated."""
         cfg = self.config
         t, c = reading.fix_time, reading.celsius
@@ -144,8 +145,11 @@ class ColdChainTracker:
         return out
 
     def next_timer(self) -> datetime | None:
-        dues = [p.out_since + timedelta(seconds=self.config.excursion_min_s)
-                for p in self.probes.values() if p.out_since is not None and p.excursion is None]
+        dues = [
+            p.out_since + timedelta(seconds=self.config.excursion_min_s)
+            for p in self.probes.values()
+            if p.out_since is not None and p.excursion is None
+        ]
         return min(dues) if dues else None
 
     def _check_excursion(self, sensor: str, probe: _Probe, now: datetime) -> list[Alert]:
@@ -153,16 +157,31 @@ class ColdChainTracker:
         if probe.excursion is not None or now - probe.out_since < timedelta(seconds=self.config.excursion_min_s):
             return []
         details: dict[str, object] = {"sensor": sensor, "side": probe.side}
-        probe.excursion = new_alert("temp_excursion", self.tenant, self.vehicle, probe.out_since, subject=sensor,
-                                    h3_cell=probe.out_cell, details=details)
+        probe.excursion = new_alert(
+            "temp_excursion",
+            self.tenant,
+            self.vehicle,
+            probe.out_since,
+            subject=sensor,
+            h3_cell=probe.out_cell,
+            details=details,
+        )
         return [probe.excursion]
 
-    def _open_fault(self, probe: _Probe, sensor: str, reason: str, start: datetime, h3_cell: int | None,
-                    details: dict[str, object]) -> list[Alert]:
+    def _open_fault(
+        self, probe: _Probe, sensor: str, reason: str, start: datetime, h3_cell: int | None, details: dict[str, object]
+    ) -> list[Alert]:
         if reason in probe.faults:
             return []
-        alert = new_alert("sensor_fault", self.tenant, self.vehicle, start, subject=f"{sensor}/{reason}",
-                          h3_cell=h3_cell, details={"sensor": sensor, "reason": reason, **details})
+        alert = new_alert(
+            "sensor_fault",
+            self.tenant,
+            self.vehicle,
+            start,
+            subject=f"{sensor}/{reason}",
+            h3_cell=h3_cell,
+            details={"sensor": sensor, "reason": reason, **details},
+        )
         probe.faults[reason] = alert
         return [alert]
 

@@ -222,8 +222,12 @@ class Corrector(Generic[S, R]):
                 new = ledger[key]
                 if not _is_prediction(new):
                     out.append(new)
-                elif (_is_prediction(old) and old.id not in predictions and not old.is_retracted
-                      and us(old.time) >= pending_us):  # made after the late data: the replay no longer makes it
+                elif (
+                    _is_prediction(old)
+                    and old.id not in predictions
+                    and not old.is_retracted
+                    and us(old.time) >= pending_us
+                ):  # made after the late data: the replay no longer makes it
                     out.append(old.retract())
         for key in [k for k in ledger if k not in live]:
             if key not in touched:

@@ -48,8 +48,15 @@ class DoorTracker:
             door = self.open[event.door] = _OpenDoor(event.fix_time, refrigerated, h3_cell)
             out: list[Alert] = []
             if at_stop is False:
-                door.away = new_alert("door_open_away", self.tenant, self.vehicle, event.fix_time, subject=event.door,
-                                      h3_cell=h3_cell, details={"door": event.door})
+                door.away = new_alert(
+                    "door_open_away",
+                    self.tenant,
+                    self.vehicle,
+                    event.fix_time,
+                    subject=event.door,
+                    h3_cell=h3_cell,
+                    details={"door": event.door},
+                )
                 out.append(door.away)
             return out + self.on_timer(event.fix_time)
         if door is None:
@@ -64,13 +71,22 @@ class DoorTracker:
         for name, door in self.open.items():
             limit = timedelta(seconds=self.config.door_open_max_s)
             if door.refrigerated and door.too_long is None and now - door.since >= limit:
-                door.too_long = new_alert("door_open_too_long", self.tenant, self.vehicle, door.since, subject=name,
-                                          h3_cell=door.h3_cell,
-                                          details={"door": name, "limit_s": self.config.door_open_max_s})
+                door.too_long = new_alert(
+                    "door_open_too_long",
+                    self.tenant,
+                    self.vehicle,
+                    door.since,
+                    subject=name,
+                    h3_cell=door.h3_cell,
+                    details={"door": name, "limit_s": self.config.door_open_max_s},
+                )
                 out.append(door.too_long)
         return out
 
     def next_timer(self) -> datetime | None:
-        dues = [d.since + timedelta(seconds=self.config.door_open_max_s)
-                for d in self.open.values() if d.refrigerated and d.too_long is None]
+        dues = [
+            d.since + timedelta(seconds=self.config.door_open_max_s)
+            for d in self.open.values()
+            if d.refrigerated and d.too_long is None
+        ]
         return min(dues) if dues else None

@@ -104,7 +104,6 @@ class RouteCorridor:
         return RouteCorridor, (self.route, self.resolution, self.k)
 
 
-
 @dataclass(slots=True)
 class _Detour:
     stop: Stop
@@ -176,7 +175,9 @@ class RouteDriftTracker:
         detour = self._detour
         if detour is None or detour.stop.id != stop.id:
             start = self._last_on if detour is None and self._last_on is not None else (fix.lat, fix.lon)
-            detour = self._detour = _Detour(stop, start[0], start[1], haversine_m(start[0], start[1], stop.lat, stop.lon))
+            detour = self._detour = _Detour(
+                stop, start[0], start[1], haversine_m(start[0], start[1], stop.lat, stop.lon)
+            )
         if detour.broken:
             return False
         cfg = self.config
@@ -193,9 +194,15 @@ class RouteDriftTracker:
         cfg = self.config
         off = self._off
         if self.alert is None and off is not None and now - off.time >= timedelta(seconds=cfg.drift_min_duration_s):
-            self.alert = new_alert("route_drift", self.tenant, self.vehicle, off.time, stop_id=self._next_stop_id,
-                                   h3_cell=off.h3_cell,
-                                   details={"lat": off.lat, "lon": off.lon, "offset_m": round(self._left_offset_m, 1)})
+            self.alert = new_alert(
+                "route_drift",
+                self.tenant,
+                self.vehicle,
+                off.time,
+                stop_id=self._next_stop_id,
+                h3_cell=off.h3_cell,
+                details={"lat": off.lat, "lon": off.lon, "offset_m": round(self._left_offset_m, 1)},
+            )
             return [self.alert]
         on_since = self._on_since
         if self.alert is not None and on_since is not None and now - on_since >= timedelta(seconds=cfg.drift_resolve_s):

@@ -62,16 +62,18 @@ class DwellTracker:
         self.away: _Dwell | None = None  # stopped away from every stop
         self.at_stop: _Dwell | None = None  # between arrival and departure
 
-    def _threshold(self, cell: int | None, since: datetime, fixed_s: float,
-                   baseline: Baseline | None) -> tuple[float, float | None]:
+    def _threshold(
+        self, cell: int | None, since: datetime, fixed_s: float, baseline: Baseline | None
+    ) -> tuple[float, float | None]:
         typical = baseline(cell, hour_of_week(since)) if baseline is not None and cell is not None else None
         if typical is None:
             return fixed_s, None
         cfg = self.config
         return max(cfg.dwell_min_threshold_s, cfg.dwell_baseline_factor * typical), typical
 
-    def on_motion(self, change: MotionChange, at_stop: bool | None, stops_remaining: bool,
-                  baseline: Baseline | None) -> list[Alert]:
+    def on_motion(
+        self, change: MotionChange, at_stop: bool | None, stops_remaining: bool, baseline: Baseline | None
+    ) -> list[Alert]:
         """A motion change; ``at_stop`` tells whether the stop position is at a planned stop."""
         out: list[Alert] = []
         if change.moving:
@@ -110,8 +112,15 @@ class DwellTracker:
                 details: dict[str, object] = {"threshold_s": dwell.threshold_s, "baseline_s": dwell.baseline_s}
                 if dwell.lat is not None:
                     details.update(lat=dwell.lat, lon=dwell.lon)
-                dwell.alert = new_alert(kind, self.tenant, self.vehicle, dwell.since, stop_id=dwell.stop_id,
-                                        h3_cell=dwell.h3_cell, details=details)
+                dwell.alert = new_alert(
+                    kind,
+                    self.tenant,
+                    self.vehicle,
+                    dwell.since,
+                    stop_id=dwell.stop_id,
+                    h3_cell=dwell.h3_cell,
+                    details=details,
+                )
                 out.append(dwell.alert)
         return out
 

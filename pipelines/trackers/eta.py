@@ -95,8 +95,9 @@ def _constant_profiles(speed_mps: float, resolution: int) -> SpeedProfiles:
 
 
 @lru_cache(maxsize=512)
-def _plan_route(route: tuple[tuple[float, float], ...], stops: tuple[Stop, ...], resolution: int,
-                sample_m: float) -> tuple[RouteGeometry, dict[str, float]]:
+def _plan_route(
+    route: tuple[tuple[float, float], ...], stops: tuple[Stop, ...], resolution: int, sample_m: float
+) -> tuple[RouteGeometry, dict[str, float]]:
     geometry = route_geometry(route, resolution, sample_m)
     return geometry, geometry.stop_progress(stops)
 
@@ -115,7 +116,9 @@ class EtaTracker:
         self.last: tuple[float, float, float] | None = None  # (epoch s, lat, lon) of the last fix
         self.speed_mps: float | None = None  # smoothed speed
         self.slow_since: datetime | None = None  # first fix of the current standing spell
-        self.at_stop: tuple[str, float, float, float, float, float] | None = None  # id, lat, lon, radius, service, since
+        self.at_stop: tuple[str, float, float, float, float, float] | None = (
+            None  # id, lat, lon, radius, service, since
+        )
         self.prev_ids: tuple[str, ...] | None = None
         self.emitted: dict[str, float] = {}  # stop id -> last ETA emitted (epoch s)
         self.model_at: float | None = None  # epoch s of the last model run
@@ -178,14 +181,28 @@ class EtaTracker:
             if last is not None and abs(eta_s - last) <= cfg.reemit_s:
                 continue
             self.emitted[e.stop_id] = eta_s
-            details = {"remaining_m": round(e.remaining_m, 1), "profile_eta_s": round(e.profile_s, 1),
-                       "model_eta_s": None if e.model_s is None else round(e.model_s, 1),
-                       "naive_eta_s": None if e.naive_s is None else round(e.naive_s, 1),
-                       "method": e.method, "state": e.state, "off_route": e.off_route,
-                       "stops_before": int(e.row[3])}
-            out.append(EtaUpdate(eta_update_id(self.tenant, self.vehicle, e.stop_id, plan.version, fix.time),
-                                 self.tenant, self.vehicle, e.stop_id, plan.version, fix.time,
-                                 datetime.fromtimestamp(eta_s, UTC), details))
+            details = {
+                "remaining_m": round(e.remaining_m, 1),
+                "profile_eta_s": round(e.profile_s, 1),
+                "model_eta_s": None if e.model_s is None else round(e.model_s, 1),
+                "naive_eta_s": None if e.naive_s is None else round(e.naive_s, 1),
+                "method": e.method,
+                "state": e.state,
+                "off_route": e.off_route,
+                "stops_before": int(e.row[3]),
+            }
+            out.append(
+                EtaUpdate(
+                    eta_update_id(self.tenant, self.vehicle, e.stop_id, plan.version, fix.time),
+                    self.tenant,
+                    self.vehicle,
+                    e.stop_id,
+                    plan.version,
+                    fix.time,
+                    datetime.fromtimestamp(eta_s, UTC),
+                    details,
+                )
+            )
         live = {e.stop_id for e in estimates}
         if self.emitted.keys() - live:  # done or dropped: forget, so a stop that comes back is new
             self.emitted = {k: v for k, v in self.emitted.items() if k in live}
@@ -220,8 +237,12 @@ class EtaTracker:
         smoothed = self.speed_mps
         if standing_s >= cfg.parked_after_s and self.slow_since is not None:
             state = "parked"
-        elif (self.slow_since is None and smoothed is not None and smoothed >= cfg.parked_speed_mps
-              and smoothed < cfg.traffic_ratio * here_mps):
+        elif (
+            self.slow_since is None
+            and smoothed is not None
+            and smoothed >= cfg.parked_speed_mps
+            and smoothed < cfg.traffic_ratio * here_mps
+        ):
             state = "traffic"
         else:
             state = "moving"
@@ -266,26 +287,55 @@ class EtaTracker:
             metres += leg_m
             clock += leg_s(hour_of_week_at(clock))
             profile_s = clock - t_s + min(cfg.traffic_horizon_m, metres) * slow_pace
-            rows.append((s, metres, profile_s, service_before,
-                         features(metres, profile_s, smoothed, i, hour, standing_s, cross_m, service_before)))
+            rows.append(
+                (
+                    s,
+                    metres,
+                    profile_s,
+                    service_before,
+                    features(metres, profile_s, smoothed, i, hour, standing_s, cross_m, service_before),
+                )
+            )
             clock += s.service_s
             service_before += s.service_s
         for s in passed:
             m = haversine_m(fix.lat, fix.lon, s.lat, s.lon) * detour
             profile_s = service_left + m / here_mps
-            rows.append((s, m, profile_s, service_left,
-                         features(m, profile_s, smoothed, len(rows), hour, standing_s, cross_m, service_left)))
+            rows.append(
+                (
+                    s,
+                    m,
+                    profile_s,
+                    service_left,
+                    features(m, profile_s, smoothed, len(rows), hour, standing_s, cross_m, service_left),
+                )
+            )
 
         ratios = self._model_ratios(models.model, rows, t_s)
         passed_ids = {s.id for s in passed}
         out: list[StopEstimate] = []
         for s, m, profile_s, _, row in rows:
             model_s = profile_s * math.exp(ratios[s.id]) if ratios is not None else None
-            naive_s = (haversine_m(fix.lat, fix.lon, s.lat, s.lon) / speed_now
-                       if speed_now is not None and speed_now > cfg.parked_speed_mps else None)
+            naive_s = (
+                haversine_m(fix.lat, fix.lon, s.lat, s.lon) / speed_now
+                if speed_now is not None and speed_now > cfg.parked_speed_mps
+                else None
+            )
             eta_s = model_s if model_s is not None else profile_s
-            out.append(StopEstimate(s.id, max(0.0, eta_s), m, profile_s, model_s, naive_s,
-                                    "straight" if s.id in passed_ids else method, state, off_route, row))
+            out.append(
+                StopEstimate(
+                    s.id,
+                    max(0.0, eta_s),
+                    m,
+                    profile_s,
+                    model_s,
+                    naive_s,
+                    "straight" if s.id in passed_ids else method,
+                    state,
+                    off_route,
+                    row,
+                )
+            )
         return out
 
     # ------------------------------------------------------------ parts
@@ -362,18 +412,24 @@ class EtaTracker:
         if leg is None:
             if len(self._legs) > 64:
                 self._legs.clear()
-            leg = self._legs[key] = sample_path(((prev.lat, prev.lon), (stop.lat, stop.lon)), cfg.cell_resolution,
-                                                cfg.sample_m, detour)
+            leg = self._legs[key] = sample_path(
+                ((prev.lat, prev.lon), (stop.lat, stop.lon)), cfg.cell_resolution, cfg.sample_m, detour
+            )
         return leg
 
-    def _model_ratios(self, model: Any, rows: list[tuple[Stop, float, float, float, list[float]]],
-                      t_s: float) -> dict[str, float] | None:
+    def _model_ratios(
+        self, model: Any, rows: list[tuple[Stop, float, float, float, list[float]]], t_s: float
+    ) -> dict[str, float] | None:
         if model is None:
             self.model_at, self.model_ratio = None, {}
             return None
         ids = [r[0].id for r in rows]
-        due = (self.model_at is None or t_s - self.model_at >= self.config.model_every_s
-               or len(ids) != len(self.model_ratio) or any(i not in self.model_ratio for i in ids))
+        due = (
+            self.model_at is None
+            or t_s - self.model_at >= self.config.model_every_s
+            or len(ids) != len(self.model_ratio)
+            or any(i not in self.model_ratio for i in ids)
+        )
         if due:
             predicted = model.predict_log_ratio([r[4] for r in rows])
             self.model_ratio = {i: float(v) for i, v in zip(ids, predicted, strict=True)}

@@ -59,7 +59,9 @@ SEVERITY = {
 _NAMESPACE = uuid.UUID("6f0f3d7e-2b1c-5a43-9d0e-3c6b1f1e7a21")
 
 
-def alert_id(tenant: str, vehicle: str, type: str, start: datetime, stop_id: str | None = None, subject: str = "") -> str:
+def alert_id(
+    tenant: str, vehicle: str, type: str, start: datetime, stop_id: str | None = None, subject: str = ""
+) -> str:
     """Deterministic UUID (v5, SHA-1) of an alert; ``start`` is truncated to the whole second."""
     second = int(start.timestamp() // 1)
     return str(uuid.uuid5(_NAMESPACE, f"alert|{tenant}|{vehicle}|{type}|{stop_id or ''}|{subject}|{second}"))
@@ -122,7 +124,6 @@ class Alert:
         return self.status != "open"
 
 
-
 @dataclass(frozen=True, slots=True)
 class StopEvent:
     """An arrival at or a departure from a planned stop at ``at`` (UTC fix time).
@@ -159,7 +160,6 @@ class StopEvent:
     @property
     def settled(self) -> bool:
         return True
-
 
 
 def eta_update_id(tenant: str, vehicle: str, stop_id: str, plan_version: int, at: datetime) -> str:
@@ -213,10 +213,30 @@ class EtaUpdate:
 Event = Alert | StopEvent | EtaUpdate
 
 
-def new_alert(type: str, tenant: str, vehicle: str, start: datetime, *, stop_id: str | None = None,
-              subject: str = "", h3_cell: int | None = None, details: dict[str, Any] | None = None) -> Alert:
+def new_alert(
+    type: str,
+    tenant: str,
+    vehicle: str,
+    start: datetime,
+    *,
+    stop_id: str | None = None,
+    subject: str = "",
+    h3_cell: int | None = None,
+    details: dict[str, Any] | None = None,
+) -> Alert:
     """An open alert of ``type`` starting at ``start``, with its deterministic id and severity."""
     if type not in SEVERITY:
         raise ValueError(f"unknown alert type {type!r}")
-    return Alert(alert_id(tenant, vehicle, type, start, stop_id, subject), type, SEVERITY[type], tenant, vehicle,
-                 stop_id, h3_cell, start, None, "open", dict(details or {}))
+    return Alert(
+        alert_id(tenant, vehicle, type, start, stop_id, subject),
+        type,
+        SEVERITY[type],
+        tenant,
+        vehicle,
+        stop_id,
+        h3_cell,
+        start,
+        None,
+        "open",
+        dict(details or {}),
+    )

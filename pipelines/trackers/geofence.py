@@ -79,7 +79,6 @@ class StopIndex:
         return StopIndex, (self.stops, self.resolution, self.margin_m)
 
 
-
 @dataclass(slots=True)
 class _Visit:
     stop: Stop
@@ -186,16 +185,31 @@ class GeofenceTracker:
             window = "early"
         elif stop.window_start is not None or stop.window_end is not None:
             window = "on_time"
-        return StopEvent(stop_event_id(self.tenant, self.vehicle, "arrival", stop.id, self.plan.version, number),
-                         "arrival", self.tenant, self.vehicle, stop.id, at,
-                         {"plan_version": self.plan.version, "visit": number, "window": window})
+        return StopEvent(
+            stop_event_id(self.tenant, self.vehicle, "arrival", stop.id, self.plan.version, number),
+            "arrival",
+            self.tenant,
+            self.vehicle,
+            stop.id,
+            at,
+            {"plan_version": self.plan.version, "visit": number, "window": window},
+        )
 
     def _depart(self, visit: _Visit, at: datetime) -> StopEvent:
         self.visit = None
         stop = visit.stop
-        return StopEvent(stop_event_id(self.tenant, self.vehicle, "departure", stop.id, visit.plan_version, visit.number),
-                         "departure", self.tenant, self.vehicle, stop.id, at,
-                         {"plan_version": visit.plan_version, "visit": visit.number,
-                          "arrived_at": format_time(visit.arrived_at),
-                          "service_s": (at - visit.arrived_at).total_seconds(),
-                          "planned_service_s": stop.service_s})
+        return StopEvent(
+            stop_event_id(self.tenant, self.vehicle, "departure", stop.id, visit.plan_version, visit.number),
+            "departure",
+            self.tenant,
+            self.vehicle,
+            stop.id,
+            at,
+            {
+                "plan_version": visit.plan_version,
+                "visit": visit.number,
+                "arrived_at": format_time(visit.arrived_at),
+                "service_s": (at - visit.arrived_at).total_seconds(),
+                "planned_service_s": stop.service_s,
+            },
+        )

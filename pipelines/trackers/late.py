@@ -35,8 +35,14 @@ class PredictedLateTracker:
         self.tenant, self.vehicle, self.margin_s = tenant, vehicle, margin_s
         self.open: dict[str, tuple[Alert, datetime]] = {}  # stop id -> (open alert, the stop's window_end)
 
-    def update(self, t: datetime, etas: Iterable[EtaUpdate], remaining: tuple[Stop, ...],
-               arrivals: dict[str, datetime] | None = None, h3_cell: int | None = None) -> list[Alert]:
+    def update(
+        self,
+        t: datetime,
+        etas: Iterable[EtaUpdate],
+        remaining: tuple[Stop, ...],
+        arrivals: dict[str, datetime] | None = None,
+        h3_cell: int | None = None,
+    ) -> list[Alert]:
         """Apply the ETA updates emitted at fix time ``t``; ``remaining`` are the stops still to
         do after this fix, ``arrivals`` the arrivals (stop id -> arrival time, UTC) it confirmed,
         ``h3_cell`` the vehicle's cell (where an alert is raised)."""
@@ -47,8 +53,9 @@ class PredictedLateTracker:
             alert, window_end = self.open.pop(stop_id)
             arrived = arrivals.get(stop_id)
             if arrived is not None:
-                out.append(alert.resolve(max(arrived, alert.start), reason="arrived",
-                                         arrived_late=arrived > window_end))
+                out.append(
+                    alert.resolve(max(arrived, alert.start), reason="arrived", arrived_late=arrived > window_end)
+                )
             else:
                 out.append(alert.resolve(t, reason="not_remaining"))
         for u in etas:
@@ -58,10 +65,20 @@ class PredictedLateTracker:
             held = self.open.get(u.stop_id)
             late_s = (u.eta - stop.window_end).total_seconds()
             if late_s > self.margin_s and held is None:
-                alert = new_alert("predicted_late", self.tenant, self.vehicle, u.at, stop_id=u.stop_id,
-                                  h3_cell=h3_cell, details={"eta": format_time(u.eta),
-                                                            "window_end": format_time(stop.window_end),
-                                                            "late_s": late_s, "plan_version": u.plan_version})
+                alert = new_alert(
+                    "predicted_late",
+                    self.tenant,
+                    self.vehicle,
+                    u.at,
+                    stop_id=u.stop_id,
+                    h3_cell=h3_cell,
+                    details={
+                        "eta": format_time(u.eta),
+                        "window_end": format_time(stop.window_end),
+                        "late_s": late_s,
+                        "plan_version": u.plan_version,
+                    },
+                )
                 self.open[u.stop_id] = (alert, stop.window_end)
                 out.append(alert)
             elif late_s <= 0 and held is not None:

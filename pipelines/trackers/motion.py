@@ -36,7 +36,6 @@ class MotionChange:
     h3_cell: int | None
 
 
-
 class MotionTracker:
     """Motion state machine over usable fixes in fix-time order."""
 
@@ -70,9 +69,14 @@ class MotionTracker:
             elif self._left_at is None:
                 self._left_at = fix.time
             # speed alone could be a Doppler spike: it must come with some displacement beyond jitter
-            starts = [t for t, ok in ((self._fast_since, fast_enough and d > cfg.jitter_radius_m),
-                                      (self._left_at, d >= cfg.start_distance_m))
-                      if ok and t is not None]
+            starts = [
+                t
+                for t, ok in (
+                    (self._fast_since, fast_enough and d > cfg.jitter_radius_m),
+                    (self._left_at, d >= cfg.start_distance_m),
+                )
+                if ok and t is not None
+            ]
             if starts:
                 return [self._set(True, min(starts), fix)]
             return []

@@ -42,8 +42,13 @@ class OfflineTracker:
         if self.alert is not None:
             assert self.last_received_at is not None
             end = max(received_at, self.alert.start)
-            out.append(self.alert.resolve(end, gap_s=(received_at - self.last_received_at).total_seconds(),
-                                          first_fix_time=format_time(fix_time)))
+            out.append(
+                self.alert.resolve(
+                    end,
+                    gap_s=(received_at - self.last_received_at).total_seconds(),
+                    first_fix_time=format_time(fix_time),
+                )
+            )
             self.alert = None
         if self.last_received_at is None or received_at > self.last_received_at:
             self.last_received_at = received_at
@@ -58,8 +63,14 @@ class OfflineTracker:
         last = self.last_received_at
         if self.alert is None and last is not None and now - last >= timedelta(seconds=self.config.offline_after_s):
             start = self.last_fix_time if self.last_fix_time is not None else last
-            self.alert = new_alert("offline", self.tenant, self.vehicle, start, h3_cell=self.h3_cell,
-                                   details={"threshold_s": self.config.offline_after_s})
+            self.alert = new_alert(
+                "offline",
+                self.tenant,
+                self.vehicle,
+                start,
+                h3_cell=self.h3_cell,
+                details={"threshold_s": self.config.offline_after_s},
+            )
             return [self.alert]
         return []
 

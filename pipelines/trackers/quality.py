@@ -46,7 +46,6 @@ class CheckedFix:
         return self.flag in USABLE_FLAGS
 
 
-
 class GpsQualityFilter:
     """Keeps the last accepted fix as reference; the state is a handful of numbers."""
 
@@ -92,14 +91,20 @@ class GpsQualityFilter:
         if prev is not None:
             dt = (checked.time - prev.time).total_seconds()
             consistent = dt > 0 and haversine_m(prev.lat, prev.lon, checked.lat, checked.lon) <= (
-                cfg.max_speed_mps * dt + cfg.jump_allowance_m)
+                cfg.max_speed_mps * dt + cfg.jump_allowance_m
+            )
         self._jump_run = self._jump_run + 1 if consistent else 1
         self._jumped = checked
         self._max_implied_mps = max(self._max_implied_mps, implied_mps) if self.alert else implied_mps
         if self.alert is None:
-            self.alert = new_alert("gps_jump", self.tenant, self.vehicle, checked.time, h3_cell=checked.h3_cell,
-                                   details={"lat": checked.lat, "lon": checked.lon,
-                                            "implied_speed_mps": round(implied_mps, 1)})
+            self.alert = new_alert(
+                "gps_jump",
+                self.tenant,
+                self.vehicle,
+                checked.time,
+                h3_cell=checked.h3_cell,
+                details={"lat": checked.lat, "lon": checked.lon, "implied_speed_mps": round(implied_mps, 1)},
+            )
             events.append(self.alert)
         if self._jump_run >= cfg.jump_confirm_fixes:
             # the receiver really is somewhere else (cold start, device moved): re-anchor there

@@ -73,7 +73,6 @@ from pipelines.vehicle_state import StoredReading
 __all__ = ["ActivePlan", "EtaHook", "LatenessStats", "NoEta", "VehicleAnalytics", "VehicleTrackers"]
 
 
-
 class EtaHook(Protocol):
     """Where the ETA tracker plugs in: it sees every usable fix and the stops still to do.
 
@@ -136,8 +135,18 @@ _GPS, _TEMP, _DOOR, _PLAN = 0, 1, 2, 3
 def _encode(reading: Reading, cell: int | None) -> Row:
     t = us(reading.fix_time)
     if isinstance(reading, GpsFix):
-        return (t, _GPS, reading.seq, reading.lat, reading.lon, reading.speed_mps, reading.heading_deg,
-                reading.accuracy_m, reading.alt_m, cell)
+        return (
+            t,
+            _GPS,
+            reading.seq,
+            reading.lat,
+            reading.lon,
+            reading.speed_mps,
+            reading.heading_deg,
+            reading.accuracy_m,
+            reading.alt_m,
+            cell,
+        )
     if isinstance(reading, TemperatureReading):
         return (t, _TEMP, reading.seq, reading.sensor, reading.celsius)
     return (t, _DOOR, reading.seq, reading.door, reading.open)
@@ -174,8 +183,9 @@ class VehicleTrackers:
     typical dwell times (see ``dwell.py``).
     """
 
-    def __init__(self, tenant: str, vehicle: str, config: AnalyticsConfig, eta: EtaHook,
-                 baseline: Baseline | None = None) -> None:
+    def __init__(
+        self, tenant: str, vehicle: str, config: AnalyticsConfig, eta: EtaHook, baseline: Baseline | None = None
+    ) -> None:
         self.tenant, self.vehicle, self.config, self.baseline = tenant, vehicle, config, baseline
         self.quality = GpsQualityFilter(tenant, vehicle, config)
         self.motion = MotionTracker(config)
@@ -325,8 +335,15 @@ class VehicleAnalytics:
     (see ``dwell.py``); ``eta`` is the ETA tracker hook (default: ``NoEta``).
     """
 
-    def __init__(self, tenant: str, vehicle: str, config: AnalyticsConfig = AnalyticsConfig(),
-                 plan: Plan | None = None, baseline: Baseline | None = None, eta: EtaHook | None = None) -> None:
+    def __init__(
+        self,
+        tenant: str,
+        vehicle: str,
+        config: AnalyticsConfig = AnalyticsConfig(),
+        plan: Plan | None = None,
+        baseline: Baseline | None = None,
+        eta: EtaHook | None = None,
+    ) -> None:
         self.tenant, self.vehicle, self.config = tenant, vehicle, config
         self.lateness = LatenessStats()
         self._max_delay = timedelta(seconds=config.reorder_max_delay_s)
@@ -336,8 +353,9 @@ class VehicleAnalytics:
         if plan is not None:
             trackers.set_plan(ActivePlan.build(self._own(plan), config), at_us(0))
             trackers.time = None
-        self._corrector: Corrector[VehicleTrackers, Event] = Corrector(trackers, config.checkpoint_every_s,
-                                                                       config.correction_window_s)
+        self._corrector: Corrector[VehicleTrackers, Event] = Corrector(
+            trackers, config.checkpoint_every_s, config.correction_window_s
+        )
         self._pending_since: datetime | None = None  # clock time a correction became pending
 
     # ---------------------------------------------------------------- the four verbs

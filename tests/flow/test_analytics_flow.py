@@ -27,29 +27,42 @@ def with_cells(items: list[StoredReading]) -> list[StoredReading]:
 
     from core.contract import GpsFix
 
-    return [StoredReading(i.reading, h3.latlng_to_cell(i.reading.lat, i.reading.lon, 9), i.received_at, 0,
-                          i.shard_seq) if isinstance(i.reading, GpsFix) else i for i in items]
+    return [
+        StoredReading(i.reading, h3.latlng_to_cell(i.reading.lat, i.reading.lon, 9), i.received_at, 0, i.shard_seq)
+        if isinstance(i.reading, GpsFix)
+        else i
+        for i in items
+    ]
 
 
 def run(readings: list[object], plans: list[object]) -> list[object]:
     out: list[object] = []
     # an ETA estimate at every fix (the default is every 15 s), so each step below is visible
-    run_main(build_analytics_flow(TestingSource([*plans, *readings]), TestingSink(out), wall=fixed_wall,
-                                  eta=EtaConfig(estimate_every_s=0.0)))
+    run_main(
+        build_analytics_flow(
+            TestingSource([*plans, *readings]), TestingSink(out), wall=fixed_wall, eta=EtaConfig(estimate_every_s=0.0)
+        )
+    )
     return out
 
 
 def stop_events(out: list[object]) -> list[tuple[str, str, float]]:
-    return [(o.event.kind, o.event.stop_id, (o.event.at - T0).total_seconds())
-            for o in out if isinstance(o, EventOut) and isinstance(o.event, StopEvent)]
+    return [
+        (o.event.kind, o.event.stop_id, (o.event.at - T0).total_seconds())
+        for o in out
+        if isinstance(o, EventOut) and isinstance(o.event, StopEvent)
+    ]
 
 
 def test_a_replayed_day_gives_its_stop_events_on_event_time() -> None:
     # the wall clock is days later and frozen: only the data can move the fleet clock
     out = run(with_cells(delivery_day().items), [PlanUpdate(PLAN, 1, T0 - timedelta(hours=1))])
     assert stop_events(out) == [("arrival", "s1", 95.0), ("departure", "s1", 410.0), ("arrival", "s2", 695.0)]
-    detected = {o.event.kind + o.event.stop_id: o.detected_at for o in out
-                if isinstance(o, EventOut) and isinstance(o.event, StopEvent)}
+    detected = {
+        o.event.kind + o.event.stop_id: o.detected_at
+        for o in out
+        if isinstance(o, EventOut) and isinstance(o.event, StopEvent)
+    }
     # raised when the fleet clock passed the debounce plus the reorder wait, not at wall time
     assert detected["arrivals1"] == T0 + timedelta(seconds=135)
     final = [o for o in out if isinstance(o, VehicleSummary)][-1]
@@ -75,8 +88,11 @@ def test_resume_after_abort_gives_the_uninterrupted_stop_events(tmp_path) -> Non
     plans = [PlanUpdate(PLAN, 1, T0)]
     half = len(items) // 2
     flow_out: list[object] = []
-    flow = build_analytics_flow(TestingSource([*plans, *items[:half], TestingSource.ABORT(), *items[half:]]),
-                                TestingSink(flow_out), wall=fixed_wall)
+    flow = build_analytics_flow(
+        TestingSource([*plans, *items[:half], TestingSource.ABORT(), *items[half:]]),
+        TestingSink(flow_out),
+        wall=fixed_wall,
+    )
     config = RecoveryConfig(str(tmp_path))
     run_main(flow, epoch_interval=timedelta(0), recovery_config=config)
     run_main(flow, epoch_interval=timedelta(0), recovery_config=config)
@@ -95,23 +111,56 @@ def test_live_etas_and_a_predicted_late_alert_from_the_stream() -> None:
     etas = [o for o in out if isinstance(o, EventOut) and isinstance(o.event, EtaUpdate)]
     # along the route at the constant 8 m/s (no models registered): s1 at 1000 m, s2 at 4000 m
     first = etas[0]
-    assert first.event == EtaUpdate(eta_update_id("acme", "van-1", "s1", 1, T0), "acme", "van-1", "s1", 1, T0,
-                                     T0 + timedelta(seconds=125), first.event.details)
+    assert first.event == EtaUpdate(
+        eta_update_id("acme", "van-1", "s1", 1, T0),
+        "acme",
+        "van-1",
+        "s1",
+        1,
+        T0,
+        T0 + timedelta(seconds=125),
+        first.event.details,
+    )
     assert first.stop is not None and first.stop["window_end"] is None
-    s2 = [((o.event.at - T0).total_seconds(), (o.event.eta - T0).total_seconds(), o.event.details["state"])
-          for o in etas if o.event.stop_id == "s2"]
-    assert s2 == [(0.0, 500.0, "moving"), (5.0, 603.0, "traffic"), (10.0, 497.0, "moving"),
-                  (185.0, 560.0, "parked"), (250.0, 625.0, "parked"), (315.0, 690.0, "parked"),
-                  (380.0, 755.0, "parked"), (405.0, 878.0, "traffic"), (410.0, 772.0, "moving"),
-                  (655.0, 711.0, "moving")]
+    s2 = [
+        ((o.event.at - T0).total_seconds(), (o.event.eta - T0).total_seconds(), o.event.details["state"])
+        for o in etas
+        if o.event.stop_id == "s2"
+    ]
+    assert s2 == [
+        (0.0, 500.0, "moving"),
+        (5.0, 603.0, "traffic"),
+        (10.0, 497.0, "moving"),
+        (185.0, 560.0, "parked"),
+        (250.0, 625.0, "parked"),
+        (315.0, 690.0, "parked"),
+        (380.0, 755.0, "parked"),
+        (405.0, 878.0, "traffic"),
+        (410.0, 772.0, "moving"),
+        (655.0, 711.0, "moving"),
+    ]
     alerts = [o for o in out if isinstance(o, EventOut) and isinstance(o.event, Alert)]
     # 90 s past the window at 315 s (past the 60 s margin; 625 at 250 s was within it), resolved on arrival
     start = T0 + timedelta(seconds=315)
-    assert [(a.event.id, a.event.type, a.event.status, a.event.stop_id, a.event.start, a.event.end) for a in alerts] == [
+    assert [
+        (a.event.id, a.event.type, a.event.status, a.event.stop_id, a.event.start, a.event.end) for a in alerts
+    ] == [
         (alert_id("acme", "van-1", "predicted_late", start, "s2"), "predicted_late", "open", "s2", start, None),
-        (alert_id("acme", "van-1", "predicted_late", start, "s2"), "predicted_late", "resolved", "s2", start,
-         T0 + timedelta(seconds=695)),
+        (
+            alert_id("acme", "van-1", "predicted_late", start, "s2"),
+            "predicted_late",
+            "resolved",
+            "s2",
+            start,
+            T0 + timedelta(seconds=695),
+        ),
     ]
-    assert alerts[1].event.details == {"eta": "2026-11-23T08:11:30.000Z", "window_end": "2026-11-23T08:10:00.000Z",
-                                       "late_s": 90.0, "plan_version": 1, "reason": "arrived", "arrived_late": True}
+    assert alerts[1].event.details == {
+        "eta": "2026-11-23T08:11:30.000Z",
+        "window_end": "2026-11-23T08:10:00.000Z",
+        "late_s": 90.0,
+        "plan_version": 1,
+        "reason": "arrived",
+        "arrived_late": True,
+    }
     assert alerts[0].detected_at == T0 + timedelta(seconds=325)  # the reorder wait after the fix

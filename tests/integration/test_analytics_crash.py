@@ -34,14 +34,20 @@ from tests.integration.test_no_loss import _kill_engine, _wait_for
 pytestmark = pytest.mark.integration
 
 VEHICLES = 6
-TABLES = ("positions", "temperatures", "door_events", "plans", "alerts", "stop_events", "cell_minutes",
-          "vehicle_state")
+TABLES = ("positions", "temperatures", "door_events", "plans", "alerts", "stop_events", "cell_minutes", "vehicle_state")
 
 
 def _fleet(settings: Any, start: datetime) -> FleetSimulator:
     network = RoadNetwork.from_settings(settings)
-    return FleetSimulator(network, vehicles=VEHICLES, seed=11, start=start, tenant="crash",
-                          anomalies=AnomalyPlan.every(malformed_rate=0.0, duplicate_rate=0.0), stagger_s=120.0)
+    return FleetSimulator(
+        network,
+        vehicles=VEHICLES,
+        seed=11,
+        start=start,
+        tenant="crash",
+        anomalies=AnomalyPlan.every(malformed_rate=0.0, duplicate_rate=0.0),
+        stagger_s=120.0,
+    )
 
 
 def _chunks(sim: FleetSimulator) -> list[list[tuple[str, bytes]]]:
@@ -63,8 +69,9 @@ def _chunks(sim: FleetSimulator) -> list[list[tuple[str, bytes]]]:
     return out
 
 
-def _run(settings: Any, db: Any, sim: FleetSimulator, passwords: dict[str, str], kills: tuple[float, ...]
-         ) -> tuple[dict[str, tuple[Any, ...]], dict[str, tuple[Any, ...]]]:
+def _run(
+    settings: Any, db: Any, sim: FleetSimulator, passwords: dict[str, str], kills: tuple[float, ...]
+) -> tuple[dict[str, tuple[Any, ...]], dict[str, tuple[Any, ...]]]:
     tenant = sim.tenant
     for table in TABLES:
         db.execute(f"DELETE FROM {table} WHERE tenant = %s", (tenant,))
@@ -80,8 +87,14 @@ def _run(settings: Any, db: Any, sim: FleetSimulator, passwords: dict[str, str],
     pubs = {}
     try:
         for vehicle, password in passwords.items():
-            pubs[vehicle] = DevicePublisher(host, port, f"{tenant}.{vehicle}", password, client_id=f"{tenant}-{vehicle}",
-                                            max_payload_bytes=settings.max_payload_bytes)
+            pubs[vehicle] = DevicePublisher(
+                host,
+                port,
+                f"{tenant}.{vehicle}",
+                password,
+                client_id=f"{tenant}-{vehicle}",
+                max_payload_bytes=settings.max_payload_bytes,
+            )
             pubs[vehicle].connect()
         marks = [round(k * len(chunks)) for k in kills]
         for i, chunk in enumerate(chunks):
@@ -94,8 +107,10 @@ def _run(settings: Any, db: Any, sim: FleetSimulator, passwords: dict[str, str],
             assert all(p.flush(60) for p in pubs.values())
 
         def processed() -> int:
-            return db.execute("SELECT coalesce(sum(gps_count + temp_count + door_count), 0) FROM vehicle_state "
-                              "WHERE tenant = %s", (tenant,)).fetchone()[0]
+            return db.execute(
+                "SELECT coalesce(sum(gps_count + temp_count + door_count), 0) FROM vehicle_state WHERE tenant = %s",
+                (tenant,),
+            ).fetchone()[0]
 
         _wait_for(lambda: processed() == readings, 180, f"{readings} readings analysed (have {processed()})")
     finally:
@@ -105,12 +120,21 @@ def _run(settings: Any, db: Any, sim: FleetSimulator, passwords: dict[str, str],
     # what the data decided: results raised by the fleet clock after the last fix (the idle
     # clock following the wall clock) depend on how long we waited, not on the data
     last_fix = db.execute("SELECT max(fix_time) FROM positions WHERE tenant = %s", (tenant,)).fetchone()[0]
-    alerts = {str(r[0]): r[1:] for r in db.execute(
-        "SELECT id, type, status, start_time, end_time FROM alerts WHERE tenant = %s AND status <> 'retracted' "
-        "AND detected_at <= %s", (tenant, last_fix)).fetchall()}
-    stops = {str(r[0]): r[1:] for r in db.execute(
-        "SELECT id, kind, stop_id, at FROM stop_events WHERE tenant = %s AND NOT retracted AND detected_at <= %s",
-        (tenant, last_fix)).fetchall()}
+    alerts = {
+        str(r[0]): r[1:]
+        for r in db.execute(
+            "SELECT id, type, status, start_time, end_time FROM alerts WHERE tenant = %s AND status <> 'retracted' "
+            "AND detected_at <= %s",
+            (tenant, last_fix),
+        ).fetchall()
+    }
+    stops = {
+        str(r[0]): r[1:]
+        for r in db.execute(
+            "SELECT id, kind, stop_id, at FROM stop_events WHERE tenant = %s AND NOT retracted AND detected_at <= %s",
+            (tenant, last_fix),
+        ).fetchall()
+    }
     return alerts, stops
 
 
@@ -131,5 +155,6 @@ def test_kill_9_mid_run_gives_the_alerts_and_arrivals_of_an_uninterrupted_run(se
     assert stops_b == stops_a
     # offline is about when data was received, and a crash changes exactly that (the engine
     # was down for seconds): every other alert must be the same, by id, status, start and end
-    assert {k: v for k, v in alerts_b.items() if v[0] != "offline"} == \
-        {k: v for k, v in alerts_a.items() if v[0] != "offline"}
+    assert {k: v for k, v in alerts_b.items() if v[0] != "offline"} == {
+        k: v for k, v in alerts_a.items() if v[0] != "offline"
+    }

@@ -10,8 +10,13 @@ from fleetstream.engine import settings_env
 
 
 def fleetstream(settings, *args: str) -> str:  # type: ignore[no-untyped-def]
-    done = subprocess.run([sys.executable, "-m", "fleetstream.cli", *args], env=settings_env(settings),
-                          capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-m", "fleetstream.cli", *args],
+        env=settings_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     return done.stdout
 
@@ -24,7 +29,9 @@ def test_migrate_is_idempotent(services_settings, db) -> None:
     license_ = db.execute("SHOW timescaledb.license").fetchone()[0]
     hypertables = {r[0] for r in db.execute("SELECT hypertable_name FROM timescaledb_information.hypertables")}
     assert {"positions", "temperatures", "door_events", "device_status", "dead_letters"} <= hypertables
-    policies = db.execute("SELECT count(*) FROM timescaledb_information.jobs WHERE hypertable_name IS NOT NULL").fetchone()[0]
+    policies = db.execute(
+        "SELECT count(*) FROM timescaledb_information.jobs WHERE hypertable_name IS NOT NULL"
+    ).fetchone()[0]
     assert (policies > 0) == (license_ == "timescale")
 
 

@@ -52,8 +52,9 @@ def test_readings_survive_a_database_crash(services_settings) -> None:
                     break
                 time.sleep(0.5)
             assert count == READINGS
-            distinct = db.execute("SELECT count(DISTINCT seq) FROM positions WHERE tenant = %s",
-                                  (tenant,)).fetchone()[0]
+            distinct = db.execute("SELECT count(DISTINCT seq) FROM positions WHERE tenant = %s", (tenant,)).fetchone()[
+                0
+            ]
             assert distinct == READINGS
     finally:
         engine.stop()

@@ -65,46 +65,82 @@ def add_alert(db: Any, tenant: str, vehicle: str = "van-1", kind: str = "long_dw
         " start_time, details, detected_at) VALUES (date_trunc('second', %(start)s::timestamptz), %(id)s, %(tenant)s,"
         " %(vehicle)s, %(type)s, 'warning', 'open', 's1', %(cell)s, %(start)s, %(details)s, %(detected)s)"
         " RETURNING rev",
-        {"start": start, "id": alert_id, "tenant": tenant, "vehicle": vehicle, "type": kind, "cell": CELL,
-         "details": Jsonb({"dwell_s": 1900.0}), "detected": start + timedelta(minutes=31)}).fetchone()[0]
+        {
+            "start": start,
+            "id": alert_id,
+            "tenant": tenant,
+            "vehicle": vehicle,
+            "type": kind,
+            "cell": CELL,
+            "details": Jsonb({"dwell_s": 1900.0}),
+            "detected": start + timedelta(minutes=31),
+        },
+    ).fetchone()[0]
     return str(alert_id), rev
 
 
 def resolve_alert(db: Any, alert_id: str) -> int:
-    return db.execute("UPDATE alerts SET status = 'resolved', end_time = start_time + INTERVAL '35 minutes',"
-                      " updated_at = clock_timestamp(), rev = nextval('event_rev') WHERE id = %s RETURNING rev",
-                      (alert_id,)).fetchone()[0]
+    return db.execute(
+        "UPDATE alerts SET status = 'resolved', end_time = start_time + INTERVAL '35 minutes',"
+        " updated_at = clock_timestamp(), rev = nextval('event_rev') WHERE id = %s RETURNING rev",
+        (alert_id,),
+    ).fetchone()[0]
 
 
-def add_stop(db: Any, tenant: str, vehicle: str = "van-1", kind: str = "arrival", stop_id: str = "s1") -> tuple[str, int]:
+def add_stop(
+    db: Any, tenant: str, vehicle: str = "van-1", kind: str = "arrival", stop_id: str = "s1"
+) -> tuple[str, int]:
     at = datetime.now(UTC).replace(microsecond=500_000) - timedelta(minutes=5)
     stop_event_id = uuid.uuid4()
     rev = db.execute(
         "INSERT INTO stop_events (id, kind, tenant, vehicle_id, stop_id, plan_version, visit, at, h3_cell,"
         " window_start, window_end, on_time, service_s, detected_at) VALUES (%s, %s, %s, %s, %s, 1, 1, %s, %s,"
         " %s, %s, %s, %s, %s) RETURNING rev",
-        (stop_event_id, kind, tenant, vehicle, stop_id, at, CELL, at - timedelta(minutes=30), at + timedelta(minutes=30),
-         True if kind == "arrival" else None, 312.5 if kind == "departure" else None, at)).fetchone()[0]
+        (
+            stop_event_id,
+            kind,
+            tenant,
+            vehicle,
+            stop_id,
+            at,
+            CELL,
+            at - timedelta(minutes=30),
+            at + timedelta(minutes=30),
+            True if kind == "arrival" else None,
+            312.5 if kind == "departure" else None,
+            at,
+        ),
+    ).fetchone()[0]
     return str(stop_event_id), rev
 
 
 def retract_stop(db: Any, stop_event_id: str) -> int:
-    return db.execute("UPDATE stop_events SET retracted = true, updated_at = clock_timestamp(),"
-                      " rev = nextval('event_rev') WHERE id = %s RETURNING rev", (stop_event_id,)).fetchone()[0]
+    return db.execute(
+        "UPDATE stop_events SET retracted = true, updated_at = clock_timestamp(),"
+        " rev = nextval('event_rev') WHERE id = %s RETURNING rev",
+        (stop_event_id,),
+    ).fetchone()[0]
 
 
 def stored_payload(db: Any, table: str, event_id: str) -> dict[str, Any]:
-    cur = db.cursor(row_factory=lambda c: lambda values: dict(zip([d.name for d in c.description], values, strict=True)))
-    return event_payload(cur.execute(f"SELECT '{table}' AS \"table\", * FROM {table} WHERE id = %s", (event_id,)).fetchone())
+    cur = db.cursor(
+        row_factory=lambda c: lambda values: dict(zip([d.name for d in c.description], values, strict=True))
+    )
+    return event_payload(
+        cur.execute(f"SELECT '{table}' AS \"table\", * FROM {table} WHERE id = %s", (event_id,)).fetchone()
+    )
 
 
 def start_at_head(db: Any, *channels: str) -> None:
     """Cursors of ``channels`` at the newest stored rev: as if everything before were delivered."""
     for channel in channels:
-        db.execute("INSERT INTO delivery_cursors (channel, last_rev) SELECT %(c)s, coalesce(max(rev), 0) FROM"
-                   " (SELECT max(rev) AS rev FROM alerts UNION ALL SELECT max(rev) FROM stop_events"
-                   " UNION ALL SELECT max(rev) FROM eta_updates) r"
-                   " ON CONFLICT (channel) DO UPDATE SET last_rev = excluded.last_rev", {"c": channel})
+        db.execute(
+            "INSERT INTO delivery_cursors (channel, last_rev) SELECT %(c)s, coalesce(max(rev), 0) FROM"
+            " (SELECT max(rev) AS rev FROM alerts UNION ALL SELECT max(rev) FROM stop_events"
+            " UNION ALL SELECT max(rev) FROM eta_updates) r"
+            " ON CONFLICT (channel) DO UPDATE SET last_rev = excluded.last_rev",
+            {"c": channel},
+        )
 
 
 def cursor(db: Any, channel: str) -> tuple[int, int]:
@@ -128,8 +164,9 @@ class Subscriber:
     subscribed: threading.Event = field(default_factory=threading.Event)
 
     def __post_init__(self) -> None:
-        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{self.tenant}-monitor",
-                                  protocol=mqtt.MQTTv5)
+        self.client = mqtt.Client(
+            mqtt.CallbackAPIVersion.VERSION2, client_id=f"{self.tenant}-monitor", protocol=mqtt.MQTTv5
+        )
         self.client.username_pw_set(*mqtt_account(self.settings, "monitor"))
         self.client.on_connect = self._on_connect
         self.client.on_subscribe = lambda *_: self.subscribed.set()
@@ -155,8 +192,9 @@ class Subscriber:
 
     def wait_for(self, count: int, timeout_s: float = 15.0) -> list[tuple[str, dict[str, Any], int]]:
         with self.cond:
-            assert self.cond.wait_for(lambda: len(self.messages) >= count, timeout_s), \
+            assert self.cond.wait_for(lambda: len(self.messages) >= count, timeout_s), (
                 f"{len(self.messages)} of {count} messages after {timeout_s} s: {self.messages}"
+            )
             return list(self.messages)
 
     def close(self) -> None:
@@ -265,16 +303,22 @@ def delivering(settings: Settings) -> Iterator[threading.Thread]:
 
 
 def delivery_settings(settings: Settings, *urls: str, **changes: Any) -> Settings:
-    values: dict[str, Any] = {"webhook_urls": ",".join(urls), "webhook_secret": SECRET, "webhook_backoff_s": 0.05,
-                              "webhook_max_attempts": 3, "delivery_poll_ms": 50}
+    values: dict[str, Any] = {
+        "webhook_urls": ",".join(urls),
+        "webhook_secret": SECRET,
+        "webhook_backoff_s": 0.05,
+        "webhook_max_attempts": 3,
+        "delivery_poll_ms": 50,
+    }
     return replace(settings, **{**values, **changes})
 
 
 # ------------------------------------------------------------------ tests
 
 
-def test_mqtt_gets_every_change_in_rev_order(services_settings: Settings, db: Any, tenant: str,
-                                             subscriber: Subscriber) -> None:
+def test_mqtt_gets_every_change_in_rev_order(
+    services_settings: Settings, db: Any, tenant: str, subscriber: Subscriber
+) -> None:
     start_at_head(db, "mqtt")
     a1, r1 = add_alert(db, tenant, "van-1")
     s1, r2 = add_stop(db, tenant, "van-1", "arrival")
@@ -306,13 +350,16 @@ def test_mqtt_gets_every_change_in_rev_order(services_settings: Settings, db: An
     assert cursor(db, "mqtt")[0] >= r6
 
 
-def test_mqtt_backlog_arrives_complete_and_in_order(services_settings: Settings, db: Any, tenant: str,
-                                                    subscriber: Subscriber) -> None:
+def test_mqtt_backlog_arrives_complete_and_in_order(
+    services_settings: Settings, db: Any, tenant: str, subscriber: Subscriber
+) -> None:
     start_at_head(db, "mqtt")
     revs = []
     with db.transaction():  # interleaved, more than two pages (500 rows per table and read)
         for i in range(1200):
-            revs.append(add_stop(db, tenant, f"van-{i % 7}")[1] if i % 3 == 0 else add_alert(db, tenant, f"van-{i % 7}")[1])
+            revs.append(
+                add_stop(db, tenant, f"van-{i % 7}")[1] if i % 3 == 0 else add_alert(db, tenant, f"van-{i % 7}")[1]
+            )
     started = time.monotonic()
     with delivering(delivery_settings(services_settings)):
         got = subscriber.wait_for(len(revs), 60)
@@ -322,8 +369,9 @@ def test_mqtt_backlog_arrives_complete_and_in_order(services_settings: Settings,
     print(f"{len(revs)} changes over MQTT in {took:.2f} s")
 
 
-def test_webhook_gets_every_alert_signed(services_settings: Settings, db: Any, tenant: str,
-                                         receivers: Callable[[int], Receiver]) -> None:
+def test_webhook_gets_every_alert_signed(
+    services_settings: Settings, db: Any, tenant: str, receivers: Callable[[int], Receiver]
+) -> None:
     hook = receivers(200)
     a1, r1 = add_alert(db, tenant, "van-1")
     add_stop(db, tenant, "van-1", "arrival")  # stop events are not sent to webhooks
@@ -336,7 +384,10 @@ def test_webhook_gets_every_alert_signed(services_settings: Settings, db: Any, t
         time.sleep(0.3)  # a few more polls: nothing else may come
     hits = hook.of(tenant)
     assert [(h.payload["kind"], h.payload["id"], h.payload["rev"]) for h in hits] == [
-        ("alert", a1, r1), ("alert", a2, r2), ("alert", a1, r3)]
+        ("alert", a1, r1),
+        ("alert", a2, r2),
+        ("alert", a1, r3),
+    ]
     for hit in hits:
         assert_signed(hit)
     assert hits[2].payload == stored_payload(db, "alerts", a1)
@@ -345,8 +396,9 @@ def test_webhook_gets_every_alert_signed(services_settings: Settings, db: Any, t
     assert last_rev >= r3 and delivered >= 3
 
 
-def test_failing_webhook_delays_nothing_else(services_settings: Settings, db: Any, tenant: str,
-                                             subscriber: Subscriber, receivers: Callable[[int], Receiver]) -> None:
+def test_failing_webhook_delays_nothing_else(
+    services_settings: Settings, db: Any, tenant: str, subscriber: Subscriber, receivers: Callable[[int], Receiver]
+) -> None:
     good, bad = receivers(200), receivers(500)
     settings = delivery_settings(services_settings, bad.url, good.url, webhook_backoff_s=1.0)  # bad: 1 s, 2 s
     start_at_head(db, "mqtt", f"webhook:{good.url}", f"webhook:{bad.url}")
@@ -359,8 +411,16 @@ def test_failing_webhook_delays_nothing_else(services_settings: Settings, db: An
         # everything is out while the bad endpoint is still on its first alert
         attempts_so_far = len(bad.of(tenant))
         assert 1 <= attempts_so_far < settings.webhook_max_attempts, attempts_so_far
-        wait_until(lambda: db.execute("SELECT count(*) FROM delivery_failures WHERE channel = %s",
-                                      (f"webhook:{bad.url}",)).fetchone()[0] == 3, 30, "three delivery failures")
+        wait_until(
+            lambda: (
+                db.execute(
+                    "SELECT count(*) FROM delivery_failures WHERE channel = %s", (f"webhook:{bad.url}",)
+                ).fetchone()[0]
+                == 3
+            ),
+            30,
+            "three delivery failures",
+        )
         time.sleep(0.5)  # no further attempts after giving up
     tried = bad.of(tenant)
     assert len(tried) == 3 * settings.webhook_max_attempts
@@ -371,8 +431,10 @@ def test_failing_webhook_delays_nothing_else(services_settings: Settings, db: An
         assert gaps[0] >= 0.9 and gaps[1] >= 1.9, gaps  # the backoff schedule: 1 s, then 2 s
     for hit in tried:
         assert_signed(hit)
-    failures = db.execute("SELECT event_id::text, rev, attempts, error FROM delivery_failures WHERE channel = %s"
-                          " ORDER BY rev", (f"webhook:{bad.url}",)).fetchall()
+    failures = db.execute(
+        "SELECT event_id::text, rev, attempts, error FROM delivery_failures WHERE channel = %s ORDER BY rev",
+        (f"webhook:{bad.url}",),
+    ).fetchall()
     assert failures == [(a, r, 3, "HTTP 500") for a, r in alerts]
     assert {h.payload["id"] for h in good.of(tenant)} == ids
     assert [m["id"] for _, m, _ in subscriber.messages] == [a for a, _ in alerts] + [stop_event[0]]
@@ -380,8 +442,9 @@ def test_failing_webhook_delays_nothing_else(services_settings: Settings, db: An
     assert cursor(db, f"webhook:{bad.url}")[0] >= alerts[-1][1]
 
 
-def test_restart_resumes_from_the_cursor(services_settings: Settings, db: Any, tenant: str,
-                                         subscriber: Subscriber, receivers: Callable[[int], Receiver]) -> None:
+def test_restart_resumes_from_the_cursor(
+    services_settings: Settings, db: Any, tenant: str, subscriber: Subscriber, receivers: Callable[[int], Receiver]
+) -> None:
     hook = receivers(200)
     settings = delivery_settings(services_settings, hook.url)
     start_at_head(db, "mqtt", f"webhook:{hook.url}")
@@ -404,8 +467,9 @@ def test_restart_resumes_from_the_cursor(services_settings: Settings, db: Any, t
     assert hook_after[0] >= r2 > hook_before[0] and hook_after[1] == hook_before[1] + 1
 
 
-def test_refused_publish_is_retried_not_skipped(services_settings: Settings, db: Any, tenant: str,
-                                                subscriber: Subscriber) -> None:
+def test_refused_publish_is_retried_not_skipped(
+    services_settings: Settings, db: Any, tenant: str, subscriber: Subscriber
+) -> None:
     # an account whose ACL has no alerts/# (dispatch: write dispatch/# only): PUBACK 0x87
     user, password = credentials.service_account(services_settings, "dispatch")
     host, port = services_settings.mqtt_endpoint()
@@ -421,9 +485,9 @@ def test_refused_publish_is_retried_not_skipped(services_settings: Settings, db:
     assert [(m["id"], m["rev"]) for _, m, _ in got] == [(alert_id, rev)]
 
 
-def test_broker_and_database_outages_are_waited_out(services_settings: Settings, db: Any, tenant: str,
-                                                    subscriber: Subscriber,
-                                                    receivers: Callable[[int], Receiver]) -> None:
+def test_broker_and_database_outages_are_waited_out(
+    services_settings: Settings, db: Any, tenant: str, subscriber: Subscriber, receivers: Callable[[int], Receiver]
+) -> None:
     hook = receivers(200)
     settings = delivery_settings(services_settings, hook.url)
     start_at_head(db, "mqtt", f"webhook:{hook.url}")

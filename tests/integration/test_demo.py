@@ -11,13 +11,20 @@ from fleetstream.engine import settings_env
 
 def test_demo_end_to_end(services_settings, db) -> None:
     settings = replace(services_settings, tenant="demotest", sim_vehicles=4, sim_minutes=0.3, sim_speedup=20.0)
-    done = subprocess.run([sys.executable, "-m", "fleetstream.cli", "demo"], env=settings_env(settings),
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "fleetstream.cli", "demo"],
+        env=settings_env(settings),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
     assert "stored" in out and "flow lag" in out and "dead letters" in out  # live progress lines
     assert "TimescaleDB received for tenant 'demotest' during this run" in out
-    stored = db.execute("SELECT count(*), count(DISTINCT vehicle_id) FROM positions WHERE tenant = 'demotest'").fetchone()
+    stored = db.execute(
+        "SELECT count(*), count(DISTINCT vehicle_id) FROM positions WHERE tenant = 'demotest'"
+    ).fetchone()
     assert stored[0] > 50 and stored[1] == 4
     processed = db.execute("SELECT sum(gps_count) FROM vehicle_state WHERE tenant = 'demotest'").fetchone()[0]
     assert processed == stored[0]

@@ -63,18 +63,38 @@ def tenant() -> str:
     return f"edge{int(time.time())}"
 
 
-def write_config(path: Path, settings: Settings, tenant: str, vehicle: str, password: str, *,
-                 gps_hz: float = 40.0, temp_hz: float = 10.0, door_toggle_s: float | None = 0.5,
-                 max_bytes: int = 64_000_000, every_reading: bool = True, status_s: float = 2.0,
-                 broker_host: str | None = None) -> Path:
+def write_config(
+    path: Path,
+    settings: Settings,
+    tenant: str,
+    vehicle: str,
+    password: str,
+    *,
+    gps_hz: float = 40.0,
+    temp_hz: float = 10.0,
+    door_toggle_s: float | None = 0.5,
+    max_bytes: int = 64_000_000,
+    every_reading: bool = True,
+    status_s: float = 2.0,
+    broker_host: str | None = None,
+) -> Path:
     host, port = settings.mqtt_endpoint()
     host = broker_host or host
-    sampling = ("[sampling.gps]\nmin_distance_m = 0\nmoving_period_s = 0\nparked_period_s = 0\n"
-                "[sampling.temp]\nperiod_s = 0\n") if every_reading else ""
+    sampling = (
+        (
+            "[sampling.gps]\nmin_distance_m = 0\nmoving_period_s = 0\nparked_period_s = 0\n"
+            "[sampling.temp]\nperiod_s = 0\n"
+        )
+        if every_reading
+        else ""
+    )
     gps = f'source = "fake"\nfake_rate_hz = {gps_hz}' if gps_hz else 'source = "off"'
     temp = f'source = "fake"\nfake_rate_hz = {temp_hz}\nfake_sensors = ["reefer"]' if temp_hz else 'source = "off"'
-    doors = (f'[[sensors.doors]]\nname = "rear"\nsource = "fake"\nfake_toggle_s = {door_toggle_s}\n'
-             "debounce_ms = 20\n") if door_toggle_s else ""
+    doors = (
+        (f'[[sensors.doors]]\nname = "rear"\nsource = "fake"\nfake_toggle_s = {door_toggle_s}\ndebounce_ms = 20\n')
+        if door_toggle_s
+        else ""
+    )
     path.write_text(f"""
 [device]
 tenant = "{tenant}"
@@ -85,7 +105,7 @@ port = {port}
 password = "{password}"
 keepalive_s = 5
 [outbox]
-path = "{path.parent / 'outbox.sqlite3'}"
+path = "{path.parent / "outbox.sqlite3"}"
 max_bytes = {max_bytes}
 [sender]
 status_interval_s = {status_s}
@@ -114,8 +134,13 @@ class AgentProcess:
 
     def start(self) -> AgentProcess:
         with open(self.log, "ab") as out:
-            self.proc = subprocess.Popen([*self.prefix, sys.executable, "-m", "edge.agent", "--config", str(self.config)],
-                                         cwd=REPO, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT)
+            self.proc = subprocess.Popen(
+                [*self.prefix, sys.executable, "-m", "edge.agent", "--config", str(self.config)],
+                cwd=REPO,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
         return self
 
     @property
@@ -173,8 +198,9 @@ def drain(folder: Path, settings: Settings, tenant: str, vehicle: str, password:
     """Run the agent with its sensors off until its outbox is empty, then stop it cleanly."""
     if outbox_state(folder / "outbox.sqlite3")["depth"] == 0:
         return
-    config = write_config(folder / "drain.toml", settings, tenant, vehicle, password, gps_hz=0, temp_hz=0,
-                          door_toggle_s=None)
+    config = write_config(
+        folder / "drain.toml", settings, tenant, vehicle, password, gps_hz=0, temp_hz=0, door_toggle_s=None
+    )
     agent = AgentProcess(config).start()
     try:
         wait_for(lambda: outbox_state(folder / "outbox.sqlite3")["depth"] == 0, 120, "the outbox to drain")
@@ -185,8 +211,11 @@ def drain(folder: Path, settings: Settings, tenant: str, vehicle: str, password:
 def assert_exactly_once(db, tenant: str, vehicle: str, last_seq: int, lost: int = 0) -> list[int]:  # type: ignore[no-untyped-def]
     """Every seq 1..last_seq stored once (but ``lost`` ones the drop policy dropped)."""
     expected_count = last_seq - lost
-    wait_for(lambda: len(stored_seqs(db, tenant, vehicle)) >= expected_count, 120,
-             f"{expected_count} readings of {vehicle} in TimescaleDB")
+    wait_for(
+        lambda: len(stored_seqs(db, tenant, vehicle)) >= expected_count,
+        120,
+        f"{expected_count} readings of {vehicle} in TimescaleDB",
+    )
     time.sleep(1.0)  # anything late or doubled would show now
     seqs = stored_seqs(db, tenant, vehicle)
     assert len(seqs) == len(set(seqs)), "a reading was stored twice"
@@ -196,8 +225,9 @@ def assert_exactly_once(db, tenant: str, vehicle: str, last_seq: int, lost: int 
 
 
 def no_dead_letters(db, tenant: str, vehicle: str) -> None:  # type: ignore[no-untyped-def]
-    dead = db.execute("SELECT reason, detail FROM dead_letters WHERE topic LIKE %s LIMIT 5",
-                      (f"fleet/{tenant}/{vehicle}/%",)).fetchall()
+    dead = db.execute(
+        "SELECT reason, detail FROM dead_letters WHERE topic LIKE %s LIMIT 5", (f"fleet/{tenant}/{vehicle}/%",)
+    ).fetchall()
     assert dead == []
 
 
@@ -208,8 +238,9 @@ def test_power_cuts_mid_burst_lose_nothing(engine, services_settings, db, tenant
     settings, vehicle = services_settings, "van-cut"
     password = credentials.add_device(settings, tenant, vehicle)
     outbox = new_outbox(tmp_path)
-    config = write_config(tmp_path / "edge.toml", settings, tenant, vehicle, password, gps_hz=200,
-                          temp_hz=20)  # ~222 readings/s
+    config = write_config(
+        tmp_path / "edge.toml", settings, tenant, vehicle, password, gps_hz=200, temp_hz=20
+    )  # ~222 readings/s
     rng = random.Random(5)
     kills = []
     for _ in range(5):
@@ -230,8 +261,11 @@ def test_power_cuts_mid_burst_lose_nothing(engine, services_settings, db, tenant
     assert seqs == list(range(1, last + 1))  # no gap
     no_dead_letters(db, tenant, vehicle)
     # each SIGKILL made the broker publish the device's last will
-    wills = db.execute("SELECT count(*) FROM device_status WHERE tenant = %s AND vehicle_id = %s AND state = 'offline' "
-                       "AND details->>'reason' = 'connection lost'", (tenant, vehicle)).fetchone()[0]
+    wills = db.execute(
+        "SELECT count(*) FROM device_status WHERE tenant = %s AND vehicle_id = %s AND state = 'offline' "
+        "AND details->>'reason' = 'connection lost'",
+        (tenant, vehicle),
+    ).fetchone()[0]
     assert wills >= 3
     print(json.dumps({"power_cut": {"kills": kills, "last_seq": last}}))
 
@@ -243,8 +277,9 @@ def test_a_broker_outage_delays_but_loses_nothing(engine, services_settings, db,
     settings, vehicle = services_settings, "van-outage"
     password = credentials.add_device(settings, tenant, vehicle)
     outbox = new_outbox(tmp_path)
-    config = write_config(tmp_path / "edge.toml", settings, tenant, vehicle, password, gps_hz=10, temp_hz=2,
-                          door_toggle_s=1.0)
+    config = write_config(
+        tmp_path / "edge.toml", settings, tenant, vehicle, password, gps_hz=10, temp_hz=2, door_toggle_s=1.0
+    )
     agent = AgentProcess(config).start()
     try:
         wait_for(lambda: len(stored_seqs(db, tenant, vehicle)) > 20, 60, "the first readings")
@@ -265,8 +300,11 @@ def test_a_broker_outage_delays_but_loses_nothing(engine, services_settings, db,
         finally:
             services.start_broker(settings)
         mark = outbox_state(outbox)["last_seq"]
-        wait_for(lambda: set(range(1, mark + 1)) <= set(stored_seqs(db, tenant, vehicle)), 120,
-                 "everything recorded during the outage")
+        wait_for(
+            lambda: set(range(1, mark + 1)) <= set(stored_seqs(db, tenant, vehicle)),
+            120,
+            "everything recorded during the outage",
+        )
         assert agent.alive()
     finally:
         assert agent.terminate() == 0
@@ -274,8 +312,12 @@ def test_a_broker_outage_delays_but_loses_nothing(engine, services_settings, db,
     last = outbox_state(outbox)["last_seq"]
     assert assert_exactly_once(db, tenant, vehicle, last) == list(range(1, last + 1))
     no_dead_letters(db, tenant, vehicle)
-    states = {r[0] for r in db.execute("SELECT DISTINCT state FROM device_status WHERE tenant = %s AND vehicle_id = %s",
-                                       (tenant, vehicle)).fetchall()}
+    states = {
+        r[0]
+        for r in db.execute(
+            "SELECT DISTINCT state FROM device_status WHERE tenant = %s AND vehicle_id = %s", (tenant, vehicle)
+        ).fetchall()
+    }
     assert {"online", "offline"} <= states  # every connect says online; the clean stop says offline
 
 
@@ -370,18 +412,30 @@ def _rows(db, tenant: str, vehicle: str, first_seq: int, last_seq: int) -> list[
     """(seq, fix_time, device_time) of the vehicle's readings in a seq range."""
     union = " UNION ALL ".join(
         f"SELECT seq, fix_time, device_time FROM {t} "
-        "WHERE tenant = %(t)s AND vehicle_id = %(v)s AND seq BETWEEN %(a)s AND %(b)s" for t in TABLES)
+        "WHERE tenant = %(t)s AND vehicle_id = %(v)s AND seq BETWEEN %(a)s AND %(b)s"
+        for t in TABLES
+    )
     return db.execute(union, {"t": tenant, "v": vehicle, "a": first_seq, "b": last_seq}).fetchall()
 
 
 def test_a_link_cut_for_minutes_delays_but_loses_nothing_and_the_backlog_is_late_data(  # type: ignore[no-untyped-def]
-        engine, services_settings, db, tenant, tmp_path, agent_link) -> None:
+    engine, services_settings, db, tenant, tmp_path, agent_link
+) -> None:
     settings, vehicle = services_settings, "van-linkcut"
     password = credentials.add_device(settings, tenant, vehicle)
     outbox = new_outbox(tmp_path)
     # full rate: every fix and every probe reading is sent (~13 readings/s)
-    config = write_config(tmp_path / "edge.toml", settings, tenant, vehicle, password, gps_hz=10, temp_hz=2,
-                          door_toggle_s=1.0, broker_host=agent_link.host_addr)
+    config = write_config(
+        tmp_path / "edge.toml",
+        settings,
+        tenant,
+        vehicle,
+        password,
+        gps_hz=10,
+        temp_hz=2,
+        door_toggle_s=1.0,
+        broker_host=agent_link.host_addr,
+    )
     agent = AgentProcess(config, agent_link.prefix).start()
     try:
         wait_for(lambda: len(stored_seqs(db, tenant, vehicle)) > 50, 60, "the first readings")
@@ -401,8 +455,11 @@ def test_a_link_cut_for_minutes_delays_but_loses_nothing_and_the_backlog_is_late
         assert recorded > 10 * LINK_OUTAGE_S  # it recorded at full rate with no link
         assert during["depth"] >= recorded - 50  # and kept it all (a few were in flight at the cut)
         mark = during["last_seq"]
-        wait_for(lambda: set(range(1, mark + 1)) <= set(stored_seqs(db, tenant, vehicle)), 300,
-                 "everything recorded during the cut")
+        wait_for(
+            lambda: set(range(1, mark + 1)) <= set(stored_seqs(db, tenant, vehicle)),
+            300,
+            "everything recorded during the cut",
+        )
         t_caught_up = time.monotonic()
         assert agent.alive()
     finally:
@@ -412,8 +469,14 @@ def test_a_link_cut_for_minutes_delays_but_loses_nothing_and_the_backlog_is_late
     assert assert_exactly_once(db, tenant, vehicle, last) == list(range(1, last + 1))
     no_dead_letters(db, tenant, vehicle)
     # the broker noticed the silent link (keepalive) and published the device's last will
-    assert db.execute("SELECT count(*) FROM device_status WHERE tenant = %s AND vehicle_id = %s AND state = 'offline' "
-                      "AND details->>'reason' = 'connection lost'", (tenant, vehicle)).fetchone()[0] >= 1
+    assert (
+        db.execute(
+            "SELECT count(*) FROM device_status WHERE tenant = %s AND vehicle_id = %s AND state = 'offline' "
+            "AND details->>'reason' = 'connection lost'",
+            (tenant, vehicle),
+        ).fetchone()[0]
+        >= 1
+    )
 
     # sent oldest first: the backlog's batch messages, in the order the device sent them (their
     # device_time), carry ascending seqs, and ascending seqs carry ascending fix times. (A message in
@@ -434,31 +497,63 @@ def test_a_link_cut_for_minutes_delays_but_loses_nothing_and_the_backlog_is_late
 
     # the dataflow (analytics on) processed it all and counted the backlog as late data
     def state() -> tuple | None:  # type: ignore[type-arg]
-        return db.execute("SELECT gps_count + temp_count + door_count, late_readings, corrected_readings, "
-                          "max_lateness_s, corrections FROM vehicle_state WHERE tenant = %s AND vehicle_id = %s",
-                          (tenant, vehicle)).fetchone()
+        return db.execute(
+            "SELECT gps_count + temp_count + door_count, late_readings, corrected_readings, "
+            "max_lateness_s, corrections FROM vehicle_state WHERE tenant = %s AND vehicle_id = %s",
+            (tenant, vehicle),
+        ).fetchone()
+
     wait_for(lambda: (row := state()) is not None and row[0] >= last, 180, "the dataflow to process every reading")
     counted, late, corrected, max_lateness_s, corrections = state()  # type: ignore[misc]
     assert late > 0, state()
     assert max_lateness_s > 0.5 * LINK_OUTAGE_S, state()
-    print(json.dumps({"link_cut": {"outage_s": LINK_OUTAGE_S, "recorded_during": recorded, "last_seq": last,
-                                   "caught_up_s": round(t_caught_up - t_restored, 1),
-                                   "fix_time_inversions": len(inversions),
-                                   "dataflow": {"readings": counted, "late_readings": late,
-                                                "corrected_readings": corrected, "corrections": corrections,
-                                                "max_lateness_s": max_lateness_s}}}))
+    print(
+        json.dumps(
+            {
+                "link_cut": {
+                    "outage_s": LINK_OUTAGE_S,
+                    "recorded_during": recorded,
+                    "last_seq": last,
+                    "caught_up_s": round(t_caught_up - t_restored, 1),
+                    "fix_time_inversions": len(inversions),
+                    "dataflow": {
+                        "readings": counted,
+                        "late_readings": late,
+                        "corrected_readings": corrected,
+                        "corrections": corrections,
+                        "max_lateness_s": max_lateness_s,
+                    },
+                }
+            }
+        )
+    )
 
 
 # ---------------------------------------------------------------- (c) disk cap
 
 
-def test_the_disk_cap_drops_as_the_policy_says_and_keeps_every_door_event(engine, services_settings, db, tenant,  # type: ignore[no-untyped-def]
-                                                                          tmp_path) -> None:
+def test_the_disk_cap_drops_as_the_policy_says_and_keeps_every_door_event(
+    engine,
+    services_settings,
+    db,
+    tenant,  # type: ignore[no-untyped-def]
+    tmp_path,
+) -> None:
     settings, vehicle = services_settings, "van-cap"
     password = credentials.add_device(settings, tenant, vehicle)
     outbox = new_outbox(tmp_path)
-    config = write_config(tmp_path / "edge.toml", settings, tenant, vehicle, password, gps_hz=20, temp_hz=5,
-                          door_toggle_s=0.5, max_bytes=16 * 1024, status_s=1.0)
+    config = write_config(
+        tmp_path / "edge.toml",
+        settings,
+        tenant,
+        vehicle,
+        password,
+        gps_hz=20,
+        temp_hz=5,
+        door_toggle_s=0.5,
+        max_bytes=16 * 1024,
+        status_s=1.0,
+    )
     agent = AgentProcess(config).start()
     try:
         wait_for(lambda: len(stored_seqs(db, tenant, vehicle)) > 20, 60, "the first readings")
@@ -477,10 +572,18 @@ def test_the_disk_cap_drops_as_the_policy_says_and_keeps_every_door_event(engine
         assert outbox_state(outbox)["last_seq"] > recorded_after  # still recording: the agent kept running
         assert agent.alive()
         # a heartbeat after the outage reports the drops
-        wait_for(lambda: db.execute(
-            "SELECT count(*) FROM device_status WHERE tenant = %s AND vehicle_id = %s AND state = 'heartbeat' "
-            "AND (details->'dropped'->>'gps')::int > 0", (tenant, vehicle)).fetchone()[0] > 0, 30,
-            "a heartbeat reporting drops")
+        wait_for(
+            lambda: (
+                db.execute(
+                    "SELECT count(*) FROM device_status WHERE tenant = %s AND vehicle_id = %s AND state = 'heartbeat' "
+                    "AND (details->'dropped'->>'gps')::int > 0",
+                    (tenant, vehicle),
+                ).fetchone()[0]
+                > 0
+            ),
+            30,
+            "a heartbeat reporting drops",
+        )
     finally:
         assert agent.terminate() == 0
     drain(tmp_path, settings, tenant, vehicle, password)
@@ -491,8 +594,12 @@ def test_the_disk_cap_drops_as_the_policy_says_and_keeps_every_door_event(engine
     # what is missing is exactly what the policy dropped (counted as GPS or temperature drops)
     assert len(set(range(1, state["last_seq"] + 1)) - set(seqs)) == dropped
     # the door toggled all along: stored door events alternate open/closed with none missing
-    doors = [r[0] for r in db.execute("SELECT is_open FROM door_events WHERE tenant = %s AND vehicle_id = %s "
-                                      "ORDER BY seq", (tenant, vehicle)).fetchall()]
+    doors = [
+        r[0]
+        for r in db.execute(
+            "SELECT is_open FROM door_events WHERE tenant = %s AND vehicle_id = %s ORDER BY seq", (tenant, vehicle)
+        ).fetchall()
+    ]
     assert len(doors) > 40
     assert all(a != b for a, b in zip(doors, doors[1:], strict=False)), doors
     no_dead_letters(db, tenant, vehicle)
@@ -502,16 +609,22 @@ def test_the_disk_cap_drops_as_the_policy_says_and_keeps_every_door_event(engine
 # ---------------------------------------------------------------- refusals
 
 
-def test_readings_the_broker_refuses_are_kept_and_sent_once_allowed(engine, services_settings, db, tenant,  # type: ignore[no-untyped-def]
-                                                                     tmp_path) -> None:
+def test_readings_the_broker_refuses_are_kept_and_sent_once_allowed(
+    engine,
+    services_settings,
+    db,
+    tenant,  # type: ignore[no-untyped-def]
+    tmp_path,
+) -> None:
     """A device misconfigured with another device's account gets PUBACK 0x87 for every batch:
     nothing is deleted or dropped, nothing wedges; fixed, everything arrives."""
     settings, vehicle = services_settings, "van-refused"
     password = credentials.add_device(settings, tenant, vehicle)
     other = credentials.add_device(settings, tenant, "van-other")
     outbox = new_outbox(tmp_path)
-    config = write_config(tmp_path / "edge.toml", settings, tenant, vehicle, other, gps_hz=10, temp_hz=0,
-                          door_toggle_s=None)
+    config = write_config(
+        tmp_path / "edge.toml", settings, tenant, vehicle, other, gps_hz=10, temp_hz=0, door_toggle_s=None
+    )
     config.write_text(config.read_text().replace("[broker]\n", f'[broker]\nusername = "{tenant}.van-other"\n'))
     agent = AgentProcess(config).start()
     try:
@@ -544,16 +657,34 @@ def _proc_rss_mb(pid: int) -> float:
     raise AssertionError("no VmRSS")
 
 
-def test_footprint_at_one_reading_per_second(engine, services_settings, db, tenant, tmp_path,  # type: ignore[no-untyped-def]
-                                             record_property) -> None:
+def test_footprint_at_one_reading_per_second(
+    engine,
+    services_settings,
+    db,
+    tenant,
+    tmp_path,  # type: ignore[no-untyped-def]
+    record_property,
+) -> None:
     settings, vehicle = services_settings, "van-footprint"
     password = credentials.add_device(settings, tenant, vehicle)
     outbox = new_outbox(tmp_path)
     # one GPS fix a second (all sent), a probe read every 10 s (sent every 300 s), a door polled at 20 Hz
-    config = write_config(tmp_path / "edge.toml", settings, tenant, vehicle, password, gps_hz=1.0, temp_hz=0.1,
-                          door_toggle_s=3600, status_s=60)
-    text = config.read_text().replace("[sampling.temp]\nperiod_s = 0\n", "").replace("door_poll_ms = 10",
-                                                                                    "door_poll_ms = 100")
+    config = write_config(
+        tmp_path / "edge.toml",
+        settings,
+        tenant,
+        vehicle,
+        password,
+        gps_hz=1.0,
+        temp_hz=0.1,
+        door_toggle_s=3600,
+        status_s=60,
+    )
+    text = (
+        config.read_text()
+        .replace("[sampling.temp]\nperiod_s = 0\n", "")
+        .replace("door_poll_ms = 10", "door_poll_ms = 100")
+    )
     config.write_text(text)
     agent = AgentProcess(config).start()
     try:
@@ -569,9 +700,13 @@ def test_footprint_at_one_reading_per_second(engine, services_settings, db, tena
         agent.terminate()
     readings = seq1 - seq0
     cpu_pct = 100 * (cpu1 - cpu0) / (t1 - t0)
-    figures = {"rss_peak_mb": round(rss_peak, 1), "cpu_pct_of_one_core": round(cpu_pct, 3),
-               "readings": readings, "seconds": round(t1 - t0, 1),
-               "cpu_ms_per_reading": round(1000 * (cpu1 - cpu0) / max(1, readings), 2)}
+    figures = {
+        "rss_peak_mb": round(rss_peak, 1),
+        "cpu_pct_of_one_core": round(cpu_pct, 3),
+        "readings": readings,
+        "seconds": round(t1 - t0, 1),
+        "cpu_ms_per_reading": round(1000 * (cpu1 - cpu0) / max(1, readings), 2),
+    }
     print(json.dumps({"footprint": figures}))
     for key, value in figures.items():
         record_property(key, value)

@@ -29,8 +29,10 @@ import pytest
 from edge.agent.sampling import GpsPolicy, GpsSample, GpsSampler, distance_m, turn_deg
 from edge.agent.sensors.gps import GpsdSource
 
-pytestmark = pytest.mark.skipif(shutil.which("gpsfake") is None or shutil.which("gpsd") is None,
-                                reason="gpsfake/gpsd not installed (Debian packages gpsd and gpsd-clients)")
+pytestmark = pytest.mark.skipif(
+    shutil.which("gpsfake") is None or shutil.which("gpsd") is None,
+    reason="gpsfake/gpsd not installed (Debian packages gpsd and gpsd-clients)",
+)
 
 CACHE = Path(os.environ.get("FLEETSTREAM_CACHE_DIR", "/var/cache/fleetstream")) / "gpsd-src"
 KEYRING = "/usr/share/keyrings/debian-archive-keyring.gpg"
@@ -83,8 +85,16 @@ def fetch_gpsd_logs(cache: Path = CACHE) -> Path:
         d.mkdir(parents=True, exist_ok=True)
     if not list(src.glob("gpsd_*.orig.tar.*")):
         (apt / "sources.list").write_text(f"deb-src [signed-by={KEYRING}] {_debian_mirror_uri()} {_codename()} main\n")
-        opts = ["-o", f"Dir::Etc::SourceList={apt / 'sources.list'}", "-o", "Dir::Etc::SourceParts=/dev/null",
-                "-o", f"Dir::State::Lists={apt / 'lists'}", "-o", f"Dir::Cache={apt / 'cache'}"]
+        opts = [
+            "-o",
+            f"Dir::Etc::SourceList={apt / 'sources.list'}",
+            "-o",
+            "Dir::Etc::SourceParts=/dev/null",
+            "-o",
+            f"Dir::State::Lists={apt / 'lists'}",
+            "-o",
+            f"Dir::Cache={apt / 'cache'}",
+        ]
         _run(["apt-get", "-q", *opts, "update"])
         _run(["apt-get", "-q", *opts, "source", "--download-only", "gpsd"], cwd=src)
     tarball = sorted(src.glob("gpsd_*.orig.tar.*"))[-1]
@@ -124,9 +134,13 @@ def gpsfake(log: Path, port: int, cycle_s: float = 0.002) -> Iterator[subprocess
     ``-n``: gpsd reads the fake receiver at once, not only once a client watches (else
     the first sentences pile up unread in the pty and a short log may never be seen).
     """
-    proc = subprocess.Popen(["gpsfake", "-P", str(port), "-n", "-1", "-q", "-c", str(cycle_s), str(log)],
-                            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)  # its own group: gpsfake and the gpsd it runs
+    proc = subprocess.Popen(
+        ["gpsfake", "-P", str(port), "-n", "-1", "-q", "-c", str(cycle_s), str(log)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )  # its own group: gpsfake and the gpsd it runs
     try:
         deadline = time.monotonic() + 20
         while time.monotonic() < deadline:
@@ -225,8 +239,9 @@ def test_fixes_from_a_real_receiver_log_match_its_nmea(gpsd_logs: Path) -> None:
     for a, b in zip(sent, sent[1:], strict=False):
         moved = distance_m(a.lat, a.lon, b.lat, b.lon) >= 100
         waited = (b.time - a.time).total_seconds() >= 30
-        turned = a.heading_deg is not None and b.heading_deg is not None and turn_deg(a.heading_deg,
-                                                                                     b.heading_deg) >= 30
+        turned = (
+            a.heading_deg is not None and b.heading_deg is not None and turn_deg(a.heading_deg, b.heading_deg) >= 30
+        )
         assert moved or waited or turned
 
 

@@ -46,40 +46,62 @@ def test_eta_updates_land_and_vehicle_current_shows_the_next_stop_eta(services_s
     plan = replace(PLAN, tenant=tenant, stops=(S1, replace(S2, window_end=T0 + timedelta(seconds=600))))
     store_plan(db, plan, "test")  # version 1: vehicle_current reads the window from the stored plan
     # the day up to 600 s: parked at s1 until 400 s, then on the way to s2 (predicted late since 315 s)
-    items = [i for i in as_tenant(with_cells(delivery_day().items), tenant)
-             if i.reading.fix_time <= T0 + timedelta(seconds=600)]
+    items = [
+        i
+        for i in as_tenant(with_cells(delivery_day().items), tenant)
+        if i.reading.fix_time <= T0 + timedelta(seconds=600)
+    ]
     source = [PlanUpdate(plan, 1, T0), *items]
     for _ in range(2):  # a replay rewrites the same rows
         run_main(build_analytics_flow(TestingSource(source), AnalyticsStore(services_settings.dsn()), wall=fixed_wall))
-        rows = db.execute("SELECT stop_id, extract(epoch FROM at - %s)::int, extract(epoch FROM eta - %s)::int, "
-                          "method, window_end, h3_cell IS NOT NULL, retracted, rev FROM eta_updates "
-                          "WHERE tenant = %s ORDER BY at, stop_id", (T0, T0, tenant)).fetchall()
+        rows = db.execute(
+            "SELECT stop_id, extract(epoch FROM at - %s)::int, extract(epoch FROM eta - %s)::int, "
+            "method, window_end, h3_cell IS NOT NULL, retracted, rev FROM eta_updates "
+            "WHERE tenant = %s ORDER BY at, stop_id",
+            (T0, T0, tenant),
+        ).fetchall()
         if _ == 0:
             first = rows
     assert rows == first  # same rows, same revs: nothing rewritten
     assert [(r[0], r[1], r[2]) for r in rows if r[0] == "s2"] == [
-        ("s2", 0, 500), ("s2", 5, 603), ("s2", 10, 497), ("s2", 185, 560), ("s2", 250, 625), ("s2", 315, 690),
-        ("s2", 380, 755), ("s2", 405, 878), ("s2", 410, 772)]
+        ("s2", 0, 500),
+        ("s2", 5, 603),
+        ("s2", 10, 497),
+        ("s2", 185, 560),
+        ("s2", 250, 625),
+        ("s2", 315, 690),
+        ("s2", 380, 755),
+        ("s2", 405, 878),
+        ("s2", 410, 772),
+    ]
     assert all(r[3] == "route" and r[5] and not r[6] for r in rows)
     assert {r[4] for r in rows if r[0] == "s2"} == {T0 + timedelta(seconds=600)}
-    alert = db.execute("SELECT status, stop_id, start_time FROM alerts WHERE tenant = %s AND type = 'predicted_late'",
-                       (tenant,)).fetchall()
+    alert = db.execute(
+        "SELECT status, stop_id, start_time FROM alerts WHERE tenant = %s AND type = 'predicted_late'", (tenant,)
+    ).fetchall()
     assert alert == [("open", "s2", T0 + timedelta(seconds=315))]
-    current = db.execute("SELECT next_stop_id, next_stop_window_end, next_stop_eta, predicted_late, open_alerts "
-                         "FROM vehicle_current WHERE tenant = %s", (tenant,)).fetchone()
+    current = db.execute(
+        "SELECT next_stop_id, next_stop_window_end, next_stop_eta, predicted_late, open_alerts "
+        "FROM vehicle_current WHERE tenant = %s",
+        (tenant,),
+    ).fetchone()
     assert current == ("s2", T0 + timedelta(seconds=600), T0 + timedelta(seconds=772), True, 1)
 
 
 def _arrival(db: Any, tenant: str, vehicle: str, stop: str, at: datetime, cell: int) -> None:
-    db.execute("INSERT INTO stop_events (id, kind, tenant, vehicle_id, stop_id, plan_version, visit, at, h3_cell, "
-               "detected_at) VALUES (%s, 'arrival', %s, %s, %s, 1, 1, %s, %s, %s)",
-               (uuid.uuid4(), tenant, vehicle, stop, at, cell, at))
+    db.execute(
+        "INSERT INTO stop_events (id, kind, tenant, vehicle_id, stop_id, plan_version, visit, at, h3_cell, "
+        "detected_at) VALUES (%s, 'arrival', %s, %s, %s, 1, 1, %s, %s, %s)",
+        (uuid.uuid4(), tenant, vehicle, stop, at, cell, at),
+    )
 
 
 def _eta(db: Any, tenant: str, vehicle: str, stop: str, at: datetime, eta: datetime, retracted: bool = False) -> None:
-    db.execute("INSERT INTO eta_updates (at, id, tenant, vehicle_id, stop_id, plan_version, eta, retracted, "
-               "detected_at) VALUES (%s, %s, %s, %s, %s, 1, %s, %s, %s)",
-               (at, uuid.uuid4(), tenant, vehicle, stop, eta, retracted, at))
+    db.execute(
+        "INSERT INTO eta_updates (at, id, tenant, vehicle_id, stop_id, plan_version, eta, retracted, "
+        "detected_at) VALUES (%s, %s, %s, %s, %s, 1, %s, %s, %s)",
+        (at, uuid.uuid4(), tenant, vehicle, stop, eta, retracted, at),
+    )
 
 
 def test_eta_accuracy_scores_the_eta_in_force_at_each_horizon(services_settings: Settings, db: Any) -> None:
@@ -99,8 +121,11 @@ def test_eta_accuracy_scores_the_eta_in_force_at_each_horizon(services_settings:
     _eta(db, tenant, "van-2", "b", t(9, 0), t(10, 10))  # in force at every horizon: +600 s
     _arrival(db, tenant, "van-3", "c", ten, 222)
     _eta(db, tenant, "van-3", "c", t(8, 0), t(10, 0))  # over an hour before each horizon: stale, not scored
-    rows = db.execute("SELECT level, vehicle_id, h3_cell, horizon_min, arrivals, mae_s, bias_s FROM eta_accuracy "
-                      "WHERE tenant = %s ORDER BY level, vehicle_id, h3_cell, horizon_min", (tenant,)).fetchall()
+    rows = db.execute(
+        "SELECT level, vehicle_id, h3_cell, horizon_min, arrivals, mae_s, bias_s FROM eta_accuracy "
+        "WHERE tenant = %s ORDER BY level, vehicle_id, h3_cell, horizon_min",
+        (tenant,),
+    ).fetchall()
     assert rows == [
         ("all", None, None, 5, 2, 330.0, 270.0),
         ("all", None, None, 15, 2, 390.0, 390.0),
@@ -122,10 +147,12 @@ def test_eta_accuracy_scores_the_eta_in_force_at_each_horizon(services_settings:
 
 def test_eta_updates_are_delivered_to_the_etas_topic(services_settings: Settings, db: Any) -> None:
     tenant = f"etm{uuid.uuid4().hex[:8]}"
-    db.execute("INSERT INTO delivery_cursors (channel, last_rev) SELECT 'mqtt', coalesce(max(rev), 0) FROM"
-               " (SELECT max(rev) AS rev FROM alerts UNION ALL SELECT max(rev) FROM stop_events"
-               " UNION ALL SELECT max(rev) FROM eta_updates) r"
-               " ON CONFLICT (channel) DO UPDATE SET last_rev = excluded.last_rev")
+    db.execute(
+        "INSERT INTO delivery_cursors (channel, last_rev) SELECT 'mqtt', coalesce(max(rev), 0) FROM"
+        " (SELECT max(rev) AS rev FROM alerts UNION ALL SELECT max(rev) FROM stop_events"
+        " UNION ALL SELECT max(rev) FROM eta_updates) r"
+        " ON CONFLICT (channel) DO UPDATE SET last_rev = excluded.last_rev"
+    )
     got: list[tuple[str, dict[str, Any]]] = []
     subscribed = threading.Event()
     client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"{tenant}-monitor", protocol=mqtt.MQTTv5)
@@ -136,8 +163,11 @@ def test_eta_updates_are_delivered_to_the_etas_topic(services_settings: Settings
     client.connect(*services_settings.mqtt_endpoint())
     client.loop_start()
     stop = threading.Event()
-    thread = threading.Thread(target=run_delivery, args=(replace(services_settings, delivery_poll_ms=50), mqtt_account(services_settings, "alerts"), stop),
-                              daemon=True)
+    thread = threading.Thread(
+        target=run_delivery,
+        args=(replace(services_settings, delivery_poll_ms=50), mqtt_account(services_settings, "alerts"), stop),
+        daemon=True,
+    )
     try:
         assert subscribed.wait(10)
         t0 = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
@@ -153,5 +183,9 @@ def test_eta_updates_are_delivered_to_the_etas_topic(services_settings: Settings
         client.loop_stop()
     assert len(got) == 1
     topic, doc = got[0]
-    assert (topic, doc["kind"], doc["stop_id"], doc["eta"]) == (f"etas/{tenant}/van-7", "eta", "s1",
-                                                                "2026-11-23T09:12:00.000Z")
+    assert (topic, doc["kind"], doc["stop_id"], doc["eta"]) == (
+        f"etas/{tenant}/van-7",
+        "eta",
+        "s1",
+        "2026-11-23T09:12:00.000Z",
+    )

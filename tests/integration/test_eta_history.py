@@ -42,16 +42,30 @@ def tenant() -> str:
 
 
 def add_fix(conn: Any, t: str, vehicle: str, at: datetime, lat: float, speed: float | None) -> None:
-    conn.execute("INSERT INTO positions (fix_time, tenant, vehicle_id, seq, lat, lon, speed_mps, h3_cell, received_at, "
-                 "shard, shard_seq) VALUES (%s, %s, %s, 0, %s, 24.94, %s, %s, now(), 98, 0)",
-                 (at, t, vehicle, lat, speed, h3.latlng_to_cell(lat, 24.94, 9)))
+    conn.execute(
+        "INSERT INTO positions (fix_time, tenant, vehicle_id, seq, lat, lon, speed_mps, h3_cell, received_at, "
+        "shard, shard_seq) VALUES (%s, %s, %s, 0, %s, 24.94, %s, %s, now(), 98, 0)",
+        (at, t, vehicle, lat, speed, h3.latlng_to_cell(lat, 24.94, 9)),
+    )
 
 
-def add_stop_event(conn: Any, t: str, vehicle: str, stop_id: str, version: int, at: datetime, *, kind: str = "arrival",
-                   visit: int = 1, retracted: bool = False) -> None:
-    conn.execute("INSERT INTO stop_events (id, kind, tenant, vehicle_id, stop_id, plan_version, visit, at, retracted, "
-                 "detected_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                 (uuid.uuid4(), kind, t, vehicle, stop_id, version, visit, at, retracted, at))
+def add_stop_event(
+    conn: Any,
+    t: str,
+    vehicle: str,
+    stop_id: str,
+    version: int,
+    at: datetime,
+    *,
+    kind: str = "arrival",
+    visit: int = 1,
+    retracted: bool = False,
+) -> None:
+    conn.execute(
+        "INSERT INTO stop_events (id, kind, tenant, vehicle_id, stop_id, plan_version, visit, at, retracted, "
+        "detected_at) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
+        (uuid.uuid4(), kind, t, vehicle, stop_id, version, visit, at, retracted, at),
+    )
 
 
 def test_history_frames_from_the_database(services_settings: Settings) -> None:
@@ -81,8 +95,10 @@ def test_history_frames_from_the_database(services_settings: Settings) -> None:
     assert pos["h3_cell"][0] == h3.latlng_to_cell(pos["lat"][0], 24.94, 9)
     arr = history.arrivals.sort("at")
     assert arr.columns == ["tenant", "vehicle_id", "stop_id", "plan_version", "at"]
-    assert arr.select("stop_id", "plan_version", "at").rows() == [("s1", 1, T0 + timedelta(minutes=10)),
-                                                                  ("s1", 2, T0 + timedelta(minutes=40))]
+    assert arr.select("stop_id", "plan_version", "at").rows() == [
+        ("s1", 1, T0 + timedelta(minutes=10)),
+        ("s1", 2, T0 + timedelta(minutes=40)),
+    ]
     assert sorted(p.version for p in history.plans) == [1, 2]
     assert [p for p in history.plans if p.version == 1][0].stops == stops
     assert everything.positions.height == 5 and everything.arrivals.height == 2
@@ -108,8 +124,9 @@ def test_train_eta_from_a_loaded_simulated_history(services_settings: Settings, 
     assert counts == {"positions": history.positions.height, "arrivals": history.arrivals.height, "plans": 6}
     assert read.positions.sort("vehicle_id", "fix_time").equals(history.positions.sort("vehicle_id", "fix_time"))
     assert read.arrivals.sort("vehicle_id", "at").equals(history.arrivals.sort("vehicle_id", "at"))
-    assert sorted(read.plans, key=lambda p: (p.vehicle, p.version)) == sorted(history.plans,
-                                                                               key=lambda p: (p.vehicle, p.version))
+    assert sorted(read.plans, key=lambda p: (p.vehicle, p.version)) == sorted(
+        history.plans, key=lambda p: (p.vehicle, p.version)
+    )
     code, summary = run_train_eta(settings, t, say=lambda *_: None)
     assert code == 0 and summary["rows"] > 50
     root = eta_models_dir(settings)

@@ -21,28 +21,48 @@ def test_engine_and_simulator_with_a_broker_url_and_a_dsn(services_settings, db,
     tenant = f"ext{int(time.time())}"
     user, password = credentials.service_account(services_settings, "gateway")
     host, port = services_settings.mqtt_endpoint()
-    external = replace(services_settings, mqtt_url=f"mqtt://{user}:{password}@{host}:{port}",
-                       pg_dsn=services_settings.dsn(), state_dir=tmp_path, tenant=tenant,
-                       sim_vehicles=3, sim_minutes=0.25, sim_speedup=20.0)
+    external = replace(
+        services_settings,
+        mqtt_url=f"mqtt://{user}:{password}@{host}:{port}",
+        pg_dsn=services_settings.dsn(),
+        state_dir=tmp_path,
+        tenant=tenant,
+        sim_vehicles=3,
+        sim_minutes=0.25,
+        sim_speedup=20.0,
+    )
     assert not external.embedded_mqtt and not external.embedded_pg
     engine = Engine(external)
     engine.start()
     try:
         engine.wait_ready()
-        done = subprocess.run([sys.executable, "-m", "fleetstream.cli", "simulate"], env=settings_env(external),
-                              capture_output=True, text=True, timeout=180)
+        done = subprocess.run(
+            [sys.executable, "-m", "fleetstream.cli", "simulate"],
+            env=settings_env(external),
+            capture_output=True,
+            text=True,
+            timeout=180,
+        )
         assert done.returncode == 0, done.stderr[-2000:]
         summary = json.loads(done.stdout)
         assert summary["flushed"] and summary["refused"] == 0
         published = summary["readings"]
         for _ in range(100):
-            counts = {t: db.execute(f"SELECT count(*) FROM {t} WHERE tenant = %s", (tenant,)).fetchone()[0]
-                      for t in ("positions", "temperatures", "door_events")}
-            if counts == {"positions": published["gps"], "temperatures": published["temp"],
-                          "door_events": published["door"]}:
+            counts = {
+                t: db.execute(f"SELECT count(*) FROM {t} WHERE tenant = %s", (tenant,)).fetchone()[0]
+                for t in ("positions", "temperatures", "door_events")
+            }
+            if counts == {
+                "positions": published["gps"],
+                "temperatures": published["temp"],
+                "door_events": published["door"],
+            }:
                 break
             time.sleep(0.3)
-        assert counts == {"positions": published["gps"], "temperatures": published["temp"],
-                          "door_events": published["door"]}
+        assert counts == {
+            "positions": published["gps"],
+            "temperatures": published["temp"],
+            "door_events": published["door"],
+        }
     finally:
         engine.stop()

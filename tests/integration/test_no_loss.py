@@ -45,7 +45,7 @@ def _device_stream(tenant: str, vehicle: str, base: datetime) -> list[tuple[str,
         else:
             readings.append(GpsFix(tenant, vehicle, seq, t, 60.15 + seq * 1e-5, 24.9 + seq * 1e-5, speed_mps=7.5))
     messages = [encode_single(r) for r in readings[:2200]]
-    messages += [encode_batch(tenant, vehicle, readings[i:i + 50]) for i in range(2200, READINGS_PER_DEVICE, 50)]
+    messages += [encode_batch(tenant, vehicle, readings[i : i + 50]) for i in range(2200, READINGS_PER_DEVICE, 50)]
     return [m for i, m in enumerate(messages) for _ in range(2 if i % 40 == 0 else 1)]
 
 
@@ -58,8 +58,12 @@ MALFORMED = [
     (b'{"v":1,"vehicle":"%s","seq":"1","fix_time":"2026-01-01T00:00:00Z","lat":1,"lon":1}', "wrong_type"),
     (b'{"v":1,"vehicle":"%s","seq":1,"fix_time":"1990-01-01T00:00:00Z","lat":1,"lon":1}', "time_too_old"),
     (b'{"v":1,"vehicle":"%s","seq":1,"fix_time":"2099-01-01T00:00:00Z","lat":1,"lon":1}', "time_in_future"),
-    (b'{"v":1,"vehicle":"%s","seq":1,"fix_time":"2026-01-01T00:00:00Z","lat":1,"lon":1,"pad":"' + b"x" * 300_000 + b'"}',
-     "oversized"),
+    (
+        b'{"v":1,"vehicle":"%s","seq":1,"fix_time":"2026-01-01T00:00:00Z","lat":1,"lon":1,"pad":"'
+        + b"x" * 300_000
+        + b'"}',
+        "oversized",
+    ),
 ]
 
 
@@ -103,8 +107,10 @@ def test_no_loss_no_duplicates_through_kills_and_broker_restart(services_setting
 
 def _scenario(settings, db, engine, tenant, vehicles, passwords, base) -> None:  # type: ignore[no-untyped-def]
     streams = {v: _device_stream(tenant, v, base) for v in vehicles}
-    malformed = [(topic_for(tenant, vehicles[0], "gps"), body.replace(b"%s", vehicles[0].encode()), reason)
-                 for body, reason in MALFORMED]
+    malformed = [
+        (topic_for(tenant, vehicles[0], "gps"), body.replace(b"%s", vehicles[0].encode()), reason)
+        for body, reason in MALFORMED
+    ]
     total = sum(len(s) for s in streams.values())
     sent = [0]
     errors: list[BaseException] = []
@@ -112,8 +118,14 @@ def _scenario(settings, db, engine, tenant, vehicles, passwords, base) -> None: 
     def device(vehicle: str) -> None:
         try:
             host, port = settings.mqtt_endpoint()
-            pub = DevicePublisher(host, port, f"{tenant}.{vehicle}", passwords[vehicle], client_id=f"{tenant}-{vehicle}",
-                                  max_payload_bytes=settings.broker_message_size_limit)
+            pub = DevicePublisher(
+                host,
+                port,
+                f"{tenant}.{vehicle}",
+                passwords[vehicle],
+                client_id=f"{tenant}-{vehicle}",
+                max_payload_bytes=settings.broker_message_size_limit,
+            )
             pub.connect()
             extra = malformed if vehicle == vehicles[0] else []
             for i, (topic, payload) in enumerate(streams[vehicle]):
@@ -155,28 +167,39 @@ def _scenario(settings, db, engine, tenant, vehicles, passwords, base) -> None: 
     time.sleep(2)  # anything late would show now
     assert stored() == expected
     for table in expected:  # exactly once: one row per (vehicle, seq)
-        distinct = db.execute(f"SELECT count(DISTINCT (vehicle_id, seq)) FROM {table} WHERE tenant = %s",
-                              (tenant,)).fetchone()[0]
+        distinct = db.execute(
+            f"SELECT count(DISTINCT (vehicle_id, seq)) FROM {table} WHERE tenant = %s", (tenant,)
+        ).fetchone()[0]
         assert distinct == expected[table]
-    gaps = db.execute("SELECT vehicle_id, count(*) FROM (SELECT vehicle_id, seq FROM positions WHERE tenant = %(t)s "
-                      "UNION ALL SELECT vehicle_id, seq FROM temperatures WHERE tenant = %(t)s UNION ALL "
-                      "SELECT vehicle_id, seq FROM door_events WHERE tenant = %(t)s) r GROUP BY vehicle_id",
-                      {"t": tenant}).fetchall()
+    gaps = db.execute(
+        "SELECT vehicle_id, count(*) FROM (SELECT vehicle_id, seq FROM positions WHERE tenant = %(t)s "
+        "UNION ALL SELECT vehicle_id, seq FROM temperatures WHERE tenant = %(t)s UNION ALL "
+        "SELECT vehicle_id, seq FROM door_events WHERE tenant = %(t)s) r GROUP BY vehicle_id",
+        {"t": tenant},
+    ).fetchall()
     assert dict(gaps) == {v: READINGS_PER_DEVICE for v in vehicles}
 
-    dead = db.execute("SELECT reason, count(*) FROM dead_letters WHERE topic LIKE %s GROUP BY reason",
-                      (f"fleet/{tenant}/%",)).fetchall()
+    dead = db.execute(
+        "SELECT reason, count(*) FROM dead_letters WHERE topic LIKE %s GROUP BY reason", (f"fleet/{tenant}/%",)
+    ).fetchall()
     assert dict(dead) == {reason: 1 for _, reason in MALFORMED}, dead
 
     # the dataflow: counts per vehicle equal the stored counts exactly (no replay counted twice)
     def flow_counts() -> dict[str, tuple[int, int, int]]:
-        rows = db.execute("SELECT vehicle_id, gps_count, temp_count, door_count FROM vehicle_state WHERE tenant = %s",
-                          (tenant,)).fetchall()
+        rows = db.execute(
+            "SELECT vehicle_id, gps_count, temp_count, door_count FROM vehicle_state WHERE tenant = %s", (tenant,)
+        ).fetchall()
         return {r[0]: tuple(r[1:]) for r in rows}
 
-    per_vehicle = (expected["positions"] // DEVICES, expected["temperatures"] // DEVICES,
-                   expected["door_events"] // DEVICES)
-    _wait_for(lambda: flow_counts() == {v: per_vehicle for v in vehicles}, 120,
-              f"dataflow counts {per_vehicle} per vehicle (have {flow_counts()})")
+    per_vehicle = (
+        expected["positions"] // DEVICES,
+        expected["temperatures"] // DEVICES,
+        expected["door_events"] // DEVICES,
+    )
+    _wait_for(
+        lambda: flow_counts() == {v: per_vehicle for v in vehicles},
+        120,
+        f"dataflow counts {per_vehicle} per vehicle (have {flow_counts()})",
+    )
     report = {"tenant": tenant, "messages": total, "stored": stored(), "dead_letters": dict(dead)}
     print(json.dumps(report))

@@ -30,11 +30,11 @@ pytestmark = pytest.mark.integration
 NOT_AUTHORIZED = 0x87
 
 
-
 def publish_plan(settings: Settings, plan: Any, **kwargs: Any) -> None:
     """``dispatch.publish_plan`` as the dispatch role, unless the test names other credentials."""
     kwargs.setdefault("credentials", mqtt_account(settings, "dispatch"))
     dispatch.publish_plan(settings, plan, **kwargs)
+
 
 @pytest.fixture(scope="module", autouse=True)
 def schema(services_settings: Settings) -> None:
@@ -52,9 +52,22 @@ def tenant() -> str:
 
 
 def plan(tenant: str, vehicle: str = "van-1", lat: float = 60.17, version: int = 0, **extra: Any) -> dict[str, Any]:
-    return {"tenant": tenant, "vehicle": vehicle, "version": version,
-            "stops": [{"id": "s1", "lat": lat, "lon": 24.94, "window_start": "2026-11-23T08:00:00Z",
-                       "window_end": "2026-11-23T09:00:00Z", "service_s": 300}], **extra}
+    return {
+        "tenant": tenant,
+        "vehicle": vehicle,
+        "version": version,
+        "stops": [
+            {
+                "id": "s1",
+                "lat": lat,
+                "lon": 24.94,
+                "window_start": "2026-11-23T08:00:00Z",
+                "window_end": "2026-11-23T09:00:00Z",
+                "service_s": 300,
+            }
+        ],
+        **extra,
+    }
 
 
 @contextlib.contextmanager
@@ -62,7 +75,9 @@ def running_listener(settings: Settings) -> Iterator[threading.Thread]:
     """run_dispatch in a thread, subscribed before the body runs; stopped after it."""
     ready_file(settings).unlink(missing_ok=True)
     stop = threading.Event()
-    thread = threading.Thread(target=run_dispatch, args=(settings, mqtt_account(settings, "gateway"), stop), name="dispatch", daemon=True)
+    thread = threading.Thread(
+        target=run_dispatch, args=(settings, mqtt_account(settings, "gateway"), stop), name="dispatch", daemon=True
+    )
     thread.start()
     try:
         wait_until(lambda: ready_file(settings).exists() or not thread.is_alive(), what="dispatch subscription")
@@ -91,8 +106,10 @@ def stored(db: Any, tenant: str, vehicle: str | None = None) -> list[tuple[Any, 
 
 
 def dead_letters(db: Any, tenant: str) -> list[tuple[Any, ...]]:
-    return db.execute("SELECT reason, detail, payload_size, shard FROM dead_letters WHERE topic = %s "
-                      "ORDER BY received_at", (plan_topic(tenant),)).fetchall()
+    return db.execute(
+        "SELECT reason, detail, payload_size, shard FROM dead_letters WHERE topic = %s ORDER BY received_at",
+        (plan_topic(tenant),),
+    ).fetchall()
 
 
 # ---------------------------------------------------------------- the store
@@ -109,8 +126,11 @@ def test_store_assigns_versions_and_keeps_an_identical_resend(settings: Settings
         assert store_plan(conn, Plan.from_dict(plan(tenant, "van-2")), "cli") == (1, True)
 
         rows = stored(db, tenant)  # another session sees it all: committed
-        assert [(v, ver, src) for v, ver, src, _, _ in rows] == [("van-1", 1, "cli"), ("van-1", 2, "cli"),
-                                                                  ("van-2", 1, "cli")]
+        assert [(v, ver, src) for v, ver, src, _, _ in rows] == [
+            ("van-1", 1, "cli"),
+            ("van-1", 2, "cli"),
+            ("van-2", 1, "cli"),
+        ]
         assert rows[0][4]["version"] == 1 and rows[1][4]["version"] == 2  # the JSON carries the assigned one
         seqs = [r[3] for r in rows]
         assert seqs == sorted(seqs) and len(set(seqs)) == 3
@@ -126,10 +146,15 @@ def test_store_assigns_versions_and_keeps_an_identical_resend(settings: Settings
         # only the latest revision counts: going back to the first plan is a change
         assert store_plan(conn, first, "cli") == (3, True)
 
-        replay = [(seq, p.vehicle, p.version) for seq, p, _ in plans_after(conn, seqs[0] - 1, 1000)
-                  if p.tenant == tenant]
-        assert replay == [(seqs[0], "van-1", 1), (seqs[1], "van-1", 2), (seqs[2], "van-2", 1),
-                          (stored(db, tenant)[-1][3], "van-1", 3)]
+        replay = [
+            (seq, p.vehicle, p.version) for seq, p, _ in plans_after(conn, seqs[0] - 1, 1000) if p.tenant == tenant
+        ]
+        assert replay == [
+            (seqs[0], "van-1", 1),
+            (seqs[1], "van-1", 2),
+            (seqs[2], "van-2", 1),
+            (stored(db, tenant)[-1][3], "van-1", 3),
+        ]
         assert [seq for seq, _, _ in plans_after(conn, seqs[0], 1)] == [seqs[1]]  # limit, strictly after
 
 
@@ -141,7 +166,10 @@ def test_plan_seq_follows_commit_order_across_concurrent_writers(settings: Setti
         try:
             with connect(settings.dsn(), autocommit=True) as conn:
                 for i in range(revisions):
-                    assert store_plan(conn, Plan.from_dict(plan(tenant, vehicle, lat=60 + i / 100)), "cli") == (i + 1, True)
+                    assert store_plan(conn, Plan.from_dict(plan(tenant, vehicle, lat=60 + i / 100)), "cli") == (
+                        i + 1,
+                        True,
+                    )
         except BaseException as exc:  # reported below, in the test's thread
             errors.append(exc)
 
@@ -191,8 +219,7 @@ def test_listener_dead_letters_what_is_not_a_plan(settings: Settings, db: Any, t
     assert len(huge) > settings.max_payload_bytes
     publish_plan(settings, huge)
 
-    rows = wait_until(lambda: len(dead_letters(db, tenant)) >= 6 and dead_letters(db, tenant),
-                      what="six dead letters")
+    rows = wait_until(lambda: len(dead_letters(db, tenant)) >= 6 and dead_letters(db, tenant), what="six dead letters")
     assert [r[0] for r in rows] == ["bad_plan", "bad_json", "bad_plan", "bad_plan", "bad_plan", "oversized"]
     assert all(r[3] == DEAD_LETTER_SHARD for r in rows)
     details = [r[1] for r in rows]

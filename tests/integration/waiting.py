@@ -9,7 +9,9 @@ from typing import Any
 __all__ = ["wait_until"]
 
 
-def wait_until(check: Callable[[], Any], timeout_s: float = 15.0, what: str = "condition", every_s: float = 0.05) -> Any:
+def wait_until(
+    check: Callable[[], Any], timeout_s: float = 15.0, what: str = "condition", every_s: float = 0.05
+) -> Any:
     """Call ``check`` every ``every_s`` seconds until it returns something truthy, and return that;
     AssertionError naming ``what`` after ``timeout_s`` seconds."""
     deadline = time.monotonic() + timeout_s

@@ -44,15 +44,26 @@ def test_dead_letters_keep_topic_reason_capped_payload_and_a_stable_digest() -> 
     again = prepare([bad], Limits(), 9, 100).dead_letters
     (row,) = first
     received_at, topic, reason, _detail, index, payload, size, digest = row
-    assert (received_at, topic, reason, index, len(payload), size) == (NOW, "fleet/acme/van-1/gps", "bad_json", None, 100, 9001)
+    assert (received_at, topic, reason, index, len(payload), size) == (
+        NOW,
+        "fleet/acme/van-1/gps",
+        "bad_json",
+        None,
+        100,
+        9001,
+    )
     assert digest == again[0].digest
 
 
 def test_batch_message_splits_into_tables() -> None:
     topic, payload = encode_batch("acme", "van-1", [fix(1), fix(2)])
     body = json.loads(payload)
-    body["readings"].append({"type": "temp", "seq": 3, "fix_time": "2026-11-22T11:59:00Z", "sensor": "p", "celsius": 4.0})
-    body["readings"].append({"type": "door", "seq": 4, "fix_time": "2026-11-22T11:59:01Z", "door": "rear", "open": False})
+    body["readings"].append(
+        {"type": "temp", "seq": 3, "fix_time": "2026-11-22T11:59:00Z", "sensor": "p", "celsius": 4.0}
+    )
+    body["readings"].append(
+        {"type": "door", "seq": 4, "fix_time": "2026-11-22T11:59:01Z", "door": "rear", "open": False}
+    )
     out = prepare([Received(topic, json.dumps(body).encode(), NOW.timestamp())], Limits(), 9, 4096)
     assert (len(out.positions), len(out.temperatures), len(out.doors), out.reading_count) == (2, 1, 1, 4)
 

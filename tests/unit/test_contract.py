@@ -27,8 +27,16 @@ TOPIC = "fleet/acme/van-1/gps"
 
 
 def gps(**changes: object) -> bytes:
-    body = {"v": 1, "vehicle": "van-1", "seq": 7, "fix_time": "2026-11-22T11:59:30.000Z", "lat": 60.17, "lon": 24.94,
-            "speed_mps": 8.5, "heading_deg": 90.0}
+    body = {
+        "v": 1,
+        "vehicle": "van-1",
+        "seq": 7,
+        "fix_time": "2026-11-22T11:59:30.000Z",
+        "lat": 60.17,
+        "lon": 24.94,
+        "speed_mps": 8.5,
+        "heading_deg": 90.0,
+    }
     body.update(changes)
     return json.dumps({k: v for k, v in body.items() if v is not ...}).encode()
 
@@ -58,29 +66,32 @@ def test_offsets_are_normalised_to_utc() -> None:
     assert fix.fix_time == FIX and fix.fix_time.utcoffset() == timedelta(0)
 
 
-@pytest.mark.parametrize(("payload", "reason"), [
-    (b"{not json", "bad_json"),
-    (b"\xff\xfe", "bad_json"),
-    (b"[1, 2]", "not_object"),
-    (gps(v=2), "bad_version"),
-    (gps(lat=...), "missing_field"),
-    (gps(seq=...), "missing_field"),
-    (gps(fix_time=...), "missing_field"),
-    (gps(lat="60.1"), "wrong_type"),
-    (gps(seq=1.5), "wrong_type"),
-    (gps(seq=True), "wrong_type"),
-    (gps(fix_time=1732270000), "wrong_type"),
-    (gps(fix_time="yesterday"), "wrong_type"),
-    (gps(fix_time="2026-11-22T11:59:30"), "wrong_type"),  # naive: no offset
-    (gps(lat=91.0), "out_of_range"),
-    (gps(lon=-180.5), "out_of_range"),
-    (gps(speed_mps=-1), "out_of_range"),
-    (gps(seq=-1), "out_of_range"),
-    (gps(fix_time="1999-12-31T23:59:59Z"), "time_too_old"),
-    (gps(fix_time="2026-11-22T12:10:00Z"), "time_in_future"),
-    (gps(vehicle="van-2"), "vehicle_mismatch"),
-    (gps(vehicle=...), "missing_field"),
-])
+@pytest.mark.parametrize(
+    ("payload", "reason"),
+    [
+        (b"{not json", "bad_json"),
+        (b"\xff\xfe", "bad_json"),
+        (b"[1, 2]", "not_object"),
+        (gps(v=2), "bad_version"),
+        (gps(lat=...), "missing_field"),
+        (gps(seq=...), "missing_field"),
+        (gps(fix_time=...), "missing_field"),
+        (gps(lat="60.1"), "wrong_type"),
+        (gps(seq=1.5), "wrong_type"),
+        (gps(seq=True), "wrong_type"),
+        (gps(fix_time=1732270000), "wrong_type"),
+        (gps(fix_time="yesterday"), "wrong_type"),
+        (gps(fix_time="2026-11-22T11:59:30"), "wrong_type"),  # naive: no offset
+        (gps(lat=91.0), "out_of_range"),
+        (gps(lon=-180.5), "out_of_range"),
+        (gps(speed_mps=-1), "out_of_range"),
+        (gps(seq=-1), "out_of_range"),
+        (gps(fix_time="1999-12-31T23:59:59Z"), "time_too_old"),
+        (gps(fix_time="2026-11-22T12:10:00Z"), "time_in_future"),
+        (gps(vehicle="van-2"), "vehicle_mismatch"),
+        (gps(vehicle=...), "missing_field"),
+    ],
+)
 def test_bad_input_is_rejected_with_its_reason(payload: bytes, reason: str) -> None:
     out = decode(TOPIC, payload, NOW)
     assert out.readings == []
@@ -103,11 +114,15 @@ def test_bad_topic_is_rejected() -> None:
 
 
 def test_temperature_and_door() -> None:
-    temp = json.dumps({"v": 1, "vehicle": "van-1", "seq": 1, "fix_time": "2026-11-22T11:59:30Z", "sensor": "reefer",
-                       "celsius": 3.5}).encode()
-    door = json.dumps({"v": 1, "vehicle": "van-1", "seq": 2, "fix_time": "2026-11-22T11:59:30Z", "door": "rear",
-                       "open": True}).encode()
-    assert decode("fleet/acme/van-1/temp", temp, NOW).readings == [TemperatureReading("acme", "van-1", 1, FIX, "reefer", 3.5)]
+    temp = json.dumps(
+        {"v": 1, "vehicle": "van-1", "seq": 1, "fix_time": "2026-11-22T11:59:30Z", "sensor": "reefer", "celsius": 3.5}
+    ).encode()
+    door = json.dumps(
+        {"v": 1, "vehicle": "van-1", "seq": 2, "fix_time": "2026-11-22T11:59:30Z", "door": "rear", "open": True}
+    ).encode()
+    assert decode("fleet/acme/van-1/temp", temp, NOW).readings == [
+        TemperatureReading("acme", "van-1", 1, FIX, "reefer", 3.5)
+    ]
     assert decode("fleet/acme/van-1/door", door, NOW).readings == [DoorEvent("acme", "van-1", 2, FIX, "rear", True)]
     assert reasons("fleet/acme/van-1/door", door.replace(b"true", b'"yes"')) == ["wrong_type"]
     assert reasons("fleet/acme/van-1/temp", temp.replace(b"3.5", b"400")) == ["out_of_range"]

@@ -38,11 +38,21 @@ HELSINKI = timezone(timedelta(hours=2))
 
 def alert_row(**changes: object) -> dict[str, object]:
     row: dict[str, object] = {
-        "table": "alerts", "start_second": START.replace(microsecond=0), "id": ALERT_ID, "rev": 41,
-        "tenant": "acme", "vehicle_id": "van-7", "type": "long_dwell", "severity": "warning", "status": "resolved",
-        "stop_id": "s3", "h3_cell": CELL, "start_time": START,
+        "table": "alerts",
+        "start_second": START.replace(microsecond=0),
+        "id": ALERT_ID,
+        "rev": 41,
+        "tenant": "acme",
+        "vehicle_id": "van-7",
+        "type": "long_dwell",
+        "severity": "warning",
+        "status": "resolved",
+        "stop_id": "s3",
+        "h3_cell": CELL,
+        "start_time": START,
         "end_time": datetime(2026, 11, 22, 7, 40, 0, tzinfo=HELSINKI),  # 05:40 UTC
-        "details": {"dwell_s": 2400.0, "threshold_s": 1800.0}, "detected_at": START + timedelta(minutes=30),
+        "details": {"dwell_s": 2400.0, "threshold_s": 1800.0},
+        "detected_at": START + timedelta(minutes=30),
         "updated_at": START + timedelta(minutes=41),
     }
     row.update(changes)
@@ -51,10 +61,25 @@ def alert_row(**changes: object) -> dict[str, object]:
 
 def stop_row(**changes: object) -> dict[str, object]:
     row: dict[str, object] = {
-        "table": "stop_events", "id": STOP_ID, "rev": 42, "kind": "departure", "tenant": "acme",
-        "vehicle_id": "van-7", "stop_id": "s3", "plan_version": 2, "visit": 1, "at": START, "h3_cell": None,
-        "window_start": None, "window_end": None, "on_time": None, "service_s": 312.5, "details": {},
-        "retracted": False, "detected_at": START, "updated_at": START,
+        "table": "stop_events",
+        "id": STOP_ID,
+        "rev": 42,
+        "kind": "departure",
+        "tenant": "acme",
+        "vehicle_id": "van-7",
+        "stop_id": "s3",
+        "plan_version": 2,
+        "visit": 1,
+        "at": START,
+        "h3_cell": None,
+        "window_start": None,
+        "window_end": None,
+        "on_time": None,
+        "service_s": 312.5,
+        "details": {},
+        "retracted": False,
+        "detected_at": START,
+        "updated_at": START,
     }
     row.update(changes)
     return row
@@ -62,10 +87,21 @@ def stop_row(**changes: object) -> dict[str, object]:
 
 def test_alert_payload_is_every_column_in_json_form() -> None:
     assert event_payload(alert_row()) == {
-        "v": 1, "kind": "alert", "id": "0b9a6d1e-4c1f-5a57-9e0a-3f2b1c4d5e6f", "rev": 41, "tenant": "acme",
-        "vehicle": "van-7", "type": "long_dwell", "severity": "warning", "status": "resolved", "stop_id": "s3",
-        "h3_cell": CELL_HEX, "start_time": "2026-11-22T05:00:00.250Z", "end_time": "2026-11-22T05:40:00.000Z",
-        "details": {"dwell_s": 2400.0, "threshold_s": 1800.0}, "detected_at": "2026-11-22T05:30:00.250Z",
+        "v": 1,
+        "kind": "alert",
+        "id": "0b9a6d1e-4c1f-5a57-9e0a-3f2b1c4d5e6f",
+        "rev": 41,
+        "tenant": "acme",
+        "vehicle": "van-7",
+        "type": "long_dwell",
+        "severity": "warning",
+        "status": "resolved",
+        "stop_id": "s3",
+        "h3_cell": CELL_HEX,
+        "start_time": "2026-11-22T05:00:00.250Z",
+        "end_time": "2026-11-22T05:40:00.000Z",
+        "details": {"dwell_s": 2400.0, "threshold_s": 1800.0},
+        "detected_at": "2026-11-22T05:30:00.250Z",
         "updated_at": "2026-11-22T05:41:00.250Z",
     }
     assert list(event_payload(alert_row()))[:6] == ["v", "kind", "id", "rev", "tenant", "vehicle"]
@@ -80,11 +116,26 @@ def test_open_alert_has_null_end_and_cell() -> None:
 def test_stop_event_payload_names_its_kind_type() -> None:
     doc = event_payload(stop_row(h3_cell=CELL, on_time=True, window_start=START, window_end=START + timedelta(hours=1)))
     assert doc == {
-        "v": 1, "kind": "stop_event", "id": str(STOP_ID), "rev": 42, "tenant": "acme", "vehicle": "van-7",
-        "type": "departure", "stop_id": "s3", "plan_version": 2, "visit": 1, "at": "2026-11-22T05:00:00.250Z",
-        "h3_cell": CELL_HEX, "window_start": "2026-11-22T05:00:00.250Z",
-        "window_end": "2026-11-22T06:00:00.250Z", "on_time": True, "service_s": 312.5, "details": {},
-        "retracted": False, "detected_at": "2026-11-22T05:00:00.250Z", "updated_at": "2026-11-22T05:00:00.250Z",
+        "v": 1,
+        "kind": "stop_event",
+        "id": str(STOP_ID),
+        "rev": 42,
+        "tenant": "acme",
+        "vehicle": "van-7",
+        "type": "departure",
+        "stop_id": "s3",
+        "plan_version": 2,
+        "visit": 1,
+        "at": "2026-11-22T05:00:00.250Z",
+        "h3_cell": CELL_HEX,
+        "window_start": "2026-11-22T05:00:00.250Z",
+        "window_end": "2026-11-22T06:00:00.250Z",
+        "on_time": True,
+        "service_s": 312.5,
+        "details": {},
+        "retracted": False,
+        "detected_at": "2026-11-22T05:00:00.250Z",
+        "updated_at": "2026-11-22T05:00:00.250Z",
     }
     assert event_payload(stop_row())["window_start"] is None
 
@@ -115,7 +166,7 @@ def test_topics_per_tenant_and_vehicle() -> None:
 
 def test_signature_is_hmac_sha256_of_timestamp_dot_body() -> None:
     secret, timestamp, body = b"s3cret", "1795323600", b'{"kind":"alert"}'
-    expected = hmac.new(secret, b"1795323600.{\"kind\":\"alert\"}", hashlib.sha256).hexdigest()
+    expected = hmac.new(secret, b'1795323600.{"kind":"alert"}', hashlib.sha256).hexdigest()
     assert sign(secret, timestamp, body) == f"sha256={expected}"
     # any change to key, timestamp or body changes it
     assert sign(b"other", timestamp, body) != sign(secret, timestamp, body)
@@ -156,8 +207,9 @@ def test_merge_pages_never_skips_past_a_full_page() -> None:
 def test_channels_from_settings() -> None:
     base = Settings()
     assert delivery_channels(base) == ["mqtt"]
-    hooked = replace(base, webhook_urls=" http://127.0.0.1:9/a , https://example.org/hook,http://127.0.0.1:9/a",
-                     webhook_secret="k")
+    hooked = replace(
+        base, webhook_urls=" http://127.0.0.1:9/a , https://example.org/hook,http://127.0.0.1:9/a", webhook_secret="k"
+    )
     assert delivery_channels(hooked) == ["mqtt", "webhook:http://127.0.0.1:9/a", "webhook:https://example.org/hook"]
     assert delivery_channels(replace(hooked, alert_mqtt=0))[0] == "webhook:http://127.0.0.1:9/a"
     assert delivery_channels(replace(base, alert_mqtt=0)) == []

@@ -69,18 +69,28 @@ def test_resends_are_byte_identical(tmp_path: Path) -> None:
 
 
 def test_sample_fields_keep_the_contract_ranges() -> None:
-    kind, fields = reading_fields(GpsSample(T0, 60.0, 24.9, speed_mps=8.0, heading_deg=360.0, accuracy_m=2e5,
-                                            alt_m=30.0))
-    assert kind == "gps" and fields == {"lat": 60.0, "lon": 24.9, "speed_mps": 8.0, "heading_deg": 360.0,
-                                        "alt_m": 30.0}  # an absurd accuracy is left out, not refused
+    kind, fields = reading_fields(
+        GpsSample(T0, 60.0, 24.9, speed_mps=8.0, heading_deg=360.0, accuracy_m=2e5, alt_m=30.0)
+    )
+    assert kind == "gps" and fields == {
+        "lat": 60.0,
+        "lon": 24.9,
+        "speed_mps": 8.0,
+        "heading_deg": 360.0,
+        "alt_m": 30.0,
+    }  # an absurd accuracy is left out, not refused
     assert reading_fields(TemperatureSample(T0, "reefer", 3.5)) == ("temp", {"sensor": "reefer", "celsius": 3.5})
     assert reading_fields(DoorSample(T0, "rear", True)) == ("door", {"door": "rear", "open": True})
 
 
 def test_agent_records_through_the_sampler_into_the_outbox(tmp_path: Path) -> None:
-    config = parse_config({"device": {"tenant": "acme", "vehicle": "van-7"},
-                           "outbox": {"path": str(tmp_path / "o.sqlite3")},
-                           "sampling": {"temp": {"period_s": 60}}})
+    config = parse_config(
+        {
+            "device": {"tenant": "acme", "vehicle": "van-7"},
+            "outbox": {"path": str(tmp_path / "o.sqlite3")},
+            "sampling": {"temp": {"period_s": 60}},
+        }
+    )
     agent = Agent(config, sources={})  # never started: no broker needed
     try:
         assert agent.record(TemperatureSample(T0, "reefer", 4.0)) is not None
@@ -99,11 +109,13 @@ def test_agent_records_through_the_sampler_into_the_outbox(tmp_path: Path) -> No
 
 
 def test_agent_modules_import_no_server_dependency() -> None:
-    code = ("import sys, edge.agent.agent, edge.agent.__main__, edge.agent.config, edge.agent.outbox, "
-            "edge.agent.sampling, edge.agent.sensors.gps, edge.agent.sensors.temperature, edge.agent.sensors.door\n"
-            "bad = sorted(m for m in ('psycopg', 'bytewax', 'h3', 'numpy', 'polars', 'sklearn', 'fleetstream', "
-            "'pipelines', 'store') if m in sys.modules)\n"
-            "print(','.join(bad))")
+    code = (
+        "import sys, edge.agent.agent, edge.agent.__main__, edge.agent.config, edge.agent.outbox, "
+        "edge.agent.sampling, edge.agent.sensors.gps, edge.agent.sensors.temperature, edge.agent.sensors.door\n"
+        "bad = sorted(m for m in ('psycopg', 'bytewax', 'h3', 'numpy', 'polars', 'sklearn', 'fleetstream', "
+        "'pipelines', 'store') if m in sys.modules)\n"
+        "print(','.join(bad))"
+    )
     out = subprocess.run([sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
 
@@ -117,9 +129,13 @@ def test_agent_life_cycle_speaks_to_systemd(tmp_path: Path, monkeypatch) -> None
     sock.settimeout(10)
     monkeypatch.setenv("NOTIFY_SOCKET", str(tmp_path / "notify"))
     monkeypatch.setenv("WATCHDOG_USEC", "400000")  # ping every 0.2 s
-    config = parse_config({"device": {"tenant": "acme", "vehicle": "van-7"},
-                           "broker": {"port": 1},  # nothing listens: the agent runs on, offline
-                           "outbox": {"path": str(tmp_path / "o.sqlite3")}})
+    config = parse_config(
+        {
+            "device": {"tenant": "acme", "vehicle": "van-7"},
+            "broker": {"port": 1},  # nothing listens: the agent runs on, offline
+            "outbox": {"path": str(tmp_path / "o.sqlite3")},
+        }
+    )
     agent = Agent(config, sources={})
     stop = threading.Event()
     result: list[int] = []

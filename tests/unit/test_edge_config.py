@@ -49,7 +49,11 @@ def test_only_the_identity_is_required_and_defaults_work(tmp_path: Path) -> None
 def test_everything_can_be_set(tmp_path: Path) -> None:
     (tmp_path / "secret").write_text("s3cret\n")
     (tmp_path / "ca.pem").write_text("-----BEGIN CERTIFICATE-----\n")
-    config = load_config(write(tmp_path, MINIMAL + """
+    config = load_config(
+        write(
+            tmp_path,
+            MINIMAL
+            + """
 [broker]
 host = "broker.fleet.internal"
 port = 8883
@@ -89,44 +93,51 @@ line = 27
 open_level = 0
 [agent]
 log_level = "DEBUG"
-"""))
+""",
+        )
+    )
     assert config.broker.password == "s3cret" and config.broker.ca_file == tmp_path / "ca.pem"
     assert config.username == "custom" and config.client_id == "van-7-pi"
     assert config.outbox.path == tmp_path / "state" / "outbox.sqlite3"
     assert config.outbox.drop_order == ("temp",)
     assert config.gps_sampling.min_distance_m == 0 and config.temp_sampling.thresholds_c == (-18.0, 5.0)
     assert config.gps.fake_rate_hz == 20 and config.temperature.fake_sensors == ("front", "back")
-    assert [(d.name, d.source, d.line, d.open_level) for d in config.doors] == [("rear", "fake", 17, 1),
-                                                                                ("side", "gpio", 27, 0)]
+    assert [(d.name, d.source, d.line, d.open_level) for d in config.doors] == [
+        ("rear", "fake", 17, 1),
+        ("side", "gpio", 27, 0),
+    ]
     assert config.doors[0].debounce_s == pytest.approx(0.03) and config.door_poll_s == pytest.approx(0.02)
     assert "s3cret" not in repr(config)
 
 
-@pytest.mark.parametrize(("text", "message"), [
-    ("", r"\[device\] tenant is required"),
-    ('[device]\ntenant = "acme"\n', r"\[device\] vehicle is required"),
-    ('[device]\ntenant = "acme"\nvehicle = "van 7"\n', r"\[device\] bad id"),
-    (MINIMAL + "colour = 3\n", r"unknown key\(s\): colour"),
-    (MINIMAL + "[broker]\nprot = 1883\n", r"\[broker\] has unknown key\(s\): prot"),
-    (MINIMAL + '[broker]\nport = "1883"\n', r"\[broker\] port must be an integer"),
-    (MINIMAL + "[broker]\nport = 70000\n", r"\[broker\] port must be <= 65535"),
-    (MINIMAL + "[broker]\nport = true\n", r"\[broker\] port must be an integer"),
-    (MINIMAL + '[broker]\nca_file = "/nonexistent/ca.pem"\n', r"ca_file .* does not exist"),
-    (MINIMAL + '[broker]\npassword = "a"\npassword_file = "b"\n', r"both set"),
-    (MINIMAL + '[outbox]\ndrop_order = ["gps", "humidity"]\n', r"drop_order lists 'humidity'"),
-    (MINIMAL + '[outbox]\ndrop_order = ["gps", "gps"]\n', r"twice"),
-    (MINIMAL + "[outbox]\nmax_bytes = 10\n", r"max_bytes must be >= 16384"),
-    (MINIMAL + '[outbox]\npath = ""\n', r"path must not be empty"),
-    (MINIMAL + "[sender]\nbatch_max_bytes = 300000\n", r"batch_max_bytes must be <= 262144"),
-    (MINIMAL + "[sampling.gps]\nmin_turn_deg = 200\n", r"\[sampling.gps\] min_turn_deg must be <= 180"),
-    (MINIMAL + "[sampling.temp]\nthresholds_c = [\"hot\"]\n", r"thresholds_c must be a list of numbers"),
-    (MINIMAL + '[sensors.gps]\nsource = "serial"\n', r"source must be one of gpsd, fake, off"),
-    (MINIMAL + "[sensors.temp.names]\n\"28-1\" = 5\n", r"\[sensors.temp.names\] 28-1 must be a sensor name"),
-    (MINIMAL + "[[sensors.doors]]\nline = 4\n", r"\[sensors.doors #1\] name is required"),
-    (MINIMAL + '[[sensors.doors]]\nname = "r"\n[[sensors.doors]]\nname = "r"\n', r"names must be unique"),
-    (MINIMAL + '[agent]\nlog_level = "LOUD"\n', r"log_level must be one of"),
-    ("broker = 5\n" + MINIMAL, r"\[broker\] must be a table"),
-])
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", r"\[device\] tenant is required"),
+        ('[device]\ntenant = "acme"\n', r"\[device\] vehicle is required"),
+        ('[device]\ntenant = "acme"\nvehicle = "van 7"\n', r"\[device\] bad id"),
+        (MINIMAL + "colour = 3\n", r"unknown key\(s\): colour"),
+        (MINIMAL + "[broker]\nprot = 1883\n", r"\[broker\] has unknown key\(s\): prot"),
+        (MINIMAL + '[broker]\nport = "1883"\n', r"\[broker\] port must be an integer"),
+        (MINIMAL + "[broker]\nport = 70000\n", r"\[broker\] port must be <= 65535"),
+        (MINIMAL + "[broker]\nport = true\n", r"\[broker\] port must be an integer"),
+        (MINIMAL + '[broker]\nca_file = "/nonexistent/ca.pem"\n', r"ca_file .* does not exist"),
+        (MINIMAL + '[broker]\npassword = "a"\npassword_file = "b"\n', r"both set"),
+        (MINIMAL + '[outbox]\ndrop_order = ["gps", "humidity"]\n', r"drop_order lists 'humidity'"),
+        (MINIMAL + '[outbox]\ndrop_order = ["gps", "gps"]\n', r"twice"),
+        (MINIMAL + "[outbox]\nmax_bytes = 10\n", r"max_bytes must be >= 16384"),
+        (MINIMAL + '[outbox]\npath = ""\n', r"path must not be empty"),
+        (MINIMAL + "[sender]\nbatch_max_bytes = 300000\n", r"batch_max_bytes must be <= 262144"),
+        (MINIMAL + "[sampling.gps]\nmin_turn_deg = 200\n", r"\[sampling.gps\] min_turn_deg must be <= 180"),
+        (MINIMAL + '[sampling.temp]\nthresholds_c = ["hot"]\n', r"thresholds_c must be a list of numbers"),
+        (MINIMAL + '[sensors.gps]\nsource = "serial"\n', r"source must be one of gpsd, fake, off"),
+        (MINIMAL + '[sensors.temp.names]\n"28-1" = 5\n', r"\[sensors.temp.names\] 28-1 must be a sensor name"),
+        (MINIMAL + "[[sensors.doors]]\nline = 4\n", r"\[sensors.doors #1\] name is required"),
+        (MINIMAL + '[[sensors.doors]]\nname = "r"\n[[sensors.doors]]\nname = "r"\n', r"names must be unique"),
+        (MINIMAL + '[agent]\nlog_level = "LOUD"\n', r"log_level must be one of"),
+        ("broker = 5\n" + MINIMAL, r"\[broker\] must be a table"),
+    ],
+)
 def test_bad_configurations_say_where_and_why(tmp_path: Path, text: str, message: str) -> None:
     path = write(tmp_path, text)
     with pytest.raises(ConfigError, match=message) as info:
@@ -144,9 +155,19 @@ def test_unreadable_files(tmp_path: Path) -> None:
 
 
 def test_the_command_line_checks_a_file(tmp_path: Path) -> None:
-    ok = subprocess.run([sys.executable, "-m", "edge.agent", "--config", str(EXAMPLE), "--check"], cwd=REPO,
-                        capture_output=True, text=True, check=False)
+    ok = subprocess.run(
+        [sys.executable, "-m", "edge.agent", "--config", str(EXAMPLE), "--check"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert ok.returncode == 0, ok.stderr
-    bad = subprocess.run([sys.executable, "-m", "edge.agent", "--config", str(write(tmp_path, "")), "--check"],
-                         cwd=REPO, capture_output=True, text=True, check=False)
+    bad = subprocess.run(
+        [sys.executable, "-m", "edge.agent", "--config", str(write(tmp_path, "")), "--check"],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     assert bad.returncode == 2 and "tenant is required" in bad.stderr

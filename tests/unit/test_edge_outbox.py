@@ -126,7 +126,7 @@ def test_over_the_cap_oldest_gps_goes_first_then_temperatures_never_doors(tmp_pa
         # the dropped GPS fixes are the oldest ones
         kept_gps = [s for s, k in left.items() if k == "gps"]
         all_gps = [s for s, k in kinds.items() if k == "gps"]
-        assert kept_gps == all_gps[len(all_gps) - len(kept_gps):]
+        assert kept_gps == all_gps[len(all_gps) - len(kept_gps) :]
         assert stats.dropped["gps"] + stats.dropped["temp"] + len(left) == 60
         # then temperatures, once no GPS fix is left to drop
         for i in range(60, 120):
@@ -221,8 +221,13 @@ while True:
 
 def test_every_reading_add_returned_survives_a_kill(tmp_path: Path) -> None:
     path = tmp_path / "o.sqlite3"
-    proc = subprocess.Popen([sys.executable, "-c", _WRITER, str(path)], stdout=subprocess.PIPE, text=True,
-                            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _WRITER, str(path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+        env={**os.environ, "PYTHONPATH": str(REPO)},
+    )
     assert proc.stdout is not None
     reported = []
     deadline = time.monotonic() + 30

@@ -25,10 +25,12 @@ T0 = datetime(2026, 11, 22, 5, 0, tzinfo=UTC)
 M_PER_DEG_LAT = 111_195.0  # on the mean Earth radius
 
 
-def fix(t: float, north_m: float = 0.0, speed: float | None = 10.0, heading: float | None = 0.0,
-        mode: int = 3) -> GpsSample:
-    return GpsSample(T0 + timedelta(seconds=t), 60.0 + north_m / M_PER_DEG_LAT, 24.9, mode=mode,
-                     speed_mps=speed, heading_deg=heading)
+def fix(
+    t: float, north_m: float = 0.0, speed: float | None = 10.0, heading: float | None = 0.0, mode: int = 3
+) -> GpsSample:
+    return GpsSample(
+        T0 + timedelta(seconds=t), 60.0 + north_m / M_PER_DEG_LAT, 24.9, mode=mode, speed_mps=speed, heading_deg=heading
+    )
 
 
 def sent(sampler: GpsSampler, fixes: list[GpsSample]) -> list[float]:
@@ -59,8 +61,14 @@ def test_a_fix_is_sent_every_100_m() -> None:
 
 def test_a_turn_of_30_degrees_while_moving_is_sent() -> None:
     sampler = GpsSampler(GpsPolicy(min_distance_m=1e9, moving_period_s=1e9))
-    fixes = [fix(0, heading=0.0), fix(1, heading=10.0), fix(2, heading=29.0), fix(3, heading=31.0),
-             fix(4, heading=45.0), fix(5, heading=62.0)]
+    fixes = [
+        fix(0, heading=0.0),
+        fix(1, heading=10.0),
+        fix(2, heading=29.0),
+        fix(3, heading=31.0),
+        fix(4, heading=45.0),
+        fix(5, heading=62.0),
+    ]
     assert sent(sampler, fixes) == [0, 3, 5]  # 31° from the fix sent at 0; 31° from the one at 3
 
 

@@ -21,12 +21,16 @@ from edge.agent.sensors.temperature import FakeThermometers, ProbeFault, W1Therm
 # ---------------------------------------------------------------- gpsd
 
 # captured from gpsd 3.22 replaying test/daemon/bundg_zeus_9.log (gpsd's own test data)
-TPV_3D = (b'{"class":"TPV","device":"/dev/pts/1","mode":3,"time":"2018-08-20T09:47:39.000Z","ept":0.005,'
-          b'"lat":52.850121667,"lon":5.313550000,"epx":7.467,"epy":8.881,"epv":20.700,"track":229.9000,'
-          b'"magtrack":232.0000,"magvar":1.4,"speed":2.932,"eps":17.76,"epc":41.40,"geoidSep":43.514,'
-          b'"eph":11.400,"sep":20.900,"depth":5.400}')
-TPV_2D = (b'{"class":"TPV","device":"/dev/pts/1","mode":2,"time":"2018-08-20T09:47:38.000Z","ept":0.005,'
-          b'"lat":52.850140000,"lon":5.313581667,"track":235.1000,"magtrack":236.5000,"magvar":1.4,"speed":2.984}')
+TPV_3D = (
+    b'{"class":"TPV","device":"/dev/pts/1","mode":3,"time":"2018-08-20T09:47:39.000Z","ept":0.005,'
+    b'"lat":52.850121667,"lon":5.313550000,"epx":7.467,"epy":8.881,"epv":20.700,"track":229.9000,'
+    b'"magtrack":232.0000,"magvar":1.4,"speed":2.932,"eps":17.76,"epc":41.40,"geoidSep":43.514,'
+    b'"eph":11.400,"sep":20.900,"depth":5.400}'
+)
+TPV_2D = (
+    b'{"class":"TPV","device":"/dev/pts/1","mode":2,"time":"2018-08-20T09:47:38.000Z","ept":0.005,'
+    b'"lat":52.850140000,"lon":5.313581667,"track":235.1000,"magtrack":236.5000,"magvar":1.4,"speed":2.984}'
+)
 TPV_NOFIX = b'{"class":"TPV","device":"/dev/pts/1","mode":1,"time":"2018-08-20T09:47:37.000Z"}'
 VERSION = b'{"class":"VERSION","release":"3.22","rev":"3.22","proto_major":3,"proto_minor":14}'
 
@@ -137,8 +141,13 @@ ALL_ZERO = "00 00 00 00 00 00 00 00 00 : crc=00 YES\n00 00 00 00 00 00 00 00 00 
 def test_w1_slave_parsing() -> None:
     assert parse_w1_slave(GOOD) == 23.125
     assert parse_w1_slave(NEGATIVE) == -1.25
-    for text, kind in ((CRC_NO, "crc"), (POWER_ON, "power_on"), (ALL_ZERO, "no_data"), ("", "no_data"),
-                       ("72 01 : crc=57 YES\n72 01 x=1\n", "no_data")):
+    for text, kind in (
+        (CRC_NO, "crc"),
+        (POWER_ON, "power_on"),
+        (ALL_ZERO, "no_data"),
+        ("", "no_data"),
+        ("72 01 : crc=57 YES\n72 01 x=1\n", "no_data"),
+    ):
         with pytest.raises(ProbeFault) as info:
             parse_w1_slave(text)
         assert info.value.kind == kind
@@ -155,10 +164,17 @@ def make_sysfs(root: Path, probes: dict[str, str]) -> Path:
 
 
 def test_w1_probes_read_with_faults_counted_never_sent(tmp_path: Path) -> None:
-    devices = make_sysfs(tmp_path, {"28-000000000001": GOOD, "28-000000000002": CRC_NO,
-                                     "28-000000000003": POWER_ON, "28-000000000004": NEGATIVE})
-    names = {"28-000000000001": "reefer", "28-000000000002": "cab", "28-000000000003": "door-zone",
-             "28-000000000004": "freezer", "28-00000000000f": "gone"}
+    devices = make_sysfs(
+        tmp_path,
+        {"28-000000000001": GOOD, "28-000000000002": CRC_NO, "28-000000000003": POWER_ON, "28-000000000004": NEGATIVE},
+    )
+    names = {
+        "28-000000000001": "reefer",
+        "28-000000000002": "cab",
+        "28-000000000003": "door-zone",
+        "28-000000000004": "freezer",
+        "28-00000000000f": "gone",
+    }
     when = datetime(2026, 11, 22, 5, tzinfo=UTC)
     therm = W1Thermometers(devices, names, clock=lambda: when)
     first = therm.read()
@@ -207,8 +223,19 @@ def test_door_contact_on_a_fake_line_debounces_and_stamps_the_first_edge() -> No
     wall0 = datetime(2026, 11, 22, 5, tzinfo=UTC)
     events = []
     # closed for 0.5 s, then a bouncing opening at 0.5 s, open from 0.53 s, closed again at 2.0 s
-    script = [(0.0, 0), (0.5, 1), (0.51, 0), (0.52, 1), (0.53, 1), (0.6, 1), (0.7, 1), (2.0, 0), (2.05, 1),
-              (2.06, 0), (2.2, 0)]
+    script = [
+        (0.0, 0),
+        (0.5, 1),
+        (0.51, 0),
+        (0.52, 1),
+        (0.53, 1),
+        (0.6, 1),
+        (0.7, 1),
+        (2.0, 0),
+        (2.05, 1),
+        (2.06, 0),
+        (2.2, 0),
+    ]
     for t, level in script:
         line.value = level
         event = contact.poll(t, wall0 + (datetime.fromtimestamp(t, UTC) - datetime.fromtimestamp(0, UTC)))

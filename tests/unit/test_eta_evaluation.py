@@ -22,17 +22,28 @@ NAN = math.nan
 
 
 def rows(data: list[tuple[float, float, float, float, float | None]]) -> pl.DataFrame:
-    return pl.DataFrame(data, schema={"horizon_s": pl.Float64, "label_s": pl.Float64, "model_s": pl.Float64,
-                                      "profile_s": pl.Float64, "naive_s": pl.Float64}, orient="row")
+    return pl.DataFrame(
+        data,
+        schema={
+            "horizon_s": pl.Float64,
+            "label_s": pl.Float64,
+            "model_s": pl.Float64,
+            "profile_s": pl.Float64,
+            "naive_s": pl.Float64,
+        },
+        orient="row",
+    )
 
 
-FIXED = rows([
-    # horizon, label, model, profile, naive
-    (300.0, 300.0, 330.0, 360.0, 400.0),   # errors 30, 60, 100
-    (300.0, 400.0, 380.0, 300.0, 200.0),   # errors 20, 100, 200
-    (300.0, 500.0, 500.0, 600.0, None),    # the van stood: no naive answer
-    (900.0, 900.0, 990.0, 1080.0, 1800.0),  # errors 90, 180, 900
-])
+FIXED = rows(
+    [
+        # horizon, label, model, profile, naive
+        (300.0, 300.0, 330.0, 360.0, 400.0),  # errors 30, 60, 100
+        (300.0, 400.0, 380.0, 300.0, 200.0),  # errors 20, 100, 200
+        (300.0, 500.0, 500.0, 600.0, None),  # the van stood: no naive answer
+        (900.0, 900.0, 990.0, 1080.0, 1800.0),  # errors 90, 180, 900
+    ]
+)
 
 
 def test_errors_per_horizon_on_the_rows_where_naive_answers() -> None:
@@ -58,8 +69,10 @@ def test_targets_need_30_percent_below_naive_and_below_profile() -> None:
     table = score_eta(FIXED, (300.0, 900.0))
     assert eta_targets_missed(table) == []
     worse = score_eta(rows([(300.0, 300.0, 380.0, 360.0, 400.0)]), (300.0,))  # model 80, profile 60, naive 100
-    assert eta_targets_missed(worse) == ["5 min: model MAE 80 s is not 30% below naive 100 s",
-                                         "5 min: model MAE 80 s is not below the profile's 60 s"]
+    assert eta_targets_missed(worse) == [
+        "5 min: model MAE 80 s is not 30% below naive 100 s",
+        "5 min: model MAE 80 s is not below the profile's 60 s",
+    ]
 
 
 def test_table_has_a_line_per_horizon() -> None:
@@ -81,8 +94,12 @@ def test_simulated_history_frames(network: RoadNetwork) -> None:
     assert h.positions.columns == ["tenant", "vehicle_id", "fix_time", "lat", "lon", "speed_mps", "h3_cell"]
     assert h.positions["fix_time"].dtype == pl.Datetime("us", "UTC")
     assert h.arrivals.columns == ["tenant", "vehicle_id", "stop_id", "plan_version", "at"]
-    assert sorted((p.vehicle, p.version) for p in h.plans) == [("veh-001", 1), ("veh-001", 2), ("veh-002", 1),
-                                                               ("veh-002", 2)]
+    assert sorted((p.vehicle, p.version) for p in h.plans) == [
+        ("veh-001", 1),
+        ("veh-001", 2),
+        ("veh-002", 1),
+        ("veh-002", 2),
+    ]
     # every arrival is a stop of its day's plan, on that day
     stops = {(p.vehicle, p.version): {s.id for s in p.stops} for p in h.plans}
     for vehicle, stop_id, version, at in h.arrivals.select("vehicle_id", "stop_id", "plan_version", "at").iter_rows():

@@ -60,16 +60,46 @@ def test_flow_eta_off_gives_no_eta_config() -> None:
 
 def test_eta_payload_and_topic() -> None:
     t = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
-    row = {"table": "eta_updates", "id": "5b0c8c1e-0000-5000-8000-000000000000", "rev": 7, "tenant": "acme",
-           "vehicle_id": "van-1", "stop_id": "s1", "plan_version": 2, "at": t, "eta": t.replace(minute=30),
-           "h3_cell": 0x8908996ab7bffff, "window_end": None, "method": "route", "state": "moving",
-           "details": {"remaining_m": 1000.0}, "retracted": False, "detected_at": t, "updated_at": t}
+    row = {
+        "table": "eta_updates",
+        "id": "5b0c8c1e-0000-5000-8000-000000000000",
+        "rev": 7,
+        "tenant": "acme",
+        "vehicle_id": "van-1",
+        "stop_id": "s1",
+        "plan_version": 2,
+        "at": t,
+        "eta": t.replace(minute=30),
+        "h3_cell": 0x8908996AB7BFFFF,
+        "window_end": None,
+        "method": "route",
+        "state": "moving",
+        "details": {"remaining_m": 1000.0},
+        "retracted": False,
+        "detected_at": t,
+        "updated_at": t,
+    }
     doc = event_payload(row)
-    assert doc == {"v": 1, "kind": "eta", "id": row["id"], "rev": 7, "tenant": "acme", "vehicle": "van-1",
-                   "stop_id": "s1", "plan_version": 2, "at": "2026-11-23T08:00:00.000Z",
-                   "eta": "2026-11-23T08:30:00.000Z", "h3_cell": "8908996ab7bffff", "window_end": None,
-                   "method": "route", "state": "moving", "details": {"remaining_m": 1000.0}, "retracted": False,
-                   "detected_at": "2026-11-23T08:00:00.000Z", "updated_at": "2026-11-23T08:00:00.000Z"}
+    assert doc == {
+        "v": 1,
+        "kind": "eta",
+        "id": row["id"],
+        "rev": 7,
+        "tenant": "acme",
+        "vehicle": "van-1",
+        "stop_id": "s1",
+        "plan_version": 2,
+        "at": "2026-11-23T08:00:00.000Z",
+        "eta": "2026-11-23T08:30:00.000Z",
+        "h3_cell": "8908996ab7bffff",
+        "window_end": None,
+        "method": "route",
+        "state": "moving",
+        "details": {"remaining_m": 1000.0},
+        "retracted": False,
+        "detected_at": "2026-11-23T08:00:00.000Z",
+        "updated_at": "2026-11-23T08:00:00.000Z",
+    }
     assert event_topic(doc) == "etas/acme/van-1"
     assert [r["rev"] for r in merge_pages([{"rev": 1}, {"rev": 5}], [], 2, [{"rev": 3}, {"rev": 4}])] == [1, 3, 4]
 
@@ -98,5 +128,7 @@ def test_a_configured_road_network_serves_plans_without_a_route_and_survives_rel
     assert {e.stop_id for e in out} == {"s1", "s2"}
     assert {e.details["method"] for e in out} == {"network"}
     # along the roads, never shorter than the straight line between the points
-    assert all(e.details["remaining_m"] >= haversine_m(*a, *stop) * 0.99 for e, stop in zip(
-        sorted(out, key=lambda e: e.stop_id), ((b[0], b[1]), (c[0], c[1])), strict=True))
+    assert all(
+        e.details["remaining_m"] >= haversine_m(*a, *stop) * 0.99
+        for e, stop in zip(sorted(out, key=lambda e: e.stop_id), ((b[0], b[1]), (c[0], c[1])), strict=True)
+    )

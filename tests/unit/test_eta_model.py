@@ -18,9 +18,17 @@ TRAINED_AT = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
 def dataset(n: int = 600, seed: int = 1) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
-    rows = [features(remaining_m=float(rng.uniform(100, 20_000)), profile_s=float(rng.uniform(60, 3600)),
-                     speed_mps=float(rng.uniform(0, 15)), stops_before=int(rng.integers(0, 6)),
-                     hour_of_week=int(rng.integers(0, 168)), dwell_s=0.0) for _ in range(n)]
+    rows = [
+        features(
+            remaining_m=float(rng.uniform(100, 20_000)),
+            profile_s=float(rng.uniform(60, 3600)),
+            speed_mps=float(rng.uniform(0, 15)),
+            stops_before=int(rng.integers(0, 6)),
+            hour_of_week=int(rng.integers(0, 168)),
+            dwell_s=0.0,
+        )
+        for _ in range(n)
+    ]
     X = np.array(rows)
     factor = np.where(X[:, FEATURES.index("stops_before")] > 2, 2.0, 1.0)
     return X, X[:, FEATURES.index("profile_s")] * factor
@@ -30,8 +38,15 @@ def test_feature_rows_follow_the_feature_list() -> None:
     row = features(1500.0, 300.0, None, 2, 8, dwell_s=40.0, cross_track_m=12.0, service_before_s=120.0)
     assert len(row) == len(FEATURES) == 8
     assert dict(zip(FEATURES, row, strict=True)) == {
-        "remaining_m": 1500.0, "profile_s": 300.0, "speed_mps": pytest.approx(math.nan, nan_ok=True),
-        "stops_before": 2.0, "hour_of_week": 8.0, "dwell_s": 40.0, "cross_track_m": 12.0, "service_before_s": 120.0}
+        "remaining_m": 1500.0,
+        "profile_s": 300.0,
+        "speed_mps": pytest.approx(math.nan, nan_ok=True),
+        "stops_before": 2.0,
+        "hour_of_week": 8.0,
+        "dwell_s": 40.0,
+        "cross_track_m": 12.0,
+        "service_before_s": 120.0,
+    }
 
 
 def test_learns_the_correction_deterministically_and_reports_held_out_error() -> None:

@@ -25,9 +25,14 @@ C9D = h3.cell_to_center_child(B5, 9)
 K = 2.0
 
 ROWS = [  # (cell, hour of week, m/s)
-    (C9A, 8, 10.0), (C9A, 8, 14.0), (C9A, 8, 0.5),  # 0.5 m/s is standing: dropped
+    (C9A, 8, 10.0),
+    (C9A, 8, 14.0),
+    (C9A, 8, 0.5),  # 0.5 m/s is standing: dropped
     (C9A, 9, 6.0),
-    (C9B, 8, 8.0), (C9B, 8, 8.0), (C9B, 8, 8.0), (C9B, 8, 8.0),
+    (C9B, 8, 8.0),
+    (C9B, 8, 8.0),
+    (C9B, 8, 8.0),
+    (C9B, 8, 8.0),
     (C9C, 8, 20.0),
     (C9D, 8, 4.0),
 ]
@@ -49,8 +54,10 @@ C9B_8 = (32 + K * A7_8) / (4 + K)
 
 def frame() -> pl.DataFrame:
     cells, hours, speeds = zip(*ROWS, strict=True)
-    return pl.DataFrame({"h3_cell": list(cells), "hour_of_week": list(hours), "speed_mps": list(speeds)},
-                        schema={"h3_cell": pl.Int64, "hour_of_week": pl.Int16, "speed_mps": pl.Float32})
+    return pl.DataFrame(
+        {"h3_cell": list(cells), "hour_of_week": list(hours), "speed_mps": list(speeds)},
+        schema={"h3_cell": pl.Int64, "hour_of_week": pl.Int16, "speed_mps": pl.Float32},
+    )
 
 
 @pytest.fixture(scope="module")
@@ -78,8 +85,9 @@ def test_shrinkage_at_every_level(profiles: SpeedProfiles) -> None:
 def test_unseen_cells_and_hours_fall_back_to_parents_then_fleet(profiles: SpeedProfiles) -> None:
     sibling = max(c for c in h3.cell_to_children(A7, 9) if c not in (C9A, C9B))
     assert profiles.speed(sibling, 8) == pytest.approx(A7_8)  # unseen cell: its res-7 parent at that hour
-    assert profiles.speed(h3.cell_to_center_child(min(c for c in h3.cell_to_children(A5, 7) if c not in (A7, O7)), 9),
-                          8) == pytest.approx(A5_8)  # unseen res-7 cell: the res-5 cell at that hour
+    assert profiles.speed(
+        h3.cell_to_center_child(min(c for c in h3.cell_to_children(A5, 7) if c not in (A7, O7)), 9), 8
+    ) == pytest.approx(A5_8)  # unseen res-7 cell: the res-5 cell at that hour
     assert profiles.speed(C9A, 10) == pytest.approx(A5_ALL)  # unseen hour everywhere up: the res-5 cell, all hours
     assert profiles.speed(h3.latlng_to_cell(40.0, -3.7, 9), 8) == pytest.approx(FLEET)  # unknown region
     assert profiles.speed(h3.cell_to_center_child(C9A, 11), 8) == pytest.approx(C9A_8)  # finer cells use their ancestor

@@ -77,11 +77,25 @@ def test_first_fix_emits_every_stop_with_travel_plus_service_before() -> None:
     out = by_stop(t.update(fix(0, 60.001), STOPS))
     assert list(out) == ["s1", "s2", "s3"]
     s1 = out["s1"]
-    assert s1 == EtaUpdate(eta_update_id("acme", "van-1", "s1", 3, at(0)), "acme", "van-1", "s1", 3, at(0),
-                           eta_at(0, m(0.004) / 10), {
-                               "remaining_m": round(m(0.004), 1), "profile_eta_s": round(m(0.004) / 10, 1),
-                               "model_eta_s": None, "naive_eta_s": round(m(0.004) / 10, 1), "method": "route",
-                               "state": "moving", "off_route": False, "stops_before": 0})
+    assert s1 == EtaUpdate(
+        eta_update_id("acme", "van-1", "s1", 3, at(0)),
+        "acme",
+        "van-1",
+        "s1",
+        3,
+        at(0),
+        eta_at(0, m(0.004) / 10),
+        {
+            "remaining_m": round(m(0.004), 1),
+            "profile_eta_s": round(m(0.004) / 10, 1),
+            "model_eta_s": None,
+            "naive_eta_s": round(m(0.004) / 10, 1),
+            "method": "route",
+            "state": "moving",
+            "off_route": False,
+            "stops_before": 0,
+        },
+    )
     assert s1.eta == at(44)  # 444.78 m at 10 m/s
     assert out["s2"].eta == eta_at(0, m(0.009) / 10 + 120)  # + s1's 120 s of service
     assert out["s3"].eta == eta_at(0, m(0.014) / 10 + 120)

@@ -33,10 +33,26 @@ def drive(vehicle: str, speed: float, start: datetime = T0) -> tuple[list[dict],
     fixes = []
     for k in range(int(m(0.02) / speed / 5) + 1):
         lat = 60.0 + speed * 5 * k / M_PER_DEG
-        fixes.append({"tenant": "acme", "vehicle_id": vehicle, "fix_time": start + timedelta(seconds=5 * k),
-                      "lat": lat, "lon": LON, "speed_mps": speed, "h3_cell": h3.latlng_to_cell(lat, LON, 9)})
-    arrivals = [{"tenant": "acme", "vehicle_id": vehicle, "stop_id": s.id,
-                 "at": start + timedelta(seconds=m(s.lat - 60.0) / speed)} for s in STOPS]
+        fixes.append(
+            {
+                "tenant": "acme",
+                "vehicle_id": vehicle,
+                "fix_time": start + timedelta(seconds=5 * k),
+                "lat": lat,
+                "lon": LON,
+                "speed_mps": speed,
+                "h3_cell": h3.latlng_to_cell(lat, LON, 9),
+            }
+        )
+    arrivals = [
+        {
+            "tenant": "acme",
+            "vehicle_id": vehicle,
+            "stop_id": s.id,
+            "at": start + timedelta(seconds=m(s.lat - 60.0) / speed),
+        }
+        for s in STOPS
+    ]
     return fixes, arrivals
 
 
@@ -52,8 +68,9 @@ def frames(speeds: dict[str, float]) -> tuple[pl.DataFrame, pl.DataFrame, list[P
 
 def test_rows_at_each_horizon_with_exact_labels() -> None:
     positions, arrivals, plans = frames({"van-1": 10.0})
-    rows = build_training_rows(positions, arrivals, plans, profiles=SpeedProfiles.constant(10.0), detour_factor=1.3,
-                               horizons_s=(30, 60))
+    rows = build_training_rows(
+        positions, arrivals, plans, profiles=SpeedProfiles.constant(10.0), detour_factor=1.3, horizons_s=(30, 60)
+    )
     s2 = rows.filter(pl.col("stop_id") == "s2").sort("horizon_s")
     # s2 is reached at 111.2 s; 30 s before is 81.2 s: the fix at 80 s (800 m up the route)
     assert s2["fix_time"].to_list() == [T0 + timedelta(seconds=80), T0 + timedelta(seconds=50)]
@@ -65,7 +82,12 @@ def test_rows_at_each_horizon_with_exact_labels() -> None:
     assert set(rows["method"]) == {"route"}
     # s1 is reached at 55.6 s: 60 s before that there was no fix yet, so no row
     assert sorted(zip(rows["stop_id"], rows["horizon_s"], strict=True)) == [
-        ("s1", 30.0), ("s2", 30.0), ("s2", 60.0), ("s3", 30.0), ("s3", 60.0)]
+        ("s1", 30.0),
+        ("s2", 30.0),
+        ("s2", 60.0),
+        ("s3", 30.0),
+        ("s3", 60.0),
+    ]
 
 
 def test_detour_pairs_of_a_straight_drive_are_one() -> None:
@@ -79,8 +101,9 @@ def test_detour_pairs_of_a_straight_drive_are_one() -> None:
 
 def test_train_end_to_end_with_the_naive_baseline() -> None:
     positions, arrivals, plans = frames({f"van-{i}": 6.0 + i for i in range(8)})
-    result = train_eta_from_frames(positions, arrivals, plans, horizons_s=(30, 60, 90, 120), random_state=0,
-                                   max_iter=20, trained_at=T0)
+    result = train_eta_from_frames(
+        positions, arrivals, plans, horizons_s=(30, 60, 90, 120), random_state=0, max_iter=20, trained_at=T0
+    )
     assert result.rows.height > 50 and result.rows["trip"].n_unique() == 8
     metrics = result.model.metrics
     assert metrics["n_test"] + metrics["n_train"] == result.rows.height
@@ -94,9 +117,16 @@ def test_detour_pairs_leave_out_gps_noise_while_standing() -> None:
     fixes, arrivals = drive("van-1", 10.0)
     s1_at = arrivals[0]["at"]
     # 12 fixes standing at s1 after arriving, jumping 5 m east and back (speed 0), then driving on
-    stand = [{**fixes[0], "fix_time": s1_at + timedelta(seconds=k), "lat": STOPS[0].lat,
-              "lon": LON + (5.0 / (M_PER_DEG * math.cos(math.radians(60.005))) if k % 2 else 0.0),
-              "speed_mps": 0.0} for k in range(12)]
+    stand = [
+        {
+            **fixes[0],
+            "fix_time": s1_at + timedelta(seconds=k),
+            "lat": STOPS[0].lat,
+            "lon": LON + (5.0 / (M_PER_DEG * math.cos(math.radians(60.005))) if k % 2 else 0.0),
+            "speed_mps": 0.0,
+        }
+        for k in range(12)
+    ]
     later = [{**f, "fix_time": f["fix_time"] + timedelta(seconds=12)} for f in fixes if f["fix_time"] > s1_at]
     early = [f for f in fixes if f["fix_time"] <= s1_at]
     arrivals = [arrivals[0]] + [{**a, "at": a["at"] + timedelta(seconds=12)} for a in arrivals[1:]]

@@ -17,22 +17,42 @@ def at(s: float) -> datetime:
 
 
 def label(vehicle: str, type: str, start: float, end: float, **details: Any) -> dict[str, Any]:
-    return {"kind": "anomaly", "vehicle": vehicle, "type": type, "start": at(start).isoformat(),
-            "end": at(end).isoformat(), "stop_id": None, "details": details}
+    return {
+        "kind": "anomaly",
+        "vehicle": vehicle,
+        "type": type,
+        "start": at(start).isoformat(),
+        "end": at(end).isoformat(),
+        "stop_id": None,
+        "details": details,
+    }
 
 
-def alert(vehicle: str, type: str, start: float, end: float | None, detected: float,
-          status: str = "resolved") -> dict[str, Any]:
-    return {"id": f"{vehicle}-{type}-{start}", "type": type, "vehicle_id": vehicle, "status": status,
-            "start_time": at(start), "end_time": at(end) if end is not None else None, "detected_at": at(detected)}
+def alert(
+    vehicle: str, type: str, start: float, end: float | None, detected: float, status: str = "resolved"
+) -> dict[str, Any]:
+    return {
+        "id": f"{vehicle}-{type}-{start}",
+        "type": type,
+        "vehicle_id": vehicle,
+        "status": status,
+        "start_time": at(start),
+        "end_time": at(end) if end is not None else None,
+        "detected_at": at(detected),
+    }
 
 
 def test_precision_recall_and_delays_per_type() -> None:
-    labels = [label("v1", "long_dwell", 100, 1100), label("v2", "long_dwell", 200, 1300),
-              label("v3", "long_dwell", 300, 1300)]
-    alerts = [alert("v1", "unplanned_dwell", 110, 1100, 720),  # delay 620 s
-              alert("v2", "unplanned_dwell", 200, 1300, 830),  # delay 630 s
-              alert("v9", "unplanned_dwell", 500, 900, 1110)]  # nobody's label: a false positive
+    labels = [
+        label("v1", "long_dwell", 100, 1100),
+        label("v2", "long_dwell", 200, 1300),
+        label("v3", "long_dwell", 300, 1300),
+    ]
+    alerts = [
+        alert("v1", "unplanned_dwell", 110, 1100, 720),  # delay 620 s
+        alert("v2", "unplanned_dwell", 200, 1300, 830),  # delay 630 s
+        alert("v9", "unplanned_dwell", 500, 900, 1110),
+    ]  # nobody's label: a false positive
     row = score(labels, alerts, [], sim_end=END, thresholds=THRESHOLDS)["anomalies"]["long_dwell"]
     assert (row["labels"], row["detectable"], row["alerts"], row["matched"]) == (3, 3, 3, 2)
     assert (row["precision"], row["recall"]) == (2 / 3, 2 / 3)
@@ -42,8 +62,10 @@ def test_precision_recall_and_delays_per_type() -> None:
 
 def test_retracted_alerts_and_alerts_after_the_end_do_not_count() -> None:
     labels = [label("v1", "offline", 100, 700)]
-    alerts = [alert("v1", "offline", 100, 700, 400, status="retracted"),
-              alert("v1", "offline", 7000, None, 7300)]  # detected after END (7200 s)
+    alerts = [
+        alert("v1", "offline", 100, 700, 400, status="retracted"),
+        alert("v1", "offline", 7000, None, 7300),
+    ]  # detected after END (7200 s)
     row = score(labels, alerts, [], sim_end=END, thresholds=THRESHOLDS)["anomalies"]["offline"]
     assert (row["alerts"], row["matched"], row["precision"], row["recall"]) == (0, 0, None, 0.0)
 
@@ -78,23 +100,41 @@ def test_ambiguous_labels_count_neither_way() -> None:
 
 
 def test_arrival_and_departure_timing_errors() -> None:
-    labels = [{"kind": "stop_visit", "vehicle": "v1", "stop_id": f"s{i}", "arrival": at(100 * i).isoformat(),
-               "departure": at(100 * i + 50).isoformat()} for i in range(1, 5)]
-    events = [{"kind": "arrival", "vehicle_id": "v1", "stop_id": "s1", "visit": 1, "at": at(95), "retracted": False},
-              {"kind": "arrival", "vehicle_id": "v1", "stop_id": "s2", "visit": 1, "at": at(210), "retracted": False},
-              {"kind": "arrival", "vehicle_id": "v1", "stop_id": "s3", "visit": 1, "at": at(330), "retracted": True},
-              {"kind": "arrival", "vehicle_id": "v1", "stop_id": "s3", "visit": 2, "at": at(400), "retracted": False},
-              {"kind": "arrival", "vehicle_id": "v1", "stop_id": "s4", "visit": 1, "at": at(402), "retracted": False},
-              {"kind": "departure", "vehicle_id": "v1", "stop_id": "s1", "visit": 1, "at": at(170), "retracted": False}]
+    labels = [
+        {
+            "kind": "stop_visit",
+            "vehicle": "v1",
+            "stop_id": f"s{i}",
+            "arrival": at(100 * i).isoformat(),
+            "departure": at(100 * i + 50).isoformat(),
+        }
+        for i in range(1, 5)
+    ]
+    events = [
+        {"kind": "arrival", "vehicle_id": "v1", "stop_id": "s1", "visit": 1, "at": at(95), "retracted": False},
+        {"kind": "arrival", "vehicle_id": "v1", "stop_id": "s2", "visit": 1, "at": at(210), "retracted": False},
+        {"kind": "arrival", "vehicle_id": "v1", "stop_id": "s3", "visit": 1, "at": at(330), "retracted": True},
+        {"kind": "arrival", "vehicle_id": "v1", "stop_id": "s3", "visit": 2, "at": at(400), "retracted": False},
+        {"kind": "arrival", "vehicle_id": "v1", "stop_id": "s4", "visit": 1, "at": at(402), "retracted": False},
+        {"kind": "departure", "vehicle_id": "v1", "stop_id": "s1", "visit": 1, "at": at(170), "retracted": False},
+    ]
     stops = score(labels, [], events, sim_end=END, thresholds=THRESHOLDS)["stops"]
-    assert stops["arrival"] == {"expected": 4, "matched": 3, "missing": 1, "extra": 1,
-                                "median_error_s": 2.0, "median_abs_error_s": 5.0, "p95_abs_error_s": 10.0}  # s3's visit 2 is extra
+    assert stops["arrival"] == {
+        "expected": 4,
+        "matched": 3,
+        "missing": 1,
+        "extra": 1,
+        "median_error_s": 2.0,
+        "median_abs_error_s": 5.0,
+        "p95_abs_error_s": 10.0,
+    }  # s3's visit 2 is extra
     assert (stops["departure"]["matched"], stops["departure"]["median_error_s"]) == (1, 20.0)
 
 
 def test_targets_and_the_printed_table() -> None:
-    labels = [label("v1", t, 100, 1500) for t in ("long_dwell", "route_deviation", "temp_excursion", "door_away",
-                                                  "offline")]
+    labels = [
+        label("v1", t, 100, 1500) for t in ("long_dwell", "route_deviation", "temp_excursion", "door_away", "offline")
+    ]
     delays = {"unplanned_dwell": 610, "route_drift": 95, "temp_excursion": 310, "door_open_away": 12, "offline": 305}
     alerts = [alert("v1", t, 100, 1500, 100 + d) for t, d in delays.items()]
     report = score(labels, alerts, [], sim_end=END, thresholds=THRESHOLDS)

@@ -14,8 +14,12 @@ from store.plans import load_plans_file, plan_digest
 
 
 def plan(vehicle: str = "van-1", version: int = 0, lat: float = 60.17) -> dict[str, Any]:
-    return {"tenant": "acme", "vehicle": vehicle, "version": version,
-            "stops": [{"id": "s1", "lat": lat, "lon": 24.94, "window_start": "2026-11-23T10:00:00+02:00"}]}
+    return {
+        "tenant": "acme",
+        "vehicle": vehicle,
+        "version": version,
+        "stops": [{"id": "s1", "lat": lat, "lon": 24.94, "window_start": "2026-11-23T10:00:00+02:00"}],
+    }
 
 
 def write(tmp_path: Path, text: str) -> Path:
@@ -64,7 +68,7 @@ def error(tmp_path: Path, text: str) -> str:
         load_plans_file(path)
     message = str(info.value)
     assert message.startswith(str(path)), message  # always names the file
-    return message[len(str(path)):]
+    return message[len(str(path)) :]
 
 
 def test_bad_field_in_a_single_plan_names_the_field(tmp_path: Path) -> None:
@@ -134,14 +138,17 @@ def test_plan_topic() -> None:
         plan_topic("acme/x")
 
 
-@pytest.mark.parametrize(("topic", "payload", "reason", "detail"), [
-    ("dispatch/acme/plan", b"x" * 101, "oversized", "101 bytes is over max_payload_bytes 100"),
-    ("dispatch/acme/plan", b"{nope", "bad_json", "Expecting property name"),
-    ("dispatch/acme/plan", b'"\xff"', "bad_json", "utf-8"),
-    ("dispatch/acme/plan", b"[" * 90 + b"]" * 90, "bad_plan", "plan: must be an object"),
-    ("dispatch/acme/plan", json.dumps(plan(lat=91)).encode(), "bad_plan", "stops[0].lat"),
-    ("dispatch/other/plan", json.dumps(plan()).encode(), "bad_plan", "does not match the topic's tenant 'other'"),
-])
+@pytest.mark.parametrize(
+    ("topic", "payload", "reason", "detail"),
+    [
+        ("dispatch/acme/plan", b"x" * 101, "oversized", "101 bytes is over max_payload_bytes 100"),
+        ("dispatch/acme/plan", b"{nope", "bad_json", "Expecting property name"),
+        ("dispatch/acme/plan", b'"\xff"', "bad_json", "utf-8"),
+        ("dispatch/acme/plan", b"[" * 90 + b"]" * 90, "bad_plan", "plan: must be an object"),
+        ("dispatch/acme/plan", json.dumps(plan(lat=91)).encode(), "bad_plan", "stops[0].lat"),
+        ("dispatch/other/plan", json.dumps(plan()).encode(), "bad_plan", "does not match the topic's tenant 'other'"),
+    ],
+)
 def test_check_plan_message_rejects(topic: str, payload: bytes, reason: str, detail: str) -> None:
     rejected = check_plan_message(topic, payload, 100 if reason == "oversized" else 10_000)
     assert not isinstance(rejected, Plan)

@@ -91,7 +91,9 @@ def test_distances_to_roads(network: RoadNetwork) -> None:
     assert distance_to_polyline_m([(60.0, 25.0)], [(60.0, 25.0), (60.001, 25.0)])[0] == pytest.approx(0.0, abs=1e-6)
 
 
-@pytest.mark.parametrize(("raw", "kmh"), [("30", 30.0), ("20 mph", 32.18688), ("FI:urban", 50.0), ("none", None),
-                                           (None, None), ("40;50", 40.0)])
+@pytest.mark.parametrize(
+    ("raw", "kmh"),
+    [("30", 30.0), ("20 mph", 32.18688), ("FI:urban", 50.0), ("none", None), (None, None), ("40;50", 40.0)],
+)
 def test_parse_maxspeed(raw: str | None, kmh: float | None) -> None:
     assert parse_maxspeed(raw) == (pytest.approx(kmh) if kmh is not None else None)

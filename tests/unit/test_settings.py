@@ -40,4 +40,7 @@ def test_the_embedded_broker_also_listens_where_told() -> None:
     extra = Settings(mqtt_port=18830, mqtt_also_listen=" 10.9.0.1, ::1 ,")
     assert extra.mqtt_also_listen_on() == ["10.9.0.1", "::1"]
     assert [line for line in _broker_conf(extra).splitlines() if line.startswith("listener")] == [
-        "listener 18830 127.0.0.1", "listener 18830 10.9.0.1", "listener 18830 ::1"]
+        "listener 18830 127.0.0.1",
+        "listener 18830 10.9.0.1",
+        "listener 18830 ::1",
+    ]

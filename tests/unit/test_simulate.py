@@ -24,8 +24,9 @@ class FakePublisher:
 
     instances: list[FakePublisher] = []
 
-    def __init__(self, host: str, port: int, username: str | None = None, password: str | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, host: str, port: int, username: str | None = None, password: str | None = None, **kwargs: Any
+    ) -> None:
         self.username, self.password = username, password
         self.on_settled = kwargs.get("on_settled")
         self.messages: list[tuple[str, bytes, Hashable]] = []
@@ -37,8 +38,9 @@ class FakePublisher:
     def connect(self, timeout: float | None = 10.0) -> None:
         self.connected = True
 
-    def publish(self, topic: str, payload: bytes | str, key: Hashable | None = None,
-                timeout: float | None = None) -> Hashable:
+    def publish(
+        self, topic: str, payload: bytes | str, key: Hashable | None = None, timeout: float | None = None
+    ) -> Hashable:
         data = payload.encode() if isinstance(payload, str) else payload
         self.messages.append((topic, data, key))
         self.acked += 1
@@ -64,12 +66,18 @@ def _without_device_time(reading: Any) -> dict[str, Any]:
     return body
 
 
-def test_each_simulated_van_is_an_agent_with_its_own_outbox(network: RoadNetwork, tmp_path: Path,
-                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+def test_each_simulated_van_is_an_agent_with_its_own_outbox(
+    network: RoadNetwork, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     FakePublisher.instances = []
     monkeypatch.setattr(agent_module, "DevicePublisher", FakePublisher)
-    settings = Settings(state_dir=tmp_path, tenant="simtest", sim_anomaly_probability=1.0,
-                        sim_malformed_rate=0.05, sim_duplicate_rate=0.1)
+    settings = Settings(
+        state_dir=tmp_path,
+        tenant="simtest",
+        sim_anomaly_probability=1.0,
+        sim_malformed_rate=0.05,
+        sim_duplicate_rate=0.1,
+    )
     stale = tmp_path / "sim" / "outbox" / "veh-999.sqlite"
     stale.parent.mkdir(parents=True)
     stale.write_bytes(b"left over from an earlier run")
@@ -77,8 +85,16 @@ def test_each_simulated_van_is_an_agent_with_its_own_outbox(network: RoadNetwork
     passwords = {v: f"pw-{v}" for v in vehicles}
     progress: list[dict[str, int]] = []
 
-    summary = run_simulation(settings, vehicles=3, minutes=0.05, speedup=600.0, seed=5, network=network,
-                             device_passwords=passwords, on_progress=progress.append)
+    summary = run_simulation(
+        settings,
+        vehicles=3,
+        minutes=0.05,
+        speedup=600.0,
+        seed=5,
+        network=network,
+        device_passwords=passwords,
+        on_progress=progress.append,
+    )
 
     assert summary["flushed"] and summary["pending"] == 0 and summary["refused"] == 0
     assert summary["outbox_dropped"] == 0 and summary["not_recorded"] == 0 and summary["raw_failed"] == 0
@@ -129,9 +145,14 @@ def test_each_simulated_van_is_an_agent_with_its_own_outbox(network: RoadNetwork
     assert sorted(per_vehicle) == vehicles
 
 
-def test_every_vehicle_needs_a_password(network: RoadNetwork, tmp_path: Path,
-                                        monkeypatch: pytest.MonkeyPatch) -> None:
+def test_every_vehicle_needs_a_password(network: RoadNetwork, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(agent_module, "DevicePublisher", FakePublisher)
     with pytest.raises(KeyError, match="no device password"):
-        run_simulation(Settings(state_dir=tmp_path), vehicles=2, minutes=0.01, speedup=100.0, network=network,
-                       device_passwords={"veh-000": "x"})
+        run_simulation(
+            Settings(state_dir=tmp_path),
+            vehicles=2,
+            minutes=0.01,
+            speedup=100.0,
+            network=network,
+            device_passwords={"veh-000": "x"},
+        )

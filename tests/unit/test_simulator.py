@@ -86,7 +86,8 @@ def test_until_gives_a_prefix(faulty: tuple[FleetSimulator, list[SimEvent], list
 
 
 def test_events_ordered_and_fix_time_never_after_yield(
-        faulty: tuple[FleetSimulator, list[SimEvent], list[dict[str, Any]]]) -> None:
+    faulty: tuple[FleetSimulator, list[SimEvent], list[dict[str, Any]]],
+) -> None:
     _, events, _ = faulty
     assert all(a.at <= b.at for a, b in zip(events, events[1:], strict=False))
     for event in events:
@@ -97,7 +98,8 @@ def test_events_ordered_and_fix_time_never_after_yield(
 
 
 def test_seq_per_vehicle_is_monotonic_without_gaps(
-        faulty: tuple[FleetSimulator, list[SimEvent], list[dict[str, Any]]]) -> None:
+    faulty: tuple[FleetSimulator, list[SimEvent], list[dict[str, Any]]],
+) -> None:
     _, events, _ = faulty
     for vehicle, mine in _by_vehicle(events).items():
         seqs = [e.item.seq for e in mine if not isinstance(e.item, RawMessage) and not e.duplicate]
@@ -122,7 +124,8 @@ def test_vehicle_ids_are_contract_ids() -> None:
 
 
 def test_fixes_lie_near_roads_and_on_the_planned_route(
-        network: RoadNetwork, clean: tuple[FleetSimulator, list[SimEvent]]) -> None:
+    network: RoadNetwork, clean: tuple[FleetSimulator, list[SimEvent]]
+) -> None:
     sim, events = clean
     fixes = _fixes(events)
     off_road = network.distance_to_road_m([f.lat for f in fixes], [f.lon for f in fixes])
@@ -170,8 +173,9 @@ def test_stops_visited_in_order_with_door_pairs(clean: tuple[FleetSimulator, lis
         doors = [e.item for e in mine if isinstance(e.item, DoorEvent)]
         assert [d.open for d in doors] == [True, False] * len(stops)
         fixes = _fixes(mine)
-        for stop, visit, (opened, closed) in zip(stops, visits[vehicle], zip(doors[::2], doors[1::2], strict=True),
-                                                 strict=True):
+        for stop, visit, (opened, closed) in zip(
+            stops, visits[vehicle], zip(doors[::2], doors[1::2], strict=True), strict=True
+        ):
             assert _at(visit["arrival"]) < opened.fix_time < closed.fix_time < _at(visit["departure"])
             assert opened.fix_time == _at(visit["door_open"]) and closed.fix_time == _at(visit["door_close"])
             during = [f for f in fixes if opened.fix_time <= f.fix_time <= closed.fix_time]
@@ -191,7 +195,8 @@ def test_vehicles_start_staggered(clean: tuple[FleetSimulator, list[SimEvent]]) 
 
 
 def test_temperature_drifts_within_range_and_warms_with_the_door_open(
-        clean: tuple[FleetSimulator, list[SimEvent]]) -> None:
+    clean: tuple[FleetSimulator, list[SimEvent]],
+) -> None:
     _, events = clean
     temps = [e.item for e in events if isinstance(e.item, TemperatureReading)]
     values = np.array([t.celsius for t in temps])
@@ -210,8 +215,7 @@ def _labels_of(labels: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
     return [row for row in labels if row["kind"] == "anomaly" and row["type"] == kind]
 
 
-def test_every_anomaly_type_is_labelled(
-        faulty: tuple[FleetSimulator, list[SimEvent], list[dict[str, Any]]]) -> None:
+def test_every_anomaly_type_is_labelled(faulty: tuple[FleetSimulator, list[SimEvent], list[dict[str, Any]]]) -> None:
     _, _, labels = faulty
     assert {row["type"] for row in labels if row["kind"] == "anomaly"} == set(ANOMALY_TYPES)
     for kind in ("long_dwell", "door_away", "offline", "temp_excursion"):
@@ -225,7 +229,8 @@ def test_every_anomaly_type_is_labelled(
 
 
 def test_long_dwell_stands_still_away_from_stops(
-        faulty: tuple[FleetSimulator, list[SimEvent], list[dict[str, Any]]]) -> None:
+    faulty: tuple[FleetSimulator, list[SimEvent], list[dict[str, Any]]],
+) -> None:
     sim, events, labels = faulty
     plans = {plan["vehicle"]: plan for plan in sim.plans()}
     by_vehicle = _by_vehicle(events)
@@ -239,7 +244,8 @@ def test_long_dwell_stands_still_away_from_stops(
 
 
 def test_route_deviation_leaves_the_planned_leg(
-        network: RoadNetwork, faulty: tuple[FleetSimulator, list[SimEvent], list[dict[str, Any]]]) -> None:
+    network: RoadNetwork, faulty: tuple[FleetSimulator, list[SimEvent], list[dict[str, Any]]]
+) -> None:
     sim, events, labels = faulty
     plans = {plan["vehicle"]: plan for plan in sim.plans()}
     by_vehicle = _by_vehicle(events)
@@ -268,7 +274,8 @@ def test_route_deviation_leaves_the_planned_leg(
 
 
 def test_temperature_excursion_goes_above_range(
-        faulty: tuple[FleetSimulator, list[SimEvent], list[dict[str, Any]]]) -> None:
+    faulty: tuple[FleetSimulator, list[SimEvent], list[dict[str, Any]]],
+) -> None:
     _, events, labels = faulty
     excursions = defaultdict(list)
     for label in _labels_of(labels, "temp_excursion"):
@@ -288,8 +295,7 @@ def test_temperature_excursion_goes_above_range(
         assert (_at(label["end"]) - _at(label["start"])).total_seconds() >= 300
 
 
-def test_door_opened_away_from_stops(
-        faulty: tuple[FleetSimulator, list[SimEvent], list[dict[str, Any]]]) -> None:
+def test_door_opened_away_from_stops(faulty: tuple[FleetSimulator, list[SimEvent], list[dict[str, Any]]]) -> None:
     sim, events, labels = faulty
     plans = {plan["vehicle"]: plan for plan in sim.plans()}
     by_vehicle = _by_vehicle(events)
@@ -305,7 +311,8 @@ def test_door_opened_away_from_stops(
 
 
 def test_offline_window_is_silent_then_bursts(
-        faulty: tuple[FleetSimulator, list[SimEvent], list[dict[str, Any]]]) -> None:
+    faulty: tuple[FleetSimulator, list[SimEvent], list[dict[str, Any]]],
+) -> None:
     _, events, labels = faulty
     by_vehicle = _by_vehicle(events)
     for label in _labels_of(labels, "offline"):
@@ -321,11 +328,17 @@ def test_offline_window_is_silent_then_bursts(
 
 
 def test_malformed_messages_are_rejected_for_their_labelled_reason(
-        faulty: tuple[FleetSimulator, list[SimEvent], list[dict[str, Any]]]) -> None:
+    faulty: tuple[FleetSimulator, list[SimEvent], list[dict[str, Any]]],
+) -> None:
     _, events, labels = faulty
     raws = [e for e in events if isinstance(e.item, RawMessage)]
-    assert {e.item.reason for e in raws} == {"bad_json", "not_finite", "out_of_range", "vehicle_mismatch",
-                                             "missing_field"}
+    assert {e.item.reason for e in raws} == {
+        "bad_json",
+        "not_finite",
+        "out_of_range",
+        "vehicle_mismatch",
+        "missing_field",
+    }
     for event in raws:
         raw = event.item
         assert isinstance(raw, RawMessage)
@@ -336,13 +349,17 @@ def test_malformed_messages_are_rejected_for_their_labelled_reason(
 
 
 def test_duplicates_repeat_the_previous_message(
-        faulty: tuple[FleetSimulator, list[SimEvent], list[dict[str, Any]]]) -> None:
+    faulty: tuple[FleetSimulator, list[SimEvent], list[dict[str, Any]]],
+) -> None:
     _, events, labels = faulty
     dups = [i for i, e in enumerate(events) if e.duplicate]
     assert dups and len(_labels_of(labels, "duplicate")) == len(dups)
     for i in dups:
-        original = next(e for e in reversed(events[:i]) if e.vehicle == events[i].vehicle and not e.duplicate
-                        and not isinstance(e.item, RawMessage))
+        original = next(
+            e
+            for e in reversed(events[:i])
+            if e.vehicle == events[i].vehicle and not e.duplicate and not isinstance(e.item, RawMessage)
+        )
         assert original.item == events[i].item and original.at == events[i].at
 
 
@@ -387,7 +404,8 @@ def test_simulated_clock_never_runs_ahead_of_the_wall(minutes: float, speedup: f
 
 
 def test_contract_plans_are_valid_engine_plans(
-        faulty: tuple[FleetSimulator, list[SimEvent], list[dict[str, Any]]]) -> None:
+    faulty: tuple[FleetSimulator, list[SimEvent], list[dict[str, Any]]],
+) -> None:
     from core.plan import Plan
 
     sim, _, _ = faulty

@@ -11,8 +11,11 @@ T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 def _row(shard: int, shard_seq: int, message: int, temp: bool = False) -> StoredReading:
     at = T0 + timedelta(seconds=message)
-    reading = (TemperatureReading("t", "v", shard_seq, at, "cargo", 4.0, None) if temp
-               else GpsFix("t", "v", shard_seq, at, 60.0, 25.0, 5.0, 0.0, 5.0, None, None))
+    reading = (
+        TemperatureReading("t", "v", shard_seq, at, "cargo", 4.0, None)
+        if temp
+        else GpsFix("t", "v", shard_seq, at, 60.0, 25.0, 5.0, 0.0, 5.0, None, None)
+    )
     return StoredReading(reading, None, at, shard, shard_seq)
 
 
@@ -51,7 +54,7 @@ def test_every_poll_makes_progress_through_big_commits() -> None:
     while any(after[s] < len(shards[s]) for s in shards):
         polls += 1
         assert polls < 100
-        reads = {s: shards[s][after[s]:after[s] + 50] for s in shards}
+        reads = {s: shards[s][after[s] : after[s] + 50] for s in shards}
         cut = _receive_prefixes(reads, limit=50)
         assert sum(len(rows) for rows in cut.values()) > 0
         for s, rows in cut.items():

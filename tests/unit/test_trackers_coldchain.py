@@ -90,7 +90,11 @@ def test_a_missing_probe_is_flagged_only_while_the_vehicle_still_reports() -> No
     c.update(temp(0, 4.0), RANGE, None)
     assert c.observe(at(599), None) == []
     (missing,) = c.observe(at(600), 99)
-    assert (missing.type, missing.start, missing.details) == ("sensor_fault", at(0), {"sensor": "p1", "reason": "missing"})
+    assert (missing.type, missing.start, missing.details) == (
+        "sensor_fault",
+        at(0),
+        {"sensor": "p1", "reason": "missing"},
+    )
     assert c.observe(at(900), None) == []
     (back,) = c.update(temp(950, 4.1), RANGE, None)
     assert (back.id, back.status, back.end) == (missing.id, "resolved", at(950))

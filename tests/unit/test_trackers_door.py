@@ -31,8 +31,12 @@ def test_door_opened_away_from_a_stop_raises_a_security_alert_until_closed() -> 
     assert d.update(door(60, False), at_stop=True, refrigerated=False, h3_cell=1) == []
     (opened,) = d.update(door(100, True), at_stop=False, refrigerated=False, h3_cell=2)
     assert opened.id == alert_id("acme", "van-1", "door_open_away", at(100), subject="rear")
-    assert (opened.type, opened.severity, opened.h3_cell, opened.details) == ("door_open_away", "critical", 2,
-                                                                              {"door": "rear"})
+    assert (opened.type, opened.severity, opened.h3_cell, opened.details) == (
+        "door_open_away",
+        "critical",
+        2,
+        {"door": "rear"},
+    )
     assert d.update(door(110, True), at_stop=False, refrigerated=False, h3_cell=2) == []  # repeated "open"
     (closed,) = d.update(door(160, False), at_stop=False, refrigerated=False, h3_cell=2)
     assert closed == opened.resolve(at(160), open_s=60.0)
@@ -50,8 +54,11 @@ def test_refrigerated_door_open_too_long_fires_from_the_timer() -> None:
     assert d.next_timer() == at(300)
     assert d.on_timer(at(299)) == []
     (too_long,) = d.on_timer(at(300))
-    assert (too_long.type, too_long.start, too_long.details) == ("door_open_too_long", at(0),
-                                                                 {"door": "rear", "limit_s": 300.0})
+    assert (too_long.type, too_long.start, too_long.details) == (
+        "door_open_too_long",
+        at(0),
+        {"door": "rear", "limit_s": 300.0},
+    )
     assert d.next_timer() is None
     (closed,) = d.update(door(420, False), at_stop=True, refrigerated=True, h3_cell=5)
     assert (closed.id, closed.status, closed.end, closed.details["open_s"]) == (too_long.id, "resolved", at(420), 420.0)

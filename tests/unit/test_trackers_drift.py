@@ -18,8 +18,9 @@ T0 = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
 LAT, LON = 60.17, 24.94
 # The scenarios below are drawn to these wider thresholds (resolution 10: a corridor of about
 # 200 m each side); the defaults are checked on their own in the first test.
-CFG = AnalyticsConfig(corridor_resolution=10, drift_distance_m=350.0, drift_min_duration_s=120.0,
-                      detour_max_offset_m=400.0)
+CFG = AnalyticsConfig(
+    corridor_resolution=10, drift_distance_m=350.0, drift_min_duration_s=120.0, detour_max_offset_m=400.0
+)
 
 
 def at(s: float) -> datetime:
@@ -50,20 +51,25 @@ def feed(d: RouteDriftTracker, fixes: list[CheckedFix]) -> list[tuple[str, datet
 
 def straight(s0: float, a: tuple[float, float], b: tuple[float, float], steps: int) -> list[CheckedFix]:
     """``steps`` fixes every 5 s from a towards b (b included)."""
-    return [fix(s0 + 5 * i, a[0] + (b[0] - a[0]) * i / steps, a[1] + (b[1] - a[1]) * i / steps)
-            for i in range(1, steps + 1)]
+    return [
+        fix(s0 + 5 * i, a[0] + (b[0] - a[0]) * i / steps, a[1] + (b[1] - a[1]) * i / steps) for i in range(1, steps + 1)
+    ]
 
 
 def test_the_default_corridor_lies_inside_the_default_distance_threshold() -> None:
     default = AnalyticsConfig()
     corridor = RouteCorridor(ROUTE, default.corridor_resolution, default.corridor_k)
-    reach = max(corridor.locate(lat, lon).cross_track_m for cell in corridor.cells for lat, lon in h3.cell_to_boundary(cell))
+    reach = max(
+        corridor.locate(lat, lon).cross_track_m for cell in corridor.cells for lat, lon in h3.cell_to_boundary(cell)
+    )
     assert default.drift_distance_m / 2 < reach < default.drift_distance_m
 
 
 def test_the_corridor_lies_inside_the_distance_threshold() -> None:
     corridor = RouteCorridor(ROUTE, CFG.corridor_resolution, CFG.corridor_k)
-    reach = max(corridor.locate(lat, lon).cross_track_m for cell in corridor.cells for lat, lon in h3.cell_to_boundary(cell))
+    reach = max(
+        corridor.locate(lat, lon).cross_track_m for cell in corridor.cells for lat, lon in h3.cell_to_boundary(cell)
+    )
     assert 150 < reach < CFG.drift_distance_m
     assert corridor.contains(*p(1500, 100)) and not corridor.contains(*p(1500, 600))
     assert round(corridor.length_m) == 6000

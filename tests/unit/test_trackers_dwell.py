@@ -49,8 +49,19 @@ def test_long_dwell_against_the_baseline_and_its_fixed_fallback() -> None:
     assert d.next_timer() == at(800)  # max(300, 2 x 400 s)
     assert d.on_timer(at(799)) == []
     (opened,) = d.on_timer(at(800))
-    assert opened == Alert(alert_id("acme", "van-1", "long_dwell", at(0), "s1"), "long_dwell", "warning", "acme",
-                           "van-1", "s1", CELL, at(0), None, "open", {"threshold_s": 800.0, "baseline_s": 400.0})
+    assert opened == Alert(
+        alert_id("acme", "van-1", "long_dwell", at(0), "s1"),
+        "long_dwell",
+        "warning",
+        "acme",
+        "van-1",
+        "s1",
+        CELL,
+        at(0),
+        None,
+        "open",
+        {"threshold_s": 800.0, "baseline_s": 400.0},
+    )
     assert d.on_timer(at(900)) == []  # one alert per condition
     (resolved,) = d.on_stop_event(departure(1000), CELL, baseline)
     assert resolved == opened.resolve(at(1000), service_s=1000.0)
@@ -70,7 +81,11 @@ def test_unplanned_dwell_away_from_stops_only_while_stops_remain() -> None:
     assert d.next_timer() == at(700)
     (opened,) = d.on_timer(at(700))
     assert (opened.type, opened.start, opened.stop_id, opened.details) == (
-        "unplanned_dwell", at(100), None, {"threshold_s": 600.0, "baseline_s": None, "lat": 60.2, "lon": 24.9})
+        "unplanned_dwell",
+        at(100),
+        None,
+        {"threshold_s": 600.0, "baseline_s": None, "lat": 60.2, "lon": 24.9},
+    )
     (resolved,) = d.on_motion(MotionChange(True, at(900), 60.2, 24.9, CELL), None, True, None)
     assert resolved == opened.resolve(at(900), duration_s=800.0)
 

@@ -65,8 +65,13 @@ def test_events_carry_ids_visit_numbers_service_time_and_window() -> None:
     assert arrival.id == stop_event_id("acme", "van-1", "arrival", "s1", 4, 1)
     assert arrival.details == {"plan_version": 4, "visit": 1, "window": "late"}
     assert departure.id == stop_event_id("acme", "van-1", "departure", "s1", 4, 1)
-    assert departure.details == {"plan_version": 4, "visit": 1, "arrived_at": "2026-11-23T08:03:20.000Z",
-                                 "service_s": 100.0, "planned_service_s": 120.0}
+    assert departure.details == {
+        "plan_version": 4,
+        "visit": 1,
+        "arrived_at": "2026-11-23T08:03:20.000Z",
+        "service_s": 100.0,
+        "planned_service_s": 120.0,
+    }
     again = [e for f in [fix(s, 0) for s in range(500, 600, 5)] for e in g.update(f)]
     assert [(e.kind, e.details["visit"]) for e in again] == [("arrival", 2)]
     assert again[0].id == stop_event_id("acme", "van-1", "arrival", "s1", 4, 2)

@@ -30,10 +30,26 @@ def test_late_eta_opens_one_alert_and_an_eta_back_inside_resolves_it() -> None:
     assert tracker.update(at(0), [eta(0, S1, 1500), eta(0, S2, 3000), eta(0, S3, 9000)], stops) == []
 
     opened = tracker.update(at(60), [eta(60, S1, 1860)], stops, h3_cell=42)  # 60 s past 08:30
-    assert opened == [Alert(alert_id("acme", "van-1", "predicted_late", at(60), "s1"), "predicted_late", "warning",
-                            "acme", "van-1", "s1", 42, at(60), None, "open",
-                            {"eta": "2026-11-23T08:31:00.000Z", "window_end": "2026-11-23T08:30:00.000Z",
-                             "late_s": 60.0, "plan_version": 1})]
+    assert opened == [
+        Alert(
+            alert_id("acme", "van-1", "predicted_late", at(60), "s1"),
+            "predicted_late",
+            "warning",
+            "acme",
+            "van-1",
+            "s1",
+            42,
+            at(60),
+            None,
+            "open",
+            {
+                "eta": "2026-11-23T08:31:00.000Z",
+                "window_end": "2026-11-23T08:30:00.000Z",
+                "late_s": 60.0,
+                "plan_version": 1,
+            },
+        )
+    ]
     # still late, later still: the same condition, nothing new
     assert tracker.update(at(120), [eta(120, S1, 2000)], stops) == []
     # exactly at the window end is in time
@@ -43,7 +59,8 @@ def test_late_eta_opens_one_alert_and_an_eta_back_inside_resolves_it() -> None:
     # late again later: a second condition, a second alert (new start, new id)
     again = tracker.update(at(300), [eta(300, S1, 1900)], stops)
     assert [(a.id, a.status, a.start) for a in again] == [
-        (alert_id("acme", "van-1", "predicted_late", at(300), "s1"), "open", at(300))]
+        (alert_id("acme", "van-1", "predicted_late", at(300), "s1"), "open", at(300))
+    ]
 
 
 def test_arrival_resolves_at_the_arrival_time_and_says_whether_it_was_late() -> None:

@@ -41,6 +41,9 @@ def test_a_gap_jumped_over_by_the_clock_is_reported_open_and_resolved_at_once() 
     back = GpsFix("acme", "van-1", 2, at(900), 60.17, 24.94, speed_mps=0.0)
     assert va.update(StoredReading(first, None, at(0), 0, 1), at(0)) == []
     # no on_timer in between (the clock went from 0 s to 900 s in one batch)
-    out = [(a.type, a.status, a.start, a.end) for a in va.update(StoredReading(back, None, at(900), 0, 2), at(900))
-           if a.type == "offline"]
+    out = [
+        (a.type, a.status, a.start, a.end)
+        for a in va.update(StoredReading(back, None, at(900), 0, 2), at(900))
+        if a.type == "offline"
+    ]
     assert out == [("offline", "open", at(0), None), ("offline", "resolved", at(0), at(900))]

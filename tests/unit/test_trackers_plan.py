@@ -12,10 +12,19 @@ from core.plan import Plan, PlanError, Stop
 
 def good() -> dict[str, Any]:
     return {
-        "tenant": "acme", "vehicle": "van-1", "version": 3,
+        "tenant": "acme",
+        "vehicle": "van-1",
+        "version": 3,
         "stops": [
-            {"id": "s1", "lat": 60.17, "lon": 24.94, "radius_m": 60, "service_s": 300,
-             "window_start": "2026-11-23T10:00:00+02:00", "window_end": "2026-11-23T09:00:00Z"},
+            {
+                "id": "s1",
+                "lat": 60.17,
+                "lon": 24.94,
+                "radius_m": 60,
+                "service_s": 300,
+                "window_start": "2026-11-23T10:00:00+02:00",
+                "window_end": "2026-11-23T09:00:00Z",
+            },
             {"id": "s2", "lat": 60.18, "lon": 24.95},
         ],
         "route": [[60.17, 24.94], [60.18, 24.95]],
@@ -26,8 +35,15 @@ def good() -> dict[str, Any]:
 def test_parse_normalises_to_utc_and_round_trips() -> None:
     plan = Plan.from_dict(good())
     s1, s2 = plan.stops
-    assert s1 == Stop("s1", 60.17, 24.94, 60.0, datetime(2026, 11, 23, 8, 0, tzinfo=UTC),
-                      datetime(2026, 11, 23, 9, 0, tzinfo=UTC), 300.0)
+    assert s1 == Stop(
+        "s1",
+        60.17,
+        24.94,
+        60.0,
+        datetime(2026, 11, 23, 8, 0, tzinfo=UTC),
+        datetime(2026, 11, 23, 9, 0, tzinfo=UTC),
+        300.0,
+    )
     assert s2 == Stop("s2", 60.18, 24.95)  # defaults: 75 m radius, no window, no service time
     assert plan.route == ((60.17, 24.94), (60.18, 24.95))
     assert plan.temp_range_c == (2.0, 8.0)
@@ -48,36 +64,42 @@ def test_minimal_plan_has_no_route_and_no_refrigeration() -> None:
     assert "route" not in plan.to_dict()
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"tenant": ""}, "tenant"),
-    ({"version": -1}, "version"),
-    ({"version": True}, "version"),
-    ({"stops": {}}, "stops: must be a list"),
-    ({"colour": "red"}, "unknown field(s) colour"),
-    ({"route": [[60.1, 24.9]]}, "route: needs at least two points"),
-    ({"route": [[60.1, 24.9], [95.0, 24.9]]}, "route[1].lat"),
-    ({"route": [[60.1, 24.9], "x"]}, "route[1]: must be a [lat, lon] pair"),
-    ({"temp_range_c": [8, 2]}, "temp_range_c"),
-    ({"temp_range_c": [2]}, "temp_range_c"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"tenant": ""}, "tenant"),
+        ({"version": -1}, "version"),
+        ({"version": True}, "version"),
+        ({"stops": {}}, "stops: must be a list"),
+        ({"colour": "red"}, "unknown field(s) colour"),
+        ({"route": [[60.1, 24.9]]}, "route: needs at least two points"),
+        ({"route": [[60.1, 24.9], [95.0, 24.9]]}, "route[1].lat"),
+        ({"route": [[60.1, 24.9], "x"]}, "route[1]: must be a [lat, lon] pair"),
+        ({"temp_range_c": [8, 2]}, "temp_range_c"),
+        ({"temp_range_c": [2]}, "temp_range_c"),
+    ],
+)
 def test_bad_plan_fields_are_named(change: dict[str, Any], message: str) -> None:
     with pytest.raises(PlanError) as err:
         Plan.from_dict({**good(), **change})
     assert message in str(err.value)
 
 
-@pytest.mark.parametrize("change, message", [
-    ({"lat": 91}, "stops[0].lat"),
-    ({"lon": "east"}, "stops[0].lon"),
-    ({"lat": float("nan")}, "stops[0].lat"),
-    ({"radius_m": 0}, "stops[0].radius_m"),
-    ({"service_s": -5}, "stops[0].service_s"),
-    ({"window_start": "2026-11-23T10:00:00"}, "stops[0].window_start"),
-    ({"window_end": "tomorrow"}, "stops[0].window_end"),
-    ({"window_end": "2026-11-23T07:00:00Z"}, "window_end is before window_start"),
-    ({"id": None}, "stops[0].id"),
-    ({"eta": 5}, "stops[0]: unknown field(s) eta"),
-])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"lat": 91}, "stops[0].lat"),
+        ({"lon": "east"}, "stops[0].lon"),
+        ({"lat": float("nan")}, "stops[0].lat"),
+        ({"radius_m": 0}, "stops[0].radius_m"),
+        ({"service_s": -5}, "stops[0].service_s"),
+        ({"window_start": "2026-11-23T10:00:00"}, "stops[0].window_start"),
+        ({"window_end": "tomorrow"}, "stops[0].window_end"),
+        ({"window_end": "2026-11-23T07:00:00Z"}, "window_end is before window_start"),
+        ({"id": None}, "stops[0].id"),
+        ({"eta": 5}, "stops[0]: unknown field(s) eta"),
+    ],
+)
 def test_bad_stop_fields_are_named(change: dict[str, Any], message: str) -> None:
     body = good()
     body["stops"][0] = {**body["stops"][0], **change}

@@ -43,7 +43,13 @@ def test_a_single_jump_is_flagged_and_raises_one_alert_resolved_by_the_next_good
     implied = round(haversine_m(fixes[2].lat, fixes[2].lon, fixes[3].lat, fixes[3].lon) / 5, 1)
     assert opened.id == resolved.id == alert_id("acme", "van-1", "gps_jump", at(15))
     assert (opened.type, opened.severity, opened.status, opened.start, opened.end, opened.h3_cell) == (
-        "gps_jump", "info", "open", at(15), None, 612345)
+        "gps_jump",
+        "info",
+        "open",
+        at(15),
+        None,
+        612345,
+    )
     assert opened.details == {"lat": fixes[3].lat, "lon": fixes[3].lon, "implied_speed_mps": implied}
     assert (resolved.status, resolved.end) == ("resolved", at(20))
     assert resolved.details == {**opened.details, "relocated": False, "max_implied_speed_mps": implied}

@@ -72,7 +72,9 @@ class Sim:
         self.add(DoorEvent("acme", "van-1", len(self.items) + 1, at(s), "rear", is_open))
 
 
-def run(va: VehicleAnalytics, items: list[StoredReading], timer_every: float | None = None) -> list[tuple[float, Event]]:
+def run(
+    va: VehicleAnalytics, items: list[StoredReading], timer_every: float | None = None
+) -> list[tuple[float, Event]]:
     """Feed items like a runtime: in arrival order, those received together as one batch,
     then on_timer if next_timer() is due (and, if given, every ``timer_every`` s of
     server time). Returns (server s, event)."""
@@ -164,7 +166,7 @@ def test_a_shuffled_burst_within_the_reorder_wait_changes_nothing() -> None:
     # each pair (fixes 5 s apart) arrives together, newest first, 2 s late: its oldest fix is
     # 8 s behind the clock then, inside the 10 s reorder wait
     for k in range(0, len(in_order), 2):
-        group = in_order[k:k + 2]
+        group = in_order[k : k + 2]
         rx = group[-1].received_at + timedelta(seconds=2)
         shuffled += [StoredReading(i.reading, None, rx, 0, i.shard_seq) for i in reversed(group)]
     va_a = VehicleAnalytics("acme", "van-1", plan=PLAN)
@@ -173,7 +175,6 @@ def test_a_shuffled_burst_within_the_reorder_wait_changes_nothing() -> None:
     got = [e for _, e in run(va_b, shuffled) + drain(va_b, 900)]
     assert got == expected and len(got) == 3
     assert va_b.lateness.late_readings == 0 and va_b.lateness.corrections == 0
-
 
 
 def test_a_late_fix_corrects_the_arrival_time_under_the_same_id() -> None:
@@ -200,8 +201,9 @@ def test_offline_then_a_late_burst_corrects_the_results() -> None:
     t = sim.drive(t, (1000, 0), (1500, 0))  # out of the s1 band from 610 s
     sim.park(t, (1500, 0), 1000)
     # the link drops after 120 s; the edge outbox delivers the rest at 900 s
-    sim.items = [replace(i, received_at=max(at(900), i.received_at)) if i.reading.fix_time > at(120) else i
-                 for i in sim.items]
+    sim.items = [
+        replace(i, received_at=max(at(900), i.received_at)) if i.reading.fix_time > at(120) else i for i in sim.items
+    ]
     va = VehicleAnalytics("acme", "van-1", plan=PLAN)
     out = run(va, sim.items, timer_every=10) + drain(va, 1100)
     assert brief(out) == [
@@ -291,8 +293,11 @@ def test_a_late_reading_from_before_a_plan_change_is_replayed_under_the_old_plan
     out += [(480.0, e) for e in va.set_plan(v2, at(480))]
     out += run(va, [i for i in sim.items if i.received_at > at(480)], timer_every=10) + drain(va, 1000)
     # no arrival at the depot: at 5..40 s the plan was version 1, which has no depot stop
-    assert [r[1:5] for r in brief(out)] == [("arrival", "ok", "s1", 155.0), ("departure", "ok", "s1", 470.0),
-                                             ("arrival", "ok", "s3", 655.0)]
+    assert [r[1:5] for r in brief(out)] == [
+        ("arrival", "ok", "s1", 155.0),
+        ("departure", "ok", "s1", 470.0),
+        ("arrival", "ok", "s3", 655.0),
+    ]
     assert va.lateness.corrections == 1 and va.lateness.corrected_readings == len(late)
     # under version 2 from the start the same readings do arrive at the depot
     va2 = VehicleAnalytics("acme", "van-1", plan=v2)
@@ -319,12 +324,21 @@ def test_pickle_round_trip_mid_route_continues_identically() -> None:
     # a correction after the restore replays from an unpickled checkpoint the same way
     late = StoredReading(GpsFix("acme", "van-1", 999, at(692), *p(2000, 1930), 10.0), None, at(1300), 0, 999)
     back_a, back_b = va.update(late, at(1300)), restored.update(late, at(1300))
-    assert back_a == back_b and [(e.type, e.status) for e in back_a if isinstance(e, Alert)] == [("offline", "resolved")]
+    assert back_a == back_b and [(e.type, e.status) for e in back_a if isinstance(e, Alert)] == [
+        ("offline", "resolved")
+    ]
     fixed_a, fixed_b = va.on_timer(at(1300)), restored.on_timer(at(1300))
-    assert fixed_a == fixed_b and [(e.kind, e.at) for e in fixed_a if isinstance(e, StopEvent)] == [("arrival", at(692))]
+    assert fixed_a == fixed_b and [(e.kind, e.at) for e in fixed_a if isinstance(e, StopEvent)] == [
+        ("arrival", at(692))
+    ]
     # the door opened at 100 s is never closed; the probe reported once, at 30 s
-    assert [r[1:3] for r in brief(a)] == [("door_open_too_long", "open"), ("departure", "ok"),
-                                          ("sensor_fault", "open"), ("arrival", "ok"), ("offline", "open")]
+    assert [r[1:3] for r in brief(a)] == [
+        ("door_open_too_long", "open"),
+        ("departure", "ok"),
+        ("sensor_fault", "open"),
+        ("arrival", "ok"),
+        ("offline", "open"),
+    ]
     print(f"\npickled VehicleAnalytics mid-route: {len(blob)} bytes, {va.history_size} history entries")
 
 
@@ -348,5 +362,7 @@ def test_throughput_of_update() -> None:
     blob = pickle.dumps(va)
     dumped = time.perf_counter() - started
     hours = (items[-1].reading.fix_time - items[0].reading.fix_time).total_seconds() / 3600
-    print(f"state after {hours:.1f} h (window {va.config.correction_window_s:.0f} s): {len(blob)} bytes pickled, "
-          f"{va.history_size} history rows, pickle.dumps {dumped * 1e3:.2f} ms")
+    print(
+        f"state after {hours:.1f} h (window {va.config.correction_window_s:.0f} s): {len(blob)} bytes pickled, "
+        f"{va.history_size} history rows, pickle.dumps {dumped * 1e3:.2f} ms"
+    )

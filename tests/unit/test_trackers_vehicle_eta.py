@@ -18,7 +18,9 @@ def s(t) -> float:
 
 def analytics() -> VehicleAnalytics:
     # re-emit on 10 s changes: the vehicle's ETA for s1 moves while it closes in
-    return VehicleAnalytics("acme", "van-1", plan=PLAN, eta=EtaTracker("acme", "van-1", EtaConfig(reemit_s=10, estimate_every_s=0.0)))
+    return VehicleAnalytics(
+        "acme", "van-1", plan=PLAN, eta=EtaTracker("acme", "van-1", EtaConfig(reemit_s=10, estimate_every_s=0.0))
+    )
 
 
 def day(held_back: tuple[float, float] | None = None) -> list[StoredReading]:
@@ -40,8 +42,14 @@ def s1_etas(out) -> list[tuple[float, float, float, bool]]:
 def test_the_ledger_keeps_one_eta_per_stop() -> None:
     va = analytics()
     out = run(va, day()) + drain(va, 900)
-    assert s1_etas(out) == [(11.0, 0.0, 125.0, False), (16.0, 5.0, 228.0, False), (21.0, 10.0, 122.0, False),
-                            (66.0, 55.0, 111.0, False), (111.0, 100.0, 100.0, False), (126.0, 115.0, 115.0, False)]
+    assert s1_etas(out) == [
+        (11.0, 0.0, 125.0, False),
+        (16.0, 5.0, 228.0, False),
+        (21.0, 10.0, 122.0, False),
+        (66.0, 55.0, 111.0, False),
+        (111.0, 100.0, 100.0, False),
+        (126.0, 115.0, 115.0, False),
+    ]
     assert sum(isinstance(e, EtaUpdate) for _, e in out) > 10
     etas = {e.ledger_key: e for e in va.emitted() if isinstance(e, EtaUpdate)}
     assert sorted(etas) == ["eta|s1", "eta|s2"]
@@ -53,10 +61,15 @@ def test_a_correction_retracts_the_current_eta_it_disproves_and_emits_its_own() 
     va = analytics()
     out = run(va, day(held_back=(95.0, 140.0))) + drain(va, 900)
     assert s1_etas(out) == [
-        (11.0, 0.0, 125.0, False), (16.0, 5.0, 228.0, False), (21.0, 10.0, 122.0, False), (66.0, 55.0, 111.0, False),
-        (156.0, 145.0, 145.0, False), (171.0, 160.0, 160.0, False),  # live, with the gap
+        (11.0, 0.0, 125.0, False),
+        (16.0, 5.0, 228.0, False),
+        (21.0, 10.0, 122.0, False),
+        (66.0, 55.0, 111.0, False),
+        (156.0, 145.0, 145.0, False),
+        (171.0, 160.0, 160.0, False),  # live, with the gap
         (300.0, 160.0, 160.0, True),  # the replay has the van at s1 since 95 s: no ETA at 160 s
-        (300.0, 100.0, 100.0, False), (300.0, 115.0, 115.0, False),  # what the replay predicted
+        (300.0, 100.0, 100.0, False),
+        (300.0, 115.0, 115.0, False),  # what the replay predicted
     ]
     arrivals = [(srv, s(e.at)) for srv, e in out if isinstance(e, StopEvent) and e.kind == "arrival"]
     assert arrivals[:2] == [(186.0, 145.0), (300.0, 95.0)]
@@ -71,7 +84,9 @@ def test_estimate_every_s_skips_estimates_between_but_not_a_change_of_stops(monk
     tracker.set_plan(PLAN)
     estimated: list[float] = []
     observe = tracker.observe
-    monkeypatch.setattr(tracker, "observe", lambda fix, remaining: estimated.append(s(fix.time)) or observe(fix, remaining))
+    monkeypatch.setattr(
+        tracker, "observe", lambda fix, remaining: estimated.append(s(fix.time)) or observe(fix, remaining)
+    )
     for t in range(0, 45, 5):
         remaining = (S1, S2) if t < 25 else (S2,)  # s1 done at 25 s
         tracker.update(CheckedFix(at(t), *p(10 * t, 0), 10.0, 5.0, None), remaining)

@@ -66,8 +66,9 @@ class Debouncer:
 class FakeDoorLine:
     """A line for tests and demos: set ``value``, or give ``toggle_s`` to flip it on its own."""
 
-    def __init__(self, value: int = 0, toggle_s: float | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, value: int = 0, toggle_s: float | None = None, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.value = value
         self.toggle_s = toggle_s
         self._clock = clock
@@ -89,7 +90,8 @@ class GpiodLine:
             raise DoorSensorError(
                 "a GPIO door contact needs the 'gpiod' Python package (pip install gpiod, or Debian's "
                 "python3-libgpiod in a venv made with --system-site-packages); set the door's source to "
-                "'fake' or 'off' to run without it") from None
+                "'fake' or 'off' to run without it"
+            ) from None
         self.chip, self.line = chip, line
         try:
             if hasattr(gpiod, "request_lines"):  # gpiod 2.x
@@ -100,8 +102,11 @@ class GpiodLine:
                 request = gpiod.request_lines(chip, consumer=CONSUMER, config={line: settings})
                 self._read: Callable[[], int] = lambda: int(request.get_value(line) == Value.ACTIVE)
             else:  # gpiod 1.x
-                flags = {"pull_up": getattr(gpiod, "LINE_REQ_FLAG_BIAS_PULL_UP", 0),
-                         "pull_down": getattr(gpiod, "LINE_REQ_FLAG_BIAS_PULL_DOWN", 0), "none": 0}[bias]
+                flags = {
+                    "pull_up": getattr(gpiod, "LINE_REQ_FLAG_BIAS_PULL_UP", 0),
+                    "pull_down": getattr(gpiod, "LINE_REQ_FLAG_BIAS_PULL_DOWN", 0),
+                    "none": 0,
+                }[bias]
                 handle = gpiod.Chip(chip).get_line(line)
                 handle.request(consumer=CONSUMER, type=gpiod.LINE_REQ_DIR_IN, flags=flags)
                 self._read = lambda: int(handle.get_value())
@@ -132,8 +137,12 @@ class DoorContact:
 class DoorPoller:
     """Polls door contacts every ``poll_s`` seconds (one thread for all doors)."""
 
-    def __init__(self, contacts: Sequence[DoorContact], poll_s: float = 0.1,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+    def __init__(
+        self,
+        contacts: Sequence[DoorContact],
+        poll_s: float = 0.1,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         self.contacts = list(contacts)
         self.poll_s = poll_s
         self._clock = clock

@@ -65,10 +65,14 @@ def parse_tpv(obj: dict[str, Any]) -> GpsSample | None:
     if mode == 3:
         alt = next((a for a in (_finite(obj, k) for k in ("altHAE", "altMSL", "alt")) if a is not None), None)
     return GpsSample(
-        time=fix_time.astimezone(UTC), lat=lat, lon=lon, mode=mode,
+        time=fix_time.astimezone(UTC),
+        lat=lat,
+        lon=lon,
+        mode=mode,
         speed_mps=None if speed is None else max(0.0, speed),
         heading_deg=None if track is None else track % 360.0,
-        accuracy_m=eph, alt_m=alt,
+        accuracy_m=eph,
+        alt_m=alt,
     )
 
 
@@ -89,8 +93,16 @@ def parse_report(line: bytes) -> tuple[str | None, GpsSample | None]:
 class GpsdSource:
     """A gpsd client that never gives up. ``run`` blocks until ``stop`` is set."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 2947, *, connect_timeout_s: float = 5.0,
-                 idle_timeout_s: float = 60.0, reconnect_min_s: float = 1.0, reconnect_max_s: float = 30.0) -> None:
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 2947,
+        *,
+        connect_timeout_s: float = 5.0,
+        idle_timeout_s: float = 60.0,
+        reconnect_min_s: float = 1.0,
+        reconnect_max_s: float = 30.0,
+    ) -> None:
         self.host, self.port = host, port
         self.connect_timeout_s = connect_timeout_s
         self.idle_timeout_s = idle_timeout_s
@@ -163,7 +175,7 @@ class GpsdSource:
                 if end < 0:
                     break
                 line = bytes(buf[:end]).strip()
-                del buf[:end + 1]
+                del buf[: end + 1]
                 if line:
                     got_any = True
                     self._handle(line, emit)
@@ -188,9 +200,16 @@ class FakeGps:
     """A van driving round a circle (radius ``radius_m`` metres at ``speed_mps`` m/s) with a
     fix every 1/``rate_hz`` seconds, stamped with the system clock (UTC)."""
 
-    def __init__(self, rate_hz: float = 1.0, *, lat: float = 60.1699, lon: float = 24.9384,
-                 radius_m: float = 500.0, speed_mps: float = 10.0,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+    def __init__(
+        self,
+        rate_hz: float = 1.0,
+        *,
+        lat: float = 60.1699,
+        lon: float = 24.9384,
+        radius_m: float = 500.0,
+        speed_mps: float = 10.0,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         if rate_hz <= 0:
             raise ValueError("rate_hz must be positive")
         self.rate_hz, self.lat, self.lon = rate_hz, lat, lon
@@ -210,8 +229,16 @@ class FakeGps:
         lat = self.lat + math.degrees(north / 6_371_008.8)
         lon = self.lon + math.degrees(east / (6_371_008.8 * math.cos(math.radians(self.lat))))
         heading = (math.degrees(math.atan2(-math.sin(angle), math.cos(angle))) + 360.0) % 360.0  # tangent
-        return GpsSample(time=when, lat=lat, lon=lon, mode=3, speed_mps=self.speed_mps, heading_deg=heading,
-                         accuracy_m=3.0, alt_m=15.0)
+        return GpsSample(
+            time=when,
+            lat=lat,
+            lon=lon,
+            mode=3,
+            speed_mps=self.speed_mps,
+            heading_deg=heading,
+            accuracy_m=3.0,
+            alt_m=15.0,
+        )
 
     def run(self, emit: Callable[[GpsSample], None], stop: threading.Event) -> None:
         period = 1.0 / self.rate_hz

@@ -78,8 +78,14 @@ class W1Thermometers:
     empty, every ``28-*`` probe present is read under its own id.
     """
 
-    def __init__(self, devices_dir: str | Path = W1_DEVICES, names: dict[str, str] | None = None, *,
-                 poll_s: float = 10.0, clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+    def __init__(
+        self,
+        devices_dir: str | Path = W1_DEVICES,
+        names: dict[str, str] | None = None,
+        *,
+        poll_s: float = 10.0,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         self.devices_dir = Path(devices_dir)
         self.names = dict(names or {})
         self.poll_s = poll_s
@@ -144,9 +150,17 @@ class FakeThermometers:
     """Probes that swing slowly round ``base_c`` (±``swing_c`` over ``cycle_s`` seconds) in
     DS18B20 steps of 1/16 °C, one reading per probe every 1/``rate_hz`` seconds."""
 
-    def __init__(self, sensors: tuple[str, ...] = ("reefer",), rate_hz: float = 0.1, *, base_c: float = 4.0,
-                 swing_c: float = 3.0, cycle_s: float = 600.0, seed: int = 7,
-                 clock: Callable[[], datetime] = lambda: datetime.now(UTC)) -> None:
+    def __init__(
+        self,
+        sensors: tuple[str, ...] = ("reefer",),
+        rate_hz: float = 0.1,
+        *,
+        base_c: float = 4.0,
+        swing_c: float = 3.0,
+        cycle_s: float = 600.0,
+        seed: int = 7,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ) -> None:
         if rate_hz <= 0:
             raise ValueError("rate_hz must be positive")
         self.sensors, self.rate_hz = tuple(sensors), rate_hz
