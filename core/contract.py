@@ -42,6 +42,7 @@ from typing import Any
 
 __all__ = [
     "CONTRACT_VERSION",
+    "REASONS",
     "STREAMS",
     "READING_TYPES",
     "Limits",
@@ -71,6 +72,27 @@ READING_TYPES = ("gps", "temp", "door")
 TOPIC_ROOT = "fleet"
 _ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 _EPOCH_FLOOR = datetime(2000, 1, 1, tzinfo=UTC)
+
+
+# Every reason a message or reading lands in dead_letters, with what it means (docs/contract.md
+# lists the same; a test keeps them in step).
+REASONS: dict[str, str] = {
+    "bad_json": "not UTF-8 JSON (or nested too deeply)",
+    "not_object": "the payload, or a batch reading, is not a JSON object",
+    "bad_version": "`v` is not the contract version (1)",
+    "missing_field": "a required field is absent",
+    "wrong_type": "a field has the wrong type or form (e.g. a time without an offset)",
+    "not_finite": "NaN or an infinity",
+    "out_of_range": "a number outside its range (e.g. latitude past 90)",
+    "time_too_old": "`fix_time` before 2000",
+    "time_in_future": "`fix_time` more than `max_future_skew_s` ahead of the server clock",
+    "vehicle_mismatch": "the payload's `vehicle` is not the topic's",
+    "bad_topic": "the topic is not `fleet/<tenant>/<vehicle>/<stream>` with valid ids",
+    "bad_type": "a batch reading's `type` is not gps, temp or door",
+    "oversized": "more than `max_payload_bytes`, or more than `max_batch_readings` readings",
+    "conflict": "the same reading key was stored before with different content",
+    "bad_plan": "a plan on `dispatch/<tenant>/plan` that is not valid (the detail names the field)",
+}
 
 
 class ContractError(ValueError):

@@ -380,7 +380,7 @@ class AgentLink:
 def _restart_broker(settings: Settings, engine: Engine) -> None:
     """Restart the broker with ``settings``' listener and wait until every gateway shard has
     subscribed again: Mosquitto 2.0.11 queues nothing for a restored shared-subscription
-    session until its shard is back (README, "Failure behaviour"), so no device may publish before."""
+    session until its shard is back (docs/operations.md, "Failure behaviour"), so no device may publish before."""
     shards = [c.shard for c in engine.children if c.shard is not None]
     services.stop_broker(settings)
     for shard in shards:
