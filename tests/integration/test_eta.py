@@ -18,6 +18,7 @@ import pytest
 from bytewax.testing import TestingSource, run_main
 
 from core.settings import Settings
+from core.thresholds import EtaConfig
 from delivery.deliverer import run_delivery
 from fleetstream.credentials import mqtt_account
 from pipelines.analytics import PlanUpdate
@@ -53,7 +54,15 @@ def test_eta_updates_land_and_vehicle_current_shows_the_next_stop_eta(services_s
     ]
     source = [PlanUpdate(plan, 1, T0), *items]
     for _ in range(2):  # a replay rewrites the same rows
-        run_main(build_analytics_flow(TestingSource(source), AnalyticsStore(services_settings.dsn()), wall=fixed_wall))
+        # an estimate at every fix (the default is every 15 s), as the expected rows below
+        run_main(
+            build_analytics_flow(
+                TestingSource(source),
+                AnalyticsStore(services_settings.dsn()),
+                wall=fixed_wall,
+                eta=EtaConfig(estimate_every_s=0.0),
+            )
+        )
         rows = db.execute(
             "SELECT stop_id, extract(epoch FROM at - %s)::int, extract(epoch FROM eta - %s)::int, "
             "method, window_end, h3_cell IS NOT NULL, retracted, rev FROM eta_updates "
