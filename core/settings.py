@@ -106,6 +106,15 @@ class Settings:
     webhook_backoff_s: float = 0.5  # first retry delay; doubles up to 30 s
     delivery_poll_ms: int = 200  # how often the deliverer looks for new alerts
     eta_mqtt: int = 1  # 1 = publish ETA updates to etas/<tenant>/<vehicle> (QoS 1; with alert_mqtt)
+    # control tower: the HTTP API, its live stream and the page
+    engine_api: int = 1  # 1 = the engine starts and supervises the API (`fleetstream api`)
+    api_host: str = "127.0.0.1"  # address the API listens on
+    api_port: int = 18880  # its TCP port
+    api_pool_size: int = 8  # database connections of one API process
+    api_sse_queue: int = 10_000  # live events buffered per stream client; a client that falls further behind is dropped
+    api_ready_max_lag_s: float = 30.0  # /readyz fails while the dataflow is further behind the gateway (seconds)
+    api_map_network: str = "helsinki"  # the page's base map: roads of this network (helsinki or a .pbf); empty = none
+    api_web_dir: Path = PROJECT_ROOT / ".web" / "node_modules"  # maplibre-gl and h3-js, installed by bootstrap.sh
     # simulator / demo
     tenant: str = "demo"
     sim_vehicles: int = 50
@@ -163,6 +172,16 @@ class Settings:
     def recovery_dir(self) -> Path:
         return self.state_dir / "recovery"
 
+    @property
+    def metrics_dir(self) -> Path:
+        """Where the engine's processes write their Prometheus metrics (multiprocess mode)."""
+        return self.state_dir / "metrics"
+
+    def api_url(self) -> str:
+        """The API's base URL, e.g. ``http://127.0.0.1:18880``."""
+        host = f"[{self.api_host}]" if ":" in self.api_host else self.api_host
+        return f"http://{host}:{self.api_port}"
+
 
 class SettingsError(ValueError):
     """A setting that is unknown, does not parse, or is out of its range; the message names it."""
@@ -170,10 +189,13 @@ class SettingsError(ValueError):
 
 _ENV_PREFIX = "FLEETSTREAM_"
 _NOT_SETTINGS = ("FLEETSTREAM_TEST_", "FLEETSTREAM_CACHE_DIR", "FLEETSTREAM_PG_MAJOR")
-_FLAGS = ("flow_analytics", "flow_eta", "alert_mqtt", "eta_mqtt")  # 0 = off, 1 = on
+_FLAGS = ("flow_analytics", "flow_eta", "alert_mqtt", "eta_mqtt", "engine_api")  # 0 = off, 1 = on
 # (low, high) bounds, both inclusive; every other number must be >= 0
 _RANGES: dict[str, tuple[float, float]] = {
     "mqtt_port": (1, 65535),
+    "api_port": (1, 65535),
+    "api_pool_size": (1, 1000),
+    "api_sse_queue": (10, 10_000_000),
     "pg_port": (1, 65535),
     "gateway_workers": (1, 64),
     "gateway_batch_max": (1, 100_000),

@@ -56,7 +56,7 @@ import urllib.request
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -66,8 +66,10 @@ import psycopg
 from psycopg.rows import dict_row
 
 from core.contract import format_time
+from core.metrics import DELIVERED, DELIVERY_CURSOR, DELIVERY_FAILURES, DELIVERY_LAG, WEBHOOK_RETRIES
 from core.settings import Settings
 from store.db import connect
+from store.events import merge_rev_pages
 
 __all__ = [
     "MQTT_CHANNEL",
@@ -117,6 +119,13 @@ _ALERT_FIELDS: tuple[tuple[str, str], ...] = tuple(
         "details",
         "detected_at",
         "updated_at",
+        # what people did about it (the API's alert actions)
+        "acknowledged_at",
+        "acknowledged_by",
+        "owner",
+        "closed_at",
+        "closed_by",
+        "comments",
     )
 )
 _STOP_EVENT_FIELDS: tuple[tuple[str, str], ...] = (("type", "kind"),) + tuple(
@@ -262,16 +271,9 @@ def merge_pages(
     page_rows: int,
     etas: Sequence[Mapping[str, Any]] = (),
 ) -> list[Mapping[str, Any]]:
-    """Rev-ordered pages (each at most ``page_rows``) as one rev-ordered list with no gap.
-
-    A full page may end before rows of another table that come after it; those are
-    cut off here and read again next time, so nothing is passed over.
-    """
-    rows = sorted([*alerts, *stops, *etas], key=lambda r: r["rev"])
-    ends = [page[-1]["rev"] for page in (alerts, stops, etas) if len(page) >= page_rows]
-    if ends:
-        rows = [r for r in rows if r["rev"] <= min(ends)]
-    return rows
+    """Rev-ordered pages (each at most ``page_rows``) as one rev-ordered list with no gap
+    (``store.events.merge_rev_pages``): rows past the end of a full page are read next time."""
+    return merge_rev_pages((alerts, stops, etas), page_rows)
 
 
 def webhook_urls(raw: str) -> list[str]:
@@ -368,7 +370,11 @@ class ChangeFeed:
                 cur.execute(_STOP_EVENT_SELECT, (self.last_rev, self.page_rows)).fetchall() if self.stop_events else []
             )
             etas = cur.execute(_ETA_SELECT, (self.last_rev, self.page_rows)).fetchall() if self.etas else []
-        return merge_pages(alerts, stops, self.page_rows, etas)
+        rows = merge_pages(alerts, stops, self.page_rows, etas)
+        oldest = min((r["updated_at"] for r in rows), default=None)
+        lag = (datetime.now(UTC) - oldest).total_seconds() if oldest is not None else 0.0
+        DELIVERY_LAG.labels(self.channel).set(max(0.0, lag))
+        return rows
 
     def advance(self, rev: int, delivered: int, failures: Sequence[Failure] = ()) -> None:
         """Store the cursor at ``rev`` with ``delivered`` more deliveries and the ``failures``, in one transaction."""
@@ -385,6 +391,11 @@ class ChangeFeed:
                 (rev, delivered, self.channel),
             )
         self.last_rev = max(self.last_rev or 0, rev)
+        DELIVERY_CURSOR.labels(self.channel).set(self.last_rev)
+        if delivered:
+            DELIVERED.labels(self.channel).inc(delivered)
+        if failures:
+            DELIVERY_FAILURES.labels(self.channel).inc(len(failures))
 
     def reset(self) -> None:
         """Drop the connection (after an error); the next call reconnects."""
@@ -595,6 +606,7 @@ class WebhookChannel:
                     error,
                 )
                 return Failure(payload["rev"], payload["id"], attempt, error)
+            WEBHOOK_RETRIES.labels(self.channel).inc()
             log.warning(
                 "delivery %s: rev %d attempt %d failed (%s); next in %.2f s",
                 self.channel,

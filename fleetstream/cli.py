@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import Any
 
@@ -162,6 +163,34 @@ def _deliver(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _api(settings: Settings, args: argparse.Namespace) -> int:
+    from api.server import run_api
+
+    run_api(settings)
+    return 0
+
+
+def _token(settings: Settings, args: argparse.Namespace) -> int:
+    from api.tokens import TokenError, add_token, list_tokens, revoke_token
+    from store.db import connect
+
+    with connect(settings.dsn(), autocommit=True) as conn:
+        try:
+            if args.action == "add":
+                token, token_id = add_token(conn, args.tenant, args.role, args.name or "")
+                print(json.dumps({"token": token, "id": token_id, "tenant": args.tenant, "role": args.role}))
+                print(f"page: {settings.api_url()}/?token={token}", file=sys.stderr)
+            elif args.action == "revoke":
+                print(json.dumps({"revoked": revoke_token(conn, args.token)}))
+            else:
+                for row in list_tokens(conn, args.tenant):
+                    print(json.dumps(row))
+        except TokenError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+    return 0
+
+
 def _evaluate(settings: Settings, args: argparse.Namespace) -> int:
     from dataclasses import replace
 
@@ -293,6 +322,25 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_deliver)
 
     p = sub.add_parser(
+        "api",
+        help="serve the HTTP API, live stream, metrics and control-tower page on api_host:api_port "
+        "(the engine starts it; alone: e.g. beside an engine on another machine)",
+    )
+    p.set_defaults(func=_api)
+
+    p = sub.add_parser("token", help="bearer tokens of the HTTP API: add, revoke, list")
+    token_sub = p.add_subparsers(dest="action", required=True)
+    q = token_sub.add_parser("add", help="print a new token for TENANT (shown once; stored hashed)")
+    q.add_argument("tenant")
+    q.add_argument("--role", choices=["viewer", "dispatcher"], default="viewer", help="default viewer (read only)")
+    q.add_argument("--name", help="who holds it: names the actor of alert actions")
+    q = token_sub.add_parser("revoke", help="revoke a token, given by its id or the token itself")
+    q.add_argument("token")
+    q = token_sub.add_parser("list", help="the tokens (ids, never the tokens), of TENANT or all")
+    q.add_argument("tenant", nargs="?")
+    p.set_defaults(func=_token)
+
+    p = sub.add_parser(
         "evaluate",
         help="simulated fleet with labelled anomalies through the real engine: "
         "precision, recall, detection delay, arrival/departure timing",
@@ -335,7 +383,21 @@ def main(argv: list[str] | None = None) -> int:
         "sim_seed": getattr(args, "seed", None),
     }
     settings = load_settings(**overrides)
+    if args.command in _ENGINE_PROCESSES:
+        _metrics_dir(settings)
     return int(args.func(settings, args) or 0)
+
+
+# the commands the engine runs: they report Prometheus metrics to <state_dir>/metrics
+_ENGINE_PROCESSES = ("gateway", "flow", "dispatch", "deliver", "api")
+
+
+def _metrics_dir(settings: Settings) -> None:
+    """Point prometheus-client's multiprocess mode at the engine's metrics folder (unless the
+    environment already names one), before anything imports it (``core/metrics.py``)."""
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(settings.metrics_dir)
+    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
 
 
 if __name__ == "__main__":

@@ -17,7 +17,7 @@ from fleetstream import credentials, services
 from fleetstream.engine import Engine
 from store.db import connect, migrate, one, scalar
 
-__all__ = ["run_demo", "simulate", "fleet_summary"]
+__all__ = ["control_tower_url", "run_demo", "simulate", "fleet_summary"]
 
 _SETTLE_TIMEOUT_S = 120.0  # longest wait, after the fleet finished, for the dataflow to catch up
 
@@ -189,6 +189,15 @@ def store_plans(settings: Settings, plans: list[dict[str, Any]]) -> list[int]:
         return [store_plan(conn, Plan.from_dict(p), "simulator")[0] for p in plans]
 
 
+def control_tower_url(settings: Settings) -> str:
+    """The page's URL with a new dispatcher token of the demo's tenant (``fleetstream token list`` shows it)."""
+    from api.tokens import add_token
+
+    with connect(settings.dsn(), autocommit=True) as conn:
+        token, _ = add_token(conn, settings.tenant, "dispatcher", "demo")
+    return f"{settings.api_url()}/?token={token}"
+
+
 def run_demo(settings: Settings, batch: bool = False) -> int:
     """Services up, schema, engine, simulated fleet; live progress; summary from TimescaleDB."""
     started = time.monotonic()
@@ -208,6 +217,8 @@ def run_demo(settings: Settings, batch: bool = False) -> int:
     engine = Engine(settings)
     engine.start()
     engine.wait_ready()
+    if settings.engine_api:
+        print(f"control tower (live while the demo runs): {control_tower_url(settings)}", flush=True)
     progress: dict[str, int] = {}
     result: dict[str, Any] = {}
 

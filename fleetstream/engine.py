@@ -1,9 +1,15 @@
-"""The engine: gateway shard processes, the dataflow process and the dispatch listener, supervised.
+"""The engine: gateway shard processes, the dataflow, the dispatch listener, the deliverer and
+the API, supervised.
 
 Each part runs in its own process (the gateway is CPU-bound Python, so shards
 use both cores). A child that dies is restarted; the dataflow resumes from its
 Bytewax recovery snapshot. Children get PDEATHSIG so a killed supervisor never
 leaves orphans that would hold a shard.
+
+Metrics: every child writes its Prometheus metrics to ``<state_dir>/metrics``
+(``PROMETHEUS_MULTIPROC_DIR``, set here for all of them), emptied when the engine
+starts; the API serves them merged. A child that exits is marked dead there, so its
+``live`` gauges stop counting while its counters keep their totals.
 """
 
 from __future__ import annotations
@@ -53,7 +59,12 @@ class Engine:
     """Start, watch and stop the engine's processes."""
 
     def __init__(
-        self, settings: Settings, with_flow: bool = True, with_dispatch: bool = True, with_delivery: bool | None = None
+        self,
+        settings: Settings,
+        with_flow: bool = True,
+        with_dispatch: bool = True,
+        with_delivery: bool | None = None,
+        with_api: bool | None = None,
     ) -> None:
         self.settings = settings
         cli = [sys.executable, "-m", "fleetstream.cli"]
@@ -70,7 +81,11 @@ class Engine:
         # alerts and stop events to MQTT and webhooks: with the analytics, unless told otherwise
         if with_delivery if with_delivery is not None else (with_flow and bool(settings.flow_analytics)):
             self.children.append(_Child("deliver", [*cli, "deliver"]))
+        # the HTTP API and the page: with the settings' engine_api, unless told otherwise
+        if with_api if with_api is not None else bool(settings.engine_api):
+            self.children.append(_Child("api", [*cli, "api"]))
         self._log = settings.state_dir / "logs"
+        self._env = {**settings_env(settings), "PROMETHEUS_MULTIPROC_DIR": str(settings.metrics_dir)}
 
     def _spawn(self, child: _Child) -> None:
         self._log.mkdir(parents=True, exist_ok=True)
@@ -81,7 +96,7 @@ class Engine:
         with open(self._log / f"{child.name}.log", "ab") as out:
             child.proc = subprocess.Popen(
                 child.argv,
-                env=settings_env(self.settings),
+                env=self._env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 preexec_fn=_die_with_parent,
@@ -89,8 +104,19 @@ class Engine:
         log.info("engine: started %s (pid %d)", child.name, child.proc.pid)
 
     def start(self) -> None:
+        metrics = self.settings.metrics_dir
+        metrics.mkdir(parents=True, exist_ok=True)
+        for old in metrics.glob("*.db"):  # a new engine: counters start from zero
+            old.unlink(missing_ok=True)
         for child in self.children:
             self._spawn(child)
+
+    def _exited(self, child: _Child) -> None:
+        """A child is gone: its live gauges leave the metrics (prometheus-client multiprocess mode)."""
+        if child.proc is not None:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(child.proc.pid, str(self.settings.metrics_dir))
 
     def wait_ready(self, timeout_s: float = 60.0) -> None:
         """Block until every gateway shard (and the dispatch listener) has subscribed: their
@@ -115,6 +141,7 @@ class Engine:
             for child in self.children:
                 if child.proc is not None and child.proc.poll() is not None:
                     log.warning("engine: %s exited with %s; restarting", child.name, child.proc.returncode)
+                    self._exited(child)
                     child.restarts += 1
                     time.sleep(min(5.0, 0.5 * child.restarts))
                     self._spawn(child)
@@ -141,6 +168,7 @@ class Engine:
                 log.warning("engine: %s did not stop; killing pid %d", child.name, child.proc.pid)
                 child.proc.kill()
                 child.proc.wait()
+            self._exited(child)
 
 
 def run_engine(settings: Settings, with_flow: bool = True) -> None:

@@ -36,6 +36,7 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from core.contract import Rejected
+from core.metrics import DEAD_LETTERS
 from core.plan import Plan, PlanError
 from core.settings import Settings
 from ingest.batching import dead_letter_row
@@ -219,7 +220,8 @@ class DispatchListener:
             self.settings.dead_letter_raw_cap,
         )
         with conn.transaction(), conn.cursor() as cur:
-            store_dead_letters(cur, [row], DEAD_LETTER_SHARD)
+            for reason, count in store_dead_letters(cur, [row], DEAD_LETTER_SHARD).items():
+                DEAD_LETTERS.labels(reason).inc(count)
 
     def _commit(self, msg: _Message, stop: threading.Event) -> bool:
         """Store or dead-letter ``msg``; False when ``stop`` came first (left un-acked)."""

@@ -25,9 +25,10 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from core.contract import Limits, subscription_filter
+from core.metrics import COMMIT_LATENCY, CONFLICTS, DEAD_LETTERS, DUPLICATES, MESSAGES, READINGS_STORED
 from core.settings import Settings
 from ingest.batching import Received, prepare
-from ingest.writer import ShardWriter
+from ingest.writer import ShardWriter, WriteResult
 
 __all__ = ["GatewayShard", "SHARE_GROUP", "ready_file", "run_gateway"]
 
@@ -155,11 +156,13 @@ class GatewayShard:
                 if stop.wait(delay):
                     raise
                 delay = min(delay * 2, 5.0)
+        committed_at = time.time()
         with self._cond:
             generation = self._generation
         for p in batch:  # PUBACK in arrival order, only on the connection they arrived on
             if p.generation == generation and p.qos > 0:
                 self.client.ack(p.mid, p.qos)
+        _count(result, len(batch), committed_at - min(p.message.received_ts for p in batch))
         for key, value in (
             ("messages", len(batch)),
             ("stored", result.stored),
@@ -191,6 +194,21 @@ class GatewayShard:
             self.client.disconnect()
             self.client.loop_stop()
             self.writer.close()
+
+
+def _count(result: WriteResult, messages: int, latency_s: float) -> None:
+    """One committed batch into the metrics (``core/metrics.py``)."""
+    MESSAGES.inc(messages)
+    for stream, stored in result.stored_by_stream.items():
+        if stored:
+            READINGS_STORED.labels(stream).inc(stored)
+    for reason, count in result.dead_letters_by_reason.items():
+        DEAD_LETTERS.labels(reason).inc(count)
+    if result.duplicates:
+        DUPLICATES.inc(result.duplicates)
+    if result.conflicts:
+        CONFLICTS.inc(result.conflicts)
+    COMMIT_LATENCY.observe(max(0.0, latency_s))
 
 
 def run_gateway(settings: Settings, shard: int, account: tuple[str, str]) -> None:

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -82,17 +83,19 @@ _STATUS_INSERT = (
 )
 
 
-def store_dead_letters(cur: psycopg.Cursor[Any], rows: list[DeadLetterRow], shard: int) -> int:
+def store_dead_letters(cur: psycopg.Cursor[Any], rows: list[DeadLetterRow], shard: int) -> Counter[str]:
     """Insert ``rows`` (written by ``shard``) inside the caller's transaction; a row whose
-    digest is stored already (a redelivered bad message) is skipped. Returns how many were new."""
-    stored = 0
+    digest is stored already (a redelivered bad message) is skipped. Returns how many were
+    new, by reason code."""
+    stored: Counter[str] = Counter()
     for row in rows:
         cur.execute(
             f"INSERT INTO dead_letters ({_DEAD_LETTER_COLUMNS}) SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s "
             "WHERE NOT EXISTS (SELECT 1 FROM dead_letters WHERE digest = %s)",
             (*row, shard, row.digest),
         )
-        stored += cur.rowcount
+        if cur.rowcount > 0:
+            stored[row.reason] += cur.rowcount
     return stored
 
 
@@ -105,6 +108,8 @@ class WriteResult:
     conflicts: int
     dead_letters: int
     last_seq: int
+    stored_by_stream: dict[str, int] = field(default_factory=dict)  # gps, temp, door
+    dead_letters_by_reason: dict[str, int] = field(default_factory=dict)
 
 
 def _receive_orders(batch: Prepared) -> tuple[list[int], list[int], list[int]]:
@@ -161,6 +166,7 @@ class ShardWriter:
         conn = self.conn
         assert conn is not None
         stored = 0
+        by_stream: dict[str, int] = {}
         duplicates = batch.duplicates
         dead = list(batch.dead_letters)
         try:
@@ -184,6 +190,7 @@ class ShardWriter:
                     )
                     inserted = cur.rowcount
                     stored += inserted
+                    by_stream[table.stream] = inserted
                     if inserted < staged:
                         conflicting = self._conflicts(cur, table)
                         dead.extend(conflicting)
@@ -192,7 +199,8 @@ class ShardWriter:
                 new_vehicles = self._new_vehicles(cur, batch)
                 if batch.statuses:
                     cur.executemany(_STATUS_INSERT, batch.statuses)
-                dead_stored = store_dead_letters(cur, dead, self.shard)
+                dead_by_reason = store_dead_letters(cur, dead, self.shard)
+                dead_stored = sum(dead_by_reason.values())
                 conflicts = sum(1 for d in dead if d.reason == "conflict")
                 cur.execute(
                     "UPDATE gateway_shards SET last_seq = %s, stored = stored + %s, duplicates = duplicates + %s, "
@@ -208,7 +216,7 @@ class ShardWriter:
             raise
         self.last_seq = seq
         self._known_vehicles |= new_vehicles
-        return WriteResult(stored, duplicates, conflicts, dead_stored, seq)
+        return WriteResult(stored, duplicates, conflicts, dead_stored, seq, by_stream, dict(dead_by_reason))
 
     def _rollback(self) -> None:
         try:

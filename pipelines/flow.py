@@ -28,6 +28,7 @@ from bytewax.inputs import Source
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 
+from core.metrics import FLEET_CLOCK_LAG, LATE_READINGS, REPLAYS, TOO_LATE_READINGS
 from core.thresholds import AnalyticsConfig, EtaConfig
 from pipelines.analytics import Output, PlanUpdate, VehicleEngine
 from pipelines.clock import FleetClock
@@ -74,11 +75,13 @@ class _FleetClockStamp:
 
     This must happen before the items are keyed: Bytewax hands a stateful step a
     batch grouped by key, so one vehicle's whole backlog would move a clock kept
-    there past every other vehicle's readings in the same batch.
+    there past every other vehicle's readings in the same batch. Reports each tenant's
+    fleet-clock lag (wall minus fleet clock) at most once a second of wall time.
     """
 
     def __init__(self, clock: FleetClock, wall: Wall) -> None:
         self.clock, self.wall = clock, wall
+        self._reported: dict[str, datetime] = {}
 
     def __call__(self, item: StoredReading | PlanUpdate) -> Stamped:
         wall = self.wall()
@@ -86,7 +89,29 @@ class _FleetClockStamp:
             return item, self.clock.now(item.plan.tenant, wall)
         tenant = item.reading.tenant
         self.clock.observe(tenant, item.shard, item.reading.fix_time, item.received_at, wall)
-        return item, self.clock.now(tenant, wall)
+        now = self.clock.now(tenant, wall)
+        last = self._reported.get(tenant)
+        if now is not None and (last is None or wall - last >= _REPORT_EVERY):
+            self._reported[tenant] = wall
+            FLEET_CLOCK_LAG.labels(tenant).set((wall - now).total_seconds())
+        return item, now
+
+
+_REPORT_EVERY = timedelta(seconds=1)
+
+
+def _lateness(engine: VehicleEngine | None) -> tuple[int, int, int]:
+    if engine is None:
+        return 0, 0, 0
+    stats = engine.analytics.lateness
+    return stats.late_readings, stats.too_late_readings, stats.corrections
+
+
+def _count_lateness(before: tuple[int, int, int], after: tuple[int, int, int]) -> None:
+    """Late readings, readings too late to analyse and replays since ``before``, into the metrics."""
+    for counter, was, now in zip((LATE_READINGS, TOO_LATE_READINGS, REPLAYS), before, after, strict=True):
+        if now > was:
+            counter.inc(now - was)
 
 
 class _VehicleLogic(StatefulBatchLogic[Stamped, list[Output], VehicleEngine]):
@@ -115,6 +140,7 @@ class _VehicleLogic(StatefulBatchLogic[Stamped, list[Output], VehicleEngine]):
         self._resync = engine is not None  # resumed from a snapshot: rewrite its results once
 
     def on_batch(self, values: list[Stamped]) -> tuple[Iterable[list[Output]], bool]:
+        before = _lateness(self.engine)
         out = self._resynced(self.wall())
         last: datetime | None = None
         for item, now in values:
@@ -133,6 +159,7 @@ class _VehicleLogic(StatefulBatchLogic[Stamped, list[Output], VehicleEngine]):
             out += due
             if not (due and isinstance(due[-1], VehicleSummary)):
                 out.append(self.engine.summary())  # one per batch: the store keeps the last anyway
+        _count_lateness(before, _lateness(self.engine))
         return [out], StatefulBatchLogic.RETAIN
 
     def _resynced(self, wall: datetime) -> list[Output]:
@@ -148,7 +175,9 @@ class _VehicleLogic(StatefulBatchLogic[Stamped, list[Output], VehicleEngine]):
             return [], StatefulBatchLogic.RETAIN
         wall = self.wall()
         now = self.clock.now(self.engine.basic.tenant, wall)
+        before = _lateness(self.engine)
         out = self._resynced(wall) + (self.engine.on_timer(now) if now is not None else [])
+        _count_lateness(before, _lateness(self.engine))
         return ([out] if out else []), StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:

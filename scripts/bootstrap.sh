@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # Set up a fresh Debian 12 machine for fleetstream (run as root).
 #
-#   1. apt packages: Mosquitto, PostgreSQL 15 (+ server headers), build tools
+#   1. apt packages: Mosquitto, PostgreSQL 15 (+ server headers), build tools, Chromium
 #   2. TimescaleDB (Apache-2 edition) built from Debian trixie's source package
 #   3. the Python virtualenv at .venv with the project installed editable
+#   4. the control-tower page's npm packages (api/web/package.json) in .web/ (never committed)
 #
 # Every step is skipped when it is already done, so a second run takes seconds.
 # Prints one line per step. Works without a terminal (CI=true, no stdin).
@@ -51,6 +52,7 @@ APT_PACKAGES=(
     cmake gcc make dpkg-dev xz-utils
     libkrb5-dev libssl-dev # Debian's PostgreSQL is built with GSSAPI + OpenSSL: their headers are needed
     gpsd gpsd-clients      # the edge agent's GPS tests run a real gpsd fed by gpsfake
+    chromium               # the control-tower page's browser tests (Playwright drives it; no browser download)
 )
 # a Debian python3 needs python3-venv for "python3 -m venv"
 if ! "$PYTHON" -c 'import ensurepip' >/dev/null 2>&1; then
@@ -207,4 +209,25 @@ else
     run_logged "$PIP_LOG" "$VENV/bin/python" -m pip install -q -e "$REPO_ROOT[server,edge,test]"
     echo "$want_stamp" >"$STAMP"
     echo "venv: installed in $(elapsed "$t0") s"
+fi
+
+# ------------------------------------------------------------------ 4. npm (the page's map libraries)
+# Exact versions from api/web/package.json, no lock file (it would record registry URLs);
+# installed into .web/node_modules, which the API serves under /vendor/.
+WEB="$REPO_ROOT/.web"
+WEB_STAMP="$WEB/.fleetstream-bootstrap"
+t0="$(now)"
+want_web="$(sha256sum "$REPO_ROOT/api/web/package.json" | cut -d' ' -f1)"
+if [ -f "$WEB_STAMP" ] && [ "$(cat "$WEB_STAMP")" = "$want_web" ] && [ -d "$WEB/node_modules/maplibre-gl" ]; then
+    echo "npm: ok (cached)"
+elif ! command -v npm >/dev/null 2>&1; then
+    echo "npm: not found; the control-tower page will have no map (install Node.js and npm, then run this again)" >&2
+else
+    NPM_LOG="$LOG_DIR/npm.log"
+    : >"$NPM_LOG"
+    mkdir -p "$WEB"
+    cp "$REPO_ROOT/api/web/package.json" "$WEB/package.json"
+    (cd "$WEB" && run_logged "$NPM_LOG" npm install --no-package-lock --no-audit --no-fund --omit=dev)
+    echo "$want_web" >"$WEB_STAMP"
+    echo "npm: installed in $(elapsed "$t0") s"
 fi
