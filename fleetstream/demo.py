@@ -217,6 +217,8 @@ def run_demo(settings: Settings, batch: bool = False) -> int:
     engine = Engine(settings)
     engine.start()
     engine.wait_ready()
+    watcher = threading.Thread(target=engine.watch, args=(stop,), name="engine-watch", daemon=True)
+    watcher.start()  # restart what dies (the page's API too) while the demo runs
     if settings.engine_api:
         print(f"control tower (live while the demo runs): {control_tower_url(settings)}", flush=True)
     progress: dict[str, int] = {}
@@ -252,6 +254,7 @@ def run_demo(settings: Settings, batch: bool = False) -> int:
     finally:
         stop.set()
         sim.join(30)
+        watcher.join(5)
         engine.stop()
     print("\n\nsimulator:", result or "(interrupted)")
     print(f"\nTimescaleDB received for tenant {settings.tenant!r} during this run:")

@@ -1,9 +1,9 @@
 """Shared fixtures of the integration tests: a real Mosquitto and a real TimescaleDB.
 
 The services run from their own state folder (``<repo>/.fleetstream-test``) on their
-own ports (MQTT 18831, PostgreSQL 55433; ``FLEETSTREAM_TEST_STATE_DIR``,
-``FLEETSTREAM_TEST_MQTT_PORT`` and ``FLEETSTREAM_TEST_PG_PORT`` override them), so a developer's running stack (18830 /
-55432) is never touched. They start once per test session and stop at its end.
+own ports (MQTT 18831, PostgreSQL 55433, the API 18839; ``FLEETSTREAM_TEST_STATE_DIR``,
+``FLEETSTREAM_TEST_MQTT_PORT``, ``FLEETSTREAM_TEST_PG_PORT`` and ``FLEETSTREAM_TEST_API_PORT`` override them), so a
+developer's running stack (18830 / 55432 / 18880) is never touched. They start once per test session and stop at its end.
 
 Fixtures
     ``services``           (session) the test :class:`~core.settings.Settings`, services up
@@ -27,6 +27,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 TEST_STATE_DIR = Path(os.environ.get("FLEETSTREAM_TEST_STATE_DIR", REPO_ROOT / ".fleetstream-test"))
 TEST_MQTT_PORT = int(os.environ.get("FLEETSTREAM_TEST_MQTT_PORT", "18831"))
 TEST_PG_PORT = int(os.environ.get("FLEETSTREAM_TEST_PG_PORT", "55433"))
+# the API's port in the tests that run it (the others run the engine without it)
+TEST_API_PORT = int(os.environ.get("FLEETSTREAM_TEST_API_PORT", "18839"))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -45,6 +47,8 @@ def integration_settings() -> Settings:
         pg_port=TEST_PG_PORT,
         mqtt_url="",
         pg_dsn="",
+        api_port=TEST_API_PORT,
+        engine_api=0,  # the API's own tests start it
     )
 
 
