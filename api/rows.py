@@ -67,7 +67,7 @@ def vehicle_payload(row: Mapping[str, Any]) -> dict[str, Any]:
     """One ``vehicle_current`` row as the API and the live stream show it: ``vehicle``,
     ``state`` (:func:`vehicle_state`), then the view's columns."""
     out = {"vehicle": row["vehicle_id"], "state": vehicle_state(row)}
-    out.update(shaped(row, frozenset({"tenant", "vehicle_id", "processed_at"})))
+    out.update(shaped(row, frozenset({"tenant", "vehicle_id"})))
     return out
 
 

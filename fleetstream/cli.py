@@ -92,6 +92,11 @@ def _bench(settings: Settings, args: argparse.Namespace) -> int:
     from fleetstream.bench.analytics import run_analytics_benchmark
     from fleetstream.bench.ingest import run_benchmark
 
+    if args.api:
+        from fleetstream.bench.api import run_api_benchmark
+
+        run_api_benchmark(settings, vehicles=args.vehicles or 1000, quick=args.quick)
+        return 0
     if args.eta:
         from fleetstream.bench.eta import run_eta_benchmark
 
@@ -301,7 +306,13 @@ def main(argv: list[str] | None = None) -> int:
         help="only the ETA training benchmark: a simulated week of "
         "--vehicles vans (default 50) into TimescaleDB, then `train eta` timed",
     )
-    p.add_argument("--vehicles", type=int, help="with --eta: vans in the simulated week (default 50)")
+    p.add_argument(
+        "--api",
+        action="store_true",
+        help="only the API benchmark: request latency with --vehicles vans (default 1000), the stored-readings "
+        "rate with and without 50 live-stream clients, and live-stream capacity",
+    )
+    p.add_argument("--vehicles", type=int, help="with --eta: vans in the simulated week (default 50); with --api: 1000")
     p.set_defaults(func=_bench)
 
     p = sub.add_parser("plan", help="delivery plans: store, publish over MQTT, show the latest")

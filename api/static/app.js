@@ -246,6 +246,7 @@
     if (d.summary) return esc(d.summary);
     const parts = [];
     if (a.stop_id) parts.push("stop <b>" + esc(a.stop_id) + "</b>");
+    if (d.door) parts.push(esc(d.door) + " door");
     if (d.celsius != null) parts.push(esc(Number(d.celsius).toFixed(1)) + " °C");
     if (d.distance_m != null) parts.push(esc(Math.round(d.distance_m)) + " m off");
     if (d.dwell_s != null) parts.push(esc(Math.round(d.dwell_s / 60)) + " min");

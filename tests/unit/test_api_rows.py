@@ -93,9 +93,16 @@ def test_vehicle_state_takes_the_first_that_holds(row: dict[str, object], state:
     assert vehicle_state(row) == state
 
 
-def test_vehicle_payload_names_the_vehicle_and_hides_bookkeeping() -> None:
+def test_vehicle_payload_names_the_vehicle_and_drops_the_tenant() -> None:
     row = {"tenant": "acme", "vehicle_id": "van-1", "processed_at": T0, "motion": "moving", "rev": 7, "lat": 60.1}
-    assert vehicle_payload(row) == {"vehicle": "van-1", "state": "moving", "motion": "moving", "rev": 7, "lat": 60.1}
+    assert vehicle_payload(row) == {
+        "vehicle": "van-1",
+        "state": "moving",
+        "processed_at": "2026-11-23T08:00:00.000Z",
+        "motion": "moving",
+        "rev": 7,
+        "lat": 60.1,
+    }
 
 
 @pytest.mark.parametrize(
