@@ -53,16 +53,31 @@ VEHICLE_INTERVAL_S = 1.0  # at most one vehicle event per vehicle and second
 HEARTBEAT_S = 15.0  # a comment line this often keeps proxies and dead-peer detection working
 RECHECK_TOKEN_S = 30.0  # an open stream's token is checked again this often (revocation)
 _PAGE = 500
+_BATCH_FRAMES = 1000  # queued changes written to a client in one go
 
 
 @dataclass(frozen=True, slots=True)
 class Change:
-    """One change of the log as the stream sends it."""
+    """One change of the log as the stream sends it; ``data`` is its JSON, encoded once for
+    every client."""
 
     rev: int
     kind: str  # alert, stop_event, eta, vehicle
     key: str  # what a newer change of the same kind and key supersedes (vehicles only)
     payload: dict[str, Any]
+    data: bytes = b""
+
+    @classmethod
+    def of(cls, rev: int, kind: str, key: str, payload: dict[str, Any]) -> Change:
+        return cls(rev, kind, key, payload, _json(payload))
+
+    def frame(self, event_id: int) -> bytes:
+        """This change as one SSE frame with ``id: event_id``."""
+        return b"id: %d\nevent: %s\ndata: %s\n\n" % (event_id, self.kind.encode(), self.data or _json(self.payload))
+
+
+def _json(payload: Mapping[str, Any]) -> bytes:
+    return json.dumps(payload, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
 
 
 def change_of(row: Mapping[str, Any]) -> Change:
@@ -70,16 +85,15 @@ def change_of(row: Mapping[str, Any]) -> Change:
     if row["table"] == "vehicle_current":
         payload = vehicle_payload({k: v for k, v in row.items() if k != "table"})
         payload["kind"] = "vehicle"
-        return Change(int(row["rev"]), "vehicle", str(row["vehicle_id"]), payload)
+        return Change.of(int(row["rev"]), "vehicle", str(row["vehicle_id"]), payload)
     payload = event_payload(row)
-    return Change(int(row["rev"]), str(payload["kind"]), str(payload["id"]), payload)
+    return Change.of(int(row["rev"]), str(payload["kind"]), str(payload["id"]), payload)
 
 
 def sse_frame(event: str, data: Mapping[str, Any], event_id: int | None = None) -> bytes:
     """One Server-Sent Events frame: ``id:`` (when given), ``event:``, one ``data:`` line of compact JSON."""
-    head = f"id: {event_id}\n" if event_id is not None else ""
-    body = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
-    return f"{head}event: {event}\ndata: {body}\n\n".encode()
+    head = b"id: %d\n" % event_id if event_id is not None else b""
+    return head + b"event: " + event.encode() + b"\ndata: " + _json(data) + b"\n\n"
 
 
 class ClientCursor:
@@ -264,15 +278,14 @@ async def stream_events(
                     rows = await queries.changes_after(conn, tenant, after, sub.start_after, _PAGE)
                 for row in rows:
                     for change, event_id in cursor.offer(change_of(row), clock()):
-                        yield sse_frame(change.kind, change.payload, event_id)
+                        yield change.frame(event_id)
                 if len(rows) < _PAGE:
                     break
                 after = int(rows[-1]["rev"])
         beat = recheck = clock()
         while not closing.is_set() and not sub.dropped.is_set():
             now = clock()
-            for change, event_id in cursor.due(now):
-                yield sse_frame(change.kind, change.payload, event_id)
+            out = [change.frame(event_id) for change, event_id in cursor.due(now)]
             if now - recheck >= RECHECK_TOKEN_S:
                 recheck = now
                 if not await still_allowed():
@@ -280,15 +293,26 @@ async def stream_events(
                     return
             if now - beat >= HEARTBEAT_S:
                 beat = now
-                yield b": keep-alive\n\n"
+                out.append(b": keep-alive\n\n")
+            if out:
+                yield b"".join(out)
             wait = HEARTBEAT_S - (now - beat)
             if (due := cursor.next_due()) is not None:
                 wait = min(wait, max(0.0, due - now))
             try:
-                change = await asyncio.wait_for(sub.queue.get(), timeout=max(0.01, min(wait, 1.0)))
+                first = await asyncio.wait_for(sub.queue.get(), timeout=max(0.01, min(wait, 1.0)))
             except TimeoutError:
                 continue
-            for out, event_id in cursor.offer(change, clock()):
-                yield sse_frame(out.kind, out.payload, event_id)
+            # whatever else is queued goes out in the same write: one send per wake-up, not per event
+            changes = [first]
+            while len(changes) < _BATCH_FRAMES:
+                try:
+                    changes.append(sub.queue.get_nowait())
+                except asyncio.QueueEmpty:
+                    break
+            now = clock()
+            frames = [c.frame(i) for change in changes for c, i in cursor.offer(change, now)]
+            if frames:
+                yield b"".join(frames)
     finally:
         hub.unsubscribe(sub)

@@ -75,7 +75,7 @@ def run_evaluation(settings: Settings, quiet: bool = False) -> tuple[dict[str, A
     if settings.embedded_mqtt or settings.embedded_pg:
         services.up(settings)
     migrate(settings.dsn())
-    engine = Engine(settings)
+    engine = Engine(settings, with_api=False)  # scored from the tables; no page to serve
     engine.start()
     engine.wait_ready()
     progress: dict[str, int] = {}

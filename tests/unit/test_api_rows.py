@@ -168,6 +168,8 @@ def test_revs_already_seen_are_not_sent_again() -> None:
 def test_sse_frames() -> None:
     assert sse_frame("alert", {"id": "x", "n": 1}, 42) == b'id: 42\nevent: alert\ndata: {"id":"x","n":1}\n\n'
     assert sse_frame("hello", {"a": "é"}) == 'event: hello\ndata: {"a":"é"}\n\n'.encode()
+    change = Change.of(7, "alert", "x", {"id": "x", "n": 1})
+    assert change.frame(6) == sse_frame("alert", {"id": "x", "n": 1}, 6)
 
 
 def test_change_of_a_vehicle_row_and_an_alert_row() -> None:
