@@ -38,8 +38,6 @@ from api.tenancy import TenantDatabase
 from api.tokens import Principal
 from core.plan import Plan, PlanError
 from core.settings import Settings
-from store.db import connect
-from store.plans import store_plan
 
 __all__ = ["create_app"]
 
@@ -80,7 +78,7 @@ def create_app(settings: Settings) -> FastAPI:
         timeout=10.0,
         kwargs=TenantDatabase.pool_kwargs(),
     )
-    db = TenantDatabase(pool)
+    db = TenantDatabase(pool, settings.dsn())
     hub = ChangeHub(db, settings.dsn(), settings.api_sse_queue)
     closing = asyncio.Event()
     roads: dict[str, Any] = {}
@@ -286,12 +284,7 @@ def create_app(settings: Settings) -> FastAPI:
             raise HTTPException(422, str(exc)) from None
         if not re.fullmatch(VEHICLE_ID, new_plan.vehicle):
             raise HTTPException(422, f"vehicle: {new_plan.vehicle!r} is not a valid id ([A-Za-z0-9_-], 1-64)")
-
-        def store() -> tuple[int, bool]:
-            with connect(settings.dsn(), autocommit=True) as conn:
-                return store_plan(conn, new_plan, "api")
-
-        version, stored = await asyncio.to_thread(store)
+        version, stored = await db.store_plan(who.tenant, new_plan)
         if not stored:
             response.status_code = 200
         return {"tenant": who.tenant, "vehicle": new_plan.vehicle, "version": version, "stored": stored}

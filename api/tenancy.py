@@ -12,6 +12,7 @@ session switches to the tenant's role (``SET LOCAL ROLE``) or the policies read
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -21,6 +22,9 @@ from psycopg.rows import dict_row
 from psycopg_pool import AsyncConnectionPool
 
 from api.tokens import Principal, token_hash
+from core.plan import Plan
+from store.db import connect
+from store.plans import store_plan
 
 __all__ = ["TenantDatabase"]
 
@@ -40,8 +44,9 @@ class TenantDatabase:
         """Connection arguments of the pool: dict rows, transactions, a connect timeout."""
         return {"autocommit": False, "connect_timeout": 5, "row_factory": dict_row}
 
-    def __init__(self, pool: AsyncConnectionPool[Any]) -> None:
+    def __init__(self, pool: AsyncConnectionPool[Any], dsn: str) -> None:
         self.pool = pool
+        self.dsn = dsn
 
     @asynccontextmanager
     async def session(self, tenant: str, write: bool = False) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
@@ -55,6 +60,19 @@ class TenantDatabase:
                     await conn.execute("SET TRANSACTION READ ONLY")
                 await conn.execute("SELECT set_config('fleetstream.tenant', %s, true)", (tenant,))
                 yield conn
+
+    async def store_plan(self, tenant: str, plan: Plan) -> tuple[int, bool]:
+        """Store ``plan`` (of ``tenant``) as the vehicle's next revision through ``store.plans``, the
+        store and versioning ``fleetstream plan load`` uses; returns (version, stored)."""
+        if plan.tenant != tenant:
+            raise ValueError(f"a plan of tenant {plan.tenant!r} in a session of {tenant!r}")
+
+        def store() -> tuple[int, bool]:  # store_plan is synchronous psycopg: a thread of its own
+            with connect(self.dsn, autocommit=True) as conn:
+                conn.execute("SELECT set_config('fleetstream.tenant', %s, false)", (tenant,))
+                return store_plan(conn, plan, "api")
+
+        return await asyncio.to_thread(store)
 
     async def principal(self, token: str) -> Principal | None:
         """Who holds ``token`` (None: unknown or revoked). The only query not scoped to a tenant:
