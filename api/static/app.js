@@ -243,7 +243,7 @@
   function alertWhere(a) {
     // richer context (summary, lat/lon) is shown when the alert carries it
     const d = a.details || {};
-    if (d.summary) return esc(d.summary);
+    if (a.summary || d.summary) return esc(a.summary || d.summary);
     const parts = [];
     if (a.stop_id) parts.push("stop <b>" + esc(a.stop_id) + "</b>");
     if (d.door) parts.push(esc(d.door) + " door");
@@ -287,7 +287,15 @@
     const li = event.currentTarget;
     const id = li.dataset.alert;
     const button = event.target.closest("button");
-    if (!button) { select(li.dataset.vehicle); return; }
+    if (!button) {
+      const a = state.alerts.get(id);
+      select(li.dataset.vehicle);
+      // where it happened, when the alert says (else the vehicle's position)
+      const lat = a && (a.lat != null ? a.lat : (a.details || {}).lat);
+      const lon = a && (a.lon != null ? a.lon : (a.details || {}).lon);
+      if (lat != null && lon != null) map.easeTo({ center: [lon, lat], zoom: Math.max(map.getZoom(), 15), duration: 600 });
+      return;
+    }
     if (button.dataset.act === "acknowledge") {
       button.disabled = true;
       try { merge(await api("/v1/alerts/" + id + "/acknowledge", { method: "POST" })); }
