@@ -19,7 +19,9 @@ the cursor the stream starts from.
 **Wake-ups.** The dataflow's sinks and the API's alert actions NOTIFY at commit; one
 LISTEN connection per API process wakes the hub, which reads each subscribed tenant's
 new changes once (through the tenant's session, like every other read) and hands them to
-that tenant's clients. No polling loop.
+that tenant's clients. No polling loop; at most one read every ``PUMP_EVERY_S``, so a
+backlog's rapid commits are read together (``vehicle_current`` holds one row per vehicle:
+a vehicle changed by several commits is read and sent once).
 
 **Back-pressure.** Each client has a bounded queue (``api_sse_queue`` events). A client
 that falls that far behind is dropped (its stream ends; it resumes from its last id);
@@ -52,6 +54,7 @@ log = logging.getLogger("fleetstream.api.live")
 VEHICLE_INTERVAL_S = 1.0  # at most one vehicle event per vehicle and second
 HEARTBEAT_S = 15.0  # a comment line this often keeps proxies and dead-peer detection working
 RECHECK_TOKEN_S = 30.0  # an open stream's token is checked again this often (revocation)
+PUMP_EVERY_S = 0.25  # the hub reads the change log at most this often (seconds)
 _PAGE = 500
 _BATCH_FRAMES = 1000  # queued changes written to a client in one go
 
@@ -217,11 +220,16 @@ class ChangeHub:
                     self.listening.set()
                     delay = 0.5
                     await self.pump()  # whatever committed while nobody listened
+                    pumped = time.monotonic()
                     while not stop.is_set():
                         woken = False
                         async for _ in conn.notifies(timeout=1.0, stop_after=1):
                             woken = True
                         if woken:
+                            # at most every PUMP_EVERY_S: the commits meanwhile are read together, and a
+                            # vehicle changed by several of them is read (and sent) once
+                            await asyncio.sleep(max(0.0, pumped + PUMP_EVERY_S - time.monotonic()))
+                            pumped = time.monotonic()
                             await self.pump()
             except (psycopg.Error, OSError) as exc:
                 self.listening.clear()

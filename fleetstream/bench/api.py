@@ -269,8 +269,11 @@ def _fresh_flow(settings: Settings) -> None:
             conn.execute(f"DELETE FROM {table} WHERE shard <> 99")  # 99: the latency part's history
 
 
-def _drain_round(settings: Settings, url: str, clients: int, vehicles: int, per_vehicle: int) -> float:
-    """Stored readings/s of the engine draining a backlog, with ``clients`` stream clients of its tenant."""
+def _drain_round(
+    settings: Settings, url: str, clients: int, vehicles: int, per_vehicle: int, api_pid: int
+) -> tuple[float, float]:
+    """Stored readings/s of the engine draining a backlog, with ``clients`` stream clients of its tenant,
+    and the API's CPU (cores) meanwhile."""
     tenant = f"d{uuid.uuid4().hex[:8]}"
     _fresh_flow(settings)
     with connect(settings.dsn(), autocommit=True) as conn:
@@ -309,6 +312,7 @@ def _drain_round(settings: Settings, url: str, clients: int, vehicles: int, per_
     if streams:
         streams.start()
     engine = Engine(settings, with_dispatch=False, with_delivery=False, with_api=False)
+    cpu_before, started = _cpu_s(api_pid), time.monotonic()
     engine.start()
     try:
         deadline = time.monotonic() + 900
@@ -318,6 +322,7 @@ def _drain_round(settings: Settings, url: str, clients: int, vehicles: int, per_
                     raise RuntimeError(f"{tenant}: the backlog was not stored in time")
                 time.sleep(0.02)
             done = time.time()
+            api_cores = (_cpu_s(api_pid) - cpu_before) / (time.monotonic() - started)
             first = float(
                 scalar(conn, "SELECT extract(epoch FROM min(received_at)) FROM positions WHERE tenant = %s", (tenant,))
             )
@@ -333,7 +338,7 @@ def _drain_round(settings: Settings, url: str, clients: int, vehicles: int, per_
         engine.stop()
         if streams:
             streams.stop()
-    return readings / (done - first)
+    return readings / (done - first), api_cores
 
 
 # ------------------------------------------------------------------ 3. live
@@ -447,9 +452,12 @@ def run_api_benchmark(main: Settings, vehicles: int = 1000, quick: bool = False)
         per_vehicle = 10 if quick else 30
         # alternating rounds, medians: one round's rate swings with whatever else the machine does
         drains: dict[int, list[float]] = {0: [], 50: []}
+        drain_cpu: dict[int, list[float]] = {0: [], 50: []}
         for _ in range(1 if quick else 2):
             for n in (0, 50):
-                drains[n].append(_drain_round(settings, settings.api_url(), n, vehicles, per_vehicle))
+                rate, cores = _drain_round(settings, settings.api_url(), n, vehicles, per_vehicle, api.pid)
+                drains[n].append(rate)
+                drain_cpu[n].append(cores)
         drain = {n: statistics.median(rates) for n, rates in drains.items()}
         live_s = 20.0 if quick else 60.0
         live = [
@@ -470,7 +478,8 @@ def run_api_benchmark(main: Settings, vehicles: int = 1000, quick: bool = False)
     print(
         f"\nbacklog of {vehicles * per_vehicle:,} readings drained (median of {len(drains[0])} alternating rounds): "
         f"{drain[0]:,.0f} stored/s with no stream client, {drain[50]:,.0f}/s with 50 attached: {ratio:.2f} "
-        f"(target >= 0.9; rounds: {', '.join(f'{r:,.0f}' for r in drains[0])} / {', '.join(f'{r:,.0f}' for r in drains[50])})"
+        f"(target >= 0.9; rounds: {', '.join(f'{r:,.0f}' for r in drains[0])} / {', '.join(f'{r:,.0f}' for r in drains[50])});"
+        f" the API used {statistics.median(drain_cpu[0]):.2f} / {statistics.median(drain_cpu[50]):.2f} cores"
     )
     print(f"\nlive, every van every {PERIOD_S:g} s ({vehicles / PERIOD_S:.0f} readings/s) for {live_s:g} s:")
     print(
@@ -489,6 +498,7 @@ def run_api_benchmark(main: Settings, vehicles: int = 1000, quick: bool = False)
         "latency": latency,
         "drain_stored_per_s": drains,
         "drain_ratio_50_clients": round(ratio, 3),
+        "drain_api_cores": drain_cpu,
         "live": live,
         "load_average": os.getloadavg(),
     }
