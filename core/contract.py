@@ -87,11 +87,16 @@ REASONS: dict[str, str] = {
     "time_too_old": "`fix_time` before 2000",
     "time_in_future": "`fix_time` more than `max_future_skew_s` ahead of the server clock",
     "vehicle_mismatch": "the payload's `vehicle` is not the topic's",
-    "bad_topic": "the topic is not `fleet/<tenant>/<vehicle>/<stream>` with valid ids",
+    "bad_topic": "the topic is not `fleet/<tenant>/<vehicle>/<stream>` with valid ids (or not `owntracks/<user>/<device>[/<kind>]`)",
     "bad_type": "a batch reading's `type` is not gps, temp or door",
-    "oversized": "more than `max_payload_bytes`, or more than `max_batch_readings` readings",
+    "oversized": "more than `max_payload_bytes`, or more than `max_batch_readings` readings, or a tracker frame over `device_max_frame_bytes`",
     "conflict": "the same reading key was stored before with different content",
     "bad_plan": "a plan on `dispatch/<tenant>/plan` that is not valid (the detail names the field)",
+    "bad_frame": "a tracker frame its protocol cannot read: wrong start, length or counts, truncated (raw bytes kept)",
+    "bad_crc": "a tracker frame whose checksum does not match (Teltonika CRC-16/IBM, GT06 CRC-ITU)",
+    "unknown_codec": "a Teltonika codec or GT06 packet type the front end does not read",
+    "unknown_device": "a tracker identity (IMEI, OsmAnd id, OwnTracks user) not provisioned with `fleetstream device add`",
+    "identity_mismatch": "a frame for another IMEI than the one its connection logged in with",
 }
 
 
