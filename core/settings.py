@@ -23,12 +23,15 @@ from urllib.parse import urlsplit
 
 from core.thresholds import AnalyticsConfig, EtaConfig
 
-__all__ = ["Settings", "SettingsError", "load_settings"]
+__all__ = ["FRONT_END_SHARDS", "Settings", "SettingsError", "load_settings"]
 
 _A = AnalyticsConfig()  # the thresholds' defaults live there, once
 _E = EtaConfig()
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# The writer shards of the tracker front ends: past the gateway's (0 .. gateway_workers - 1, at most
+# 63) and fixed, so that changing gateway_workers never renumbers rows the dataflow has replayed.
+FRONT_END_SHARDS = {"teltonika": 100, "gt06": 101, "osmand": 102}
 
 
 @dataclass(frozen=True)
@@ -62,6 +65,14 @@ class Settings:
     max_future_skew_s: float = 300.0  # fixes further ahead of the server clock are rejected
     dead_letter_raw_cap: int = 4096  # bytes of a bad payload kept in dead_letters
     h3_resolution: int = _A.cell_resolution  # ~0.1 km^2 cells for positions.h3_cell
+    # tracker front ends (ingest/teltonika.py, gt06.py, osmand.py; OwnTracks arrives through the gateway)
+    teltonika_port: int = 5027  # Teltonika Codec 8/8E/16 over TCP; 0 = off
+    gt06_port: int = 5023  # GT06 (Concox) over TCP; 0 = off
+    osmand_port: int = 5055  # OsmAnd / Traccar Client over HTTP; 0 = off
+    device_listen_host: str = "127.0.0.1"  # the three listeners' address; 0.0.0.0 = every interface
+    device_idle_timeout_s: float = 600.0  # a tracker connection silent this long is closed
+    device_max_frame_bytes: int = 16_384  # a larger frame or HTTP request is dead-lettered (oversized), then closed
+    device_max_connections: int = 5000  # per listener; a connection past it is closed at once
     # dataflow
     flow_epoch_s: float = 2.0  # Bytewax snapshot interval
     flow_poll_ms: int = 200  # how often the replay source looks for new rows
@@ -118,6 +129,8 @@ class Settings:
     sim_malformed_rate: float = 0.002  # malformed messages per valid reading
     sim_duplicate_rate: float = 0.003  # repeated messages per valid reading
     sim_batch_every_s: float = 1.0  # with --batch: wall seconds a device collects before sending
+    sim_protocols: str = ""  # comma-separated tracker protocols some simulated vans use instead of the agent
+    sim_protocol_share: float = 0.5  # with sim_protocols: the share of the vans that are trackers
 
     def __post_init__(self) -> None:
         _check(self)
@@ -158,6 +171,16 @@ class Settings:
         if self.pg_dsn:
             return self.pg_dsn
         return f"host={self.pg_host} port={self.pg_port} dbname={self.pg_database} user=postgres"
+
+    def replay_shards(self) -> list[int]:
+        """The writer shards the dataflow replays: the gateway's (0 .. gateway_workers - 1) and the
+        tracker front ends' (``FRONT_END_SHARDS``), whether their listeners run or not."""
+        return [*range(self.gateway_workers), *FRONT_END_SHARDS.values()]
+
+    def listener_ports(self) -> dict[str, int]:
+        """{protocol: port} of the tracker listeners that are on (port not 0)."""
+        ports = {"teltonika": self.teltonika_port, "gt06": self.gt06_port, "osmand": self.osmand_port}
+        return {protocol: port for protocol, port in ports.items() if port}
 
     @property
     def recovery_dir(self) -> Path:
@@ -201,6 +224,13 @@ _RANGES: dict[str, tuple[float, float]] = {
     "sim_malformed_rate": (0, 1),
     "sim_duplicate_rate": (0, 1),
     "broker_message_size_limit": (1024, 256 * 1024 * 1024),
+    "teltonika_port": (0, 65535),
+    "gt06_port": (0, 65535),
+    "osmand_port": (0, 65535),
+    "device_idle_timeout_s": (1, 86_400),
+    "device_max_frame_bytes": (256, 16 * 1024 * 1024),
+    "device_max_connections": (1, 1_000_000),
+    "sim_protocol_share": (0, 1),
 }
 
 

@@ -33,8 +33,26 @@ def _db(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _device(settings: Settings, args: argparse.Namespace) -> int:
-    from fleetstream import credentials
+    from fleetstream import credentials, trackers
 
+    if args.action == "list":
+        for row in trackers.trackers(settings, args.tenant):
+            print(json.dumps(row))
+        return 0
+    if args.tenant is None or args.vehicle is None:
+        print("error: device add needs TENANT and VEHICLE", file=sys.stderr)
+        return 2
+    if args.protocol is not None:
+        try:
+            doors = trackers.parse_door_inputs(args.door_input or [])
+            added = trackers.add_tracker(
+                settings, args.tenant, args.vehicle, args.protocol, args.imei, doors, args.password
+            )
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(json.dumps(added))
+        return 0
     password = credentials.add_device(settings, args.tenant, args.vehicle, args.password)
     print(
         json.dumps(
@@ -52,6 +70,15 @@ def _engine(settings: Settings, args: argparse.Namespace) -> int:
     from fleetstream.engine import run_engine
 
     run_engine(settings, with_flow=not args.no_flow)
+    return 0
+
+
+def _listen(settings: Settings, args: argparse.Namespace) -> int:
+    from ingest import gt06, osmand, teltonika
+    from ingest.listener import run_listener
+
+    handlers = {"teltonika": teltonika.serve, "gt06": gt06.serve, "osmand": osmand.serve}
+    run_listener(settings, args.protocol, handlers[args.protocol])
     return 0
 
 
@@ -227,16 +254,35 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("action", choices=["migrate"])
     p.set_defaults(func=_db)
 
-    p = sub.add_parser("device", help="provision a device's MQTT account")
-    p.add_argument("action", choices=["add"])
-    p.add_argument("tenant")
-    p.add_argument("vehicle")
+    p = sub.add_parser(
+        "device",
+        help="provision a device: an MQTT account (the edge agent, OwnTracks) or a tracker identity; list trackers",
+    )
+    p.add_argument("action", choices=["add", "list"])
+    p.add_argument("tenant", nargs="?")
+    p.add_argument("vehicle", nargs="?")
     p.add_argument("--password", help="default: a generated one (printed)")
+    p.add_argument(
+        "--protocol",
+        choices=["teltonika", "gt06", "osmand", "owntracks"],
+        help="a tracker instead of the edge agent: its data is stored for VEHICLE (docs/trackers.md)",
+    )
+    p.add_argument("--imei", help="the tracker's IMEI (teltonika, gt06) or the phone's device id (osmand)")
+    p.add_argument(
+        "--door-input",
+        action="append",
+        metavar="INPUT=DOOR",
+        help="teltonika: a digital input that is a door, e.g. 1=rear (repeatable)",
+    )
     p.set_defaults(func=_device)
 
     p = sub.add_parser("engine", help="run the gateway shards and the dataflow (foreground)")
     p.add_argument("--no-flow", action="store_true", help="gateway only")
     p.set_defaults(func=_engine)
+
+    p = sub.add_parser("listen", help="run one tracker listener (the engine starts these)")
+    p.add_argument("protocol", choices=["teltonika", "gt06", "osmand"])
+    p.set_defaults(func=_listen)
 
     p = sub.add_parser("gateway", help="run one gateway shard (the engine starts these)")
     p.add_argument("--shard", type=int, required=True)

@@ -26,7 +26,10 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from core.contract import Limits, subscription_filter
 from core.settings import Settings
-from ingest.batching import Received, prepare
+from ingest.batching import Received
+from ingest.frontend import TrackerDirectory
+from ingest.owntracks import TOPIC_FILTER as OWNTRACKS_FILTER
+from ingest.owntracks import OwnTracksFrontEnd
 from ingest.writer import ShardWriter
 
 __all__ = ["GatewayShard", "SHARE_GROUP", "ready_file", "run_gateway"]
@@ -57,6 +60,10 @@ class GatewayShard:
         self.shard = shard
         self.limits = Limits(settings.max_payload_bytes, settings.max_batch_readings, settings.max_future_skew_s)
         self.writer = ShardWriter(settings.dsn(), shard, settings.dead_letter_raw_cap)
+        # OwnTracks phones publish on owntracks/<user>/...: translated for their vehicles in the same batches
+        self.front = OwnTracksFrontEnd(
+            TrackerDirectory(settings.dsn()), self.limits, settings.h3_resolution, settings.dead_letter_raw_cap
+        )
         self._pending: list[_Pending] = []
         self._cond = threading.Condition()
         self._generation = 0
@@ -89,7 +96,7 @@ class GatewayShard:
             return
         with self._cond:
             self._generation += 1
-        client.subscribe(f"$share/{SHARE_GROUP}/{subscription_filter()}", qos=1)
+        client.subscribe([(f"$share/{SHARE_GROUP}/{f}", 1) for f in (subscription_filter(), OWNTRACKS_FILTER)])
         self._connected.set()
         log.info("shard %d: connected (session present: %s)", self.shard, getattr(_flags, "session_present", "?"))
 
@@ -139,12 +146,11 @@ class GatewayShard:
             return batch
 
     def _commit(self, batch: list[_Pending], stop: threading.Event) -> None:
-        prepared = prepare(
-            [p.message for p in batch], self.limits, self.settings.h3_resolution, self.settings.dead_letter_raw_cap
-        )
+        messages = [p.message for p in batch]
         delay = 0.5
         while True:
             try:
+                prepared = self.front.prepare(messages)  # looks OwnTracks users up: inside the retry
                 result = self.writer.write(prepared, len(batch))
                 break
             except psycopg.OperationalError as exc:  # database away: keep the batch, retry, never ack
@@ -191,6 +197,7 @@ class GatewayShard:
             self.client.disconnect()
             self.client.loop_stop()
             self.writer.close()
+            self.front.directory.close()
 
 
 def run_gateway(settings: Settings, shard: int, account: tuple[str, str]) -> None:

@@ -1,6 +1,8 @@
 """Bytewax connectors to TimescaleDB: a replayable source and idempotent sinks.
 
-The readings source merges the gateway shards' committed rows in receive order;
+The readings source merges the writer shards' committed rows in receive order (the gateway's
+shards 0 .. gateway_workers - 1 and the tracker front ends' ``FRONT_END_SHARDS``, each numbered
+by its own single writer);
 its snapshot is each shard's last ``shard_seq`` handed downstream, so after a
 crash Bytewax resumes each shard right after the last snapshotted row: with the operators' state restored from the same snapshot,
 derived results are exactly-once in effect. Sinks write with keys that make a
@@ -135,10 +137,10 @@ class _MergedShards(StatefulSourcePartition[StoredReading | PlanUpdate, dict[int
     """
 
     def __init__(
-        self, dsn: str, shards: int, after: dict[int, int], limit: int, poll_s: float, with_plans: bool
+        self, dsn: str, shards: list[int], after: dict[int, int], limit: int, poll_s: float, with_plans: bool
     ) -> None:
         self.dsn, self.shards, self.limit, self.poll_s, self.with_plans = dsn, shards, limit, poll_s, with_plans
-        self.after = {shard: after.get(shard, 0) for shard in range(shards)}
+        self.after = {shard: after.get(shard, 0) for shard in shards}
         self.plans_after = after.get(PLANS, 0)
         self.conn: psycopg.Connection | None = None
         self._awake: datetime | None = None
@@ -182,12 +184,16 @@ class _MergedShards(StatefulSourcePartition[StoredReading | PlanUpdate, dict[int
 
 
 class CommittedReadings(FixedPartitionedSource[StoredReading | PlanUpdate, dict[int, int]]):
-    """Readings the gateway committed, all shards merged in receive order, and (``with_plans``)
+    """Readings the writers committed, the ``shards`` merged in receive order, and (``with_plans``)
     plan revisions ahead of them; replayable from each shard's last shard_seq and the last
-    plan_seq (one partition: the engine's dataflow runs one worker)."""
+    plan_seq (one partition: the engine's dataflow runs one worker). ``shards``: the writer shards
+    to read (``Settings.replay_shards()``), or a count n for shards 0 .. n - 1."""
 
-    def __init__(self, dsn: str, shards: int, limit: int = 5000, poll_s: float = 0.2, with_plans: bool = False) -> None:
-        self.dsn, self.shards, self.limit, self.poll_s = dsn, shards, limit, poll_s
+    def __init__(
+        self, dsn: str, shards: int | list[int], limit: int = 5000, poll_s: float = 0.2, with_plans: bool = False
+    ) -> None:
+        self.dsn, self.limit, self.poll_s = dsn, limit, poll_s
+        self.shards = list(range(shards)) if isinstance(shards, int) else list(shards)
         self.with_plans = with_plans
 
     def list_parts(self) -> list[str]:

@@ -131,7 +131,7 @@ def build_engine_flow(settings: Settings) -> Dataflow:
     """The dataflow the engine runs: analytics (default) or basic per-vehicle state."""
     dsn, poll_s = settings.dsn(), settings.flow_poll_ms / 1000
     source = CommittedReadings(
-        dsn, settings.gateway_workers, settings.flow_batch_rows, poll_s, with_plans=bool(settings.flow_analytics)
+        dsn, settings.replay_shards(), settings.flow_batch_rows, poll_s, with_plans=bool(settings.flow_analytics)
     )
     if not settings.flow_analytics:
         return build_flow(source, VehicleStateSink(dsn))
