@@ -118,6 +118,10 @@ def _bench(settings: Settings, args: argparse.Namespace) -> int:
     from fleetstream.bench.analytics import run_analytics_benchmark
     from fleetstream.bench.ingest import run_benchmark
 
+    if args.trackers:
+        from fleetstream.bench.trackers import run_tracker_benchmark
+
+        return run_tracker_benchmark(settings, trackers=args.trackers, quick=args.quick)
     if args.eta:
         from fleetstream.bench.eta import run_eta_benchmark
 
@@ -319,6 +323,14 @@ def main(argv: list[str] | None = None) -> int:
         "--vehicles vans (default 50) into TimescaleDB, then `train eta` timed",
     )
     p.add_argument("--vehicles", type=int, help="with --eta: vans in the simulated week (default 50)")
+    p.add_argument(
+        "--trackers",
+        type=int,
+        nargs="?",
+        const=1000,
+        help="only the tracker load: N concurrent Teltonika trackers over TCP loopback (default 1000), "
+        "each 10 packets of 5 records, beside the MQTT path with the same readings",
+    )
     p.set_defaults(func=_bench)
 
     p = sub.add_parser("plan", help="delivery plans: store, publish over MQTT, show the latest")

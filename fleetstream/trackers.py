@@ -10,6 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import psycopg
+
 from core.contract import ContractError, topic_for
 from core.settings import Settings
 from fleetstream import credentials
@@ -72,9 +74,12 @@ def add_tracker(
             {"identity": identity, "host": settings.device_listen_host, "port": settings.listener_ports().get(protocol)}
         )
     profile = Profile.from_json({"doors": doors or {}}).to_json()
-    migrate(settings.dsn())
     with connect(settings.dsn(), autocommit=True) as conn:
-        before = store_tracker(conn, protocol, identity, tenant, vehicle, profile)
+        try:
+            before = store_tracker(conn, protocol, identity, tenant, vehicle, profile)
+        except psycopg.errors.UndefinedTable:  # a database the engine has not set up yet
+            migrate(settings.dsn())
+            before = store_tracker(conn, protocol, identity, tenant, vehicle, profile)
     if doors:
         out["doors"] = profile["doors"]
     if before is not None and before != (tenant, vehicle):

@@ -2,8 +2,8 @@
 directory, and the commit queue that acknowledges only after commit.
 
 A front end turns each frame a device sends (a Teltonika AVL packet, a GT06 packet, an OsmAnd
-request, an OwnTracks message) into contract messages (``core.contract``: one ``batch`` message per
-record, one ``status`` message per status) and hands them to the gateway's own ``prepare`` and
+request, an OwnTracks message) into contract messages (``core.contract``: one ``batch`` message with
+the readings of all its records, one ``status`` message per status) and hands them to the gateway's own ``prepare`` and
 ``ShardWriter.write``: the same validation, dedup keys, conflicts and dead letters as the MQTT
 path. A dead letter of a translated message is re-attributed to the frame it came from (its
 source, e.g. ``teltonika/<imei>``, and its raw bytes); a frame's own problems (a bad CRC, an
@@ -47,27 +47,31 @@ class Frame:
 
     ``source`` names where it came from (``teltonika/<imei>``, ``osmand/<id>``, an MQTT topic) and is
     its dead letters' topic; ``raw`` is what the device sent; ``received_ts`` Unix seconds.
-    ``messages``: (topic, payload, record index) of its contract messages; ``problems``: the frame's
-    own faults. ``translated`` is False for a contract message passed through as it came.
+    ``messages``: (topic, payload, record index of each reading, or of the status) of its contract
+    messages; ``problems``: the frame's own faults. ``translated`` is False for a contract message
+    passed through as it came.
     """
 
     source: str
     raw: bytes
     received_ts: float
-    messages: tuple[tuple[str, bytes, int | None], ...] = ()
+    messages: tuple[tuple[str, bytes, tuple[int | None, ...]], ...] = ()
     problems: tuple[Rejected, ...] = ()
     translated: bool = True
 
     @classmethod
     def of(cls, source: str, raw: bytes, received_ts: float, parts: list[Part] | None = None) -> Frame:
-        """A frame whose records became ``parts``."""
+        """A frame whose records became ``parts``: all their readings in one batch message (one
+        envelope per frame, not per record, keeps the translation cheap), a message per status."""
+        parts = parts or []
+        readings = [r for part in parts for r in part.readings]
         messages = []
-        for part in parts or []:
-            if part.readings:
-                first = part.readings[0]
-                messages.append((*encode_batch(first.tenant, first.vehicle, list(part.readings)), part.index))
+        if readings:
+            topic, payload = encode_batch(readings[0].tenant, readings[0].vehicle, readings)
+            messages.append((topic, payload, tuple(part.index for part in parts for _ in part.readings)))
+        for part in parts:
             for s in part.statuses:
-                messages.append((*encode_status(s.tenant, s.vehicle, s.state, s.sent_at, s.details), part.index))
+                messages.append((*encode_status(s.tenant, s.vehicle, s.state, s.sent_at, s.details), (part.index,)))
         return cls(source, raw, received_ts, tuple(messages))
 
     @classmethod
@@ -79,7 +83,7 @@ class Frame:
     def passthrough(cls, message: Received) -> Frame:
         """A contract MQTT message, prepared as it is."""
         return cls(
-            message.topic, message.payload, message.received_ts, ((message.topic, message.payload, None),), (), False
+            message.topic, message.payload, message.received_ts, ((message.topic, message.payload, ()),), (), False
         )
 
 
@@ -96,18 +100,22 @@ def prepare_frames(
     """``prepare`` the frames' contract messages, re-attribute their dead letters to the frames, add
     the frames' own problems; and each frame's outcome."""
     received: list[Received] = []
-    origin: dict[tuple[str, bytes], tuple[int, int | None]] = {}
+    origin: dict[tuple[str, bytes], tuple[int, tuple[int | None, ...]]] = {}
     for n, frame in enumerate(frames):
-        for topic, payload, index in frame.messages:
+        for topic, payload, records in frame.messages:
             received.append(Received(topic, payload, frame.received_ts))
-            origin.setdefault((topic, payload[:raw_cap]), (n, index))
+            origin.setdefault((topic, payload[:raw_cap]), (n, records))
     prepared = prepare(received, limits, h3_resolution, raw_cap)
     rejected: list[list[tuple[str, str]]] = [[] for _ in frames]
     dead: list[DeadLetterRow] = []
     for d in prepared.dead_letters:
-        n, index = origin.get((d.topic, d.payload), (-1, None))
+        n, records = origin.get((d.topic, d.payload), (-1, ()))
         if n >= 0 and frames[n].translated:
             frame = frames[n]
+            if d.batch_index is not None and d.batch_index < len(records):
+                index = records[d.batch_index]  # the reading's record
+            else:
+                index = records[0] if len(set(records)) == 1 else None
             detail = d.detail if index is None else f"record {index}: {d.detail}"
             d = dead_letter_row(frame.source, frame.raw, d.received_at, d.reason, detail, index, raw_cap)
         if n >= 0:

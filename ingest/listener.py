@@ -125,13 +125,22 @@ class Session:
 
     async def find(self, identity: str) -> Tracker | None:
         """The tracker ``identity`` belongs to, or None (then counted as refused). A badly formed
-        identity is refused the same way. Raises ``psycopg.OperationalError`` while the database is away."""
+        identity is refused the same way. While the database is away it waits (the device gets no
+        answer until it can be given)."""
         try:
             check_identity(self.protocol, identity)
         except ValueError:  # ContractError: not an identity of this protocol
             self.directory.refuse(self.protocol, identity[:64])
             return None
-        tracker = await asyncio.to_thread(self.directory.find, self.protocol, identity)
+        delay = 0.5
+        while True:
+            try:
+                tracker = await asyncio.to_thread(self.directory.find, self.protocol, identity)
+                break
+            except psycopg.OperationalError as exc:
+                log.warning("%s: cannot look %s up (%s); retrying in %.1f s", self.protocol, identity, exc, delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
         if tracker is None:
             self.directory.refuse(self.protocol, identity)
         return tracker
@@ -187,8 +196,6 @@ class TrackerServer:
             await self.handler(conn, self.session)
         except Closed:
             pass
-        except psycopg.OperationalError as exc:  # the directory could not be asked: the device will retry
-            log.warning("%s: %s: database unavailable (%s); connection closed", self.protocol, conn.peer, exc)
         except ConnectionAbortedError:
             pass  # stopping
         except asyncio.CancelledError:

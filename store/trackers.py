@@ -9,7 +9,15 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
-__all__ = ["TrackerRow", "count_refusals", "find_tracker", "list_trackers", "remove_tracker", "store_tracker"]
+__all__ = [
+    "TrackerRow",
+    "count_refusals",
+    "find_tracker",
+    "list_trackers",
+    "remove_tracker",
+    "store_tracker",
+    "store_trackers",
+]
 
 TrackerRow = tuple[str, str, str, str, dict[str, Any]]  # protocol, identity, tenant, vehicle_id, profile
 
@@ -31,6 +39,17 @@ def store_tracker(
             (protocol, identity, tenant, vehicle, Jsonb(dict(profile))),
         )
     return None if before is None else (before[0], before[1])
+
+
+def store_trackers(conn: psycopg.Connection[Any], rows: list[TrackerRow]) -> None:
+    """Register (or move) many identities in one transaction (a fleet, a benchmark)."""
+    with conn.transaction(), conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO trackers (protocol, identity, tenant, vehicle_id, profile) VALUES (%s, %s, %s, %s, %s) "
+            "ON CONFLICT (protocol, identity) DO UPDATE SET tenant = EXCLUDED.tenant, vehicle_id = EXCLUDED.vehicle_id, "
+            "profile = EXCLUDED.profile, updated_at = now()",
+            [(p, i, t, v, Jsonb(prof)) for p, i, t, v, prof in rows],
+        )
 
 
 def find_tracker(conn: psycopg.Connection[Any], protocol: str, identity: str) -> TrackerRow | None:

@@ -40,7 +40,7 @@ from ingest.batching import Received, prepare
 from ingest.writer import COMMIT_CHANNEL, TABLES
 from store.db import connect, migrate, scalar
 
-__all__ = ["run_benchmark"]
+__all__ = ["publish", "run_benchmark"]
 
 VEHICLES = 100
 REF_PAHO = "bench-ref-paho"
@@ -165,7 +165,7 @@ def _publish_part(
     done.put((sum(1 for i in infos if i.is_published()), sending))
 
 
-def _publish(
+def publish(
     settings: Settings,
     tenant: str,
     readings: int,
@@ -356,7 +356,7 @@ def _latency(settings: Settings, rate: float, seconds: float) -> dict[str, float
     engine.start()
     engine.wait_ready()
     readings = int(rate * seconds)
-    achieved = _publish(settings, tenant, readings, 1, rate=rate, stamp=True)
+    achieved = publish(settings, tenant, readings, 1, rate=rate, stamp=True)
     deadline = time.monotonic() + 60
     with connect(settings.dsn(), autocommit=True) as conn:
         while time.monotonic() < deadline:
@@ -399,7 +399,7 @@ def _drain_round(settings: Settings, tenant: str, readings: int, per_message: in
     messages = readings // per_message
     _prime_sessions(settings, tenant)
     before = _stored(settings)
-    publish_rate = _publish(settings, tenant, readings, per_message)
+    publish_rate = publish(settings, tenant, readings, per_message)
     engine = _drain_engine(settings, tenant, messages * per_message, before)
     paho_ref = _drain_paho(settings, messages, messages * per_message)
     c_seconds = _mosquitto_sub(settings, tenant, messages)

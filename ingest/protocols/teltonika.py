@@ -168,56 +168,60 @@ def packet_length(header: bytes) -> int:
 # ---------------------------------------------------------------- decoding
 
 
-class _Reader:
-    __slots__ = ("data", "pos")
-
-    def __init__(self, data: bytes) -> None:
-        self.data, self.pos = data, 0
-
-    def uint(self, size: int) -> int:
-        end = self.pos + size
-        if end > len(self.data):
-            raise ContractError("bad_frame", f"a record runs past the packet's end (byte {self.pos})")
-        value = int.from_bytes(self.data[self.pos : end], "big")
-        self.pos = end
-        return value
-
-    def raw(self, size: int) -> bytes:
-        end = self.pos + size
-        if end > len(self.data):
-            raise ContractError("bad_frame", f"a record runs past the packet's end (byte {self.pos})")
-        value = self.data[self.pos : end]
-        self.pos = end
-        return bytes(value)
+_HEAD = struct.Struct(">QBiihHBH")  # timestamp .. speed: 24 bytes
+_INT = {1: struct.Struct(">B"), 2: struct.Struct(">H"), 4: struct.Struct(">I"), 8: struct.Struct(">Q")}
 
 
-def _signed(value: int, size: int) -> int:
-    bits = 8 * size
-    return value - (1 << bits) if value >= 1 << (bits - 1) else value
-
-
-def _record(r: _Reader, codec: int) -> AvlRecord:
-    timestamp, priority = r.uint(8), r.uint(1)
-    lon, lat = _signed(r.uint(4), 4), _signed(r.uint(4), 4)
-    altitude, angle, satellites, speed = _signed(r.uint(2), 2), r.uint(2), r.uint(1), r.uint(2)
+def _records(data: bytes, codec: int, count: int) -> tuple[AvlRecord, ...]:
+    """``count`` records from ``data`` (the bytes between the two record counts)."""
     wide = codec != CODEC_8  # 2-byte ids
-    event = r.uint(2 if wide else 1)
-    generation = r.uint(1) if codec == CODEC_16 else None
-    count_size = 2 if codec == CODEC_8E else 1
-    total = r.uint(count_size)
-    elements: list[IoElement] = []
-    for size in _SIZES:
-        for _ in range(r.uint(count_size)):
-            elements.append(IoElement(r.uint(2 if wide else 1), size, r.uint(size)))
-    if codec == CODEC_8E:
-        for _ in range(r.uint(2)):
-            avl_id, length = r.uint(2), r.uint(2)
-            elements.append(IoElement(avl_id, length, r.raw(length)))
-    if total != len(elements):
-        raise ContractError("bad_frame", f"a record says {total} IO elements but holds {len(elements)}")
-    return AvlRecord(
-        timestamp, priority, lon, lat, altitude, angle, satellites, speed, event, tuple(elements), generation
-    )
+    id_int = _INT[2 if wide else 1]
+    count_int = _INT[2 if codec == CODEC_8E else 1]
+    event_int = id_int
+    pos, out = 0, []
+    try:
+        for _ in range(count):
+            ts, priority, lon, lat, altitude, angle, satellites, speed = _HEAD.unpack_from(data, pos)
+            pos += _HEAD.size
+            (event,) = event_int.unpack_from(data, pos)
+            pos += event_int.size
+            generation = None
+            if codec == CODEC_16:
+                generation = data[pos]
+                pos += 1
+            (total,) = count_int.unpack_from(data, pos)
+            pos += count_int.size
+            elements: list[IoElement] = []
+            for size in _SIZES:
+                (n,) = count_int.unpack_from(data, pos)
+                pos += count_int.size
+                value_int = _INT[size]
+                for _ in range(n):
+                    (avl_id,) = id_int.unpack_from(data, pos)
+                    (value,) = value_int.unpack_from(data, pos + id_int.size)
+                    pos += id_int.size + size
+                    elements.append(IoElement(avl_id, size, value))
+            if codec == CODEC_8E:
+                (n,) = _INT[2].unpack_from(data, pos)
+                pos += 2
+                for _ in range(n):
+                    avl_id, length = struct.unpack_from(">HH", data, pos)
+                    pos += 4
+                    if pos + length > len(data):
+                        raise struct.error("past the end")
+                    elements.append(IoElement(avl_id, length, bytes(data[pos : pos + length])))
+                    pos += length
+            if total != len(elements):
+                raise ContractError("bad_frame", f"a record says {total} IO elements but holds {len(elements)}")
+            record = AvlRecord(
+                ts, priority, lon, lat, altitude, angle, satellites, speed, event, tuple(elements), generation
+            )
+            out.append(record)
+    except (struct.error, IndexError):
+        raise ContractError("bad_frame", f"a record runs past the packet's end (byte {pos})") from None
+    if pos != len(data):
+        raise ContractError("bad_frame", f"{len(data) - pos} bytes after the last record")
+    return tuple(out)
 
 
 def decode_packet(frame: bytes) -> AvlPacket:
@@ -238,11 +242,7 @@ def decode_packet(frame: bytes) -> AvlPacket:
         raise ContractError("unknown_codec", f"codec {codec:#04x} (this front end reads 0x08, 0x8E and 0x10)")
     if data[-1] != count:
         raise ContractError("bad_frame", f"record counts {count} and {data[-1]} differ")
-    r = _Reader(data[2:-1])
-    records = tuple(_record(r, codec) for _ in range(count))
-    if r.pos != len(r.data):
-        raise ContractError("bad_frame", f"{len(r.data) - r.pos} bytes after the last record")
-    return AvlPacket(codec, records)
+    return AvlPacket(codec, _records(data[2:-1], codec, count))
 
 
 # ---------------------------------------------------------------- encoding

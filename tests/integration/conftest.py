@@ -3,7 +3,8 @@
 The services run from their own state folder (``<repo>/.fleetstream-test``) on their
 own ports (MQTT 18831, PostgreSQL 55433; ``FLEETSTREAM_TEST_STATE_DIR``,
 ``FLEETSTREAM_TEST_MQTT_PORT`` and ``FLEETSTREAM_TEST_PG_PORT`` override them), so a developer's running stack (18830 /
-55432) is never touched. They start once per test session and stop at its end.
+55432) is never touched. The tracker listeners are off unless a test turns them on on ports from
+``FLEETSTREAM_TEST_LISTEN_PORT`` (18840) up. They start once per test session and stop at its end.
 
 Fixtures
     ``services``           (session) the test :class:`~core.settings.Settings`, services up
@@ -27,6 +28,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 TEST_STATE_DIR = Path(os.environ.get("FLEETSTREAM_TEST_STATE_DIR", REPO_ROOT / ".fleetstream-test"))
 TEST_MQTT_PORT = int(os.environ.get("FLEETSTREAM_TEST_MQTT_PORT", "18831"))
 TEST_PG_PORT = int(os.environ.get("FLEETSTREAM_TEST_PG_PORT", "55433"))
+# the tracker listeners are off in the test settings; a test that needs one takes ports from here
+# (FLEETSTREAM_TEST_LISTEN_PORT, +1, +2, ...: never the defaults 5027 / 5023 / 5055)
+TEST_LISTEN_PORT = int(os.environ.get("FLEETSTREAM_TEST_LISTEN_PORT", "18840"))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -45,6 +49,9 @@ def integration_settings() -> Settings:
         pg_port=TEST_PG_PORT,
         mqtt_url="",
         pg_dsn="",
+        teltonika_port=0,
+        gt06_port=0,
+        osmand_port=0,
     )
 
 
