@@ -305,6 +305,16 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--speedup", type=float, help="simulated seconds per wall second")
         p.add_argument("--seed", type=int)
         p.add_argument(
+            "--protocol",
+            help="comma-separated tracker protocols (teltonika, gt06, osmand, owntracks) that some vans speak "
+            "instead of the edge agent's contract (default: settings.sim_protocols, none)",
+        )
+        p.add_argument(
+            "--protocol-share",
+            type=float,
+            help="share of the vans that are trackers (default: settings.sim_protocol_share)",
+        )
+        p.add_argument(
             "--batch",
             action="store_true",
             help="shared-account path only (external broker): batch messages; "
@@ -391,6 +401,8 @@ def main(argv: list[str] | None = None) -> int:
         "sim_minutes": getattr(args, "minutes", None),
         "sim_speedup": getattr(args, "speedup", None),
         "sim_seed": getattr(args, "seed", None),
+        "sim_protocols": getattr(args, "protocol", None),
+        "sim_protocol_share": getattr(args, "protocol_share", None),
     }
     settings = load_settings(**overrides)
     return int(args.func(settings, args) or 0)

@@ -56,6 +56,7 @@ __all__ = [
     "add_device",
     "add_devices",
     "add_owntracks_account",
+    "add_owntracks_accounts",
     "device_password",
     "owntracks_username",
     "device_username",
@@ -402,6 +403,15 @@ def add_owntracks_account(
     Idempotent like ``add_device``."""
     _check_ids(tenant, vehicle)
     return owntracks_username(tenant, vehicle), _add(settings, tenant, {vehicle: password}, _OWNTRACKS)[vehicle]
+
+
+def add_owntracks_accounts(settings: Settings, tenant: str, vehicles: Iterable[str]) -> dict[str, tuple[str, str]]:
+    """Provision many OwnTracks accounts with one broker reload; {vehicle: (username, password)}."""
+    vehicles = list(dict.fromkeys(vehicles))
+    for v in vehicles:
+        _check_ids(tenant, v)
+    passwords = _add(settings, tenant, {v: None for v in vehicles}, _OWNTRACKS)
+    return {v: (owntracks_username(tenant, v), passwords[v]) for v in vehicles}
 
 
 def _username(kind: str | None, tenant: str, vehicle: str) -> str:

@@ -8,6 +8,7 @@ user name is its identity.
 
 from __future__ import annotations
 
+import zlib
 from typing import Any
 
 import psycopg
@@ -17,9 +18,11 @@ from core.settings import Settings
 from fleetstream import credentials
 from ingest.protocols.common import PROTOCOLS, Profile, check_identity
 from store.db import connect, migrate
-from store.trackers import list_trackers, store_tracker
+from store.trackers import list_trackers, store_tracker, store_trackers
 
-__all__ = ["PROTOCOLS", "add_tracker", "parse_door_inputs", "trackers"]
+__all__ = ["PROTOCOLS", "add_tracker", "parse_door_inputs", "simulated_trackers", "trackers"]
+
+SIMULATED_DOORS = {1: "rear"}  # a simulated Teltonika box's DIN1 is the rear door (sim.simulator.DOOR_ID)
 
 
 def parse_door_inputs(items: list[str]) -> dict[int, str]:
@@ -95,3 +98,39 @@ def trackers(settings: Settings, tenant: str | None = None) -> list[dict[str, An
         {"protocol": p, "identity": i, "tenant": t, "vehicle": v, **({"profile": prof} if prof.get("doors") else {})}
         for p, i, t, v, prof in rows
     ]
+
+
+def simulated_trackers(settings: Settings, vehicles: list[str]) -> list[dict[str, Any]]:
+    """Provision trackers for the last ``sim_protocol_share`` of ``vehicles`` (the protocols of
+    ``sim_protocols`` in turn): Teltonika and GT06 IMEIs and OsmAnd ids derived from the tenant and
+    vehicle (the same every run), OwnTracks accounts. Returns {vehicle, protocol, identity, password}."""
+    protocols = [p.strip() for p in settings.sim_protocols.split(",") if p.strip()]
+    if not protocols:
+        return []
+    unknown = [p for p in protocols if p not in PROTOCOLS]
+    if unknown:
+        raise ValueError(f"sim_protocols: unknown {', '.join(unknown)} (one of {', '.join(PROTOCOLS)})")
+    off = [p for p in protocols if p != "owntracks" and p not in settings.listener_ports()]
+    if off:
+        raise ValueError(f"sim_protocols: the {', '.join(off)} listener is off (its port setting is 0)")
+    count = round(len(vehicles) * settings.sim_protocol_share)
+    chosen = vehicles[len(vehicles) - count :]
+    by_van = {v: protocols[i % len(protocols)] for i, v in enumerate(chosen)}
+    tenant = settings.tenant
+    phones = credentials.add_owntracks_accounts(settings, tenant, [v for v, p in by_van.items() if p == "owntracks"])
+    out, rows = [], []
+    for index, (vehicle, protocol) in enumerate(by_van.items()):
+        password = None
+        if protocol == "owntracks":
+            identity, password = phones[vehicle]
+        elif protocol == "osmand":
+            identity = f"{tenant}-{vehicle}"
+        else:  # 15 digits, stable for the tenant and van
+            identity = f"86{zlib.crc32(f'{tenant}/{vehicle}'.encode()):010d}{index % 1000:03d}"
+        doors = SIMULATED_DOORS if protocol == "teltonika" else {}
+        rows.append((protocol, identity, tenant, vehicle, Profile.from_json({"doors": doors}).to_json()))
+        out.append({"vehicle": vehicle, "protocol": protocol, "identity": identity, "password": password})
+    migrate(settings.dsn())
+    with connect(settings.dsn(), autocommit=True) as conn:
+        store_trackers(conn, rows)
+    return out

@@ -34,7 +34,7 @@ from ingest.protocols.common import Part, Profile, Tracker
 from ingest.rows import DeadLetterRow
 from ingest.writer import ShardWriter, WriteResult
 from store.db import connect
-from store.trackers import count_refusals, find_tracker
+from store.trackers import TrackerRow, count_refusals, find_tracker
 
 __all__ = ["CommitQueue", "Frame", "Outcome", "TrackerDirectory", "prepare_frames"]
 
@@ -151,18 +151,27 @@ class TrackerDirectory:
             cached = self._cache.get(key)
             if cached is not None and now - cached[0] < self.ttl_s:
                 return cached[1]
-            try:
-                if self._conn is None or self._conn.closed:
-                    self._conn = connect(self.dsn, autocommit=True)
-                row = find_tracker(self._conn, protocol, identity)
-            except psycopg.OperationalError:
-                self._conn = None
-                raise
+            row = self._find(protocol, identity)
             tracker = None if row is None else Tracker(row[0], row[1], row[2], row[3], Profile.from_json(row[4]))
             if len(self._cache) > 100_000:  # bounded: unknown identities must not grow it forever
                 self._cache.clear()
             self._cache[key] = (now, tracker)
             return tracker
+
+    def _find(self, protocol: str, identity: str) -> TrackerRow | None:
+        """Look up on the kept connection; one that went stale (a database restart) is replaced
+        once at once, before the caller backs off."""
+        for attempt in (1, 2):
+            fresh = self._conn is None or self._conn.closed
+            try:
+                if self._conn is None or self._conn.closed:
+                    self._conn = connect(self.dsn, autocommit=True)
+                return find_tracker(self._conn, protocol, identity)
+            except psycopg.OperationalError:
+                self._conn = None
+                if fresh or attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
 
     def refuse(self, protocol: str, identity: str) -> None:
         """Count one refused connection or message of an unknown ``identity``."""

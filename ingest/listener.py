@@ -29,7 +29,7 @@ import psycopg
 from core.contract import Limits
 from core.settings import FRONT_END_SHARDS, Settings
 from ingest.frontend import CommitQueue, Frame, Outcome, TrackerDirectory
-from ingest.protocols.common import Tracker, check_identity
+from ingest.protocols.common import Tracker, check_identity, printable
 from ingest.writer import ShardWriter
 
 __all__ = ["Closed", "Connection", "Handler", "Session", "TrackerServer", "ready_file", "run_listener"]
@@ -121,7 +121,7 @@ class Session:
 
     def source(self, identity: str | None) -> str:
         """A frame's dead-letter topic: ``<protocol>/<identity>`` (``unidentified`` before a login)."""
-        return f"{self.protocol}/{identity or 'unidentified'}"
+        return f"{self.protocol}/{printable(identity) if identity else 'unidentified'}"
 
     async def find(self, identity: str) -> Tracker | None:
         """The tracker ``identity`` belongs to, or None (then counted as refused). A badly formed
@@ -130,7 +130,7 @@ class Session:
         try:
             check_identity(self.protocol, identity)
         except ValueError:  # ContractError: not an identity of this protocol
-            self.directory.refuse(self.protocol, identity[:64])
+            self.directory.refuse(self.protocol, printable(identity))
             return None
         delay = 0.5
         while True:

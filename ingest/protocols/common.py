@@ -12,7 +12,7 @@ from typing import Any
 
 from core.contract import ContractError, Reading, StatusReport
 
-__all__ = ["PROTOCOLS", "Part", "Profile", "Tracker", "check_identity", "derived_seq"]
+__all__ = ["PROTOCOLS", "Part", "Profile", "Tracker", "check_identity", "derived_seq", "printable", "scrub"]
 
 PROTOCOLS = ("teltonika", "gt06", "osmand", "owntracks")
 _IMEI = re.compile(r"^[0-9]{8,16}$")
@@ -28,6 +28,24 @@ def check_identity(protocol: str, identity: str) -> str:
     if not pattern.match(identity):
         raise ContractError("unknown_device", f"{protocol} identity {identity[:64]!r} is not well formed")
     return identity
+
+
+def scrub(value: Any) -> Any:
+    """``value`` (decoded JSON, query parameters) without NUL characters, which PostgreSQL's text and
+    jsonb cannot hold: device text kept in details must never make its whole batch fail."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd")
+    if isinstance(value, dict):
+        return {scrub(k): scrub(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [scrub(v) for v in value]
+    return value
+
+
+def printable(text: str, limit: int = 64) -> str:
+    """``text`` cut to ``limit`` characters, control characters escaped (for dead-letter topics)."""
+    cut = text[:limit]
+    return cut if cut.isprintable() else cut.encode("unicode_escape").decode("ascii")[:limit]
 
 
 @dataclass(frozen=True, slots=True)

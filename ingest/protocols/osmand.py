@@ -22,7 +22,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from core.contract import ContractError, GpsFix, StatusReport
-from ingest.protocols.common import Part, Tracker, derived_seq
+from ingest.protocols.common import Part, Tracker, derived_seq, scrub
 
 __all__ = ["KNOT_MPS", "OsmAndReport", "Request", "encode_query", "parse_head", "parse_request", "parts"]
 
@@ -280,7 +280,7 @@ def parts(reports: list[OsmAndReport], tracker: Tracker, received_at: datetime) 
             details.update({"lat": r.lat, "lon": r.lon, "valid": r.valid})
         statuses: tuple[StatusReport, ...] = ()
         if details or not readings:
-            details = {"protocol": "osmand", **details}
+            details = {"protocol": "osmand", **scrub(details)}
             statuses = (StatusReport(tracker.tenant, tracker.vehicle, when, "report", details),)
         out.append(Part(index if len(reports) > 1 else None, readings, statuses))
     return out

@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from core.contract import ContractError, GpsFix, StatusReport
-from ingest.protocols.common import Part, Tracker, derived_seq
+from ingest.protocols.common import Part, Tracker, derived_seq, scrub
 
 __all__ = ["ROOT", "Message", "encode_location", "parse_message", "parse_topic", "parts"]
 
@@ -96,8 +96,9 @@ def parts(message: Message, tracker: Tracker, received_at: datetime) -> list[Par
     t_, v = tracker.tenant, tracker.vehicle
     if kind != "location":
         stamp = _when(body, "tst") or received_at
-        details = {**origin, "topic_kind": message.kind, "message": body}
-        return [Part(None, (), (StatusReport(t_, v, stamp, _STATE_OF_TYPE.get(kind, kind[:64]), details),))]
+        details = {**origin, "topic_kind": message.kind, "message": scrub(body)}
+        state = _STATE_OF_TYPE.get(kind, scrub(kind[:64]))
+        return [Part(None, (), (StatusReport(t_, v, stamp, state, details),))]
     when = _when(body, "tst")
     if when is None:
         raise ContractError("missing_field", "tst")
@@ -116,7 +117,7 @@ def parts(message: Message, tracker: Tracker, received_at: datetime) -> list[Par
         accuracy_m=_number(body, "acc"),
         alt_m=_number(body, "alt"),
     )
-    extra = {k: val for k, val in body.items() if k not in _LOCATION_KEYS}
+    extra = scrub({k: val for k, val in body.items() if k not in _LOCATION_KEYS})
     statuses = (StatusReport(t_, v, when, "report", {**origin, **extra}),) if extra else ()
     return [Part(None, (fix,), statuses)]
 

@@ -118,3 +118,12 @@ def test_our_query_encoder_and_the_readings() -> None:
     invalid = parse_request(get("/?id=902064&lat=1&lon=2&valid=false&timestamp=1763000000"), b"")
     (part,) = parts(invalid, TRACKER, NOW)
     assert part.readings == () and part.statuses[0].details["valid"] is False
+
+
+def test_nul_characters_never_reach_the_store() -> None:
+    from ingest.protocols.common import printable
+
+    (report,) = parse_request(get("/?id=902064&lat=1&lon=2&timestamp=1763000000&driver=a%00b"), b"")
+    (part,) = parts([report], TRACKER, NOW)
+    assert part.statuses[0].details["driver"] == "a\ufffdb"  # PostgreSQL text and jsonb refuse NUL
+    assert printable("ph\x00one") == "ph\\x00one" and printable("x" * 100) == "x" * 64
