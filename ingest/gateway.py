@@ -6,6 +6,10 @@ traffic while it is down. Messages are buffered, decoded and validated in
 batches, committed by ``ShardWriter``, and only then acknowledged (PUBACK), in
 the order they arrived. A message whose connection has since dropped is not
 acknowledged: the broker redelivers it and the store deduplicates it.
+
+The shards also read ``owntracks/#`` (OwnTracks phones, ``ingest/owntracks.py``): those
+messages are translated for the vehicles their users are provisioned for and committed in the
+same batches, under the same rule.
 """
 
 from __future__ import annotations
