@@ -54,6 +54,8 @@ async def serve(conn: Connection, session: Session) -> None:
             await session.reject(None, head, "oversized", f"a request of {len(head) + length} bytes > {limit}")
             await _answer(conn, 413, "request too large", close=True)
             return
+        if length and request.headers.get("expect", "").lower() == "100-continue":
+            await conn.send(b"HTTP/1.1 100 Continue\r\n\r\n")  # curl, for example, waits for it
         body = await conn.take(length)
         received = time.time()
         if request.method not in ("GET", "POST"):

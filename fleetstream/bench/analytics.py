@@ -135,7 +135,7 @@ def _drain(settings: Settings, tenant: str, readings: int, flow: bool) -> tuple[
     to the last one committed by the gateway (its stored-readings rate, with the dataflow, if
     any, running beside it), and to the last one processed by the dataflow (``flow``; else the
     same as the first)."""
-    engine = Engine(settings, with_flow=flow, with_dispatch=False, with_delivery=False)
+    engine = Engine(settings, with_flow=flow, with_dispatch=False, with_delivery=False, with_listeners=False)
     with connect(settings.dsn(), autocommit=True) as conn:
         stored_before = int(scalar(conn, "SELECT coalesce(sum(stored), 0) FROM gateway_shards"))
     engine.start()
@@ -202,9 +202,9 @@ def _rounds(settings: Settings, vehicles: int, hours: float) -> dict[str, Any]:
             for table in ("positions", "temperatures", "door_events", "plans"):
                 conn.execute(f"DELETE FROM {table} WHERE tenant <> %s", (tenant,))
             conn.execute("VACUUM ANALYZE positions, temperatures, door_events")
-        primer = Engine(
-            settings, with_flow=False, with_dispatch=False, with_delivery=False
-        )  # the shards' sessions: the broker queues the backlog
+        primer = Engine(  # the shards' sessions: the broker queues the backlog
+            settings, with_flow=False, with_dispatch=False, with_delivery=False, with_listeners=False
+        )
         primer.start()
         primer.wait_ready()
         primer.stop()

@@ -208,7 +208,7 @@ def _drain_engine(settings: Settings, tenant: str, expected: int, before: int) -
     process start-up is left out and nothing the engine did is: a commit can hold
     100 000 readings, so timing between commits would be too coarse.
     """
-    engine = Engine(settings, with_flow=False, with_dispatch=False, with_delivery=False)
+    engine = Engine(settings, with_flow=False, with_dispatch=False, with_delivery=False, with_listeners=False)
     engine.start()
     try:
         deadline = time.monotonic() + 900
@@ -233,7 +233,7 @@ def _drain_engine(settings: Settings, tenant: str, expected: int, before: int) -
 
 def _prime_sessions(settings: Settings, tenant: str) -> None:
     """Create the engine's and the references' persistent sessions so the backlog queues for them."""
-    engine = Engine(settings, with_flow=False, with_dispatch=False, with_delivery=False)
+    engine = Engine(settings, with_flow=False, with_dispatch=False, with_delivery=False, with_listeners=False)
     engine.start()
     engine.wait_ready()
     engine.stop()
@@ -352,7 +352,7 @@ def _latency(settings: Settings, rate: float, seconds: float) -> dict[str, float
     listener = threading.Thread(target=listen, daemon=True)
     listener.start()
     listening.wait(10)
-    engine = Engine(settings, with_flow=True, with_dispatch=False, with_delivery=False)
+    engine = Engine(settings, with_flow=True, with_dispatch=False, with_delivery=False, with_listeners=False)
     engine.start()
     engine.wait_ready()
     readings = int(rate * seconds)

@@ -247,3 +247,14 @@ def test_osmand_answers_400_when_the_store_refused_a_reading() -> None:
 def test_session_sources_escape_control_characters() -> None:
     session = Session("osmand", Settings(), FakeDirectory(), FakeCommits())  # type: ignore[arg-type]
     assert session.source("ph\x00ne") == "osmand/ph\\x00ne" and session.source(None) == "osmand/unidentified"
+
+
+def test_osmand_answers_100_continue_before_reading_the_body() -> None:
+    async def curl(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
+        body = b"id=902064&lat=60.1&lon=24.9&timestamp=1763000000"
+        writer.write(f"POST / HTTP/1.1\r\nExpect: 100-continue\r\nContent-Length: {len(body)}\r\n\r\n".encode())
+        interim = await reader.readuntil(b"\r\n\r\n")
+        return interim + await http(writer, reader, body)
+
+    got, commits, _, _ = run(talk(osmand.serve, "osmand", curl))
+    assert got.startswith(b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK") and len(commits.frames) == 1
