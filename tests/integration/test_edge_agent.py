@@ -208,9 +208,11 @@ def drain(folder: Path, settings: Settings, tenant: str, vehicle: str, password:
         assert agent.terminate() == 0
 
 
-def assert_exactly_once(db, tenant: str, vehicle: str, last_seq: int, lost: int = 0) -> list[int]:  # type: ignore[no-untyped-def]
-    """Every seq 1..last_seq stored once (but ``lost`` ones the drop policy dropped)."""
-    expected_count = last_seq - lost
+def assert_exactly_once(db, tenant: str, vehicle: str, last_seq: int, dropped: int = 0) -> list[int]:  # type: ignore[no-untyped-def]
+    """Every seq 1..last_seq stored once, but at most ``dropped`` ones (what the drop policy
+    counted: a reading the broker took whose receipt never came may have been stored and
+    dropped after, so fewer may be missing)."""
+    expected_count = last_seq - dropped
     wait_for(
         lambda: len(stored_seqs(db, tenant, vehicle)) >= expected_count,
         120,
@@ -219,7 +221,8 @@ def assert_exactly_once(db, tenant: str, vehicle: str, last_seq: int, lost: int 
     time.sleep(1.0)  # anything late or doubled would show now
     seqs = stored_seqs(db, tenant, vehicle)
     assert len(seqs) == len(set(seqs)), "a reading was stored twice"
-    assert len(seqs) == expected_count
+    assert expected_count <= len(seqs) <= last_seq
+    assert dropped or len(seqs) == last_seq
     assert set(seqs) <= set(range(1, last_seq + 1))
     return seqs
 
@@ -590,9 +593,10 @@ def test_the_disk_cap_drops_as_the_policy_says_and_keeps_every_door_event(
     state = outbox_state(outbox)
     dropped = state.get("dropped_gps", 0) + state.get("dropped_temp", 0)
     assert state.get("dropped_door", 0) == 0
-    seqs = assert_exactly_once(db, tenant, vehicle, state["last_seq"], lost=dropped)
-    # what is missing is exactly what the policy dropped (counted as GPS or temperature drops)
-    assert len(set(range(1, state["last_seq"] + 1)) - set(seqs)) == dropped
+    seqs = assert_exactly_once(db, tenant, vehicle, state["last_seq"], dropped=dropped)
+    # nothing is missing but what the policy dropped (counted as GPS or temperature drops)
+    missing = set(range(1, state["last_seq"] + 1)) - set(seqs)
+    assert len(missing) <= dropped
     # the door toggled all along: stored door events alternate open/closed with none missing
     doors = [
         r[0]
