@@ -106,7 +106,7 @@ _PAGE_ROWS = 500  # changes read per query and table
 _PUBLISH_TIMEOUT_S = 10.0  # longest wait for one PUBACK
 _ERROR_TEXT_CAP = 500  # characters of an error kept in delivery_failures
 _RESPONSE_READ_CAP = 64 * 1024  # bytes of a webhook response read (and ignored)
-_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # tenant and vehicle ids (core/contract.py): safe topic levels
+_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")  # tenant and vehicle ids (core/contract.py): safe topic levels
 
 # payload field <- column, after kind, id, rev, tenant, vehicle (stop_events.kind becomes "type")
 _ALERT_FIELDS: tuple[tuple[str, str], ...] = tuple(

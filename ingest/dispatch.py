@@ -66,7 +66,7 @@ CLIENT_ID = "fleetstream-dispatch"
 DEAD_LETTER_SHARD = -1  # dead_letters.shard of the dispatch listener (gateway shards are >= 0)
 _RECEIVE_MAXIMUM = 16  # un-acked plans the broker may send at once; bounds memory at 16 x max_payload_bytes
 _NO_MATCHING_SUBSCRIBERS = 0x10
-_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # tenant ids, as for devices (core/contract.py)
+_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")  # tenant ids, as for devices (core/contract.py)
 
 
 class PublishError(RuntimeError):

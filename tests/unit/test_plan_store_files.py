@@ -200,3 +200,9 @@ def test_a_poison_plan_is_a_bad_plan_not_a_crash(stop_changes: dict[str, object]
     body["stops"][0].update(stop_changes)
     rejected = check_plan_message("dispatch/acme/plan", json.dumps(body).encode(), 10_000, PlanLimits())
     assert isinstance(rejected, Rejected) and rejected.reason == "bad_plan", rejected
+
+
+def test_a_trailing_newline_is_not_part_of_a_tenant_id() -> None:
+    with pytest.raises(ValueError):
+        plan_topic("acme\n")
+    assert isinstance(check_plan_message("dispatch/acme\n/plan", json.dumps(plan()).encode(), 10_000), Rejected)
