@@ -36,6 +36,7 @@ from fleetstream import credentials, services
 from fleetstream.engine import Engine
 from ingest.gateway import ready_file
 from store.db import migrate
+from tests.integration.faults import FaultRow, record
 
 pytestmark = pytest.mark.integration
 
@@ -77,6 +78,7 @@ def write_config(
     every_reading: bool = True,
     status_s: float = 2.0,
     broker_host: str | None = None,
+    receipt_timeout_s: float = 5.0,
 ) -> Path:
     host, port = settings.mqtt_endpoint()
     host = broker_host or host
@@ -110,6 +112,7 @@ max_bytes = {max_bytes}
 [sender]
 status_interval_s = {status_s}
 refused_retry_s = 1
+receipt_timeout_s = {receipt_timeout_s}
 {sampling}
 [sensors]
 door_poll_ms = 10
@@ -471,6 +474,21 @@ def test_a_link_cut_for_minutes_delays_but_loses_nothing_and_the_backlog_is_late
     last = outbox_state(outbox)["last_seq"]
     assert assert_exactly_once(db, tenant, vehicle, last) == list(range(1, last + 1))
     no_dead_letters(db, tenant, vehicle)
+    rows = stored_seqs(db, tenant, vehicle)
+    record(
+        settings.state_dir,
+        FaultRow(
+            "network link cut",
+            last,
+            len(set(rows)),
+            0,
+            last - len(set(rows)),
+            len(rows) - len(set(rows)),
+            t_caught_up - t_restored,
+            f"the van's link cut for {LINK_OUTAGE_S:.0f} s (its packets dropped) while it recorded ~13 readings/s; "
+            "the backlog went oldest first",
+        ),
+    )
     # the broker noticed the silent link (keepalive) and published the device's last will
     assert (
         db.execute(
@@ -608,6 +626,22 @@ def test_the_disk_cap_drops_as_the_policy_says_and_keeps_every_door_event(
     assert all(a != b for a, b in zip(doors, doors[1:], strict=False)), doors
     no_dead_letters(db, tenant, vehicle)
     print(json.dumps({"disk_cap": state}))
+    rows = stored_seqs(db, tenant, vehicle)
+    record(
+        settings.state_dir,
+        FaultRow(
+            "disk-full outbox",
+            state["last_seq"],
+            len(set(rows)),
+            0,
+            max(0, len(missing) - dropped),
+            len(rows) - len(set(rows)),
+            None,
+            f"a 16 KiB outbox through a 20 s broker outage: the drop policy dropped {dropped:,} (counted: "
+            f"{state.get('dropped_gps', 0):,} GPS fixes, {state.get('dropped_temp', 0):,} temperatures, 0 door "
+            f"events); {len(missing):,} are missing, every one of them counted as dropped",
+        ),
+    )
 
 
 # ---------------------------------------------------------------- refusals
