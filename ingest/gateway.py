@@ -172,9 +172,11 @@ class GatewayShard:
                     raise
                 delay = min(delay * 2, 5.0)
 
-    def _store(self, messages: list[Received], stop: threading.Event) -> list[tuple[Prepared, WriteResult]]:
-        """Commit ``messages``; what the database refuses is split until the refused messages are
-        alone, and those become ``db_refused`` dead letters. Every message ends up committed."""
+    def store(self, messages: list[Received], stop: threading.Event) -> list[tuple[Prepared, WriteResult]]:
+        """Commit ``messages`` (stored, or dead letters with a reason): what the database refuses
+        is split until the refused messages are alone, and those become ``db_refused`` dead
+        letters. Retries while the database is away (until ``stop``: then it raises). Returns each
+        committed part and what its commit did."""
         try:
             prepared = self._prepare(messages)
             return [(prepared, self._write(prepared, len(messages), stop))]
@@ -189,7 +191,7 @@ class GatewayShard:
                     len(messages),
                     str(exc).strip()[:200],
                 )
-                return self._store(messages[:half], stop) + self._store(messages[half:], stop)
+                return self.store(messages[:half], stop) + self.store(messages[half:], stop)
             return [self._refuse(messages[0], exc, stop)]
 
     def _refuse(self, msg: Received, exc: Exception, stop: threading.Event) -> tuple[Prepared, WriteResult]:
@@ -209,7 +211,7 @@ class GatewayShard:
         return refused, self._write(refused, 1, stop)
 
     def _commit(self, batch: list[_Pending], stop: threading.Event) -> None:
-        committed = self._store([p.message for p in batch], stop)
+        committed = self.store([p.message for p in batch], stop)
         with self._cond:
             generation = self._generation
         for p in batch:  # PUBACK in arrival order, only on the connection they arrived on
