@@ -566,3 +566,76 @@ def plan_dead_letters(db: Any, tenant: str) -> int:
     return int(
         db.execute("SELECT count(*) FROM dead_letters WHERE topic = %s", (f"dispatch/{tenant}/plan",)).fetchone()[0]
     )
+
+
+# ---------------------------------------------------------------- a plan at the limits
+
+
+def plan_at_the_limits(tenant: str, vehicle: str, settings: Settings) -> dict[str, Any]:
+    """The costliest plan the limits let through and a message can hold: the most stops, the
+    route as long as allowed, in as many points as fit ``max_payload_bytes``."""
+    import math
+
+    limits = settings.plan_limits()
+    stop_count, points = limits.max_stops, limits.max_route_points
+    while True:
+        step_km = limits.max_route_km * 0.999 / (points - 1)
+        route, lat, lon = [], 60.0, 24.0
+        for i in range(points):  # winding north-east from Helsinki
+            route.append([round(lat, 6), round(lon, 6)])
+            heading = math.radians(45 + 60 * math.sin(i / 50))
+            lat += step_km * math.cos(heading) / 111.32
+            lon += step_km * math.sin(heading) / (111.32 * math.cos(math.radians(lat)))
+        every = max(1, points // stop_count)
+        stops = [{"id": f"s{i}", "lat": route[i * every][0], "lon": route[i * every][1]} for i in range(stop_count)]
+        body = {"tenant": tenant, "vehicle": vehicle, "version": 1, "stops": stops, "route": route}
+        if len(json.dumps(body, separators=(",", ":"))) <= settings.max_payload_bytes:
+            return body
+        points = int(points * 0.9)
+
+
+def analysis_lag_s(db: Any, tenant: str) -> float:
+    """How far the analytics are behind the store for ``tenant``: the newest stored reading's
+    receive time less that of the newest reading the dataflow has analysed (seconds)."""
+    row = db.execute(
+        "SELECT extract(epoch FROM (SELECT max(received_at) FROM positions WHERE tenant = %(t)s) "
+        "- (SELECT max(last_received_at) FROM vehicle_state WHERE tenant = %(t)s))",
+        {"t": tenant},
+    ).fetchone()
+    return float(row[0]) if row and row[0] is not None else 0.0
+
+
+def test_a_plan_at_the_limits_delays_another_tenant_by_a_bounded_time(
+    engine: Engine, services_settings: Settings, db: Any
+) -> None:
+    from ingest.dispatch import publish_plan
+
+    settings = services_settings
+    heavy, other = tenant_name("fph"), tenant_name("fpo")
+    body = plan_at_the_limits(heavy, "van-1", settings)
+    fleet = Fleet(settings, other, devices=2, per_device=int(400 * SCALE), rate=20).start()
+    wait_until(lambda: stored_count(db, other) > 40, 60, "the other tenant's first readings")
+    baseline = max(analysis_lag_s(db, other) for _ in range(20) if time.sleep(0.1) is None)
+    publish_plan(settings, json.dumps(body).encode(), credentials=credentials.mqtt_account(settings, "dispatch"))
+    published = time.monotonic()
+    worst = 0.0
+    while time.monotonic() - published < 10:
+        worst = max(worst, analysis_lag_s(db, other))
+        time.sleep(0.1)
+    fleet.join()
+    assert db.execute("SELECT count(*) FROM plans WHERE tenant = %s", (heavy,)).fetchone()[0] == 1
+    print(
+        json.dumps(
+            {
+                "plan_at_the_limits": {
+                    "stops": len(body["stops"]),
+                    "route_points": len(body["route"]),
+                    "bytes": len(json.dumps(body)),
+                    "other_tenant_lag_s": round(worst, 2),
+                    "lag_without_it_s": round(baseline, 2),
+                }
+            }
+        )
+    )
+    # the corridor and stop index of the largest plan cost about 2 s of the dataflow's one worker
+    assert worst < baseline + 15, (worst, baseline)
