@@ -21,12 +21,14 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from core.plan import PlanLimits
 from core.thresholds import AnalyticsConfig, EtaConfig
 
 __all__ = ["FRONT_END_SHARDS", "Settings", "SettingsError", "load_settings"]
 
 _A = AnalyticsConfig()  # the thresholds' defaults live there, once
 _E = EtaConfig()
+_P = PlanLimits()
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # The writer shards of the tracker front ends: past the gateway's (0 .. gateway_workers - 1, at most
@@ -51,6 +53,7 @@ class Settings:
     pg_port: int = 55432
     pg_database: str = "fleetstream"
     pg_bindir: str = ""  # PostgreSQL's programs (initdb, pg_ctl); empty: /usr/lib/postgresql/<15 or newest>/bin
+    mqtt_broker_bin: str = ""  # the embedded broker's program; empty: .venv/opt/mosquitto (bootstrap.sh), else PATH
     broker_max_queued_messages: int = 2_000_000  # per persistent client; past it the broker drops
     broker_max_queued_bytes: int = 1_000_000_000
     broker_message_size_limit: int = 1_048_576  # bytes; the gateway dead-letters above max_payload_bytes
@@ -83,10 +86,16 @@ class Settings:
     flow_eta: int = 1  # 1 = live ETAs per remaining stop and predicted_late alerts in the analytics dataflow
     eta_reemit_s: float = _E.reemit_s  # a stop's ETA is re-emitted when it moved by more than this
     eta_every_s: float = _E.estimate_every_s  # a vehicle's ETAs are estimated at most this often (fix time)
+    eta_max_stops: int = _E.max_stops  # ETAs for at most this many of a vehicle's next stops (bounds a fix's work)
     eta_road_network: str = ""  # ETAs to stops of a plan without a route follow this network (helsinki or a .pbf)
     predicted_late_margin_s: float = (
         _A.predicted_late_margin_s
     )  # an ETA this far past a stop's window end -> predicted_late
+    # plans: the most work one plan may cause; a plan past a limit is a dead letter (bad_plan)
+    plan_max_stops: int = _P.max_stops
+    plan_max_route_points: int = _P.max_route_points
+    plan_max_route_km: float = _P.max_route_km  # total length of the route, km
+    plan_max_segment_km: float = _P.max_segment_km  # one segment of the route, km
     # analytics thresholds: defaults from core/thresholds.py (AnalyticsConfig); the rest of its fields keep theirs
     reorder_max_delay_s: float = _A.reorder_max_delay_s  # event-time wait of a vehicle's reorder buffer
     correction_window_s: float = _A.correction_window_s  # late readings this far behind are corrected by replay
@@ -166,6 +175,12 @@ class Settings:
                 return parts.username, parts.password or ""
         return None
 
+    def plan_limits(self) -> PlanLimits:
+        """The plan limits of these settings (``plan_max_*``)."""
+        return PlanLimits(
+            self.plan_max_stops, self.plan_max_route_points, self.plan_max_route_km, self.plan_max_segment_km
+        )
+
     def dsn(self) -> str:
         """libpq connection string of the database."""
         if self.pg_dsn:
@@ -215,6 +230,11 @@ _RANGES: dict[str, tuple[float, float]] = {
     "webhook_max_attempts": (1, 1000),
     "delivery_poll_ms": (1, 60_000),
     "eta_models_keep": (1, 1000),
+    "eta_max_stops": (1, 100_000),
+    "plan_max_stops": (1, 1_000_000),
+    "plan_max_route_points": (2, 10_000_000),
+    "plan_max_route_km": (0.001, 40_075),
+    "plan_max_segment_km": (0.001, 20_000),
     "eta_eval_vehicles": (1, 100_000),
     "eta_eval_days": (1, 365),
     "sim_vehicles": (1, 1_000_000),

@@ -151,9 +151,16 @@ def _plan(settings: Settings, args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.action == "load":
+        limits = settings.plan_limits()
+        for checked in plans:
+            try:
+                limits.check(checked)
+            except PlanError as exc:
+                print(f"error: {checked.tenant}/{checked.vehicle}: {exc}", file=sys.stderr)
+                return 2
         with connect(settings.dsn(), autocommit=True) as conn:  # store_plan needs an idle connection
             for plan in plans:
-                version, stored = store_plan(conn, plan, "cli")
+                version, stored = store_plan(conn, plan, "cli", limits)
                 print(
                     json.dumps({"tenant": plan.tenant, "vehicle": plan.vehicle, "version": version, "stored": stored})
                 )

@@ -66,8 +66,8 @@ __all__ = [
     "acl_file",
 ]
 
-_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_ROLE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
+_ROLE = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
 
 # role -> ACL lines written under "user <role>" in the broker's ACL file
 ROLE_ACLS: dict[str, tuple[str, ...]] = {

@@ -50,7 +50,9 @@ _TABLES = (
     "positions",
     "temperatures",
     "door_events",
+    "device_seqs",
     "dead_letters",
+    "dead_letter_digests",
     "plans",
     "alerts",
     "stop_events",
@@ -199,7 +201,7 @@ def _rounds(settings: Settings, vehicles: int, hours: float) -> dict[str, Any]:
                 store_plan(conn, Plan.from_dict(plan), "bench")
         shutil.rmtree(settings.recovery_dir, ignore_errors=True)  # the flow starts on this backlog alone
         with connect(settings.dsn(), autocommit=True) as conn:  # ... and skips earlier rounds' rows
-            for table in ("positions", "temperatures", "door_events", "plans"):
+            for table in ("positions", "temperatures", "door_events", "device_seqs", "plans"):
                 conn.execute(f"DELETE FROM {table} WHERE tenant <> %s", (tenant,))
             conn.execute("VACUUM ANALYZE positions, temperatures, door_events")
         primer = Engine(  # the shards' sessions: the broker queues the backlog

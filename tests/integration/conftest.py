@@ -14,9 +14,12 @@ Fixtures
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -79,3 +82,25 @@ def db(services: Settings) -> Iterator[object]:
         yield conn
     finally:
         conn.close()
+
+
+_SESSION_STARTED = [time.time()]  # this conftest is imported as the session starts
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The fault matrix of the rows this session's fault tests recorded (tests/integration/faults.py)."""
+    from tests.integration.faults import matrix_dir, render_matrix
+
+    folder = matrix_dir(TEST_STATE_DIR)
+    started = _SESSION_STARTED[0]
+    rows = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        row = json.loads(path.read_text())
+        if row.get("recorded_at", 0) >= started:
+            rows.append(row)
+    if not rows:
+        return
+    table = render_matrix(rows)
+    (folder / "fault-matrix.md").write_text(table)
+    terminalreporter.write_sep("=", "fault matrix (tests/integration/faults.py)")
+    terminalreporter.write(table)
