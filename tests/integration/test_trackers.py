@@ -22,6 +22,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import paho.mqtt.client as mqtt
+import psycopg
 import pytest
 from paho.mqtt.enums import CallbackAPIVersion
 
@@ -283,42 +284,55 @@ def test_teltonika_acks_follow_commits_and_resends_are_stored_once_through_kills
     missed_acks = 0
 
     def committed(records: list[AvlRecord]) -> int:
+        """Rows of ``records`` in the store; asked again while the database crashes and restarts
+        (the crash below may cut this very query off)."""
         first, last = records[0].fix_time, records[-1].fix_time
-        with connect(s.dsn(), autocommit=True, attempts=60) as db:
-            row = db.execute(
-                "SELECT count(*) FROM positions WHERE tenant = %s AND fix_time BETWEEN %s AND %s", (tenant, first, last)
-            ).fetchone()
-        return int(row[0]) if row else 0
-
-    for i, records in enumerate(packets):
-        raw = packet(records)
-        if i % 10 == 5:  # the device misses our acknowledgement: it sends, loses the link, sends again
-            assert client.sock is not None
-            client.sock.sendall(raw)
-            client.close()
-            assert client.connect() == b"\x01"
-            missed_acks += 1
-        if i == 20:  # the listener is killed with this packet in flight
-            assert client.sock is not None
-            client.sock.sendall(raw)
-            os.kill(engine.pids()["listen-teltonika"], signal.SIGKILL)
-            client.close()
-            assert client.connect() == b"\x01"  # the engine restarts it; the device sends again
-        if i == 40:  # the database crashes (immediate shutdown) while the device keeps sending
-            restart = threading.Thread(target=services.restart_postgres, args=(s,), kwargs={"hard": True})
-            restart.start()
+        deadline = time.monotonic() + 120
         while True:
             try:
-                ack = client.send(raw)
-                break
-            except OSError:
+                with connect(s.dsn(), autocommit=True, attempts=60) as db:
+                    row = db.execute(
+                        "SELECT count(*) FROM positions WHERE tenant = %s AND fix_time BETWEEN %s AND %s",
+                        (tenant, first, last),
+                    ).fetchone()
+                return int(row[0]) if row else 0
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+
+    try:
+        for i, records in enumerate(packets):
+            raw = packet(records)
+            if i % 10 == 5:  # the device misses our acknowledgement: it sends, loses the link, sends again
+                assert client.sock is not None
+                client.sock.sendall(raw)
                 client.close()
                 assert client.connect() == b"\x01"
-        assert ack == 5
-        assert committed(records) == 5, f"packet {i} acknowledged before its records were stored"
+                missed_acks += 1
+            if i == 20:  # the listener is killed with this packet in flight
+                assert client.sock is not None
+                client.sock.sendall(raw)
+                os.kill(engine.pids()["listen-teltonika"], signal.SIGKILL)
+                client.close()
+                assert client.connect() == b"\x01"  # the engine restarts it; the device sends again
+            if i == 40:  # the database crashes (immediate shutdown) while the device keeps sending
+                restart = threading.Thread(target=services.restart_postgres, args=(s,), kwargs={"hard": True})
+                restart.start()
+            while True:
+                try:
+                    ack = client.send(raw)
+                    break
+                except OSError:
+                    client.close()
+                    assert client.connect() == b"\x01"
+            assert ack == 5
+            assert committed(records) == 5, f"packet {i} acknowledged before its records were stored"
+    finally:
+        if restart is not None:
+            restart.join(120)  # the database is back before anything else runs
     client.close()
     assert restart is not None
-    restart.join(120)
     total = counts(s, tenant)
     assert total["positions"] == {"van-1": 300} and total["temperatures"] == {"van-1": 300}
     with connect(s.dsn(), autocommit=True) as db:
