@@ -117,6 +117,7 @@ class EtaConfig:
     leave_stop_m: float = 100.0  # the rest of a stop's service counts until this far outside its circle
     model_every_s: float = 30.0  # run the model at most this often per vehicle (fix time)
     estimate_every_s: float = 15.0  # estimate (and maybe re-emit) at most this often (fix time); 0 = every fix
+    max_stops: int = 50  # ETAs for at most this many of the next remaining stops: bounds the work of a fix
 
     def __post_init__(self) -> None:
         for name, value in self.__dict__.items():

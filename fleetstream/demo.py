@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -93,11 +94,12 @@ def fleet_summary(settings: Settings, tenant: str, since: datetime) -> dict[str,
             "SELECT count(DISTINCT h3_cell) FROM positions WHERE tenant = %s AND received_at >= %s",
             (tenant, since),
         )
-        out["dead_letters"] = dict(
+        out["dead_letters"] = dict(  # the tenant's devices' and trackers' (by their identities)
             conn.execute(
-                "SELECT reason, count(*) FROM dead_letters WHERE topic LIKE %s AND received_at >= %s "
-                "GROUP BY reason ORDER BY reason",
-                (f"fleet/{tenant}/%", since),
+                "SELECT reason, count(*) FROM dead_letters WHERE received_at >= %(since)s AND (topic LIKE %(fleet)s "
+                "OR topic LIKE %(phones)s OR topic IN (SELECT protocol || '/' || identity FROM trackers "
+                "WHERE tenant = %(tenant)s)) GROUP BY reason ORDER BY reason",
+                {"since": since, "fleet": f"fleet/{tenant}/%", "phones": f"owntracks/ot.{tenant}.%", "tenant": tenant},
             ).fetchall()
         )
         # what the analytics made of it (rows written or changed during this run)
@@ -161,6 +163,17 @@ def simulate(
         if progress is not None:
             progress.update(counts)
 
+    trackers = None
+    if settings.sim_protocols:
+        from fleetstream.sim_trackers import TrackerFleet, VanTracker
+        from fleetstream.trackers import simulated_trackers
+        from sim.simulator import vehicle_ids
+
+        vans = [VanTracker(**t) for t in simulated_trackers(settings, vehicle_ids(settings.sim_vehicles))]
+
+        def trackers(counts: Counter[str]) -> TrackerFleet:
+            return TrackerFleet(settings, vans, counts)
+
     return run_simulation(
         settings,
         vehicles=settings.sim_vehicles,
@@ -173,6 +186,7 @@ def simulate(
         on_progress=on_progress,
         stop_event=stop,
         on_plans=lambda plans: _discard(store_plans(settings, plans)),
+        trackers=trackers,
     )
 
 

@@ -1,5 +1,5 @@
-"""The engine: gateway shard processes, the dataflow, the dispatch listener, the deliverer and
-the API, supervised.
+"""The engine: gateway shard processes, the tracker listeners, the dataflow, the dispatch listener,
+the deliverer and the API, supervised.
 
 Each part runs in its own process (the gateway is CPU-bound Python, so shards
 use both cores). A child that dies is restarted; the dataflow resumes from its
@@ -27,6 +27,7 @@ from dataclasses import dataclass, fields
 from core.settings import Settings
 from ingest.dispatch import ready_file as dispatch_ready_file
 from ingest.gateway import ready_file
+from ingest.listener import ready_file as listener_ready_file
 
 __all__ = ["Engine", "settings_env"]
 
@@ -51,6 +52,7 @@ class _Child:
     name: str
     argv: list[str]
     shard: int | None = None
+    protocol: str | None = None  # a tracker listener's
     proc: subprocess.Popen[bytes] | None = None
     restarts: int = 0
 
@@ -65,6 +67,7 @@ class Engine:
         with_dispatch: bool = True,
         with_delivery: bool | None = None,
         with_api: bool | None = None,
+        with_listeners: bool = True,
     ) -> None:
         self.settings = settings
         cli = [sys.executable, "-m", "fleetstream.cli"]
@@ -72,6 +75,9 @@ class Engine:
             _Child(f"gateway-{i}", [*cli, "gateway", "--shard", str(i)], shard=i)
             for i in range(settings.gateway_workers)
         ]
+        # the tracker front ends whose port is not 0, one process each (its own writer shard)
+        if with_listeners:
+            self.children += [_Child(f"listen-{p}", [*cli, "listen", p], protocol=p) for p in settings.listener_ports()]
         if with_flow:
             self.children.append(_Child("flow", [*cli, "flow"]))
         # one dispatch listener per broker (its client id is fixed): plans over MQTT
@@ -93,6 +99,8 @@ class Engine:
             ready_file(self.settings, child.shard).unlink(missing_ok=True)
         if child.name == "dispatch":
             dispatch_ready_file(self.settings).unlink(missing_ok=True)
+        if child.protocol is not None:
+            listener_ready_file(self.settings, child.protocol).unlink(missing_ok=True)
         with open(self._log / f"{child.name}.log", "ab") as out:
             child.proc = subprocess.Popen(
                 child.argv,
@@ -119,17 +127,18 @@ class Engine:
             multiprocess.mark_process_dead(child.proc.pid, str(self.settings.metrics_dir))
 
     def wait_ready(self, timeout_s: float = 60.0) -> None:
-        """Block until every gateway shard (and the dispatch listener) has subscribed: their
-        queues then exist in the broker."""
+        """Block until every gateway shard (and the dispatch listener) has subscribed, so their queues
+        exist in the broker, and every tracker listener accepts connections."""
         deadline = time.monotonic() + timeout_s
         shards = [c.shard for c in self.children if c.shard is not None]
         files = [ready_file(self.settings, s) for s in shards]
+        files += [listener_ready_file(self.settings, c.protocol) for c in self.children if c.protocol is not None]
         if self.with_dispatch:
             files.append(dispatch_ready_file(self.settings))
         while not all(f.exists() for f in files):
             if time.monotonic() > deadline:
-                logs = self._log
-                raise TimeoutError(f"gateway shards / dispatch listener not subscribed after {timeout_s} s; see {logs}")
+                missing = ", ".join(f.stem for f in files if not f.exists())
+                raise TimeoutError(f"not ready after {timeout_s} s: {missing}; see {self._log}")
             time.sleep(0.05)
 
     def pids(self) -> dict[str, int]:

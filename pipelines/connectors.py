@@ -1,6 +1,8 @@
 """Bytewax connectors to TimescaleDB: a replayable source and idempotent sinks.
 
-The readings source merges the gateway shards' committed rows in receive order;
+The readings source merges the writer shards' committed rows in receive order (the gateway's
+shards 0 .. gateway_workers - 1 and the tracker front ends' ``FRONT_END_SHARDS``, each numbered
+by its own single writer);
 its snapshot is each shard's last ``shard_seq`` handed downstream, so after a
 crash Bytewax resumes each shard right after the last snapshotted row: with the operators' state restored from the same snapshot,
 derived results are exactly-once in effect. Sinks write with keys that make a
@@ -24,6 +26,7 @@ from psycopg.types.json import Jsonb
 
 from core.contract import DoorEvent, GpsFix, TemperatureReading
 from core.metrics import ALERTS_RAISED, FLOW_HEARTBEAT, FLOW_LAG_READINGS, FLOW_LAG_SECONDS
+from core.plan import PlanLimits
 from pipelines.analytics import EventOut, Output, PlanUpdate, Resynced
 from pipelines.cells import CellMinute
 from pipelines.trackers.events import Alert, EtaUpdate, StopEvent
@@ -166,10 +169,18 @@ class _MergedShards(StatefulSourcePartition[StoredReading | PlanUpdate, dict[int
     """
 
     def __init__(
-        self, dsn: str, shards: int, after: dict[int, int], limit: int, poll_s: float, with_plans: bool
+        self,
+        dsn: str,
+        shards: list[int],
+        after: dict[int, int],
+        limit: int,
+        poll_s: float,
+        with_plans: bool,
+        plan_limits: PlanLimits | None = None,
     ) -> None:
         self.dsn, self.shards, self.limit, self.poll_s, self.with_plans = dsn, shards, limit, poll_s, with_plans
-        self.after = {shard: after.get(shard, 0) for shard in range(shards)}
+        self.plan_limits = plan_limits
+        self.after = {shard: after.get(shard, 0) for shard in shards}
         self.plans_after = after.get(PLANS, 0)
         self.conn: psycopg.Connection | None = None
         self._awake: datetime | None = None
@@ -179,8 +190,12 @@ class _MergedShards(StatefulSourcePartition[StoredReading | PlanUpdate, dict[int
         try:
             if self.conn is None or self.conn.closed:
                 self.conn = connect(self.dsn, autocommit=True)
+            skipped: list[int] = []
             plans = (
-                [PlanUpdate(plan, seq, at) for seq, plan, at in plans_after(self.conn, self.plans_after, self.limit)]
+                [
+                    PlanUpdate(plan, seq, at)
+                    for seq, plan, at in plans_after(self.conn, self.plans_after, self.limit, self.plan_limits, skipped)
+                ]
                 if self.with_plans
                 else []
             )
@@ -190,8 +205,8 @@ class _MergedShards(StatefulSourcePartition[StoredReading | PlanUpdate, dict[int
             self.conn = None
             self._awake = datetime.now(UTC) + timedelta(seconds=1)
             return []
-        if plans:
-            self.plans_after = plans[-1].plan_seq
+        if plans or skipped:
+            self.plans_after = max([self.plans_after, *skipped, *(p.plan_seq for p in plans)])
         full = any(len(rows) >= self.limit for rows in reads.values())
         batch: list[StoredReading] = []
         for shard, taken in _receive_prefixes(reads, self.limit).items():
@@ -229,19 +244,33 @@ class _MergedShards(StatefulSourcePartition[StoredReading | PlanUpdate, dict[int
 
 
 class CommittedReadings(FixedPartitionedSource[StoredReading | PlanUpdate, dict[int, int]]):
-    """Readings the gateway committed, all shards merged in receive order, and (``with_plans``)
+    """Readings the writers committed, the ``shards`` merged in receive order, and (``with_plans``)
     plan revisions ahead of them; replayable from each shard's last shard_seq and the last
-    plan_seq (one partition: the engine's dataflow runs one worker)."""
+    plan_seq (one partition: the engine's dataflow runs one worker). ``shards``: the writer shards
+    to read (``Settings.replay_shards()``), or a count n for shards 0 .. n - 1. A stored plan
+    revision past ``plan_limits`` (stored before they were set) is skipped, never analysed."""
 
-    def __init__(self, dsn: str, shards: int, limit: int = 5000, poll_s: float = 0.2, with_plans: bool = False) -> None:
-        self.dsn, self.shards, self.limit, self.poll_s = dsn, shards, limit, poll_s
+    def __init__(
+        self,
+        dsn: str,
+        shards: int | list[int],
+        limit: int = 5000,
+        poll_s: float = 0.2,
+        with_plans: bool = False,
+        plan_limits: PlanLimits | None = None,
+    ) -> None:
+        self.dsn, self.limit, self.poll_s = dsn, limit, poll_s
+        self.shards = list(range(shards)) if isinstance(shards, int) else list(shards)
         self.with_plans = with_plans
+        self.plan_limits = plan_limits
 
     def list_parts(self) -> list[str]:
         return ["committed"]
 
     def build_part(self, step_id: str, for_part: str, resume_state: dict[int, int] | None) -> _MergedShards:
-        return _MergedShards(self.dsn, self.shards, resume_state or {}, self.limit, self.poll_s, self.with_plans)
+        return _MergedShards(
+            self.dsn, self.shards, resume_state or {}, self.limit, self.poll_s, self.with_plans, self.plan_limits
+        )
 
 
 def _retrying(what: str, action: Callable[[], None]) -> None:

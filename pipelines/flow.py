@@ -18,6 +18,7 @@ reference and for ``flow_analytics = 0``.
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -114,7 +115,7 @@ def _count_lateness(before: tuple[int, int, int], after: tuple[int, int, int]) -
             counter.inc(now - was)
 
 
-class _VehicleLogic(StatefulBatchLogic[Stamped, list[Output], VehicleEngine]):
+class _VehicleLogic(StatefulBatchLogic[Stamped, list[Output], bytes]):
     """Adapts one vehicle's ``VehicleEngine`` to Bytewax: stamped items in, wake-ups out.
 
     A vehicle with timers pending (in event time) is woken every ``tick`` of wall time
@@ -187,9 +188,21 @@ class _VehicleLogic(StatefulBatchLogic[Stamped, list[Output], VehicleEngine]):
             self._wake = self.wall() + self.tick
         return self._wake
 
-    def snapshot(self) -> VehicleEngine:
+    def snapshot(self) -> bytes:
+        """A frozen copy of the engine (its pickle): Bytewax may serialise a snapshot after this
+        returns, while the engine goes on with the next items; a live object would then carry
+        state from past the epoch into recovery, and the replay would apply those items twice."""
         assert self.engine is not None
-        return self.engine
+        return pickle.dumps(self.engine, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _resumed(state: bytes | VehicleEngine | None) -> VehicleEngine | None:
+    """The engine of a snapshot (a pickle; recovery stores written before held the object)."""
+    if isinstance(state, bytes):
+        engine = pickle.loads(state)
+        assert isinstance(engine, VehicleEngine)
+        return engine
+    return state
 
 
 def build_analytics_flow(
@@ -215,7 +228,9 @@ def build_analytics_flow(
     stamped = op.map("fleet_clock", inputs, _FleetClockStamp(clock, wall))
     by_vehicle = op.key_on("key_by_vehicle", stamped, lambda pair: pair[0].key)
     outputs = op.stateful_batch(
-        "vehicle_analytics", by_vehicle, lambda resume: _VehicleLogic(resume, config, clock, tick, wall, eta)
+        "vehicle_analytics",
+        by_vehicle,
+        lambda resume: _VehicleLogic(_resumed(resume), config, clock, tick, wall, eta),
     )
     rows = op.flat_map("flatten", outputs, lambda kv: kv[1])
     op.output("analytics_store", rows, store)
