@@ -10,7 +10,8 @@ Topics
     match ``[A-Za-z0-9_-]{1,64}``. A device may publish only under its own
     ``fleet/{tenant}/{vehicle}/``.
 
-Payloads (UTF-8 JSON objects, at most ``max_payload_bytes``)
+Payloads (UTF-8 JSON objects, at most ``max_payload_bytes``; no byte-order mark, no key twice in
+one object)
     Every reading carries ``seq`` (the device's own monotonic counter, one per
     device across all streams, integer >= 0) and ``fix_time`` (when the reading
     was taken, RFC 3339 with a UTC offset, for example
@@ -22,18 +23,23 @@ Payloads (UTF-8 JSON objects, at most ``max_payload_bytes``)
            (horizontal, metres), ``alt_m`` (metres).
     temp   ``sensor`` (probe id), ``celsius`` (degrees Celsius).
     door   ``door`` (door id, for example ``rear``), ``open`` (true/false).
-    status ``state`` (``online``/``offline``/``heartbeat``), optional
-           ``details`` object (queue depth, drops, ...). No ``seq`` needed.
+    status ``state`` (``online``/``offline``/``heartbeat``; the tracker front ends also use
+           ``report``, ``alarm``, ``transition``, ``waypoint``), ``sent_at``, optional
+           ``details`` object (queue depth, drops, ...; at most ``MAX_DETAILS_BYTES``
+           as compact JSON). No ``seq`` needed.
     batch  ``readings``: a list of readings, each with ``type`` (``gps``,
            ``temp`` or ``door``) and that type's fields.
 
-    Single messages and the batch envelope carry ``v`` (= 1) and ``vehicle``
+    Single messages and the batch envelope carry ``v`` (the integer 1) and ``vehicle``
     (must equal the topic's vehicle), and optionally ``receipt`` (true: the device
     wants stored receipts).
 
-    Text (ids, ``sensor``, ``door``, ``state``, and every key and string inside
-    ``details``) is valid Unicode without NUL; ``details`` is nested at most
-    ``MAX_DETAILS_DEPTH`` levels and holds only finite numbers.
+    Names (``sensor``, ``door``) are 1-64 printable characters: no control, format
+    (e.g. bidirectional overrides) or separator characters other than the space. Every
+    key and string inside ``details`` is valid Unicode without NUL; ``details`` is nested
+    at most ``MAX_DETAILS_DEPTH`` levels and holds only finite numbers. Every time
+    (``fix_time``, ``device_time``, ``sent_at``) lies between 2000 and
+    ``max_future_skew_s`` ahead of the server clock.
 
 Stored receipts
     A device that sets ``receipt`` gets, after each commit that included its
@@ -55,7 +61,9 @@ from typing import Any
 
 __all__ = [
     "CONTRACT_VERSION",
+    "MAX_DETAILS_BYTES",
     "MAX_DETAILS_DEPTH",
+    "STATUS_STATES",
     "REASONS",
     "STREAMS",
     "READING_TYPES",
@@ -74,6 +82,7 @@ __all__ = [
     "decode_receipt",
     "seq_ranges",
     "clean_text",
+    "printable_name",
     "topic_for",
     "parse_topic",
     "subscription_filter",
@@ -93,6 +102,10 @@ TOPIC_ROOT = "fleet"
 RECEIPT_STREAM = "cmd/stored"  # under fleet/<tenant>/<vehicle>/: a topic devices may read
 MAX_TEXT_CHARS = 64  # ids, sensor and door names, status states
 MAX_DETAILS_DEPTH = 8  # levels of objects and lists inside a status message's details
+MAX_DETAILS_BYTES = 4096  # a status message's details as compact JSON (UTF-8)
+# a device's own (online, offline, heartbeat), and those the tracker front ends translate to
+# (docs/trackers.md): a record's or request's other values, an alarm, an OwnTracks region event
+STATUS_STATES = ("online", "offline", "heartbeat", "report", "alarm", "transition", "waypoint")
 _ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # with fullmatch: "$" would let a trailing newline through
 _EPOCH_FLOOR = datetime(2000, 1, 1, tzinfo=UTC)
 # NUL (PostgreSQL text cannot hold it) and UTF-16 surrogates (JSON's "\ud800" decodes to one;
@@ -103,22 +116,25 @@ _UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 # Every reason a message or reading lands in dead_letters, with what it means (docs/contract.md
 # lists the same; a test keeps them in step).
 REASONS: dict[str, str] = {
-    "bad_json": "not UTF-8 JSON (or nested too deeply)",
+    "bad_json": "not JSON (or nested too deeply)",
+    "bad_encoding": "not UTF-8: invalid bytes, UTF-16 or UTF-32, or a byte-order mark",
+    "duplicate_key": "an object holds the same key twice (which one counts would be a guess)",
     "not_object": "the payload, or a batch reading, is not a JSON object",
-    "bad_version": "`v` is not the contract version (1)",
+    "bad_version": "`v` is not the contract version, the integer 1 (`true` and `1.0` are not)",
     "missing_field": "a required field is absent",
     "wrong_type": "a field has the wrong type or form (e.g. a time without an offset)",
     "not_finite": "NaN or an infinity",
     "out_of_range": "a number outside its range (e.g. latitude past 90)",
-    "time_too_old": "`fix_time` before 2000",
-    "time_in_future": "`fix_time` more than `max_future_skew_s` ahead of the server clock",
+    "time_too_old": "`fix_time`, `device_time` or `sent_at` before 2000",
+    "time_in_future": "`fix_time`, `device_time` or `sent_at` more than `max_future_skew_s` ahead of the server clock",
     "vehicle_mismatch": "the payload's `vehicle` is not the topic's",
     "bad_topic": "the topic is not `fleet/<tenant>/<vehicle>/<stream>` with valid ids (or not `owntracks/<user>/<device>[/<kind>]`)",
     "bad_type": "a batch reading's `type` is not gps, temp or door",
-    "oversized": "more than `max_payload_bytes`, or more than `max_batch_readings` readings, or a tracker frame over `device_max_frame_bytes`",
+    "oversized": "more than `max_payload_bytes`, or more than `max_batch_readings` readings, or a status's `details` over 4096 bytes, or a tracker frame over `device_max_frame_bytes`",
     "conflict": "the device's `seq` was stored before with different content (another fix time, stream or values)",
     "bad_plan": "a plan on `dispatch/<tenant>/plan` that is not valid or past a plan limit (the detail names the field)",
-    "bad_text": "a string (an id, a name, a key or value in `details`) holds NUL or invalid Unicode (a lone surrogate)",
+    "bad_text": "a name (`sensor`, `door`) holds a character that is not printable (a control, format such as a bidirectional override, or separator other than the space); or a key or value in `details` holds NUL or a lone surrogate",
+    "unknown_state": "a status message's `state` is not one of online, offline, heartbeat, report, alarm, transition, waypoint",
     "too_long": "an id or name longer than 64 characters",
     "too_deep": "`details` nested deeper than 8 levels",
     "time_out_of_range": "a time outside years 1-9999 once its UTC offset is applied",
@@ -279,6 +295,44 @@ def _reject_constant(name: str) -> float:
     raise ContractError("not_finite", f"{name} is not a number")
 
 
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object's dict; ContractError when a key comes twice (json keeps the last)."""
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        raise ContractError("duplicate_key", f"key {dup[:64]!r} appears more than once in one object")
+    return obj
+
+
+def _load_json(payload: bytes) -> Any:
+    """The JSON value of a payload that must be UTF-8 without a byte-order mark (``json.loads``
+    alone would take UTF-16 and UTF-32 and skip a BOM); keys unique in every object."""
+    try:
+        text = payload.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ContractError("bad_encoding", f"not UTF-8: {exc.reason} at byte {exc.start}") from None
+    if text.startswith("\ufeff"):
+        raise ContractError("bad_encoding", "starts with a byte-order mark")
+    if "\x00" in text:  # never in JSON text (strings escape it): UTF-16 or UTF-32 without a BOM
+        raise ContractError("bad_encoding", f"a NUL byte at byte {text.index(chr(0))} (UTF-16 or UTF-32?)")
+    try:
+        return json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
+    except ContractError:
+        raise
+    except ValueError as exc:
+        raise ContractError("bad_json", str(exc)[:200]) from None
+
+
+def printable_name(value: str, what: str) -> str:
+    """``value`` when every character is printable (``str.isprintable``: no control, format or
+    separator character but the space); ContractError ``bad_text`` naming the first other."""
+    if value.isprintable():
+        return value
+    bad = next(i for i, ch in enumerate(value) if not ch.isprintable())
+    raise ContractError("bad_text", f"{what} holds {value[bad]!r} (not printable) at character {bad}")
+
+
 def clean_text(value: str, what: str) -> str:
     """``value`` when PostgreSQL can store it as text: ContractError ``bad_text`` for NUL or a
     lone surrogate (``what`` names the field in the error)."""
@@ -306,11 +360,11 @@ def _time(obj: dict[str, Any], key: str, now: datetime, limits: Limits, required
         utc = value.astimezone(UTC)
     except OverflowError:  # e.g. 9999-12-31T23:59:59-23:59 is in year 10000 in UTC
         raise ContractError("time_out_of_range", f"{key} {raw[:40]!r} is outside years 1-9999 in UTC") from None
-    if key == "fix_time":
-        if utc < _EPOCH_FLOOR:
-            raise ContractError("time_too_old", f"{key} {raw} is before 2000")
-        if utc > now + timedelta(seconds=limits.max_future_skew_s):
-            raise ContractError("time_in_future", f"{key} {raw} is ahead of the server clock")
+    # every time of the contract: fix_time, a device's clock (device_time) and a status's sent_at
+    if utc < _EPOCH_FLOOR:
+        raise ContractError("time_too_old", f"{key} {raw[:40]} is before 2000")
+    if utc > now + timedelta(seconds=limits.max_future_skew_s):
+        raise ContractError("time_in_future", f"{key} {raw[:40]} is ahead of the server clock")
     return utc
 
 
@@ -338,7 +392,7 @@ def _text(obj: dict[str, Any], key: str) -> str:
         raise ContractError("wrong_type", f"{key} must be a string of 1-{MAX_TEXT_CHARS} characters")
     if len(raw) > MAX_TEXT_CHARS:
         raise ContractError("too_long", f"{key} has {len(raw)} characters, more than {MAX_TEXT_CHARS}")
-    return clean_text(raw, key)
+    return printable_name(raw, key)
 
 
 def _details(value: Any, path: str = "details", depth: int = 0) -> None:
@@ -430,8 +484,8 @@ def _envelope(obj: Any, vehicle: str) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise ContractError("not_object", "payload must be a JSON object")
     version = obj.get("v")
-    if version != CONTRACT_VERSION:
-        raise ContractError("bad_version", f"v must be {CONTRACT_VERSION}, got {version!r}")
+    if type(version) is not int or version != CONTRACT_VERSION:  # True == 1 and 1.0 == 1 in Python
+        raise ContractError("bad_version", f"v must be the integer {CONTRACT_VERSION}, got {str(version)[:20]!r}")
     sender = obj.get("vehicle")
     if sender is None:
         raise ContractError("missing_field", "vehicle")
@@ -454,22 +508,22 @@ def decode(topic: str, payload: bytes, now: datetime, limits: Limits = Limits())
         if len(payload) > limits.max_payload_bytes:
             raise ContractError("oversized", f"{len(payload)} bytes > {limits.max_payload_bytes}")
         tenant, vehicle, stream = parse_topic(topic)
-        try:
-            obj = json.loads(payload, parse_constant=_reject_constant)
-        except (ValueError, UnicodeDecodeError) as exc:
-            if isinstance(exc, ContractError):
-                raise
-            raise ContractError("bad_json", str(exc)[:200]) from None
+        obj = _load_json(payload)
         obj = _envelope(obj, vehicle)
         out.receipt = obj.get("receipt") is True
         if stream == "status":
             sent_at = _time(obj, "sent_at", now, limits)
             assert sent_at is not None
             state = _text(obj, "state")
+            if state not in STATUS_STATES:
+                raise ContractError("unknown_state", f"state {state!r} is not one of {', '.join(STATUS_STATES)}")
             details = obj.get("details") or {}
             if not isinstance(details, dict):
                 raise ContractError("wrong_type", "details must be an object")
             _details(details)
+            size = len(json.dumps(details, separators=(",", ":"), ensure_ascii=False).encode())
+            if size > MAX_DETAILS_BYTES:
+                raise ContractError("oversized", f"details is {size} bytes as JSON, more than {MAX_DETAILS_BYTES}")
             out.statuses.append(StatusReport(tenant, vehicle, sent_at, state, details))
         elif stream == "batch":
             items = obj.get("readings")

@@ -19,14 +19,17 @@ load is not refrigerated.
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from core.contract import ContractError, clean_text, format_time
+from core.contract import ContractError, format_time, printable_name
 from core.geo import haversine_m
 
 __all__ = ["Plan", "PlanError", "PlanLimits", "Stop"]
+
+_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # tenant and vehicle ids, as devices have them (core/contract.py)
 
 
 class PlanError(ValueError):
@@ -74,10 +77,21 @@ def _text(obj: dict[str, Any], key: str, path: str) -> str:
     if not isinstance(raw, str) or not 0 < len(raw) <= 128:
         shown = f"{raw[:40]!r}..." if isinstance(raw, str) else repr(raw)[:40]
         raise PlanError(f"{path}{key}: must be a string of 1-128 characters, got {shown}")
+    return _printable(raw, f"{path}{key}")
+
+
+def _printable(raw: str, what: str) -> str:
     try:
-        return clean_text(raw, f"{path}{key}")
+        return printable_name(raw, what)
     except ContractError as exc:
         raise PlanError(exc.detail) from None
+
+
+def _id(obj: dict[str, Any], key: str) -> str:
+    raw = obj.get(key)
+    if not isinstance(raw, str) or not _ID.fullmatch(raw):
+        raise PlanError(f"{key}: must be an id of [A-Za-z0-9_-]{{1,64}}, got {repr(raw)[:40]}")
+    return raw
 
 
 def _no_extra(obj: dict[str, Any], allowed: set[str], path: str) -> None:
@@ -100,6 +114,9 @@ class Stop:
     service_s: float = 0.0
 
     def __post_init__(self) -> None:
+        if not 0 < len(self.id) <= 128:
+            raise PlanError(f"stop id {self.id[:40]!r}: must be 1-128 characters")
+        _printable(self.id, "stop id")
         if not -90 <= self.lat <= 90 or not -180 <= self.lon <= 180:
             raise PlanError(f"stop {self.id}: ({self.lat}, {self.lon}) is not a WGS84 position")
         if not 0 < self.radius_m <= 10_000:
@@ -158,6 +175,9 @@ class Plan:
     temp_range_c: tuple[float, float] | None = None
 
     def __post_init__(self) -> None:
+        for key in ("tenant", "vehicle"):  # they become topics, MQTT usernames and database keys
+            if not _ID.fullmatch(getattr(self, key)):
+                raise PlanError(f"{key}: must be an id of [A-Za-z0-9_-]{{1,64}}, got {getattr(self, key)[:40]!r}")
         # accept lists from callers; hold tuples so plans compare and hash by value
         object.__setattr__(self, "stops", tuple(self.stops))
         if self.route is not None:
@@ -220,7 +240,7 @@ class Plan:
                 raise PlanError("temp_range_c: must be [low, high]")
             pair = {"low": raw_temp[0], "high": raw_temp[1]}
             temp = (_number(pair, "low", "temp_range_c.", -100, 150), _number(pair, "high", "temp_range_c.", -100, 150))
-        return cls(_text(obj, "tenant", ""), _text(obj, "vehicle", ""), version, stops, route, temp)
+        return cls(_id(obj, "tenant"), _id(obj, "vehicle"), version, stops, route, temp)
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form; ``Plan.from_dict(plan.to_dict()) == plan``."""

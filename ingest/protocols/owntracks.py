@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from core.contract import ContractError, GpsFix, StatusReport
+from core.contract import STATUS_STATES, ContractError, GpsFix, StatusReport
 from ingest.protocols.common import Part, Tracker, derived_seq, scrub
 
 __all__ = ["ROOT", "Message", "encode_location", "parse_message", "parse_topic", "parts"]
@@ -87,7 +87,8 @@ def parts(message: Message, tracker: Tracker, received_at: datetime) -> list[Par
 
     A ``location`` is a position (``vel`` km/h -> m/s; seq derived from ``tst``) and, when it says
     more (battery, trigger, connection, regions), a ``report`` status. Any other ``_type`` is a
-    status named after it (``lwt`` -> ``offline``), with the whole message as its details, stamped
+    status: ``transition`` and ``waypoint`` of those states, ``lwt`` -> ``offline``, any other a
+    ``report`` (the contract's states only), with the whole message as its details, stamped
     with its own ``tst`` or ``received_at``.
     """
     body = message.body
@@ -97,7 +98,8 @@ def parts(message: Message, tracker: Tracker, received_at: datetime) -> list[Par
     if kind != "location":
         stamp = _when(body, "tst") or received_at
         details = {**origin, "topic_kind": message.kind, "message": scrub(body)}
-        state = _STATE_OF_TYPE.get(kind, scrub(kind[:64]))
+        # the contract's states (STATUS_STATES); any other type is a report (the message is in the details)
+        state = _STATE_OF_TYPE.get(kind, kind if kind in STATUS_STATES else "report")
         return [Part(None, (), (StatusReport(t_, v, stamp, state, details),))]
     when = _when(body, "tst")
     if when is None:

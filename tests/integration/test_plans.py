@@ -226,7 +226,7 @@ def test_listener_dead_letters_what_is_not_a_plan(settings: Settings, db: Any, t
     assert details[0] == "stops[0].lat: 95.0 is outside [-90, 90]"
     assert details[2] == f"tenant: 'someone-else' does not match the topic's tenant {tenant!r}"
     assert details[3] == "plan: unknown field(s) extra_field"
-    assert details[4] == "stops[0].id holds '\\x00' at character 1"
+    assert details[4] == "stops[0].id holds '\\x00' (not printable) at character 1"
     assert rows[0][2] == len(bad_lat) and rows[5][2] == len(huge)
     assert stored(db, tenant) == []
 

@@ -74,7 +74,7 @@ def test_offsets_are_normalised_to_utc() -> None:
     ("payload", "reason"),
     [
         (b"{not json", "bad_json"),
-        (b"\xff\xfe", "bad_json"),
+        (b"\xff\xfe", "bad_encoding"),
         (b"[1, 2]", "not_object"),
         (gps(v=2), "bad_version"),
         (gps(lat=...), "missing_field"),
@@ -260,3 +260,72 @@ def test_a_bad_receipt_is_a_contract_error(payload: bytes) -> None:
         decode_receipt(payload)
     with pytest.raises(ContractError):
         decode_receipt(b'{"v":1,"vehicle":"v","stored":[[0,5000000]]}', max_seqs=1000)
+
+
+# ---------------------------------------------------------------- what a lenient reader would let through
+
+
+def status(**changes: object) -> bytes:
+    body = {"v": 1, "vehicle": "van-1", "sent_at": "2026-11-22T11:59:30Z", "state": "heartbeat", "details": {}}
+    body.update(changes)
+    return json.dumps(body).encode()
+
+
+@pytest.mark.parametrize(
+    ("topic", "payload", "reason"),
+    [
+        (TOPIC, gps().decode().encode("utf-16"), "bad_encoding"),  # with its byte-order mark
+        (TOPIC, gps().decode().encode("utf-16-le"), "bad_encoding"),  # without one: NUL bytes
+        (TOPIC, gps().decode().encode("utf-32"), "bad_encoding"),
+        (TOPIC, b"\xef\xbb\xbf" + gps(), "bad_encoding"),  # UTF-8 with a BOM
+        (
+            TOPIC,
+            b'{"v": 1, "vehicle": "van-1", "vehicle": "van-2"' + gps()[len(b'{"v": 1, "vehicle": "van-1"') :],
+            "duplicate_key",
+        ),
+        (TOPIC, gps(v=True), "bad_version"),
+        (TOPIC, gps(v=1.0), "bad_version"),
+        (TOPIC, gps(v="1"), "bad_version"),
+        (TOPIC, gps(device_time="9999-12-31T23:59:59Z"), "time_in_future"),
+        (TOPIC, gps(device_time="1970-01-01T00:00:00Z"), "time_too_old"),
+        ("fleet/acme/van-1/status", status(state="rebooting"), "unknown_state"),
+        ("fleet/acme/van-1/status", status(sent_at="9999-12-31T23:59:59Z"), "time_in_future"),
+        ("fleet/acme/van-1/status", status(sent_at="1970-01-01T00:00:00Z"), "time_too_old"),
+        ("fleet/acme/van-1/status", status(details={"log": "x" * 5000}), "oversized"),
+        ("fleet/acme/van-1/status", status(details={"a": 1, "b": {"c": 2}}).replace(b'"b"', b'"a"'), "duplicate_key"),
+    ],
+)
+def test_what_a_lenient_reader_would_let_through_is_refused(topic: str, payload: bytes, reason: str) -> None:
+    assert reasons(topic, payload) == [reason]
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["reefer\x07", "rear\n", "rear\u202egnp.exe", "a\u2066b", "zero\u200bwidth", "tab\there", "nb\u00a0sp", "x\u2028y"],
+)
+def test_names_hold_printable_characters_only(name: str) -> None:
+    temp = {"v": 1, "vehicle": "van-1", "seq": 1, "fix_time": "2026-11-22T11:59:30Z", "sensor": name, "celsius": 3.5}
+    assert reasons("fleet/acme/van-1/temp", json.dumps(temp).encode()) == ["bad_text"]
+    door = {"v": 1, "vehicle": "van-1", "seq": 2, "fix_time": "2026-11-22T11:59:30Z", "door": name, "open": True}
+    assert reasons("fleet/acme/van-1/door", json.dumps(door).encode()) == ["bad_text"]
+
+
+def test_printable_names_in_any_script_pass() -> None:
+    temp = {
+        "v": 1,
+        "vehicle": "van-1",
+        "seq": 1,
+        "fix_time": "2026-11-22T11:59:30Z",
+        "sensor": "Kühlraum 2",
+        "celsius": 3.5,
+    }
+    (reading,) = decode("fleet/acme/van-1/temp", json.dumps(temp).encode(), NOW).readings
+    assert isinstance(reading, TemperatureReading) and reading.sensor == "Kühlraum 2"
+
+
+def test_every_documented_state_is_accepted() -> None:
+    from core.contract import STATUS_STATES
+
+    for state in STATUS_STATES:
+        out = decode("fleet/acme/van-1/status", status(state=state), NOW)
+        assert out.rejected == [] and out.statuses[0].state == state

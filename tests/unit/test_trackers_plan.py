@@ -117,3 +117,21 @@ def test_duplicate_stop_ids_and_non_objects_are_refused() -> None:
         Plan.from_dict([1, 2])
     with pytest.raises(PlanError, match=r"stops\[0\]: must be an object"):
         Plan.from_dict({**good(), "stops": [7]})
+
+
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("vehicle", "x/#/+\u0007\n"), ("vehicle", "van 1"), ("tenant", "acme/x"), ("tenant", "a" * 65), ("vehicle", "")],
+)
+def test_a_plan_holds_device_ids_only(field: str, value: str) -> None:
+    body = {"tenant": "acme", "vehicle": "van-1", "version": 0, "stops": [{"id": "s1", "lat": 60.1, "lon": 24.9}]}
+    body[field] = value
+    with pytest.raises(PlanError, match=f"{field}: must be an id"):
+        Plan.from_dict(body)
+
+
+@pytest.mark.parametrize("stop_id", ["s1\u202e", "s\x001", "line\nbreak"])
+def test_a_stop_id_is_printable(stop_id: str) -> None:
+    body = {"tenant": "acme", "vehicle": "van-1", "version": 0, "stops": [{"id": stop_id, "lat": 60.1, "lon": 24.9}]}
+    with pytest.raises(PlanError, match="not printable"):
+        Plan.from_dict(body)
