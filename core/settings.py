@@ -121,7 +121,7 @@ class Settings:
     alert_mqtt: int = 1  # 1 = publish alerts/<tenant>/<vehicle> and stops/<tenant>/<vehicle> (QoS 1)
     webhook_urls: str = ""  # comma-separated URLs that get every alert as a signed HTTP POST
     webhook_secret: str = ""  # HMAC-SHA256 key for the X-Fleetstream-Signature header
-    webhook_timeout_s: float = 5.0  # per POST
+    webhook_timeout_s: float = 5.0  # seconds one POST may take, connect to the end of the response
     webhook_max_attempts: int = 8  # then the alert is recorded in delivery_failures and skipped
     webhook_backoff_s: float = 0.5  # first retry delay; doubles up to 30 s
     delivery_poll_ms: int = 200  # how often the deliverer looks for new alerts

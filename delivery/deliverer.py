@@ -21,7 +21,9 @@ never delays another channel:
     Every *alert* change (not stop events) as a signed HTTP POST. 2xx is delivered; anything
     else (other status, redirect, timeout, refused connection) is retried after
     :func:`retry_schedule` delays; after ``webhook_max_attempts`` attempts the change is
-    recorded in ``delivery_failures`` and the channel moves on.
+    recorded in ``delivery_failures`` and the channel moves on. ``webhook_timeout_s`` bounds
+    a whole attempt, connecting to the last byte of the response: a receiver that trickles
+    its answer a byte at a time is cut off then (a socket timeout alone bounds each read).
 
 Cursors start at rev 0 (a new channel gets everything stored) and survive restarts.
 
@@ -47,6 +49,7 @@ more than a few minutes from its clock (every attempt is signed afresh)::
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import hmac
 import http.client
@@ -54,10 +57,10 @@ import json
 import logging
 import re
 import signal
+import socket
+import ssl
 import threading
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -93,6 +96,7 @@ __all__ = [
     "retry_schedule",
     "run_delivery",
     "sign",
+    "post_within",
     "webhook_headers",
     "webhook_urls",
 ]
@@ -574,11 +578,49 @@ class MqttChannel:
 # ------------------------------------------------------------------ webhook channel
 
 
-class _NoRedirect(urllib.request.HTTPRedirectHandler):
-    """A redirect is not a delivery (urllib would turn the POST into a GET): it becomes an HTTPError."""
+def post_within(url: str, body: bytes, headers: Mapping[str, str], timeout_s: float) -> int:
+    """POST ``body`` to ``url`` and read (at most 64 KiB of) the response, all within
+    ``timeout_s`` seconds; the response's status. A redirect is not followed (it is a status
+    like any other). Raises ``TimeoutError`` when the deadline passes, ``OSError`` or
+    ``http.client.HTTPException`` when the exchange fails."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"not an http(s) URL: {url!r}")
+    conn: http.client.HTTPConnection
+    if parts.scheme == "https":
+        conn = http.client.HTTPSConnection(
+            parts.hostname, parts.port, timeout=timeout_s, context=ssl.create_default_context()
+        )
+    else:
+        conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout_s)
+    expired = threading.Event()
 
-    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
-        return None
+    def cut_off() -> None:  # a socket timeout bounds each read; this bounds them all
+        expired.set()
+        sock = conn.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    watchdog = threading.Timer(timeout_s, cut_off)
+    watchdog.daemon = True
+    watchdog.start()
+    try:
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        conn.request("POST", path, body=body, headers=dict(headers))
+        response = conn.getresponse()
+        response.read(_RESPONSE_READ_CAP)
+        status = int(response.status)
+    except (OSError, http.client.HTTPException):
+        if expired.is_set():
+            raise TimeoutError(f"no complete response within {timeout_s:g} s") from None
+        raise
+    finally:
+        watchdog.cancel()
+        conn.close()
+    if expired.is_set():
+        raise TimeoutError(f"no complete response within {timeout_s:g} s")
+    return status
 
 
 class WebhookChannel:
@@ -589,9 +631,8 @@ class WebhookChannel:
         self.url = url
         self.stop = stop
         self.channel = f"webhook:{url}"
-        self.feed = ChangeFeed(settings.dsn(), self.channel, stop_events=False)
+        self.feed = ChangeFeed(settings.dsn("deliver"), self.channel, stop_events=False)
         self.secret = settings.webhook_secret.encode()
-        self._opener = urllib.request.build_opener(_NoRedirect)
 
     def run(self) -> None:
         """Deliver until ``stop`` is set."""
@@ -658,16 +699,9 @@ class WebhookChannel:
 
     def _post(self, event_id: str, body: bytes) -> str | None:
         """One signed POST: None on 2xx, else what went wrong."""
-        request = urllib.request.Request(
-            self.url, data=body, method="POST", headers=webhook_headers(self.secret, event_id, body, int(time.time()))
-        )
+        headers = webhook_headers(self.secret, event_id, body, int(time.time()))
         try:
-            with self._opener.open(request, timeout=self.settings.webhook_timeout_s) as response:
-                response.read(_RESPONSE_READ_CAP)
-                status = int(response.status)
-        except urllib.error.HTTPError as exc:
-            exc.close()
-            return f"HTTP {exc.code}"
+            status = post_within(self.url, body, headers, self.settings.webhook_timeout_s)
         except (OSError, http.client.HTTPException, ValueError) as exc:  # refused, timeout, reset, bad response
             return f"{type(exc).__name__}: {exc}"
         return None if 200 <= status < 300 else f"HTTP {status}"

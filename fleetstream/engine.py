@@ -94,7 +94,7 @@ class Engine:
         self._env = {**settings_env(settings), "PROMETHEUS_MULTIPROC_DIR": str(settings.metrics_dir)}
 
     def _spawn(self, child: _Child) -> None:
-        self._log.mkdir(parents=True, exist_ok=True)
+        self._log.mkdir(mode=0o700, parents=True, exist_ok=True)  # logs quote payloads and errors
         if child.shard is not None:
             ready_file(self.settings, child.shard).unlink(missing_ok=True)
         if child.name == "dispatch":
@@ -113,7 +113,10 @@ class Engine:
 
     def start(self) -> None:
         metrics = self.settings.metrics_dir
-        metrics.mkdir(parents=True, exist_ok=True)
+        metrics.mkdir(mode=0o700, parents=True, exist_ok=True)
+        for private in (metrics, self._log, self.settings.recovery_dir):
+            private.mkdir(mode=0o700, parents=True, exist_ok=True)
+            private.chmod(0o700)
         for old in metrics.glob("*.db"):  # a new engine: counters start from zero
             old.unlink(missing_ok=True)
         for child in self.children:

@@ -156,8 +156,10 @@ def build_engine_flow(settings: Settings) -> Dataflow:
 def run_flow(settings: Settings) -> None:
     """Blocks; resumes from the last snapshot in ``settings.recovery_dir`` if there is one."""
     recovery = settings.recovery_dir
+    # the snapshots hold every vehicle's state and pending results: for this process's user only
+    recovery.mkdir(mode=0o700, parents=True, exist_ok=True)
+    recovery.chmod(0o700)
     if not any(recovery.glob("*.sqlite3")):
-        recovery.mkdir(parents=True, exist_ok=True)
         init_db_dir(recovery, 1)
         log.info("flow: initialised recovery store in %s", recovery)
     if settings.flow_analytics:

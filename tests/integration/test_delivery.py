@@ -15,6 +15,7 @@ import contextlib
 import hashlib
 import hmac
 import json
+import socket
 import threading
 import time
 import uuid
@@ -440,6 +441,85 @@ def test_failing_webhook_delays_nothing_else(
     assert [m["id"] for _, m, _ in subscriber.messages] == [a for a, _ in alerts] + [stop_event[0]]
     # the bad channel moved on: its cursor is past the failed alerts
     assert cursor(db, f"webhook:{bad.url}")[0] >= alerts[-1][1]
+
+
+class TricklingReceiver:
+    """An HTTP endpoint that reads the request, then answers one byte every ``every_s`` seconds
+    (a bounded loop: at most ``max_bytes``), recording when each connection began and ended."""
+
+    def __init__(self, every_s: float = 0.3, max_bytes: int = 200) -> None:
+        self.every_s, self.max_bytes = every_s, max_bytes
+        self.spans: list[tuple[float, float, int]] = []  # (accepted, closed, bytes sent)
+        self.lock = threading.Lock()
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}/slow"
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self) -> None:
+        self.sock.settimeout(0.2)
+        while not self.stop.is_set():
+            try:
+                conn, _ = self.sock.accept()
+            except TimeoutError:
+                continue
+            except OSError:  # closed
+                return
+            threading.Thread(target=self._trickle, args=(conn,), daemon=True).start()
+
+    def _trickle(self, conn: socket.socket) -> None:
+        accepted, sent = time.monotonic(), 0
+        answer = b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\n" + b"x" * 100_000
+        with conn:
+            conn.settimeout(5)
+            with contextlib.suppress(OSError):
+                conn.recv(65536)  # the request (small enough for one read)
+                for byte in answer[: self.max_bytes]:
+                    conn.sendall(bytes([byte]))
+                    sent += 1
+                    if self.stop.wait(self.every_s):
+                        break
+        with self.lock:
+            self.spans.append((accepted, time.monotonic(), sent))
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        self.sock.close()
+
+
+def test_a_trickling_webhook_is_cut_off_at_the_timeout(services_settings: Settings, db: Any, tenant: str) -> None:
+    slow = TricklingReceiver(every_s=0.3)
+    settings = delivery_settings(
+        services_settings, slow.url, alert_mqtt=0, webhook_timeout_s=1.0, webhook_max_attempts=2
+    )
+    start_at_head(db, f"webhook:{slow.url}")
+    alert_id, rev = add_alert(db, tenant)
+    try:
+        t0 = time.monotonic()
+        with delivering(settings):
+            failure = wait_until(
+                lambda: db.execute(
+                    "SELECT attempts, error FROM delivery_failures WHERE channel = %s AND event_id = %s",
+                    (f"webhook:{slow.url}", alert_id),
+                ).fetchone(),
+                20,
+                "the trickling endpoint given up",
+            )
+        took = time.monotonic() - t0
+    finally:
+        slow.close()
+    assert failure[0] == 2 and failure[1].startswith("TimeoutError"), failure
+    with slow.lock:
+        spans = list(slow.spans)
+    assert len(spans) == 2
+    for accepted, closed, sent in spans:
+        # each attempt was cut about webhook_timeout_s after it began, though bytes kept coming
+        assert 0.9 <= closed - accepted < 1.9, closed - accepted
+        assert sent >= 3
+    assert took < 8, took  # two attempts of 1 s and the backoff, not minutes
+    assert cursor(db, f"webhook:{slow.url}")[0] >= rev
 
 
 def test_restart_resumes_from_the_cursor(
