@@ -47,8 +47,11 @@ class Settings:
     pg_dsn: str = ""  # postgresql://user:password@host:port/db
     # embedded services
     mqtt_host: str = "127.0.0.1"
-    mqtt_also_listen: str = ""  # comma-separated addresses the embedded broker also listens on (same port)
-    mqtt_port: int = 18830
+    mqtt_also_listen: str = ""  # comma-separated addresses the embedded broker also listens on (TLS only by default)
+    mqtt_port: int = 18830  # plaintext, on mqtt_host only: the engine's own processes
+    mqtt_tls_port: int = 18883  # TLS (the state folder's CA) on mqtt_host and every mqtt_also_listen address; 0 = none
+    mqtt_also_listen_plain: int = 0  # 1 = mqtt_also_listen addresses get the plaintext port too (passwords in clear)
+    mqtt_tls_require_certificate: int = 0  # 1 = a TLS client must also present a certificate the CA signed
     pg_host: str = "127.0.0.1"
     pg_port: int = 55432
     pg_database: str = "fleetstream"
@@ -227,10 +230,19 @@ class SettingsError(ValueError):
 
 _ENV_PREFIX = "FLEETSTREAM_"
 _NOT_SETTINGS = ("FLEETSTREAM_TEST_", "FLEETSTREAM_CACHE_DIR", "FLEETSTREAM_PG_MAJOR")
-_FLAGS = ("flow_analytics", "flow_eta", "alert_mqtt", "eta_mqtt", "engine_api")  # 0 = off, 1 = on
+_FLAGS = (
+    "flow_analytics",
+    "flow_eta",
+    "alert_mqtt",
+    "eta_mqtt",
+    "engine_api",
+    "mqtt_also_listen_plain",
+    "mqtt_tls_require_certificate",
+)  # 0 = off, 1 = on
 # (low, high) bounds, both inclusive; every other number must be >= 0
 _RANGES: dict[str, tuple[float, float]] = {
     "mqtt_port": (1, 65535),
+    "mqtt_tls_port": (0, 65535),
     "api_port": (1, 65535),
     "api_pool_size": (1, 1000),
     "api_sse_queue": (10, 10_000_000),
@@ -287,6 +299,13 @@ def _check(settings: Settings) -> None:
         if not low <= value <= high:
             where = f"between {low} and {high}" if high != math.inf else f"at least {low}"
             raise SettingsError(f"{f.name} must be {where}, got {value}")
+    if settings.mqtt_also_listen_on() and not settings.mqtt_tls_port and not settings.mqtt_also_listen_plain:
+        raise SettingsError(
+            "mqtt_also_listen needs a TLS listener (mqtt_tls_port is 0); set mqtt_tls_port, or "
+            "mqtt_also_listen_plain=1 to send passwords in clear"
+        )
+    if settings.mqtt_tls_port and settings.mqtt_tls_port == settings.mqtt_port:
+        raise SettingsError(f"mqtt_tls_port and mqtt_port are both {settings.mqtt_port}")
 
 
 def _parse(kind: type | str, raw: str, name: str) -> object:

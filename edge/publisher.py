@@ -96,7 +96,9 @@ class DevicePublisher:
     ``on_settled(key, ok)`` (optional) is called once per accepted message when the
     broker acknowledged it (``ok`` true) or refused it (``ok`` false), from paho's
     network thread (or the publishing thread): keep it short, do not block in it.
-    ``tls_ca_file`` (optional): a PEM CA bundle; TLS is used when it is given.
+    ``tls_ca_file`` (optional): a PEM CA bundle; TLS is used when it is given, and the broker's
+    certificate must be signed by it and name ``host``. ``tls_cert_file`` / ``tls_key_file``
+    (optional, PEM): a client certificate to present when the broker asks for one.
     ``unrouted_retry_s``: seconds before a message answered with PUBACK 0x10 is sent again.
     """
 
@@ -117,6 +119,8 @@ class DevicePublisher:
         publish_timeout_s: float = 60.0,
         on_settled: Callable[[Hashable, bool], None] | None = None,
         tls_ca_file: str | None = None,
+        tls_cert_file: str | None = None,
+        tls_key_file: str | None = None,
         unrouted_retry_s: float = 1.0,
     ) -> None:
         self.host, self.port = host, port
@@ -146,7 +150,10 @@ class DevicePublisher:
         if username is not None:
             client.username_pw_set(username, password)
         if tls_ca_file is not None:
-            client.tls_set(ca_certs=tls_ca_file)
+            # verifies the chain and the host name (paho's default: ssl.CERT_REQUIRED, check_hostname)
+            client.tls_set(ca_certs=tls_ca_file, certfile=tls_cert_file, keyfile=tls_key_file)
+        elif tls_cert_file is not None:
+            raise ValueError("a client certificate needs TLS: give tls_ca_file too")
         client.max_inflight_messages_set(max_inflight)
         # paho only ever holds what is pending here (plus a rare race duplicate)
         client.max_queued_messages_set(2 * max_pending + 100)

@@ -344,7 +344,11 @@ class OwnTracksVan(TrackerVan):
     def __init__(self, settings: Settings, tracker: VanTracker) -> None:
         host, port = settings.mqtt_endpoint()
         self.publisher = DevicePublisher(
-            host, port, tracker.identity, tracker.password, client_id=f"{tracker.identity}-phone"
+            host,
+            port,
+            tracker.identity,
+            tracker.password,
+            client_id=tracker.identity,  # its only id
         )
         self.publisher.connect()
         super().__init__(settings, tracker)

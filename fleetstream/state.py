@@ -1,7 +1,7 @@
 """The state folder's layout, and what is recorded in it: locks and service pids.
 
 Shared by ``services`` (which starts the embedded Mosquitto and TimescaleDB) and
-``credentials`` (which rewrites the broker's password and ACL files and reloads it).
+``credentials`` (which generates the broker's accounts file and changes the running broker's accounts).
 """
 
 from __future__ import annotations
@@ -28,8 +28,7 @@ def broker_paths(settings: Settings) -> dict[str, Path]:
         "data": base / "data",
         "log": base / "mosquitto.log",
         "pid": base / "mosquitto.pid",
-        "passwd": base / "passwd",
-        "acl": base / "acl",
+        "dynsec": base / "dynsec" / "dynamic-security.json",
     }
 
 

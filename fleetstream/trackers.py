@@ -15,7 +15,7 @@ import psycopg
 
 from core.contract import ContractError, topic_for
 from core.settings import Settings
-from fleetstream import credentials
+from fleetstream import credentials, tls
 from ingest.protocols.common import PROTOCOLS, Profile, check_identity
 from store.db import connect, migrate
 from store.trackers import list_trackers, store_tracker, store_trackers
@@ -61,11 +61,14 @@ def add_tracker(
             {
                 "username": username,
                 "password": secret,
+                "client_id": username,  # the broker refuses this account under any other
                 "host": host,
                 "port": port,
                 "topic": f"owntracks/{username}/<device>",
             }
         )
+        if settings.embedded_mqtt and settings.mqtt_tls_port:
+            out["tls"] = {"port": settings.mqtt_tls_port, "ca_file": str(tls.ca_file(settings))}
     else:
         if not identity:
             raise ValueError(f"--protocol {protocol} needs --imei (the IMEI, or the OsmAnd device id)")

@@ -352,7 +352,9 @@ def publish_plan(
     A ``Plan`` or dict is validated first (PlanError) and size-checked against
     ``max_payload_bytes`` (ValueError); bytes are sent as they are (the listener judges
     them), on the topic of ``tenant`` or else of the payload's ``tenant`` field.
-    ``credentials``: the (username, password) to publish with (the ``dispatch`` role's account).
+    ``credentials``: the (username, password) to publish with: the ``dispatch`` role's account,
+    or a tenant's dispatcher account (``dispatcher.<tenant>.<name>``, which connects under its
+    username: the only client id the broker lets it use).
 
     Raises PublishError when the broker refuses the login or the publish (e.g. 0x87 Not
     authorized), or answers 0x10 No matching subscribers: then no listener session
@@ -386,10 +388,10 @@ def publish_plan(
             pubacks[mid] = reason  # may come before publish() has returned the mid
             cond.notify_all()
 
-    # one-shot sender: a clean session, nothing for the broker to keep
-    client = mqtt.Client(
-        CallbackAPIVersion.VERSION2, client_id=f"fleetstream-plan-{uuid.uuid4().hex[:12]}", protocol=mqtt.MQTTv5
-    )
+    # one-shot sender: a clean session, nothing for the broker to keep. An account with a dot is
+    # held outside the engine and bound to its username as client id; a service account is not.
+    client_id = username if "." in username else f"fleetstream-plan-{uuid.uuid4().hex[:12]}"
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)
     client.username_pw_set(username, password)
     client.on_connect = on_connect
     client.on_publish = on_publish

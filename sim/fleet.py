@@ -374,7 +374,7 @@ class _AgentFleet:
                         port=port,
                         username=device_username(settings.tenant, vehicle),
                         password=passwords[vehicle],
-                        client_id=f"{settings.tenant}-{vehicle}",
+                        client_id=device_username(settings.tenant, vehicle),  # the only id it may use
                         session_expiry_s=settings.session_expiry_s,
                     ),
                     outbox=OutboxConfig(path=self.outbox_dir / f"{vehicle}.sqlite"),

@@ -252,6 +252,8 @@ class Agent:
             publish_timeout_s=5.0,
             on_settled=self._on_settled,
             tls_ca_file=None if config.broker.ca_file is None else str(config.broker.ca_file),
+            tls_cert_file=None if config.broker.cert_file is None else str(config.broker.cert_file),
+            tls_key_file=None if config.broker.key_file is None else str(config.broker.key_file),
         )
         self._samples: queue.Queue[Sample] = queue.Queue(maxsize=10_000)
         self._settled: queue.SimpleQueue[tuple[Hashable, bool]] = queue.SimpleQueue()

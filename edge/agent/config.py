@@ -50,14 +50,18 @@ class DeviceConfig:
 
 @dataclass(frozen=True)
 class BrokerConfig:
-    """The MQTT broker. Seconds; ``ca_file`` (PEM) switches TLS on."""
+    """The MQTT broker. Seconds; ``ca_file`` (PEM) switches TLS on: the broker's certificate is
+    verified against it, host name included. ``cert_file`` and ``key_file`` (PEM): a client
+    certificate the agent presents (for a broker that asks for one)."""
 
     host: str = "127.0.0.1"
     port: int = 1883
     username: str = ""  # empty: "<tenant>.<vehicle>"
     password: str = field(default="", repr=False)
     ca_file: Path | None = None
-    client_id: str = ""  # empty: the username
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    client_id: str = ""  # empty: the username (fleetstream's broker accepts no other)
     keepalive_s: int = 30
     session_expiry_s: int = 7 * 24 * 3600
 
@@ -263,6 +267,14 @@ def _broker(t: _Table, base: Path) -> BrokerConfig:
     ca_file = t.path("ca_file", None, base)
     if ca_file is not None and not ca_file.is_file():
         raise t.error("ca_file", f"{ca_file} does not exist")
+    cert_file, key_file = t.path("cert_file", None, base), t.path("key_file", None, base)
+    for key, path in (("cert_file", cert_file), ("key_file", key_file)):
+        if path is not None and not path.is_file():
+            raise t.error(key, f"{path} does not exist")
+    if (cert_file is None) != (key_file is None):
+        raise t.error("cert_file" if cert_file is None else "key_file", "cert_file and key_file go together")
+    if cert_file is not None and ca_file is None:
+        raise t.error("cert_file", "needs ca_file: a client certificate is presented over TLS only")
     host = t.text("host", d.host)
     if not host:
         raise t.error("host", "must not be empty")
@@ -272,6 +284,8 @@ def _broker(t: _Table, base: Path) -> BrokerConfig:
         username=t.text("username", d.username),
         password=password,
         ca_file=ca_file,
+        cert_file=cert_file,
+        key_file=key_file,
         client_id=t.text("client_id", d.client_id),
         keepalive_s=t.integer("keepalive_s", d.keepalive_s, 5, 65535),
         session_expiry_s=t.integer("session_expiry_s", d.session_expiry_s, 0, 2**32 - 1),

@@ -18,7 +18,7 @@ the gateway-only rate: round 4's stored rate against it is the "the engine with 
 keeps its stored-readings rate" figure, its end-to-end rate the analytics' cost.
 
 It runs its own Mosquitto and TimescaleDB (state folder ``<state_dir>-bench``, ports
-+2), emptied at the start, so the dataflow replays nothing but this backlog and the
++2, the broker's TLS port too), emptied at the start, so the dataflow replays nothing but this backlog and the
 main stack's data is never touched.
 """
 
@@ -73,6 +73,7 @@ def bench_settings(settings: Settings) -> Settings:
         mqtt_url="",
         pg_dsn="",
         mqtt_port=settings.mqtt_port + 2,
+        mqtt_tls_port=settings.mqtt_tls_port + 2 if settings.mqtt_tls_port else 0,
         pg_port=settings.pg_port + 2,
     )
 
@@ -114,7 +115,7 @@ def _publish(settings: Settings, tenant: str, messages: list[tuple[str, bytes]],
             port,
             f"{tenant}.{v}",
             p,
-            client_id=f"{tenant}-{v}",
+            client_id=f"{tenant}.{v}",  # a device account may use no other id
             max_payload_bytes=settings.max_payload_bytes,
             max_pending=20_000,
         )

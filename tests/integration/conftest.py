@@ -1,15 +1,18 @@
 """Shared fixtures of the integration tests: a real Mosquitto and a real TimescaleDB.
 
 The services run from their own state folder (``<repo>/.fleetstream-test``) on their
-own ports (MQTT 18831, PostgreSQL 55433, the API 18839; ``FLEETSTREAM_TEST_STATE_DIR``,
-``FLEETSTREAM_TEST_MQTT_PORT``, ``FLEETSTREAM_TEST_PG_PORT`` and ``FLEETSTREAM_TEST_API_PORT`` override them), so a
+own ports (MQTT 18831, its TLS port 18833, PostgreSQL 55433, the API 18839; ``FLEETSTREAM_TEST_STATE_DIR``,
+``FLEETSTREAM_TEST_MQTT_PORT``, ``FLEETSTREAM_TEST_MQTT_TLS_PORT``, ``FLEETSTREAM_TEST_PG_PORT`` and
+``FLEETSTREAM_TEST_API_PORT`` override them; a second broker of a test takes the MQTT port + 1), so a
 developer's running stack (18830 / 55432 / 18880) is never touched. The tracker listeners are off unless a test turns
 them on on ports from ``FLEETSTREAM_TEST_LISTEN_PORT`` (18840) up. They start once per test session and stop at its end.
 
 Fixtures
     ``services``           (session) the test :class:`~core.settings.Settings`, services up
     ``services_settings``  (session) the same object, for tests that want a clearer name
-    ``db``                 (per test) an autocommit psycopg connection to the test database
+    ``db``                 (per test) an autocommit psycopg connection to the test database, as its
+                           administrator (the superuser, over the private socket): the engine's
+                           processes never connect so, each has its own login
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 # overridable so that two test sessions on one machine do not share services
 TEST_STATE_DIR = Path(os.environ.get("FLEETSTREAM_TEST_STATE_DIR", REPO_ROOT / ".fleetstream-test"))
 TEST_MQTT_PORT = int(os.environ.get("FLEETSTREAM_TEST_MQTT_PORT", "18831"))
+TEST_MQTT_TLS_PORT = int(os.environ.get("FLEETSTREAM_TEST_MQTT_TLS_PORT", "18833"))
 TEST_PG_PORT = int(os.environ.get("FLEETSTREAM_TEST_PG_PORT", "55433"))
 # the API's port in the tests that run it (the others run the engine without it)
 TEST_API_PORT = int(os.environ.get("FLEETSTREAM_TEST_API_PORT", "18839"))
@@ -51,6 +55,7 @@ def integration_settings() -> Settings:
     return load_settings(
         state_dir=TEST_STATE_DIR,
         mqtt_port=TEST_MQTT_PORT,
+        mqtt_tls_port=TEST_MQTT_TLS_PORT,
         pg_port=TEST_PG_PORT,
         mqtt_url="",
         pg_dsn="",

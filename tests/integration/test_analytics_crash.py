@@ -103,7 +103,7 @@ def _run(
                 port,
                 f"{tenant}.{vehicle}",
                 password,
-                client_id=f"{tenant}-{vehicle}",
+                client_id=f"{tenant}.{vehicle}",
                 max_payload_bytes=settings.max_payload_bytes,
             )
             pubs[vehicle].connect()

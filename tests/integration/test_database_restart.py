@@ -35,7 +35,7 @@ def test_readings_survive_a_database_crash(services_settings) -> None:  # type: 
     engine.wait_ready()
     sent = [0]
     try:
-        pub = DevicePublisher(*settings.mqtt_endpoint(), f"{tenant}.van-1", password, client_id=f"{tenant}-van-1")
+        pub = DevicePublisher(*settings.mqtt_endpoint(), f"{tenant}.van-1", password, client_id=f"{tenant}.van-1")
         pub.connect()
 
         def publish() -> None:  # about 4000 readings over the outage, at ~100/s

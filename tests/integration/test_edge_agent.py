@@ -32,7 +32,7 @@ import pytest
 
 from core.settings import Settings
 from edge.agent.outbox import Outbox
-from fleetstream import credentials, services
+from fleetstream import credentials, services, tls
 from fleetstream.engine import Engine
 from ingest.gateway import ready_file
 from store.db import migrate
@@ -79,9 +79,13 @@ def write_config(
     status_s: float = 2.0,
     broker_host: str | None = None,
     receipt_timeout_s: float = 5.0,
+    broker_port: int | None = None,
+    broker_extra: str = "",
 ) -> Path:
+    """The agent's TOML; ``broker_extra``: more [broker] lines (TLS files)."""
     host, port = settings.mqtt_endpoint()
     host = broker_host or host
+    port = broker_port or port
     sampling = (
         (
             "[sampling.gps]\nmin_distance_m = 0\nmoving_period_s = 0\nparked_period_s = 0\n"
@@ -106,6 +110,7 @@ host = "{host}"
 port = {port}
 password = "{password}"
 keepalive_s = 5
+{broker_extra}
 [outbox]
 path = "{path.parent / "outbox.sqlite3"}"
 max_bytes = {max_bytes}
@@ -397,8 +402,8 @@ def _restart_broker(settings: Settings, engine: Engine) -> None:
 
 @pytest.fixture
 def agent_link(engine, services_settings) -> Iterator[AgentLink]:  # type: ignore[no-untyped-def]
-    """The namespace, and the broker also listening on the veth's host end (the engine stays on
-    loopback) for the test; put back as it was afterwards."""
+    """The namespace, and the broker also listening on the veth's host end (its TLS port only:
+    the engine stays on loopback) for the test; put back as it was afterwards."""
     link = AgentLink()
     try:
         link.up()
@@ -440,7 +445,10 @@ def test_a_link_cut_for_minutes_delays_but_loses_nothing_and_the_backlog_is_late
         gps_hz=10,
         temp_hz=2,
         door_toggle_s=1.0,
+        # over the "network": the broker's TLS port, verified against the services' CA
         broker_host=agent_link.host_addr,
+        broker_port=settings.mqtt_tls_port,
+        broker_extra=f'ca_file = "{tls.ca_file(settings)}"',
     )
     agent = AgentProcess(config, agent_link.prefix).start()
     try:

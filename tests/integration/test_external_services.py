@@ -2,7 +2,9 @@
 
 The test session's own Mosquitto and TimescaleDB stand in for external services;
 what changes is the code path: nothing is started or provisioned by fleetstream,
-every role uses the URL's credentials (as compose.yaml runs it).
+every engine process uses the URL's credentials (as compose.yaml runs it); the simulated fleet,
+being devices, has an account of its own. The DSN is the schema owner's
+login (not a superuser: an external database should give the engine no more).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ def test_engine_and_simulator_with_a_broker_url_and_a_dsn(services_settings, db,
     external = replace(
         services_settings,
         mqtt_url=f"mqtt://{user}:{password}@{host}:{port}",
-        pg_dsn=services_settings.dsn(),
+        pg_dsn=services_settings.dsn("migrate"),
         state_dir=tmp_path,
         tenant=tenant,
         sim_vehicles=3,
@@ -36,9 +38,11 @@ def test_engine_and_simulator_with_a_broker_url_and_a_dsn(services_settings, db,
     engine.start()
     try:
         engine.wait_ready()
+        sim_user, sim_password = credentials.service_account(services_settings, "simulator")
+        fleet = replace(external, mqtt_url=f"mqtt://{sim_user}:{sim_password}@{host}:{port}")
         done = subprocess.run(
             [sys.executable, "-m", "fleetstream.cli", "simulate"],
-            env=settings_env(external),
+            env=settings_env(fleet),
             capture_output=True,
             text=True,
             timeout=180,

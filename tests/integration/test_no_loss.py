@@ -123,7 +123,7 @@ def _scenario(settings, db, engine, tenant, vehicles, passwords, base) -> None: 
                 port,
                 f"{tenant}.{vehicle}",
                 passwords[vehicle],
-                client_id=f"{tenant}-{vehicle}",
+                client_id=f"{tenant}.{vehicle}",
                 max_payload_bytes=settings.broker_message_size_limit,
             )
             pub.connect()

@@ -122,7 +122,7 @@ def post(port: int, target: str, body: bytes = b"", headers: dict[str, str] | No
 def mqtt_publish(settings: Settings, username: str, password: str, messages: list[tuple[str, bytes]]) -> list[int]:
     """Publish QoS 1 as ``username`` (MQTT v5); the PUBACK reason code of each message."""
     reasons: dict[int, int] = {}
-    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{username}-phone", protocol=mqtt.MQTTv5)
+    client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=username, protocol=mqtt.MQTTv5)
     client.username_pw_set(username, password)
     client.on_publish = lambda _c, _u, mid, reason, _p: reasons.__setitem__(mid, int(reason.value))
     client.connect(*settings.mqtt_endpoint())
