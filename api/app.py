@@ -71,15 +71,15 @@ def _aware(value: datetime | None, name: str) -> datetime | None:
 def create_app(settings: Settings) -> FastAPI:
     """The application for ``settings`` (the pool opens, and the live hub starts, with the app)."""
     pool: AsyncConnectionPool[Any] = AsyncConnectionPool(
-        settings.dsn(),
+        settings.dsn("api"),
         min_size=1,
         max_size=settings.api_pool_size,
         open=False,
         timeout=10.0,
         kwargs=TenantDatabase.pool_kwargs(),
     )
-    db = TenantDatabase(pool, settings.dsn())
-    hub = ChangeHub(db, settings.dsn(), settings.api_sse_queue)
+    db = TenantDatabase(pool, settings.dsn("api"))
+    hub = ChangeHub(db, settings.dsn("api"), settings.api_sse_queue)
     closing = asyncio.Event()
     roads: dict[str, Any] = {}
 

@@ -24,7 +24,7 @@ from urllib.parse import urlsplit
 from core.plan import PlanLimits
 from core.thresholds import AnalyticsConfig, EtaConfig
 
-__all__ = ["FRONT_END_SHARDS", "Settings", "SettingsError", "load_settings"]
+__all__ = ["DATABASE_ROLES", "FRONT_END_SHARDS", "Settings", "SettingsError", "load_settings"]
 
 _A = AnalyticsConfig()  # the thresholds' defaults live there, once
 _E = EtaConfig()
@@ -34,6 +34,16 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 # The writer shards of the tracker front ends: past the gateway's (0 .. gateway_workers - 1, at most
 # 63) and fixed, so that changing gateway_workers never renumbers rows the dataflow has replayed.
 FRONT_END_SHARDS = {"teltonika": 100, "gt06": 101, "osmand": 102}
+# Each engine process logs in to the embedded database as its own role (least privilege; none is a
+# superuser): role -> login. migrate owns the schema (migrations, and the operator's commands).
+DATABASE_ROLES = {
+    "migrate": "fleetstream_migrate",
+    "gateway": "fleetstream_gateway",  # the gateway shards and the tracker listeners
+    "flow": "fleetstream_flow",
+    "dispatch": "fleetstream_dispatch",
+    "deliver": "fleetstream_deliver",
+    "api": "fleetstream_api",
+}
 
 
 @dataclass(frozen=True)
@@ -193,11 +203,35 @@ class Settings:
             self.plan_max_stops, self.plan_max_route_points, self.plan_max_route_km, self.plan_max_segment_km
         )
 
-    def dsn(self) -> str:
-        """libpq connection string of the database."""
+    def dsn(self, role: str | None = None) -> str:
+        """libpq connection string of the database.
+
+        ``role`` None: the administrator. Embedded: the superuser ``postgres`` over the cluster's
+        unix socket, whose folder only root and the ``postgres`` OS user can enter (peer
+        authentication). A role of ``DATABASE_ROLES``: that process's own login over TCP,
+        scram-sha-256 with its password from ``<state_dir>/pg/pgpass`` (mode 0600). With
+        ``pg_dsn`` every role gets ``pg_dsn``.
+        """
         if self.pg_dsn:
             return self.pg_dsn
-        return f"host={self.pg_host} port={self.pg_port} dbname={self.pg_database} user=postgres"
+        if role is None:
+            return f"host={self.pg_socket_dir} port={self.pg_port} dbname={self.pg_database} user=postgres"
+        if role not in DATABASE_ROLES:
+            raise ValueError(f"unknown database role {role!r}: one of {', '.join(DATABASE_ROLES)}")
+        return (
+            f"host={self.pg_host} port={self.pg_port} dbname={self.pg_database} user={DATABASE_ROLES[role]} "
+            f"passfile={self.pg_passfile} sslmode=disable application_name=fleetstream-{role}"
+        )
+
+    @property
+    def pg_socket_dir(self) -> Path:
+        """The embedded cluster's unix socket folder (private to its OS user)."""
+        return Path(self.state_dir).resolve() / "pg" / "run"
+
+    @property
+    def pg_passfile(self) -> Path:
+        """The libpq password file of the embedded database's logins (mode 0600)."""
+        return Path(self.state_dir).resolve() / "pg" / "pgpass"
 
     def replay_shards(self) -> list[int]:
         """The writer shards the dataflow replays: the gateway's (0 .. gateway_workers - 1) and the

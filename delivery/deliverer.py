@@ -461,7 +461,7 @@ class MqttChannel:
         self.account = account
         self.settings = settings
         self.stop = stop
-        self.feed = ChangeFeed(settings.dsn(), self.channel, stop_events=True, etas=bool(settings.eta_mqtt))
+        self.feed = ChangeFeed(settings.dsn("deliver"), self.channel, stop_events=True, etas=bool(settings.eta_mqtt))
         self._outages = 0
 
     def run(self) -> None:

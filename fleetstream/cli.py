@@ -26,14 +26,67 @@ def _services(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _db(settings: Settings, args: argparse.Namespace) -> int:
+    from fleetstream import database
     from store.db import migrate
 
-    applied = migrate(settings.dsn())
-    print("applied: " + (", ".join(applied) if applied else "nothing (schema is current)"))
+    if args.action == "migrate":
+        applied = migrate(settings.dsn("migrate"))
+        print("applied: " + (", ".join(applied) if applied else "nothing (schema is current)"))
+    elif args.action == "readers":
+        for row in database.readers(settings):
+            print(json.dumps(row))
+    else:
+        if args.tenant is None:
+            print("error: db reader needs TENANT", file=sys.stderr)
+            return 2
+        try:
+            print(database.reader_dsn(settings, args.tenant, rotate=args.rotate))
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     return 0
 
 
+def _account(settings: Settings, args: argparse.Namespace) -> int:
+    from fleetstream import credentials
+
+    if args.action == "list":
+        for row in credentials.tenant_accounts(settings, args.tenant):
+            print(json.dumps(row))
+        return 0
+    if args.tenant is None or args.name is None:
+        print(f"error: account {args.action} needs TENANT and NAME", file=sys.stderr)
+        return 2
+    try:
+        if args.action == "remove":
+            print(json.dumps({"removed": credentials.remove_account(settings, args.tenant, args.name, args.role)}))
+            return 0
+        username, password = credentials.add_account(settings, args.tenant, args.name, args.role, args.password)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(json.dumps(_account_facts(settings, username, password, args.tenant, args.role)))
+    return 0
+
+
+def _account_facts(settings: Settings, username: str, password: str, tenant: str, role: str) -> dict[str, Any]:
+    """What a tenant account's holder needs: login, client id, what it may do, where to connect."""
+    from fleetstream import tls
+
+    host, port = settings.mqtt_endpoint()
+    facts: dict[str, Any] = {"username": username, "password": password, "client_id": username, "role": role}
+    if role == "manager":
+        facts["subscribe"] = [f"{kind}/{tenant}/#" for kind in ("alerts", "stops", "etas")]
+    else:
+        facts["publish"] = f"dispatch/{tenant}/plan"
+    if settings.embedded_mqtt and settings.mqtt_tls_port:
+        facts["tls"] = {"port": settings.mqtt_tls_port, "ca_file": str(tls.ca_file(settings))}
+    facts["plain"] = {"host": host, "port": port}
+    return facts
+
+
 def _device(settings: Settings, args: argparse.Namespace) -> int:
+    from core.contract import device_username
     from fleetstream import credentials, trackers
 
     if args.action == "list":
@@ -41,8 +94,25 @@ def _device(settings: Settings, args: argparse.Namespace) -> int:
             print(json.dumps(row))
         return 0
     if args.tenant is None or args.vehicle is None:
-        print("error: device add needs TENANT and VEHICLE", file=sys.stderr)
+        print(f"error: device {args.action} needs TENANT and VEHICLE", file=sys.stderr)
         return 2
+    if args.action == "remove":
+        if args.protocol not in (None, "owntracks"):
+            print("error: device remove takes MQTT accounts (the agent's, or --protocol owntracks)", file=sys.stderr)
+            return 2
+        owntracks = args.protocol == "owntracks"
+        print(json.dumps({"removed": credentials.remove_device(settings, args.tenant, args.vehicle, owntracks)}))
+        return 0
+    if args.action == "cert":
+        from pathlib import Path
+
+        from fleetstream import tls
+
+        cert = tls.issue_client_certificate(
+            settings, device_username(args.tenant, args.vehicle), Path(args.out or ".").resolve()
+        )
+        print(json.dumps({"cert_file": str(cert.cert), "key_file": str(cert.key), "ca_file": str(cert.ca_cert)}))
+        return 0
     if args.protocol is not None:
         try:
             doors = trackers.parse_door_inputs(args.door_input or [])
@@ -55,11 +125,13 @@ def _device(settings: Settings, args: argparse.Namespace) -> int:
         print(json.dumps(added))
         return 0
     password = credentials.add_device(settings, args.tenant, args.vehicle, args.password)
+    username = device_username(args.tenant, args.vehicle)
     print(
         json.dumps(
             {
-                "username": f"{args.tenant}.{args.vehicle}",
+                "username": username,
                 "password": password,
+                "client_id": username,
                 "publish_to": f"fleet/{args.tenant}/{args.vehicle}/#",
             }
         )
@@ -144,7 +216,7 @@ def _plan(settings: Settings, args: argparse.Namespace) -> int:
     from store.plans import latest_plan, load_plans_file, store_plan
 
     if args.action == "show":
-        with connect(settings.dsn(), autocommit=True) as conn:
+        with connect(settings.dsn("migrate"), autocommit=True) as conn:
             plan = latest_plan(conn, args.tenant, args.vehicle)
         if plan is None:
             print(f"no plan stored for {args.tenant}/{args.vehicle}", file=sys.stderr)
@@ -164,7 +236,7 @@ def _plan(settings: Settings, args: argparse.Namespace) -> int:
             except PlanError as exc:
                 print(f"error: {checked.tenant}/{checked.vehicle}: {exc}", file=sys.stderr)
                 return 2
-        with connect(settings.dsn(), autocommit=True) as conn:  # store_plan needs an idle connection
+        with connect(settings.dsn("migrate"), autocommit=True) as conn:  # store_plan needs an idle connection
             for plan in plans:
                 version, stored = store_plan(conn, plan, "cli", limits)
                 print(
@@ -217,7 +289,7 @@ def _token(settings: Settings, args: argparse.Namespace) -> int:
     from api.tokens import TokenError, add_token, list_tokens, revoke_token
     from store.db import connect
 
-    with connect(settings.dsn(), autocommit=True) as conn:
+    with connect(settings.dsn("migrate"), autocommit=True) as conn:
         try:
             if args.action == "add":
                 token, token_id = add_token(conn, args.tenant, args.role, args.name or "")
@@ -295,18 +367,35 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("action", choices=["up", "down", "status"])
     p.set_defaults(func=_services)
 
-    p = sub.add_parser("db", help="database schema")
-    p.add_argument("action", choices=["migrate"])
+    p = sub.add_parser(
+        "db", help="database schema (migrate); a tenant's read-only login (reader TENANT prints its DSN); readers"
+    )
+    p.add_argument("action", choices=["migrate", "reader", "readers"])
+    p.add_argument("tenant", nargs="?")
+    p.add_argument("--rotate", action="store_true", help="reader: a new password (the old one stops working)")
     p.set_defaults(func=_db)
 
     p = sub.add_parser(
-        "device",
-        help="provision a device: an MQTT account (the edge agent, OwnTracks) or a tracker identity; list trackers",
+        "account",
+        help="MQTT accounts of a tenant: a manager reads its alerts, stops and ETAs; a dispatcher publishes its plans",
     )
-    p.add_argument("action", choices=["add", "list"])
+    p.add_argument("action", choices=["add", "remove", "list"])
+    p.add_argument("tenant", nargs="?")
+    p.add_argument("name", nargs="?")
+    p.add_argument("--role", choices=["manager", "dispatcher"], default="manager")
+    p.add_argument("--password", help="default: a generated one (printed)")
+    p.set_defaults(func=_account)
+
+    p = sub.add_parser(
+        "device",
+        help="provision a device: an MQTT account (the edge agent, OwnTracks) or a tracker identity; remove one; "
+        "issue its TLS client certificate (cert); list trackers",
+    )
+    p.add_argument("action", choices=["add", "remove", "cert", "list"])
     p.add_argument("tenant", nargs="?")
     p.add_argument("vehicle", nargs="?")
     p.add_argument("--password", help="default: a generated one (printed)")
+    p.add_argument("--out", help="cert: the folder for the device's certificate, key and the CA (default: here)")
     p.add_argument(
         "--protocol",
         choices=["teltonika", "gt06", "osmand", "owntracks"],

@@ -216,7 +216,7 @@ class DispatchListener:
 
     def _db(self) -> psycopg.Connection:
         if self._conn is None or self._conn.closed:
-            self._conn = connect(self.settings.dsn(), autocommit=True)
+            self._conn = connect(self.settings.dsn("dispatch"), autocommit=True)
         return self._conn
 
     def _close_db(self) -> None:

@@ -80,10 +80,10 @@ class GatewayShard:
         self.account = account
         self.shard = shard
         self.limits = Limits(settings.max_payload_bytes, settings.max_batch_readings, settings.max_future_skew_s)
-        self.writer = ShardWriter(settings.dsn(), shard, settings.dead_letter_raw_cap)
+        self.writer = ShardWriter(settings.dsn("gateway"), shard, settings.dead_letter_raw_cap)
         # OwnTracks phones publish on owntracks/<user>/...: translated for their vehicles in the same batches
         self.front = OwnTracksFrontEnd(
-            TrackerDirectory(settings.dsn()), self.limits, settings.h3_resolution, settings.dead_letter_raw_cap
+            TrackerDirectory(settings.dsn("gateway")), self.limits, settings.h3_resolution, settings.dead_letter_raw_cap
         )
         self._pending: list[_Pending] = []
         self._cond = threading.Condition()

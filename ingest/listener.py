@@ -169,12 +169,12 @@ class TrackerServer:
 
     def __init__(self, settings: Settings, protocol: str, handler: Handler, port: int) -> None:
         self.settings, self.protocol, self.handler, self.port = settings, protocol, handler, port
-        self.writer = ShardWriter(settings.dsn(), FRONT_END_SHARDS[protocol], settings.dead_letter_raw_cap)
+        self.writer = ShardWriter(settings.dsn("gateway"), FRONT_END_SHARDS[protocol], settings.dead_letter_raw_cap)
         limits = Limits(settings.max_payload_bytes, settings.max_batch_readings, settings.max_future_skew_s)
         self.commits = CommitQueue(
             self.writer, limits, settings.h3_resolution, settings.dead_letter_raw_cap, settings.gateway_batch_max
         )
-        self.directory = TrackerDirectory(settings.dsn())
+        self.directory = TrackerDirectory(settings.dsn("gateway"))
         self.session = Session(protocol, settings, self.directory, self.commits)
         self.active: set[asyncio.Task[None]] = set()
         self.over_capacity = 0

@@ -125,14 +125,14 @@ def load_eta_models(directory: Path, keep_current: bool = False, network: Networ
 
 def load_baselines(settings: Settings) -> int:
     """Load the learned dwell baselines from TimescaleDB into the trackers' lookup."""
-    with connect(settings.dsn(), autocommit=True, attempts=30) as conn:
+    with connect(settings.dsn("flow"), autocommit=True, attempts=30) as conn:
         rows = conn.execute("SELECT h3_cell, hour_of_week, samples, median_s FROM dwell_baselines").fetchall()
     return set_dwell_baselines(rows, settings.baseline_min_samples)
 
 
 def build_engine_flow(settings: Settings) -> Dataflow:
     """The dataflow the engine runs: analytics (default) or basic per-vehicle state."""
-    dsn, poll_s = settings.dsn(), settings.flow_poll_ms / 1000
+    dsn, poll_s = settings.dsn("flow"), settings.flow_poll_ms / 1000
     source = CommittedReadings(
         dsn,
         settings.replay_shards(),

@@ -9,10 +9,11 @@ from typing import Any
 
 import psycopg
 
-__all__ = ["connect", "migrate", "migrations", "one", "scalar", "wait_for_db"]
+__all__ = ["MIGRATION_ROLE", "connect", "migrate", "migrations", "one", "scalar", "wait_for_db"]
 
 log = logging.getLogger("fleetstream.db")
 _MIGRATION_LOCK = 0x666C6565  # advisory lock id: one migrator at a time
+MIGRATION_ROLE = "fleetstream_migrate"  # owns the schema (core.settings.DATABASE_ROLES["migrate"])
 
 
 def connect(dsn: str, *, autocommit: bool = False, attempts: int = 1, delay_s: float = 1.0) -> psycopg.Connection:
@@ -62,10 +63,18 @@ def migrations() -> list[tuple[int, str, str]]:
 
 
 def migrate(dsn: str) -> list[str]:
-    """Apply the migrations not yet applied; returns the names applied now."""
+    """Apply the migrations not yet applied; returns the names applied now.
+
+    The schema belongs to the migration role (``fleetstream_migrate``): connected as a
+    superuser where that role exists, the migrations run as it (``SET ROLE``), so whoever
+    runs them, what they create has one owner.
+    """
     applied_now: list[str] = []
     with connect(dsn, autocommit=True) as conn:
         conn.execute("CREATE EXTENSION IF NOT EXISTS timescaledb")
+        superuser = scalar(conn, "SELECT rolsuper FROM pg_roles WHERE rolname = current_user")
+        if superuser and conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (MIGRATION_ROLE,)).fetchone():
+            conn.execute(f"SET ROLE {MIGRATION_ROLE}")
         conn.execute("SELECT pg_advisory_lock(%s)", (_MIGRATION_LOCK,))
         try:
             conn.execute(

@@ -64,7 +64,7 @@ def store_plan(conn: psycopg.Connection, plan: Plan, source: str, limits: PlanLi
         limits.check(plan)
     digest = plan_digest(plan)
     with conn.transaction():
-        # held to the end of the transaction: the next writer reads max(plan_seq) after our commit
+        # held to the end of the transaction: the next writer takes its plan_seq after our commit
         conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PLAN_LOCK,))
         latest = conn.execute(
             "SELECT version, digest FROM plans WHERE tenant = %s AND vehicle_id = %s ORDER BY version DESC LIMIT 1",
@@ -73,7 +73,8 @@ def store_plan(conn: psycopg.Connection, plan: Plan, source: str, limits: PlanLi
         if latest is not None and bytes(latest[1]) == digest:
             return int(latest[0]), False
         version = 1 if latest is None else int(latest[0]) + 1
-        row = conn.execute("SELECT coalesce(max(plan_seq), 0) + 1 FROM plans").fetchone()
+        # a sequence, not max(plan_seq) + 1: a writer under row-level security sees its tenant's plans only
+        row = conn.execute("SELECT nextval('plan_seq')").fetchone()
         assert row is not None
         body = plan.to_dict()
         body["version"] = version

@@ -17,6 +17,7 @@ so the devices reconnect first and publish into the gap for a few seconds:
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import threading
 import time
@@ -46,22 +47,26 @@ GAP_S = 5.0  # how long the devices publish into the gap
 @pytest.fixture(scope="module")
 def broker_2_0(services_settings: Settings) -> Iterator[Settings]:
     """A Mosquitto 2.0 of the test's own, on the suite's database (its gateway shards replace the
-    suite's while this module runs: a shard number has one writer)."""
+    suite's while this module runs: a shard number has one writer). Its engine logs in to the
+    suite's database with the suite's logins (their password file, copied)."""
     if not MOSQUITTO_2_0.exists():
         pytest.skip("no Mosquitto 2.0 at /usr/sbin/mosquitto")
     settings = replace(
         services_settings,
         state_dir=Path(services_settings.state_dir) / "broker-2.0",
         mqtt_port=services_settings.mqtt_port + 1,
+        mqtt_tls_port=0,
         mqtt_broker_bin=str(MOSQUITTO_2_0),
-        pg_dsn=services_settings.dsn(),
     )
     assert services.broker_sqlite_plugin(settings) is None
-    services.up(settings)  # the broker only: the database is the suite's
+    migrate(services_settings.dsn())
+    settings.pg_passfile.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copy2(services_settings.pg_passfile, settings.pg_passfile)
+    services.start_broker(settings)  # the broker only: the database is the suite's
     try:
         yield settings
     finally:
-        services.down(settings)
+        services.stop_broker(settings)
 
 
 def restart_across_the_gap(settings: Settings, engine: Engine) -> None:
@@ -82,7 +87,6 @@ def test_the_edge_agent_and_a_third_party_device_across_the_restart_gap(
     broker_2_0: Settings, db: Any, tmp_path: Path
 ) -> None:
     settings = broker_2_0
-    migrate(settings.dsn())
     tenant = f"gap{int(time.time())}"
     engine = Engine(settings, with_flow=False, with_dispatch=False, with_delivery=False)
     engine.start()

@@ -106,7 +106,11 @@ def test_history_frames_from_the_database(services_settings: Settings) -> None:
 
 def test_train_eta_without_history_says_so(services_settings: Settings, tmp_path: Path) -> None:
     said: list[str] = []
-    code, summary = run_train_eta(replace(services_settings, state_dir=tmp_path), tenant(), say=said.append)
+    code, summary = run_train_eta(
+        replace(services_settings, state_dir=tmp_path, pg_dsn=services_settings.dsn("migrate")),
+        tenant(),
+        say=said.append,
+    )
     assert code == 1 and summary["arrivals"] == 0
     assert "no ETA history" in said[0]
     assert not (tmp_path / "models").exists()
@@ -117,7 +121,8 @@ def test_train_eta_from_a_loaded_simulated_history(services_settings: Settings, 
     network = RoadNetwork.load("helsinki", tmp_path / "roads-cache")
     days = [EtaEvalDay(T0 + timedelta(days=d), 20 + d, d + 1) for d in range(2)]
     history = simulated_history(network, days, 3, tenant=t, stagger_s=3600.0)
-    settings = replace(services_settings, state_dir=tmp_path, sim_seed=1)
+    # the models go to tmp_path; the database stays the suite's (its owner's login)
+    settings = replace(services_settings, state_dir=tmp_path, sim_seed=1, pg_dsn=services_settings.dsn("migrate"))
     with connect(settings.dsn(), autocommit=True) as conn:
         counts = load_history(conn, history)
         read = load_eta_history(conn, t)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from core.settings import Settings, SettingsError, load_settings
+from core.settings import DATABASE_ROLES, Settings, SettingsError, load_settings
 
 
 def test_environment_overrides_with_types(monkeypatch) -> None:
@@ -27,18 +27,57 @@ def test_external_services_are_parsed() -> None:
     assert not s.embedded_mqtt and not s.embedded_pg
 
 
-def test_the_embedded_broker_also_listens_where_told() -> None:
-    from fleetstream.services import _broker_conf
+def test_the_embedded_broker_also_listens_where_told_with_tls_only() -> None:
+    from fleetstream.services import _listener_lines
+    from fleetstream.tls import TlsFiles
 
-    plain = [line for line in _broker_conf(Settings(mqtt_port=18830)).splitlines() if line.startswith("listener")]
-    assert plain == ["listener 18830 127.0.0.1"]
-    extra = Settings(mqtt_port=18830, mqtt_also_listen=" 10.9.0.1, ::1 ,")
-    assert extra.mqtt_also_listen_on() == ["10.9.0.1", "::1"]
-    assert [line for line in _broker_conf(extra).splitlines() if line.startswith("listener")] == [
+    certs = TlsFiles(Path("/s/tls/ca.crt"), Path("/s/tls/mosquitto/server.crt"), Path("/s/tls/mosquitto/server.key"))
+
+    def listeners(settings: Settings) -> list[str]:
+        return [line for line in _listener_lines(settings, certs) if line.startswith("listener")]
+
+    assert listeners(Settings(mqtt_port=18830, mqtt_tls_port=18883)) == [
         "listener 18830 127.0.0.1",
-        "listener 18830 10.9.0.1",
-        "listener 18830 ::1",
+        "listener 18883 127.0.0.1",
     ]
+    extra = Settings(mqtt_port=18830, mqtt_tls_port=18883, mqtt_also_listen=" 10.9.0.1, ::1 ,")
+    assert extra.mqtt_also_listen_on() == ["10.9.0.1", "::1"]
+    # the other addresses get TLS only: a password never crosses the network in clear
+    assert listeners(extra) == [
+        "listener 18830 127.0.0.1",
+        "listener 18883 127.0.0.1",
+        "listener 18883 10.9.0.1",
+        "listener 18883 ::1",
+    ]
+    lines = _listener_lines(extra, certs)
+    tls_block = lines[lines.index("listener 18883 10.9.0.1") + 1 : lines.index("listener 18883 ::1")]
+    assert "cafile /s/tls/ca.crt" in tls_block and "require_certificate false" in tls_block
+    plain = Settings(mqtt_port=18830, mqtt_tls_port=18883, mqtt_also_listen="10.9.0.1", mqtt_also_listen_plain=1)
+    assert listeners(plain)[:2] == ["listener 18830 127.0.0.1", "listener 18830 10.9.0.1"]
+    strict = Settings(mqtt_tls_port=18883, mqtt_tls_require_certificate=1)
+    assert "require_certificate true" in _listener_lines(strict, certs)
+
+
+def test_also_listening_needs_tls_or_an_explicit_plaintext_choice() -> None:
+    with pytest.raises(SettingsError, match="mqtt_also_listen needs a TLS listener"):
+        Settings(mqtt_also_listen="10.9.0.1", mqtt_tls_port=0)
+    Settings(mqtt_also_listen="10.9.0.1", mqtt_tls_port=0, mqtt_also_listen_plain=1)
+    with pytest.raises(SettingsError, match="both 18830"):
+        Settings(mqtt_port=18830, mqtt_tls_port=18830)
+
+
+def test_each_engine_process_has_its_own_database_login() -> None:
+    s = Settings(state_dir=Path("/srv/fs"), pg_port=55432)
+    admin = s.dsn()
+    assert "host=/srv/fs/pg/run" in admin and "user=postgres" in admin  # the private socket only
+    gateway = s.dsn("gateway")
+    assert "host=127.0.0.1" in gateway and "user=fleetstream_gateway" in gateway
+    assert "passfile=/srv/fs/pg/pgpass" in gateway and "password" not in gateway.replace("passfile", "")
+    assert {s.dsn(r).split("user=")[1].split()[0] for r in DATABASE_ROLES} == set(DATABASE_ROLES.values())
+    with pytest.raises(ValueError, match="unknown database role"):
+        s.dsn("postgres")
+    external = Settings(pg_dsn="postgresql://db/fleet")
+    assert external.dsn("gateway") == external.dsn() == "postgresql://db/fleet"
 
 
 def test_an_unknown_variable_is_refused_with_a_hint() -> None:
