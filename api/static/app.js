@@ -275,7 +275,8 @@
         li.dataset.alert = a.id;
         li.addEventListener("click", onExceptionClick);
       }
-      if (li.dataset.html !== html) { li.innerHTML = html; li.dataset.html = html; }
+      // an owner being typed in this row stays: the row catches up when the editing ends
+      if (li.dataset.html !== html && !li.dataset.editing) { li.innerHTML = html; li.dataset.html = html; }
       li.dataset.vehicle = a.vehicle;
       if (list.children[index] !== li) list.insertBefore(li, list.children[index] || null);
     });
@@ -302,16 +303,18 @@
       catch (err) { button.disabled = false; banner("Could not acknowledge: " + err.message); }
     } else if (button.dataset.act === "assign") {
       const actions = li.querySelector(".actions");
+      li.dataset.editing = "1";
       actions.innerHTML = "<input placeholder='owner' maxlength='100' aria-label='owner'>";
       const input = actions.querySelector("input");
       input.focus();
       input.addEventListener("keydown", async (e) => {
-        if (e.key === "Escape") { li.dataset.html = ""; renderExceptions(); }
+        if (e.key === "Escape") { delete li.dataset.editing; li.dataset.html = ""; renderExceptions(); }
         if (e.key !== "Enter" || !input.value.trim()) return;
         try {
           merge(await api("/v1/alerts/" + id + "/assign", { method: "POST",
             headers: { "Content-Type": "application/json" }, body: JSON.stringify({ owner: input.value.trim() }) }));
         } catch (err) { banner("Could not assign: " + err.message); }
+        delete li.dataset.editing;
         li.dataset.html = "";
         renderExceptions();
       });
