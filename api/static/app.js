@@ -263,7 +263,9 @@
       const html =
         "<span class='sev " + esc(a.severity) + "'></span>" +
         "<div><div class='what'>" + esc(TYPE_LABEL[a.type] || a.type) + " · " + esc(a.vehicle) + "</div>" +
-        "<div class='meta'>since <b data-ago='" + esc(a.start_time) + "'>" + ago(a.start_time) + "</b>" +
+        // the "since" text is filled in below and by its timer: left out of the row's html, so a
+        // row is rebuilt only when the alert changes (a rebuilt row loses a click under way)
+        "<div class='meta'>since <b data-ago='" + esc(a.start_time) + "'></b>" +
         (alertWhere(a) ? " · " + alertWhere(a) : "") +
         " · owner <b>" + esc(a.owner || "–") + "</b></div></div>" +
         "<div class='actions'>" +
@@ -276,7 +278,11 @@
         li.addEventListener("click", onExceptionClick);
       }
       // an owner being typed in this row stays: the row catches up when the editing ends
-      if (li.dataset.html !== html && !li.dataset.editing) { li.innerHTML = html; li.dataset.html = html; }
+      if (li.dataset.html !== html && !li.dataset.editing) {
+        li.innerHTML = html;
+        li.dataset.html = html;
+        li.querySelectorAll("[data-ago]").forEach((el) => { el.textContent = ago(el.dataset.ago); });
+      }
       li.dataset.vehicle = a.vehicle;
       if (list.children[index] !== li) list.insertBefore(li, list.children[index] || null);
     });
