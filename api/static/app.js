@@ -263,7 +263,9 @@
       const html =
         "<span class='sev " + esc(a.severity) + "'></span>" +
         "<div><div class='what'>" + esc(TYPE_LABEL[a.type] || a.type) + " · " + esc(a.vehicle) + "</div>" +
-        "<div class='meta'>since <b data-ago='" + esc(a.start_time) + "'>" + ago(a.start_time) + "</b>" +
+        // the "since" text is filled in below and by its timer: left out of the row's html, so a
+        // row is rebuilt only when the alert changes (a rebuilt row loses a click under way)
+        "<div class='meta'>since <b data-ago='" + esc(a.start_time) + "'></b>" +
         (alertWhere(a) ? " · " + alertWhere(a) : "") +
         " · owner <b>" + esc(a.owner || "–") + "</b></div></div>" +
         "<div class='actions'>" +
@@ -275,7 +277,12 @@
         li.dataset.alert = a.id;
         li.addEventListener("click", onExceptionClick);
       }
-      if (li.dataset.html !== html) { li.innerHTML = html; li.dataset.html = html; }
+      // an owner being typed in this row stays: the row catches up when the editing ends
+      if (li.dataset.html !== html && !li.dataset.editing) {
+        li.innerHTML = html;
+        li.dataset.html = html;
+        li.querySelectorAll("[data-ago]").forEach((el) => { el.textContent = ago(el.dataset.ago); });
+      }
       li.dataset.vehicle = a.vehicle;
       if (list.children[index] !== li) list.insertBefore(li, list.children[index] || null);
     });
@@ -302,16 +309,18 @@
       catch (err) { button.disabled = false; banner("Could not acknowledge: " + err.message); }
     } else if (button.dataset.act === "assign") {
       const actions = li.querySelector(".actions");
+      li.dataset.editing = "1";
       actions.innerHTML = "<input placeholder='owner' maxlength='100' aria-label='owner'>";
       const input = actions.querySelector("input");
       input.focus();
       input.addEventListener("keydown", async (e) => {
-        if (e.key === "Escape") { li.dataset.html = ""; renderExceptions(); }
+        if (e.key === "Escape") { delete li.dataset.editing; li.dataset.html = ""; renderExceptions(); }
         if (e.key !== "Enter" || !input.value.trim()) return;
         try {
           merge(await api("/v1/alerts/" + id + "/assign", { method: "POST",
             headers: { "Content-Type": "application/json" }, body: JSON.stringify({ owner: input.value.trim() }) }));
         } catch (err) { banner("Could not assign: " + err.message); }
+        delete li.dataset.editing;
         li.dataset.html = "";
         renderExceptions();
       });

@@ -163,29 +163,53 @@ def test_an_engine_alert_shows_up_live_and_acknowledging_it_is_stored(
         print(f"alert {alert_id} in the exceptions feed {latency:.2f} s after its commit was seen")
         page.screenshot(path=str(ARTIFACTS / "page-exception.png"))
 
-        # acknowledge it in the page: stored, with the token's name as the actor
-        page.click(f"li.exc[data-alert='{alert_id}'] button[data-act='acknowledge']")
-        acked = wait_until(
-            lambda: conn.execute(
-                "SELECT acknowledged_by FROM alerts WHERE id = %s AND acknowledged_at IS NOT NULL", (alert_id,)
-            ).fetchone(),
-            20,
-            "the acknowledgement to be stored",
-        )
-        assert acked[0].startswith("browser (")
-        page.wait_for_selector(f"li.exc[data-alert='{alert_id}'] .acked", timeout=20_000)
+        # acknowledge an open alert in the page and give it an owner: stored, with the token's name as
+        # the actor. A live alert may resolve meanwhile (its row then leaves the feed): then the
+        # next open one in the feed is taken, and only an alert still open must have worked.
+        def still_open(alert: str) -> bool:
+            return bool(
+                scalar(conn, "SELECT status = 'open' AND closed_at IS NULL FROM alerts WHERE id = %s", (alert,))
+            )
 
-        # and give it an owner
-        page.click(f"li.exc[data-alert='{alert_id}'] button[data-act='assign']")
-        page.fill(f"li.exc[data-alert='{alert_id}'] input", "dana")
-        page.press(f"li.exc[data-alert='{alert_id}'] input", "Enter")
-        wait_until(
-            lambda: scalar(conn, "SELECT owner FROM alerts WHERE id = %s", (alert_id,)) == "dana",
-            20,
-            "the owner to be stored",
-        )
+        def act(alert: str) -> bool:
+            row = f"li.exc[data-alert='{alert}']"
+            try:
+                page.click(f"{row} button[data-act='acknowledge']", timeout=10_000)
+                acked = wait_until(
+                    lambda: conn.execute(
+                        "SELECT acknowledged_by FROM alerts WHERE id = %s AND acknowledged_at IS NOT NULL", (alert,)
+                    ).fetchone(),
+                    20,
+                    "the acknowledgement to be stored",
+                )
+                assert acked[0].startswith("browser (")
+                page.wait_for_selector(f"{row} .acked", timeout=20_000)
+                page.click(f"{row} button[data-act='assign']", timeout=10_000)
+                page.fill(f"{row} input", "dana", timeout=10_000)
+                page.press(f"{row} input", "Enter", timeout=10_000)
+            except sync_api.TimeoutError:
+                if still_open(alert):
+                    raise
+                return False
+            wait_until(
+                lambda: scalar(conn, "SELECT owner FROM alerts WHERE id = %s", (alert,)) == "dana",
+                20,
+                "the owner to be stored",
+            )
+            return True
+
+        acted = alert_id if act(alert_id) else None
+        while acted is None and time.monotonic() < deadline + 120:
+            listed = page.eval_on_selector_all("li.exc", "els => els.map((el) => el.dataset.alert)")
+            candidates = [a for a in listed if a not in seen and still_open(a)]
+            if not candidates:
+                time.sleep(0.5)
+                continue
+            seen.add(candidates[0])
+            acted = candidates[0] if act(candidates[0]) else None
+        assert acted is not None, "no open alert stayed open long enough to be acknowledged and assigned"
         actions = [
-            r[0] for r in conn.execute("SELECT action FROM alert_actions WHERE alert_id = %s ORDER BY seq", (alert_id,))
+            r[0] for r in conn.execute("SELECT action FROM alert_actions WHERE alert_id = %s ORDER BY seq", (acted,))
         ]
         assert actions == ["acknowledge", "assign"]
     assert page.errors == []
