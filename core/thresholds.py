@@ -34,6 +34,13 @@ class AnalyticsConfig:
     jump_confirm_fixes: int = 3  # this many consecutive, mutually consistent "jumped" fixes are a real relocation
     jitter_radius_m: float = 25.0  # a slow fix this close to the previous one is flagged as parked jitter
 
+    # -- derived speed and heading (devices that send none) and the reporting cadence
+    derive_min_span_s: float = 10.0  # speed is derived over at least this many seconds (GPS noise at 1 Hz) ...
+    derive_max_span_s: float = 120.0  # ... and at most this many: across a longer gap it is unknown
+    derive_noise_m: float = 5.0  # position noise taken off a displacement when the fix reports no accuracy
+    silence_min_s: float = 60.0  # a gap between fixes longer than this and than ...
+    silence_factor: float = 2.0  # ... this many times the vehicle's usual reporting interval is a silence
+
     # -- motion (hysteresis: start needs evidence, stop needs a calm window)
     start_speed_mps: float = 2.5  # reported speed that counts as driving ...
     start_confirm_fixes: int = 2  # ... on this many consecutive fixes
@@ -43,7 +50,7 @@ class AnalyticsConfig:
     stop_confirm_s: float = 60.0  # ... for this long make the vehicle stopped
 
     # -- geofences at planned stops
-    arrival_min_inside_s: float = 30.0  # continuously inside the stop circle this long = arrival
+    arrival_min_inside_s: float = 30.0  # seen inside the stop circle this long (boundary to boundary) = arrival
     departure_min_outside_s: float = 60.0  # continuously outside (circle + margin) this long = departure
     fence_exit_margin_m: float = 20.0  # hysteresis band outside the stop radius
 
@@ -82,7 +89,8 @@ class AnalyticsConfig:
     )
 
     # -- connectivity (the receive clock: the engine's fleet clock)
-    offline_after_s: float = 300.0  # no reading received for this long -> offline
+    offline_after_s: float = 300.0  # no reading received for this long -> offline (while on duty)
+    plan_end_grace_s: float = 3600.0  # a plan is over this long after its last stop's window end (off duty)
 
     def __post_init__(self) -> None:
         for f in fields(self):

@@ -70,7 +70,11 @@ __all__ = ["EtaTracker", "StopEstimate", "hour_of_week_at"]
 
 class StopEstimate(NamedTuple):
     """One remaining stop's estimate at a fix: ``eta_s`` seconds from the fix time (the
-    model's when there is one, else the profile's), the parts, and the feature row."""
+    model's when there is one, else the profile's), the parts, and the feature row.
+
+    ``straight_s`` is the simple baseline: straight-line metres through the stops in order
+    times the detour factor, over the learned mean trip speed (``EtaModels.mean_speed_mps``,
+    stops and waits included; ``default_speed_mps`` when none was learned)."""
 
     stop_id: str
     eta_s: float
@@ -82,6 +86,7 @@ class StopEstimate(NamedTuple):
     state: str
     off_route: bool
     row: list[float]
+    straight_s: float = math.nan
 
 
 def hour_of_week_at(epoch_s: float) -> int:
@@ -153,8 +158,11 @@ class EtaTracker:
         self.estimated_at = None
         self._route, self._legs = None, {}
 
-    def update(self, fix: CheckedFix, remaining: tuple[Stop, ...]) -> list[Event]:
-        """Take one usable fix and the stops still to do; returns the ETAs that changed enough.
+    def update(
+        self, fix: CheckedFix, remaining: tuple[Stop, ...], visit: tuple[Stop, datetime] | None = None
+    ) -> list[Event]:
+        """Take one usable fix, the stops still to do and the stop being visited (with its
+        arrival time; its planned service is still to come); returns the ETAs that changed enough.
 
         With ``estimate_every_s``, a fix within that long of the last estimate only moves the
         vehicle's motion state on (unless the stops to do changed): the estimate is most of
@@ -165,10 +173,10 @@ class EtaTracker:
             t_s = fix.time.timestamp()
             if t_s - self.estimated_at < every and self.prev_ids == tuple(s.id for s in remaining):
                 self._motion(fix, t_s)
-                self._stop_service(fix, remaining, t_s)
+                self._stop_service(fix, remaining, t_s, visit)
                 return []
         self.estimated_at = fix.time.timestamp()
-        estimates = self.observe(fix, remaining)
+        estimates = self.observe(fix, remaining, visit)
         plan = self.plan
         if plan is None:
             return []
@@ -186,6 +194,7 @@ class EtaTracker:
                 "profile_eta_s": round(e.profile_s, 1),
                 "model_eta_s": None if e.model_s is None else round(e.model_s, 1),
                 "naive_eta_s": None if e.naive_s is None else round(e.naive_s, 1),
+                "straight_eta_s": round(e.straight_s, 1),
                 "method": e.method,
                 "state": e.state,
                 "off_route": e.off_route,
@@ -217,13 +226,15 @@ class EtaTracker:
 
     # ------------------------------------------------------------ the estimate
 
-    def observe(self, fix: CheckedFix, remaining: tuple[Stop, ...]) -> list[StopEstimate]:
+    def observe(
+        self, fix: CheckedFix, remaining: tuple[Stop, ...], visit: tuple[Stop, datetime] | None = None
+    ) -> list[StopEstimate]:
         """Advance the state with one fix and estimate every remaining stop, emitting nothing
         (``update`` adds the re-emit rule; training replays history through this)."""
         cfg = self.config
         t_s = fix.time.timestamp()
         speed_now, dt = self._motion(fix, t_s)
-        service_left = self._stop_service(fix, remaining, t_s)
+        service_left = self._stop_service(fix, remaining, t_s, visit)
         if self.plan is None or not remaining:
             self.emitted, self.model_ratio = {}, {}
             return []
@@ -313,6 +324,13 @@ class EtaTracker:
 
         ratios = self._model_ratios(models.model, rows, t_s)
         passed_ids = {s.id for s in passed}
+        mean_mps = models.mean_speed_mps or cfg.default_speed_mps
+        straight: dict[str, float] = {}
+        lat, lon, beeline = fix.lat, fix.lon, 0.0
+        for s in remaining:
+            beeline += haversine_m(lat, lon, s.lat, s.lon)
+            lat, lon = s.lat, s.lon
+            straight[s.id] = beeline * detour / mean_mps
         out: list[StopEstimate] = []
         for s, m, profile_s, _, row in rows:
             model_s = profile_s * math.exp(ratios[s.id]) if ratios is not None else None
@@ -334,6 +352,7 @@ class EtaTracker:
                     state,
                     off_route,
                     row,
+                    straight[s.id],
                 )
             )
         return out
@@ -360,10 +379,16 @@ class EtaTracker:
         self.last = (t_s, fix.lat, fix.lon)
         return speed, dt
 
-    def _stop_service(self, fix: CheckedFix, remaining: tuple[Stop, ...], t_s: float) -> float:
-        """Seconds of planned service left at the stop just arrived at (0 once the vehicle left it)."""
+    def _stop_service(
+        self, fix: CheckedFix, remaining: tuple[Stop, ...], t_s: float, visit: tuple[Stop, datetime] | None
+    ) -> float:
+        """Seconds of planned service left at the stop being visited (``visit``, else the one that
+        just left the remaining list: training replays know arrivals only), 0 once the vehicle left it."""
         ids = tuple(s.id for s in remaining)
-        if self.prev_ids is not None and self.plan is not None and ids != self.prev_ids:
+        if visit is not None:
+            stop, arrived = visit
+            self.at_stop = (stop.id, stop.lat, stop.lon, stop.radius_m, stop.service_s, arrived.timestamp())
+        elif self.prev_ids is not None and self.plan is not None and ids != self.prev_ids:
             gone = [i for i in self.prev_ids if i not in ids]
             if gone:
                 try:
@@ -375,11 +400,11 @@ class EtaTracker:
         self.prev_ids = ids
         if self.at_stop is None:
             return 0.0
-        _, lat, lon, radius, service, since = self.at_stop
+        _, lat, lon, radius, service, since_s = self.at_stop
         if haversine_m(fix.lat, fix.lon, lat, lon) > radius + self.config.leave_stop_m:
             self.at_stop = None
             return 0.0
-        return max(0.0, service - (t_s - since))
+        return max(0.0, service - (t_s - since_s))
 
     def _plan_geometry(self) -> tuple[RouteGeometry, dict[str, float]]:
         if self._route is None:

@@ -82,7 +82,9 @@ class EtaHook(Protocol):
 
     def set_plan(self, plan: Plan | None) -> None: ...
 
-    def update(self, fix: CheckedFix, remaining: tuple[Stop, ...]) -> list[Event]: ...
+    def update(
+        self, fix: CheckedFix, remaining: tuple[Stop, ...], visit: tuple[Stop, datetime] | None = None
+    ) -> list[Event]: ...
 
     def on_timer(self, now: datetime) -> list[Event]: ...
 
@@ -95,7 +97,9 @@ class NoEta:
     def set_plan(self, plan: Plan | None) -> None:
         return None
 
-    def update(self, fix: CheckedFix, remaining: tuple[Stop, ...]) -> list[Event]:
+    def update(
+        self, fix: CheckedFix, remaining: tuple[Stop, ...], visit: tuple[Stop, datetime] | None = None
+    ) -> list[Event]:
         return []
 
     def on_timer(self, now: datetime) -> list[Event]:
@@ -107,16 +111,21 @@ class NoEta:
 
 @dataclass(frozen=True)
 class ActivePlan:
-    """A plan with its H3 stop index and route corridor, built once per plan change."""
+    """A plan with its H3 stop index and route corridor, built once per plan change;
+    ``ends_at``: when it is over by time (its latest stop window end + ``plan_end_grace_s``;
+    None without windows)."""
 
     plan: Plan
     index: StopIndex
     corridor: RouteCorridor | None
+    ends_at: datetime | None = None
 
     @classmethod
     def build(cls, plan: Plan, config: AnalyticsConfig) -> ActivePlan:
         corridor = RouteCorridor(plan.route, config.corridor_resolution, config.corridor_k) if plan.route else None
-        return cls(plan, StopIndex(plan.stops, config.cell_resolution, config.fence_exit_margin_m), corridor)
+        ends = [s.window_end for s in plan.stops if s.window_end is not None]
+        ends_at = max(ends) + timedelta(seconds=config.plan_end_grace_s) if ends else None
+        return cls(plan, StopIndex(plan.stops, config.cell_resolution, config.fence_exit_margin_m), corridor, ends_at)
 
     def shared(self) -> dict[str, Any]:
         """Its parts by name, for checkpoints that refer to them instead of copying them."""
@@ -288,13 +297,17 @@ class VehicleTrackers:
 
     def _on_fix(self, fix: CheckedFix) -> list[Event]:
         self.position = fix
+        out: list[Event] = list(self.dwell.observe(fix))
         changes = self.motion.update(fix)
         stop_events = self.geofence.update(fix)
-        out: list[Event] = list(stop_events)
+        out += stop_events
         out += self._dwell_inputs(changes, stop_events)
         if self.drift.corridor is not None:
             out += self.drift.update(fix, self.geofence.next_stop(), self._at_stop() is True)
-        etas = self.eta.update(fix, self.geofence.remaining_stops())
+        visit = self.geofence.visit
+        etas = self.eta.update(
+            fix, self.geofence.remaining_stops(), (visit.stop, visit.arrived_at) if visit is not None else None
+        )
         out += etas
         if etas or self.late.open:
             out += self._predicted_late(fix.time, etas, stop_events)
@@ -312,7 +325,9 @@ class VehicleTrackers:
             out += self.dwell.on_motion(change, at_stop, self.geofence.next_stop() is not None, self.baseline)
         for event in stop_events:
             cell = self.active.index.cells.get(event.stop_id) if self.active is not None else None
-            out += self.dwell.on_stop_event(event, cell, self.baseline)
+            stops = self.active.plan.stops if self.active is not None else ()
+            last = bool(stops) and stops[-1].id == event.stop_id  # the end of the shift: not timed
+            out += self.dwell.on_stop_event(event, cell, self.baseline, timed=not last)
         return out
 
     def _at_stop(self) -> bool | None:
@@ -334,6 +349,8 @@ class VehicleAnalytics:
     ``baseline(h3_cell, hour_of_week) -> seconds | None`` gives typical dwell times
     (see ``dwell.py``); ``eta`` is the ETA tracker hook (default: ``NoEta``).
     """
+
+    _on_duty = True  # class default: state pickled before it existed still loads
 
     def __init__(
         self,
@@ -357,6 +374,7 @@ class VehicleAnalytics:
             trackers, config.checkpoint_every_s, config.correction_window_s
         )
         self._pending_since: datetime | None = None  # clock time a correction became pending
+        self._on_duty = True  # as last judged (off -> on restarts the offline clock)
 
     # ---------------------------------------------------------------- the four verbs
 
@@ -367,7 +385,7 @@ class VehicleAnalytics:
             raise ValueError(f"reading of {reading.tenant}/{reading.vehicle} fed to {self.tenant}/{self.vehicle}")
         cell = self._cell(item)
         # a gap the clock jumped over in one go (a replay, a drained backlog) was still a gap
-        out: list[Event] = list(self._offline.on_timer(now)) if self.on_duty else []
+        out: list[Event] = list(self._offline.on_timer(now)) if self._duty(now) else []
         out += self._offline.update(now, reading.fix_time, cell)
         # the clock moves the watermark first, as a wake-up would have: a reading whose fix time
         # the fleet clock passed more than reorder_max_delay_s ago is late, whether or not a
@@ -376,11 +394,12 @@ class VehicleAnalytics:
             out += self._release(released, now)
         for released in self._buffer.push((reading, cell), reading.fix_time):
             out += self._release(released, now)
+        self._duty(now)  # what the reading changed (a start, the last stop) decides the next wake-up
         return out
 
     def on_timer(self, now: datetime) -> list[Event]:
         """Run what is due at fleet-clock time ``now``: corrections, buffer flush, timers, offline."""
-        out: list[Event] = list(self._offline.on_timer(now)) if self.on_duty else []
+        out: list[Event] = list(self._offline.on_timer(now)) if self._duty(now) else []
         if self._corrector.pending_us is not None:
             corrected, replayed = self._corrector.correct()
             out += corrected
@@ -390,11 +409,17 @@ class VehicleAnalytics:
         for released in self._buffer.on_timer(now):
             out += self._release(released, now)
         out += self._corrector.advance(now - self._max_delay)
+        self._duty(now)
         return out
 
     def next_timer(self) -> datetime | None:
         """Server time (UTC) at which ``on_timer`` should next run; None when nothing is due."""
-        dues = [self._buffer.next_timer(), self._offline.next_timer() if self.on_duty else None, self._pending_since]
+        dues = [self._buffer.next_timer(), self._pending_since]
+        if self._on_duty:
+            dues.append(self._offline.next_timer())
+            ends_at = self._ends_at()
+            if ends_at is not None:
+                dues.append(ends_at)  # off duty then: recompute what is due
         tracker_due = self.trackers.next_timer()
         if tracker_due is not None:
             dues.append(tracker_due + self._max_delay)
@@ -415,6 +440,7 @@ class VehicleAnalytics:
         if frontier is not None and frontier > t:
             t = frontier
         out += self._corrector.process((us(t), _PLAN, active))
+        self._duty(now)
         return out
 
     # ---------------------------------------------------------------- read-only views
@@ -431,12 +457,41 @@ class VehicleAnalytics:
 
     @property
     def on_duty(self) -> bool:
-        """False once the plan is done (no stop left, none being served): a van parked at the
-        depot after its round is not "offline". True without a plan."""
+        """Whether the vehicle is on duty (see ``duty_at``) at its event-time frontier."""
+        return self.duty_at(self.trackers.time)
+
+    def duty_at(self, now: datetime | None) -> bool:
+        """Whether a silence at fleet-clock time ``now`` would be ``offline``.
+
+        Off duty: its plan is finished (the last stop arrived at: the shift ended there) or
+        over by time (``ActivePlan.ends_at``), and it is not driving. A new plan with stops
+        to do, or movement, puts it back on duty: a van that drives off after its round and
+        goes silent on the road is offline; one that parks and goes quiet is not. Without a
+        plan a vehicle is always on duty.
+        """
         trackers = self.trackers
-        if trackers.active is None:
+        if trackers.active is None or trackers.motion.moving:
             return True
-        return trackers.geofence.visit is not None or bool(trackers.geofence.remaining_stops())
+        geofence = trackers.geofence
+        if geofence.finished():
+            return False
+        ends_at = trackers.active.ends_at
+        if now is not None and ends_at is not None and now >= ends_at:
+            return False
+        return geofence.visit is not None or bool(geofence.remaining_stops())
+
+    def _ends_at(self) -> datetime | None:
+        active = self.trackers.active
+        return active.ends_at if active is not None else None
+
+    def _duty(self, now: datetime) -> bool:
+        """On duty at ``now``; coming back on duty restarts the offline clock there (a van
+        parked overnight that gets a new plan is not offline since last night)."""
+        duty = self.duty_at(now)
+        if duty and not self._on_duty:
+            self._offline.resume(now)
+        self._on_duty = duty
+        return duty
 
     def emitted(self) -> list[Event]:
         """The latest version of every event still within the correction window, as emitted."""

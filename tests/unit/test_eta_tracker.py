@@ -90,6 +90,8 @@ def test_first_fix_emits_every_stop_with_travel_plus_service_before() -> None:
             "profile_eta_s": round(m(0.004) / 10, 1),
             "model_eta_s": None,
             "naive_eta_s": round(m(0.004) / 10, 1),
+            # straight metres x the default detour factor / the default speed (nothing learned)
+            "straight_eta_s": round(m(0.004) * 1.3 / 8.0, 1),
             "method": "route",
             "state": "moving",
             "off_route": False,
