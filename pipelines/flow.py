@@ -31,6 +31,7 @@ from bytewax.outputs import Sink
 from core.thresholds import AnalyticsConfig, EtaConfig
 from pipelines.analytics import Output, PlanUpdate, VehicleEngine
 from pipelines.clock import FleetClock
+from pipelines.meter import METER
 from pipelines.vehicle_state import StoredReading, VehicleState, VehicleSummary
 
 __all__ = ["build_analytics_flow", "build_flow"]
@@ -115,6 +116,11 @@ class _VehicleLogic(StatefulBatchLogic[Stamped, list[Output], VehicleEngine]):
         self._resync = engine is not None  # resumed from a snapshot: rewrite its results once
 
     def on_batch(self, values: list[Stamped]) -> tuple[Iterable[list[Output]], bool]:
+        with METER.phase("step"):
+            return self._on_batch(values)
+
+    def _on_batch(self, values: list[Stamped]) -> tuple[Iterable[list[Output]], bool]:
+        before = self._replays()
         out = self._resynced(self.wall())
         last: datetime | None = None
         for item, now in values:
@@ -127,13 +133,27 @@ class _VehicleLogic(StatefulBatchLogic[Stamped, list[Output], VehicleEngine]):
             else:
                 assert now is not None
                 out += engine.on_reading(item, now, run_due=False, summarize=False)
+                METER.seen(item.received_at)
                 last = now
         if last is not None and self.engine is not None:
             due = self.engine.on_timer(last)
             out += due
             if not (due and isinstance(due[-1], VehicleSummary)):
                 out.append(self.engine.summary())  # one per batch: the store keeps the last anyway
+        after = self._replays()
+        METER.count(
+            readings=sum(1 for item, _ in values if not isinstance(item, PlanUpdate)),
+            batches=1,
+            corrections=after[0] - before[0],
+            replayed=after[1] - before[1],
+        )
         return [out], StatefulBatchLogic.RETAIN
+
+    def _replays(self) -> tuple[int, int]:
+        if self.engine is None:
+            return 0, 0
+        stats = self.engine.analytics.lateness
+        return stats.corrections, stats.replayed_entries
 
     def _resynced(self, wall: datetime) -> list[Output]:
         if not self._resync or self.engine is None:
@@ -143,6 +163,10 @@ class _VehicleLogic(StatefulBatchLogic[Stamped, list[Output], VehicleEngine]):
         return self.engine.resync(now if now is not None else wall)
 
     def on_notify(self) -> tuple[Iterable[list[Output]], bool]:
+        with METER.phase("notify"):
+            return self._on_notify()
+
+    def _on_notify(self) -> tuple[Iterable[list[Output]], bool]:
         self._wake = None
         if self.engine is None:
             return [], StatefulBatchLogic.RETAIN
@@ -159,8 +183,9 @@ class _VehicleLogic(StatefulBatchLogic[Stamped, list[Output], VehicleEngine]):
         return self._wake
 
     def snapshot(self) -> VehicleEngine:
-        assert self.engine is not None
-        return self.engine
+        with METER.phase("snapshot"):  # Bytewax then serialises it: the gap after counts as snapshot time
+            assert self.engine is not None
+            return self.engine
 
 
 def build_analytics_flow(

@@ -12,7 +12,10 @@ Arrival
       the entry (interpolated on the segment from the last fix outside to the first fix
       inside) to the last fix inside, or, once the vehicle has left, to the exit
       interpolated the same way. So two fixes 30 s apart inside a 50 m circle are an
-      arrival, and one fix inside between two far outside it is not.
+      arrival, and one fix inside between two far outside it is not. With a single fix
+      inside the time must be twice as long: straight lines between fixes a minute apart
+      cut the corners of a turn, so a vehicle that turned near the fence seems to crawl
+      through it (on real drives thinned to 60 s, most such arrivals were false).
 
     A pass-through (one fix inside at speed, or several inside a large circle at speed)
     is no arrival. The arrival time is the interpolated entry, not the first fix inside.
@@ -162,7 +165,9 @@ class _Visit:
 class GeofenceTracker:
     """Stop visits of one vehicle; emits ``StopEvent`` arrivals and departures."""
 
-    _prev: _Seen | None = None  # class default: state pickled before it existed still loads
+    # class defaults: state pickled before they existed still loads
+    _prev: _Seen | None = None
+    away_from_final: bool = False
 
     def __init__(self, tenant: str, vehicle: str, config: AnalyticsConfig) -> None:
         self.tenant, self.vehicle, self.config = tenant, vehicle, config
@@ -172,17 +177,23 @@ class GeofenceTracker:
         self.arrivals: dict[str, int] = {}  # stop id -> arrivals so far
         self._candidate: _Candidate | None = None
         self._prev = None  # the last usable fix (interpolates entries)
+        self.away_from_final = False  # seen outside the plan's last stop since the plan began (the round began)
 
     def set_plan(self, plan: Plan | None, index: StopIndex | None) -> None:
         """Use a new plan from now on; a pending arrival is dropped, an open visit continues."""
         self.plan, self.index = plan, index
         self._candidate = None
+        self.away_from_final = False
 
     def update(self, fix: CheckedFix) -> list[StopEvent]:
         """Feed one usable fix; returns arrivals/departures it confirmed."""
         out: list[StopEvent] = []
         seen = _seen(fix)
         prev, self._prev = self._prev, seen
+        if not self.away_from_final and self.plan is not None and self.plan.stops:
+            last = self.plan.stops[-1]
+            margin = last.radius_m + self.config.fence_exit_margin_m
+            self.away_from_final = haversine_m(fix.lat, fix.lon, last.lat, last.lon) > margin
         visit = self.visit
         inside = self.index.containing(fix.lat, fix.lon, fix.h3_cell) if self.index is not None else None
         if visit is not None:
@@ -211,7 +222,10 @@ class GeofenceTracker:
             self._candidate = None
             left = boundary_time(cand.stop, cand.last_in, seen, entering=False)
             inside_s = (left - cand.entered).total_seconds()
-            if inside_s >= self.config.arrival_min_inside_s:
+            # one fix inside: the straight lines to its neighbours cut corners, so a vehicle that turned
+            # near the fence seems slow in it; that alone must show twice the time
+            needed = self.config.arrival_min_inside_s * (1 if cand.fixes >= 2 else 2)
+            if inside_s >= needed:
                 out.append(self._arrive(cand, "time_inside", inside_s))
                 assert self.visit is not None
                 self.visit.out_since, self.visit.left_at = fix.time, left
@@ -231,7 +245,7 @@ class GeofenceTracker:
         if fix.speed_mps is not None and fix.speed_mps < self.config.stop_speed_mps:
             evidence = "derived_speed" if fix.speed_derived else "speed"
         inside_s = (fix.time - cand.entered).total_seconds()
-        if evidence is None and inside_s >= self.config.arrival_min_inside_s:
+        if evidence is None and inside_s >= self.config.arrival_min_inside_s * (1 if cand.fixes >= 2 else 2):
             evidence = "time_inside"
         if evidence is not None:
             out.append(self._arrive(cand, evidence, inside_s))
@@ -257,6 +271,17 @@ class GeofenceTracker:
         if plan is None or not plan.stops:
             return False
         return plan.stops[-1].id in self.arrivals or all(s.id in self.arrivals for s in plan.stops)
+
+    def at_final_stop(self) -> bool:
+        """Whether the last usable fix lay inside the plan's last stop's circle (with or without
+        an arrival there: a device that goes quiet in it has ended its shift there), once the
+        round has begun (it was seen away from that stop: a van at the depot before its round is
+        not at the end of it)."""
+        prev, plan = self._prev, self.plan
+        if prev is None or plan is None or not plan.stops or not self.away_from_final:
+            return False
+        last = plan.stops[-1]
+        return haversine_m(prev[1], prev[2], last.lat, last.lon) <= last.radius_m
 
     def remaining_stops(self) -> tuple[Stop, ...]:
         """Planned stops not yet arrived at, in plan order (the current visit excluded); none

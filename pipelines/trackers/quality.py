@@ -18,8 +18,10 @@ Derived speed and heading
     ``derive_min_span_s`` back (the newest such of two anchors, so the baseline is one to
     two spans long at 1 Hz and one interval at sparse sampling), less the position noise
     (the fix's reported accuracy, else ``derive_noise_m``), so a parked receiver's jitter
-    derives 0 m/s and not 2 m/s. Over more than ``derive_max_span_s`` (a gap) it stays
-    unknown. A heading is derived the same way when the displacement is clear of twice the
+    derives 0 m/s and not 2 m/s; or, when longer, the path driven since that fix (each
+    step less the noise), so a vehicle going round a roundabout at 1 Hz does not derive a
+    standstill from its small displacement. Over more than ``derive_max_span_s`` (a gap) it
+    stays unknown. A heading is derived the same way when the displacement is clear of twice the
     noise. ``CheckedFix.speed_derived`` says which speed a fix carries.
 
 Reporting cadence
@@ -70,7 +72,7 @@ class CheckedFix:
         return self.flag in USABLE_FLAGS
 
 
-_Anchor = tuple[float, float, float]  # (epoch seconds, lat, lon) of an accepted fix
+_Anchor = tuple[float, float, float, float]  # (epoch seconds, lat, lon, metres driven since) of an accepted fix
 
 
 class GpsQualityFilter:
@@ -133,22 +135,26 @@ class GpsQualityFilter:
             self.interval_s = sample if usual is None else usual + 0.3 * (sample - usual)
         t = checked.time.timestamp()
         speed, heading, derived = checked.speed_mps, checked.heading_deg, False
-        ref, nxt = self._ref, self._ref_next
-        if ref is None or nxt is None or t - nxt[0] > cfg.derive_max_span_s:
-            self._ref = self._ref_next = (t, checked.lat, checked.lon)  # first fix, or after a gap: start again
+        noise = checked.accuracy_m if checked.accuracy_m is not None else cfg.derive_noise_m
+        noise = min(max(noise, 0.0), cfg.jitter_radius_m)
+        ref, nxt, last = self._ref, self._ref_next, self.last
+        if ref is None or nxt is None or last is None or t - nxt[0] > cfg.derive_max_span_s:
+            self._ref = self._ref_next = (t, checked.lat, checked.lon, 0.0)  # first fix, or after a gap: start again
         else:
+            step = max(0.0, haversine_m(last.lat, last.lon, checked.lat, checked.lon) - noise)
+            ref, nxt = (*ref[:3], ref[3] + step), (*nxt[:3], nxt[3] + step)
             base = nxt if t - nxt[0] >= cfg.derive_min_span_s else ref
             span = t - base[0]
             if cfg.derive_min_span_s <= span <= cfg.derive_max_span_s and (speed is None or heading is None):
                 d = haversine_m(base[1], base[2], checked.lat, checked.lon)
-                noise = checked.accuracy_m if checked.accuracy_m is not None else cfg.derive_noise_m
-                noise = min(max(noise, 0.0), cfg.jitter_radius_m)
                 if speed is None:
-                    speed, derived = max(0.0, d - noise) / span, True
+                    # the displacement, or on a curve (a roundabout at 1 Hz) the path it took, less the noise
+                    speed, derived = max(max(0.0, d - noise), base[3]) / span, True
                 if heading is None and d > 2.0 * noise:
                     heading = round(bearing_deg(base[1], base[2], checked.lat, checked.lon), 1)
             if t - nxt[0] >= cfg.derive_min_span_s:
-                self._ref, self._ref_next = nxt, (t, checked.lat, checked.lon)
+                ref, nxt = nxt, (t, checked.lat, checked.lon, 0.0)
+            self._ref, self._ref_next = ref, nxt
         checked = CheckedFix(
             checked.time,
             checked.lat,

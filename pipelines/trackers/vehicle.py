@@ -54,6 +54,7 @@ from typing import Any, Protocol
 import h3.api.basic_int as h3
 
 from core.contract import DoorEvent, GpsFix, Reading, TemperatureReading
+from core.geo import haversine_m
 from core.plan import Plan, Stop
 from core.thresholds import AnalyticsConfig
 from pipelines.trackers.coldchain import ColdChainTracker
@@ -463,22 +464,44 @@ class VehicleAnalytics:
     def duty_at(self, now: datetime | None) -> bool:
         """Whether a silence at fleet-clock time ``now`` would be ``offline``.
 
-        Off duty: its plan is finished (the last stop arrived at: the shift ended there) or
-        over by time (``ActivePlan.ends_at``), and it is not driving. A new plan with stops
-        to do, or movement, puts it back on duty: a van that drives off after its round and
-        goes silent on the road is offline; one that parks and goes quiet is not. Without a
-        plan a vehicle is always on duty.
+        Off duty: last seen inside its plan's last stop (arrived or not: a device going quiet
+        there ends the shift there) or close enough to it to be there before its next report
+        was due (a device reporting every minute may go quiet between its last fix on the road
+        and the stop), once the round has begun; or its plan is finished (the last stop arrived at) or over
+        by time (``ActivePlan.ends_at``) and it is not driving. A new plan with stops to do, or
+        movement, puts it back on duty: a van that drives off after its round and goes silent
+        on the road is offline; one that parks and goes quiet is not. Without a plan a vehicle
+        is always on duty.
         """
         trackers = self.trackers
-        if trackers.active is None or trackers.motion.moving:
+        if trackers.active is None:
             return True
         geofence = trackers.geofence
+        if geofence.at_final_stop() or self._reaching_final_stop():
+            return False
+        if trackers.motion.moving:
+            return True
         if geofence.finished():
             return False
         ends_at = trackers.active.ends_at
         if now is not None and ends_at is not None and now >= ends_at:
             return False
         return geofence.visit is not None or bool(geofence.remaining_stops())
+
+    def _reaching_final_stop(self) -> bool:
+        """The round has begun and the plan's last stop is still ahead, and at the last fix's
+        speed the vehicle would have reached its circle within one reporting interval (the
+        cadence's ``silence_s`` over ``silence_factor``)."""
+        trackers = self.trackers
+        fix, geofence = trackers.position, trackers.geofence
+        if fix is None or fix.speed_mps is None or trackers.active is None or not geofence.away_from_final:
+            return False
+        last = trackers.active.plan.stops[-1]
+        if last.id in geofence.arrivals:
+            return False
+        interval = fix.silence_s / max(self.config.silence_factor, 1.0)
+        gap = haversine_m(fix.lat, fix.lon, last.lat, last.lon) - last.radius_m
+        return gap <= fix.speed_mps * interval
 
     def _ends_at(self) -> datetime | None:
         active = self.trackers.active

@@ -105,14 +105,16 @@ def test_arrival_evidence_speed_derived_speed_or_time_inside_and_the_details() -
     fixes = [fix(170, -130.0, speed=None), fix(200, -10.0, speed=None), fix(230, 20.0, speed=None)]
     (arrival,) = [e for f in fixes for e in g.update(f)]
     assert (arrival.at, arrival.details["evidence"], arrival.details["inside_s"]) == (at(190), "time_inside", 40.0)
-    # one fix inside, crawling through: judged when it leaves, on the interpolated exit
+    # one fix inside, crawling through: judged when it leaves, on the interpolated exit; a single fix
+    # inside must show twice arrival_min_inside_s (straight lines between sparse fixes cut corners)
     g = tracker(stop)
-    out = [
-        e for f in [fix(0, -80.0, speed=None), fix(30, 0.0, speed=None), fix(60, 80.0, speed=None)] for e in g.update(f)
-    ]
-    assert [(e.kind, round((e.at - T0).total_seconds(), 3)) for e in out] == [("arrival", 11.25)]
-    assert out[0].details["inside_s"] == 37.5  # in at 11.25 s, out at 48.75 s
-    assert g.visit is not None and feed(g, [fix(130, 500.0, speed=None)]) == [("departure", "s1", 48.75)]
+    crawl = [fix(0, -80.0, speed=None), fix(50, 0.0, speed=None), fix(100, 80.0, speed=None)]
+    out = [e for f in crawl for e in g.update(f)]
+    assert [(e.kind, round((e.at - T0).total_seconds(), 3)) for e in out] == [("arrival", 18.75)]
+    assert out[0].details["inside_s"] == 62.5  # in at 18.75 s, out at 81.25 s
+    assert g.visit is not None and feed(g, [fix(160, 500.0, speed=None)]) == [("departure", "s1", 81.25)]
+    g = tracker(stop)  # the same 30 s apart: 37.5 s inside with one fix is no arrival
+    assert feed(g, [fix(0, -80.0, speed=None), fix(30, 0.0, speed=None), fix(60, 80.0, speed=None)]) == []
 
 
 def test_no_arrival_from_silence_and_no_interpolation_across_one() -> None:

@@ -157,6 +157,10 @@ def test_a_shift_that_ends_at_the_last_stop_raises_nothing_when_the_device_goes_
     )  # parked at s2 (its last stop) from 705 s, quiet after 820 s
     assert [r[1] for r in brief(out)] == ["arrival", "departure", "arrival"]  # no offline, no long_dwell
     assert not va.on_duty and va.next_timer() is None
+    # quiet after one fix inside s2, still driving (no arrival): the shift ended there too
+    va = VehicleAnalytics("acme", "van-1", plan=PLAN)
+    out = run(va, [i for i in delivery_day().items if i.reading.fix_time <= at(695)]) + drain(va, 20_000)
+    assert [r[1] for r in brief(out)] == ["arrival", "departure"] and not va.on_duty
 
 
 def test_movement_puts_a_finished_vehicle_back_on_duty_and_a_new_plan_restarts_the_offline_clock() -> None:
