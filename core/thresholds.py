@@ -120,11 +120,13 @@ class EtaConfig:
     traffic_ratio: float = 0.5  # moving below this share of the profile speed = in traffic
     traffic_horizon_m: float = 500.0  # ... and the next this many metres go at the current speed
     speed_smoothing: float = 0.3  # weight of a new fix's speed in the smoothed speed
+    reproject_m: float = 25.0  # a fix this close (per axis) to the last projected one keeps its place on the route
     search_ahead_m: float = 500.0  # route projection window beyond the progress ...
     max_speed_mps: float = 40.0  # ... plus this much per second since the last fix
     leave_stop_m: float = 100.0  # the rest of a stop's service counts until this far outside its circle
-    model_every_s: float = 30.0  # run the model at most this often per vehicle (fix time)
-    estimate_every_s: float = 15.0  # estimate (and maybe re-emit) at most this often (fix time); 0 = every fix
+    model_every_s: float = 120.0  # run the model at most this often per vehicle (fix time)
+    model_max_ahead_s: float = 5400.0  # ask the model about stops this far ahead at most (its training horizons)
+    estimate_every_s: float = 60.0  # estimate (and maybe re-emit) at most this often (fix time); 0 = every fix
 
     def __post_init__(self) -> None:
         for name, value in self.__dict__.items():

@@ -94,6 +94,13 @@ def _bench(settings: Settings, args: argparse.Namespace) -> int:
         from fleetstream.bench.eta import run_eta_benchmark
 
         return run_eta_benchmark(settings, vehicles=args.vehicles or 50, days=2 if args.quick else 7)
+    if args.eta_cost:
+        from fleetstream.bench.eta_cost import run_eta_cost_benchmark
+
+        result = run_eta_cost_benchmark(
+            settings, vehicles=args.vehicles or (8 if args.quick else 20), days=1 if args.quick else 3
+        )
+        return 0 if result["eta_us_per_fix_with_model"] < 100 else 1
     if not args.analytics_only:
         run_benchmark(settings, readings=args.readings, quick=args.quick)
     run_analytics_benchmark(settings, vehicles=20 if args.quick else 100, hours=0.5 if args.quick else 2.0)
@@ -276,6 +283,11 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="only the ETA training benchmark: a simulated week of "
         "--vehicles vans (default 50) into TimescaleDB, then `train eta` timed",
+    )
+    p.add_argument(
+        "--eta-cost",
+        action="store_true",
+        help="only the ETA cost per fix with the trained model loaded, on sparse simulated days (in process)",
     )
     p.add_argument("--vehicles", type=int, help="with --eta: vans in the simulated week (default 50)")
     p.set_defaults(func=_bench)

@@ -200,6 +200,8 @@ def _timing(
                     continue
             elif at is None or not real(v) or not v.get("observable", True):
                 continue
+            elif sim_end is not None and _time(at) + timedelta(seconds=120.0) > sim_end:
+                continue  # left too close to the run's end: its departure could not be confirmed yet
             expected += 1
             if found is None:
                 missing += 1
@@ -222,8 +224,8 @@ def _timing(
         arrivals=arrivals,
         precision=(1.0 - sum(false_arrivals.values()) / arrivals) if arrivals else None,
         false=dict(false_arrivals),
-        pass_throughs=sum(1 for v in visits.values() if not real(v)),
-        real_visits=sum(1 for v in visits.values() if real(v)),
+        pass_throughs=sum(1 for v in visits.values() if not real(v) and (v.get("fence_entry") or v.get("arrival"))),
+        real_visits=sum(1 for v in visits.values() if real(v) and (v.get("fence_entry") or v.get("arrival"))),
         real_detected=sum(1 for (veh, stop), v in visits.items() if real(v) and (veh, stop, "arrival") in first),
     )
     out["extra_events"] = sum(extra.values())

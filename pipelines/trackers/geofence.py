@@ -17,6 +17,9 @@ Arrival
       cut the corners of a turn, so a vehicle that turned near the fence seems to crawl
       through it (on real drives thinned to 60 s, most such arrivals were false).
 
+    A stop already visited is arrived at again only on twice that time inside (no speed
+    evidence): a red light beside a stop served earlier is no second visit.
+
     A pass-through (one fix inside at speed, or several inside a large circle at speed)
     is no arrival. The arrival time is the interpolated entry, not the first fix inside.
     Across a silence (a gap longer than the fix's ``silence_s``) nothing is interpolated:
@@ -40,7 +43,9 @@ stop's geometry until departure; arrival counts per stop id carry over (a stop d
 version 1 is done in version 2 if it keeps its id).
 
 A plan is *finished* once its last stop (plan order) has been arrived at: stops passed
-by on the way are skipped, not still to do (``remaining_stops`` is then empty).
+by on the way are skipped, not still to do (``remaining_stops`` is then empty). The last
+stop of a plan with several is arrived at only once the vehicle has been seen outside it
+(a round that starts at the depot it ends at has not ended when it starts).
 """
 
 from __future__ import annotations
@@ -196,6 +201,8 @@ class GeofenceTracker:
             self.away_from_final = haversine_m(fix.lat, fix.lon, last.lat, last.lon) > margin
         visit = self.visit
         inside = self.index.containing(fix.lat, fix.lon, fix.h3_cell) if self.index is not None else None
+        if inside is not None and not self.away_from_final and self._is_final(inside):
+            inside = None  # at the depot the round starts from, which is also where it ends: not yet
         if visit is not None:
             served = visit.stop
             d = haversine_m(fix.lat, fix.lon, served.lat, served.lon)
@@ -222,10 +229,7 @@ class GeofenceTracker:
             self._candidate = None
             left = boundary_time(cand.stop, cand.last_in, seen, entering=False)
             inside_s = (left - cand.entered).total_seconds()
-            # one fix inside: the straight lines to its neighbours cut corners, so a vehicle that turned
-            # near the fence seems slow in it; that alone must show twice the time
-            needed = self.config.arrival_min_inside_s * (1 if cand.fixes >= 2 else 2)
-            if inside_s >= needed:
+            if inside_s >= self._time_needed(cand):
                 out.append(self._arrive(cand, "time_inside", inside_s))
                 assert self.visit is not None
                 self.visit.out_since, self.visit.left_at = fix.time, left
@@ -242,14 +246,24 @@ class GeofenceTracker:
         cand.last_in = seen
         cand.fixes += 1
         evidence = None
-        if fix.speed_mps is not None and fix.speed_mps < self.config.stop_speed_mps:
+        again = inside.id in self.arrivals  # a red light by a stop already served is no second visit
+        if not again and fix.speed_mps is not None and fix.speed_mps < self.config.stop_speed_mps:
             evidence = "derived_speed" if fix.speed_derived else "speed"
         inside_s = (fix.time - cand.entered).total_seconds()
-        if evidence is None and inside_s >= self.config.arrival_min_inside_s * (1 if cand.fixes >= 2 else 2):
+        if evidence is None and inside_s >= self._time_needed(cand):
             evidence = "time_inside"
         if evidence is not None:
             out.append(self._arrive(cand, evidence, inside_s))
         return out
+
+    def _time_needed(self, cand: _Candidate) -> float:
+        """Seconds seen inside that make ``cand`` an arrival without a sign of stopping: twice
+        ``arrival_min_inside_s`` with one fix inside (straight lines to its neighbours cut the
+        corners of a turn near the fence, so the vehicle seems to crawl through it) or at a stop
+        already visited (a second visit needs more than a red light beside it)."""
+        single = cand.fixes < 2
+        again = cand.stop.id in self.arrivals
+        return self.config.arrival_min_inside_s * (2 if single or again else 1)
 
     def on_timer(self, now: datetime) -> list[StopEvent]:
         """Confirm a departure whose minimum time outside has passed (arrivals need fixes)."""
@@ -271,6 +285,10 @@ class GeofenceTracker:
         if plan is None or not plan.stops:
             return False
         return plan.stops[-1].id in self.arrivals or all(s.id in self.arrivals for s in plan.stops)
+
+    def _is_final(self, stop: Stop) -> bool:
+        plan = self.plan
+        return plan is not None and len(plan.stops) > 1 and stop.id == plan.stops[-1].id
 
     def at_final_stop(self) -> bool:
         """Whether the last usable fix lay inside the plan's last stop's circle (with or without

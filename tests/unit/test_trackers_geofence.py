@@ -172,3 +172,24 @@ def test_nearest_of_overlapping_fences_finished_plans_and_next_stop_in_plan_orde
         ("arrival", "c", 127.0),
     ]
     assert g.finished() and g.remaining_stops() == () and g.next_stop() is None
+
+
+def test_a_second_visit_needs_twice_the_time_inside_not_a_red_light() -> None:
+    g = tracker(Stop("s1", LAT, LON, 50.0), Stop("far", *offset(LAT, LON, 0, 5000), 50.0))
+    assert feed(g, [fix(0, -200), fix(10, 0, speed=0.0)]) == [("arrival", "s1", 7.5)]
+    assert feed(g, [fix(100, 400), fix(170, 700)]) == [("departure", "s1", 10.0)]  # 90 s apart: a silence
+    # back past it later: held 20 s at a light inside, standing: no second visit
+    assert feed(g, [fix(300, -200), fix(310, -10, speed=0.0), fix(320, -5, speed=0.0), fix(330, 200)]) == []
+    # then really stopping there: 60 s seen inside
+    out = feed(g, [fix(500, -200), *[fix(510 + 10 * k, 0, speed=0.0) for k in range(7)]])
+    assert out == [("arrival", "s1", 507.5)] and g.arrivals["s1"] == 2
+
+
+def test_a_round_that_starts_at_the_depot_it_ends_at_is_not_over_at_its_start() -> None:
+    depot = Stop("depot", LAT, LON, 50.0)
+    g = tracker(Stop("s1", *offset(LAT, LON, 0, 2000), 50.0), depot)
+    assert feed(g, [fix(s, 0, speed=0.0) for s in range(0, 120, 30)]) == []  # loading at the depot
+    assert not g.finished() and g.remaining_stops() == g.plan.stops
+    out = feed(g, [fix(200, 1000), fix(300, 2000, speed=0.0), fix(400, 1000), fix(500, 0, speed=0.0)])
+    assert [(k, s) for k, s, _ in out] == [("arrival", "s1"), ("departure", "s1"), ("arrival", "depot")]
+    assert g.finished()

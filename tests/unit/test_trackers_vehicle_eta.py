@@ -85,7 +85,7 @@ def test_estimate_every_s_skips_estimates_between_but_not_a_change_of_stops(monk
     monkeypatch.setattr(
         tracker,
         "observe",
-        lambda fix, remaining, visit=None: estimated.append(s(fix.time)) or observe(fix, remaining, visit),
+        lambda fix, remaining, visit=None, **kw: estimated.append(s(fix.time)) or observe(fix, remaining, visit, **kw),
     )
     for t in range(0, 45, 5):
         remaining = (S1, S2) if t < 25 else (S2,)  # s1 done at 25 s
