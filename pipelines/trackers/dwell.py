@@ -32,12 +32,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from core.geo import haversine_m
 from core.thresholds import AnalyticsConfig
 from pipelines.trackers.events import Alert, StopEvent, new_alert
 from pipelines.trackers.motion import MotionChange
 from pipelines.trackers.quality import CheckedFix
+from pipelines.trackers.state import restore_fields
 
 __all__ = ["Baseline", "DwellTracker", "hour_of_week"]
 
@@ -63,6 +65,12 @@ class _Dwell:
     alert: Alert | None = None
     seen_s: float = 0.0  # seconds seen standing up to seen_to
     seen_to: datetime | None = None  # the last fix counted
+
+    def __setstate__(self, state: Any) -> None:  # states pickled before seen_s / seen_to
+        restore_fields(self, state)
+        if self.seen_to is None:  # as the older version counted: all of it, from the start to now
+            self.seen_to = self.since
+            self.seen_s = -1.0  # marks it: the next fix credits everything since the start
 
 
 class DwellTracker:
@@ -107,11 +115,15 @@ class DwellTracker:
             if dwell is None or dwell.seen_to is None or fix.time <= dwell.seen_to:
                 continue
             gap = (fix.time - dwell.seen_to).total_seconds()
+            if dwell.seen_s < 0:  # restored from an older state (see _Dwell.__setstate__)
+                dwell.seen_s, allowance_here = 0.0, gap
+            else:
+                allowance_here = allowance
             if dwell is self.away and gap > allowance and dwell.lat is not None and dwell.lon is not None:
                 if haversine_m(dwell.lat, dwell.lon, fix.lat, fix.lon) > self.config.stop_radius_m:
                     out += self._end_away(dwell.seen_to, left_during_silence=True)
                     continue
-            dwell.seen_s += min(gap, allowance)
+            dwell.seen_s += min(gap, allowance_here)
             dwell.seen_to = fix.time
         self.last_fix, self.silence_s = fix.time, fix.silence_s
         return out

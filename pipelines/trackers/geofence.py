@@ -64,6 +64,7 @@ from core.plan import Plan, Stop
 from core.thresholds import AnalyticsConfig
 from pipelines.trackers.events import StopEvent, stop_event_id
 from pipelines.trackers.quality import CheckedFix
+from pipelines.trackers.state import restore_fields
 
 __all__ = ["GeofenceTracker", "StopIndex", "boundary_time"]
 
@@ -162,9 +163,16 @@ class _Visit:
     plan_version: int
     number: int  # 1 for the first arrival at this stop id
     arrived_at: datetime
-    last_in: _Seen  # the latest fix within the circle plus the margin
     out_since: datetime | None = None  # first fix outside the circle plus the margin
+    last_in: _Seen | None = None  # the latest fix within the circle plus the margin
     left_at: datetime | None = None  # the exit interpolated at the circle's boundary
+
+    def __setstate__(self, state: Any) -> None:  # states pickled before last_in / left_at existed
+        restore_fields(self, state)
+
+    def seen_in(self) -> _Seen:
+        """The latest fix inside (a visit restored from an older state: the stop at its arrival)."""
+        return self.last_in if self.last_in is not None else (self.arrived_at, self.stop.lat, self.stop.lon, 60.0)
 
 
 class GeofenceTracker:
@@ -183,6 +191,11 @@ class GeofenceTracker:
         self._candidate: _Candidate | None = None
         self._prev = None  # the last usable fix (interpolates entries)
         self.away_from_final = False  # seen outside the plan's last stop since the plan began (the round began)
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        if isinstance(self._candidate, tuple):  # an older state's (stop, first fix inside): judged afresh
+            self._candidate = None
 
     def set_plan(self, plan: Plan | None, index: StopIndex | None) -> None:
         """Use a new plan from now on; a pending arrival is dropped, an open visit continues."""
@@ -216,7 +229,7 @@ class GeofenceTracker:
                 return out
             if visit.out_since is None:
                 visit.out_since = fix.time
-                visit.left_at = boundary_time(served, visit.last_in, seen, entering=False)
+                visit.left_at = boundary_time(served, visit.seen_in(), seen, entering=False)
             if elsewhere:  # in the next stop's circle: it has left this one
                 out.append(self._depart(visit, "next_stop"))
             else:
@@ -330,7 +343,7 @@ class GeofenceTracker:
         stop, at = cand.stop, cand.entered
         number = self.arrivals.get(stop.id, 0) + 1
         self.arrivals[stop.id] = number
-        self.visit = _Visit(stop, self.plan.version, number, at, cand.last_in)
+        self.visit = _Visit(stop, self.plan.version, number, at, last_in=cand.last_in)
         self._candidate = None
         window = None
         if stop.window_end is not None and at > stop.window_end:
@@ -359,7 +372,7 @@ class GeofenceTracker:
     def _depart(self, visit: _Visit, evidence: str) -> StopEvent:
         self.visit = None
         stop = visit.stop
-        at = visit.left_at if visit.left_at is not None else visit.last_in[0]
+        at = visit.left_at if visit.left_at is not None else visit.seen_in()[0]
         at = max(at, visit.arrived_at)
         return StopEvent(
             stop_event_id(self.tenant, self.vehicle, "departure", stop.id, visit.plan_version, visit.number),

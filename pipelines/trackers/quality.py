@@ -37,11 +37,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 from datetime import datetime
+from typing import Any
 
 from core.contract import GpsFix
 from core.geo import bearing_deg, haversine_m
 from core.thresholds import AnalyticsConfig
 from pipelines.trackers.events import Alert, new_alert
+from pipelines.trackers.state import restore_fields
 
 __all__ = ["CheckedFix", "GpsQualityFilter", "USABLE_FLAGS"]
 
@@ -65,6 +67,9 @@ class CheckedFix:
     heading_deg: float | None = None
     speed_derived: bool = False
     silence_s: float = 60.0
+
+    def __setstate__(self, state: Any) -> None:  # states pickled before the last three fields existed
+        restore_fields(self, state)
 
     @property
     def usable(self) -> bool:

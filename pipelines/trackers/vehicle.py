@@ -235,14 +235,23 @@ class VehicleTrackers:
         if isinstance(reading, GpsFix):
             checked, alerts = self.quality.update(reading, h3_cell)
             out += alerts
+            cadence = checked.silence_s if checked.usable else None
+            self.coldchain.hear(t, cadence)
+            out += self.door.hear(t, cadence)
             out += self.coldchain.observe(t, h3_cell)
             if checked.usable:
                 out += self._on_fix(checked)
+                out += self.door.on_fix(checked, self.geofence.at_stop)
         elif isinstance(reading, TemperatureReading):
+            self.coldchain.hear(t)
+            out += self.door.hear(t)
             out += self.coldchain.update(reading, self.temp_range(), self._cell())
             out += self.coldchain.observe(t, self._cell())
         elif isinstance(reading, DoorEvent):
-            out += self.door.update(reading, self._at_stop(), self.temp_range() is not None, self._cell())
+            self.coldchain.hear(t)
+            out += self.door.update(
+                reading, self.position, self.geofence.at_stop, self.temp_range() is not None, self._cell()
+            )
             out += self.coldchain.observe(t, self._cell())
         return out
 
