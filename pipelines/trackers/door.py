@@ -3,11 +3,11 @@
 - ``door_open_away`` (critical): a door opened where the vehicle was outside every stop
   circle plus ``fence_exit_margin_m``. Where it was *when the door opened*: a device that
   reports every 30 s may have sent its last fix 200 m before the stop it is now standing
-  at, so an opening after the last fix is judged on the next fix, at the position
-  interpolated between the two at the door's time (or on the fix alone, when they are a
-  silence apart), and at the latest ``silence_s`` (the vehicle's cadence) after the
-  opening, on the last position known. Needs a plan and a position: without them there is
-  no telling where opening is expected.
+  at, so an opening after the last fix is judged on the next fix: where that fix is, when
+  the door is still open then (a vehicle stands while a door is open), else (it closed in
+  between) on the last position known; at the latest ``silence_s`` (the vehicle's cadence)
+  after the opening, on the last position known. Needs a plan and a position: without
+  them there is no telling where opening is expected.
 - ``door_open_too_long``: a door of a refrigerated load (the plan's or the config's
   ``temp_range_c``) open for ``door_open_max_s``, from ``on_timer`` even when nothing
   else arrives, as long as the vehicle is heard within its cadence (``silence_s``).
@@ -49,6 +49,7 @@ class _OpenDoor:
     away: Alert | None = None
     too_long: Alert | None = None
     before: CheckedFix | None = None  # the last fix before an opening still to be placed
+    before_away: bool = False  # ... and whether it lay away from every stop (if no later fix places it)
 
     def __setstate__(self, state: Any) -> None:  # states pickled before ``before`` existed
         restore_fields(self, state)
@@ -96,36 +97,30 @@ class DoorTracker:
             if door is not None:
                 return out  # repeated "open": still the same opening
             door = self.open[event.door] = _OpenDoor(event.fix_time, refrigerated, h3_cell)
-            if where is not None and at_stop(where.lat, where.lon, where.h3_cell) is False:
-                if (event.fix_time - where.time).total_seconds() <= 1.0:
-                    out += self._away(event.door, door, where.h3_cell)  # the position is the door's
-                else:
+            if where is not None and at_stop(where.lat, where.lon, where.h3_cell) is not None:
+                if (event.fix_time - where.time).total_seconds() > 1.0:
                     door.before = where  # where was it when the door opened? the next fix tells
+                    door.before_away = at_stop(where.lat, where.lon, where.h3_cell) is False
+                elif at_stop(where.lat, where.lon, where.h3_cell) is False:
+                    out += self._away(event.door, door, where.h3_cell)  # the position is the door's
             return out + self.on_timer(event.fix_time)
         if door is None:
             return out
         del self.open[event.door]
-        if door.before is not None:  # closed before any fix placed the opening: the last position stands
+        if door.before is not None and door.before_away:  # closed before a fix placed it: the last position
             out += self._away(event.door, door, door.before.h3_cell)
         open_s = (event.fix_time - door.since).total_seconds()
         return out + [a.resolve(event.fix_time, open_s=open_s) for a in (door.away, door.too_long) if a is not None]
 
     def on_fix(self, fix: CheckedFix, at_stop: AtStop) -> list[Alert]:
-        """A usable fix (call ``hear`` for it first): place the openings that waited for it."""
+        """A usable fix (call ``hear`` for it first): place the openings that waited for it (the
+        door still open, the vehicle has stood where it opened: this fix is that place)."""
         out: list[Alert] = []
         for name, door in self.open.items():
-            before = door.before
-            if before is None:
+            if door.before is None:
                 continue
             door.before = None
-            span = (fix.time - before.time).total_seconds()
-            if 0 < span <= before.silence_s:
-                f = (door.since - before.time).total_seconds() / span
-                lat, lon = before.lat + f * (fix.lat - before.lat), before.lon + f * (fix.lon - before.lon)
-                cell = None
-            else:  # a silence apart: the fix after the opening is all that is known of it
-                lat, lon, cell = fix.lat, fix.lon, fix.h3_cell
-            if at_stop(lat, lon, cell) is False:
+            if at_stop(fix.lat, fix.lon, fix.h3_cell) is False:
                 out += self._away(name, door, fix.h3_cell)
         return out
 
@@ -134,10 +129,11 @@ class DoorTracker:
         place the openings no fix came to place within the vehicle's cadence."""
         out: list[Alert] = []
         for name, door in self.open.items():
-            if door.before is not None and now >= door.since + timedelta(seconds=door.before.silence_s):
-                cell = door.before.h3_cell
-                door.before = None
-                out += self._away(name, door, cell)
+            before = door.before
+            if before is not None and now >= door.since + timedelta(seconds=before.silence_s):
+                door.before = None  # no fix came to place it: the last position known decides
+                if door.before_away:
+                    out += self._away(name, door, before.h3_cell)
             due = self._due(door)
             if due is not None and now >= due:
                 door.too_long = new_alert(

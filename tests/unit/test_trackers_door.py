@@ -54,14 +54,14 @@ def test_door_opened_away_from_a_stop_raises_a_security_alert_until_closed() -> 
 
 
 def test_an_opening_after_the_last_fix_is_placed_by_the_next_one() -> None:
-    # a fix every 30 s: the last one 3 km out, the van at the stop when the door opens (25 s later)
-    d = DoorTracker("acme", "van-1", AnalyticsConfig())
-    assert d.update(door(115, True), fix(90, AWAY), at_stop, refrigerated=False, h3_cell=1) == []
-    assert d.on_fix(fix(120, STOP), at_stop) == []  # at 115 s it was 5/6 of the way: at the stop
-    # the same opening at 95 s: still 5/6 of the way out
+    # a fix every 30 s: the last one out of town, the van standing at the stop when the door opens
     d = DoorTracker("acme", "van-1", AnalyticsConfig())
     assert d.update(door(95, True), fix(90, AWAY), at_stop, refrigerated=False, h3_cell=1) == []
-    (opened,) = d.on_fix(fix(120, STOP), at_stop)
+    assert d.on_fix(fix(120, STOP), at_stop) == []  # still open at the next fix: it opened where that is
+    # the other way round: the last fix at a stop, the door opened further on (where the next fix is)
+    d = DoorTracker("acme", "van-1", AnalyticsConfig())
+    assert d.update(door(95, True), fix(90, STOP), at_stop, refrigerated=False, h3_cell=1) == []
+    (opened,) = d.on_fix(fix(120, AWAY), at_stop)
     assert (opened.type, opened.start) == ("door_open_away", at(95))
     # no fix within the cadence (silence_s, 60 s): the last position known decides
     d = DoorTracker("acme", "van-1", AnalyticsConfig())
@@ -69,6 +69,9 @@ def test_an_opening_after_the_last_fix_is_placed_by_the_next_one() -> None:
     assert d.next_timer() == at(155)
     (opened,) = d.on_timer(at(155))
     assert opened.start == at(95)
+    d = DoorTracker("acme", "van-1", AnalyticsConfig())
+    d.update(door(95, True), fix(90, STOP), at_stop, refrigerated=False, h3_cell=1)
+    assert d.on_timer(at(155)) == [] and d.next_timer() is None
 
 
 def test_unknown_location_raises_nothing() -> None:
@@ -80,7 +83,7 @@ def test_unknown_location_raises_nothing() -> None:
 def test_refrigerated_door_open_too_long_fires_from_the_timer_while_the_vehicle_is_heard() -> None:
     d = DoorTracker("acme", "van-1", AnalyticsConfig())
     d.update(door(0, True), fix(0, STOP), at_stop, refrigerated=True, h3_cell=5)
-    d.update(door(10, True, "side"), fix(0, STOP), at_stop, refrigerated=False, h3_cell=5)
+    d.update(door(10, True, "side"), fix(10, STOP), at_stop, refrigerated=False, h3_cell=5)
     assert d.next_timer() is None  # 300 s away: the vehicle must still be heard by then
     for s in range(30, 270, 30):
         d.hear(at(s), 60.0)
