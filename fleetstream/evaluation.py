@@ -26,7 +26,8 @@ Stop events
     when it is real, observable (no readings lost across it) and stood at least
     ``detect_min_stood_s`` (a fix every 30 s sees two standing fixes only in a stop of a
     minute or more), not censored by the run's end. The engine's first arrival at the
-    stop (not retracted) is compared: error = engine time - true time (seconds).
+    stop (not retracted) is compared: error = engine time - true time (seconds). A departure
+    is expected from every real visit the engine arrived at.
 
     arrival recall    = must-detect visits with an arrival / must-detect visits
     arrival precision = arrivals at real visits / arrivals (an arrival at a pass-through, at
@@ -198,8 +199,8 @@ def _timing(
                     if found is not None and at is not None:
                         errors.append((_time(found["at"]) - _time(at)).total_seconds())
                     continue
-            elif at is None or not real(v) or not v.get("observable", True):
-                continue
+            elif at is None or not real(v) or (vehicle, stop, "arrival") not in first:
+                continue  # a departure is expected from the visits the engine arrived at
             elif sim_end is not None and _time(at) + timedelta(seconds=120.0) > sim_end:
                 continue  # left too close to the run's end: its departure could not be confirmed yet
             expected += 1
