@@ -44,7 +44,9 @@ def test_sparse_devices_report_every_30_s_with_jitter_without_speed_and_lose_rea
     labels = sim.labels()
     by_vehicle = fixes_by_vehicle(sim)
     gaps = [
-        (b.fix_time - a.fix_time).total_seconds() for fixes in by_vehicle.values() for a, b in zip(fixes, fixes[1:])
+        (b.fix_time - a.fix_time).total_seconds()
+        for fixes in by_vehicle.values()
+        for a, b in zip(fixes, fixes[1:], strict=False)
     ]
     assert 25 < statistics.median(gaps) < 35 and min(gaps) >= 21 - 0.01
     assert all(f.speed_mps is None and f.heading_deg is None for fixes in by_vehicle.values() for f in fixes)
@@ -67,7 +69,7 @@ def test_bus_routes_have_close_stops_pass_throughs_and_fence_truth(network: Road
     plans = [Plan.from_dict(p) for p in sim.contract_plans()]
     for plan in plans:
         assert plan.temp_range_c is None and len(plan.stops) >= 12
-        gaps = [haversine_m(a.lat, a.lon, b.lat, b.lon) for a, b in zip(plan.stops, plan.stops[1:])]
+        gaps = [haversine_m(a.lat, a.lon, b.lat, b.lon) for a, b in zip(plan.stops, plan.stops[1:], strict=False)]
         assert statistics.median(gaps) < 160 and all(s.radius_m == 35.0 for s in plan.stops)
     visits = [r for r in sim.labels() if r["kind"] == "stop_visit"]
     kinds = Counter(v["pass_through"] for v in visits)
