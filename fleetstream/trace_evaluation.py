@@ -30,6 +30,13 @@ Scored per sampling period over all traces and offsets:
 
 Targets (``trace_targets_missed``): at 30 s, arrival recall (stops of a minute or more) and
 precision at least 0.95; no false alert at a shift's end or in a silence at any period.
+
+ETAs (``eta_on_trips``, reported, no target: four trips are little to learn from): at 30 s
+sampling without device speed, each trip in turn is held out and the ETA set is trained
+on the others (a plan of their real stops, no route: straight legs x the learned detour
+factor), then the held-out trip's estimates 5, 15 and 30 minutes before each real
+arrival (the dense fence entry) are scored: the trained model, the untrained engine and
+the straight baseline (``fleetstream/eta_evaluation.py``).
 """
 
 from __future__ import annotations
@@ -424,6 +431,84 @@ def evaluate_trips(
     return score_periods(runs)
 
 
+def _eta_frames(trips: Sequence[TraceTrip], period_s: float) -> tuple[Any, Any, list[Plan]]:
+    """Positions (thinned, no device speed), true arrivals (the dense fence entries) and plans
+    (the real stops in the order met, no route) of ``trips``, as ``training.eta`` reads them."""
+    import h3.api.basic_int as h3
+    import polars as pl
+
+    rows, arrivals, plans = [], [], []
+    for trip in trips:
+        stops = {s.id: s for s in trip.plan.stops}
+        real = sorted(trip.real.items(), key=lambda kv: kv[1].start)
+        plan_stops = tuple(stops[stop_id] for stop_id, _ in real)
+        plans.append(Plan(trip.plan.tenant, trip.name, 1, plan_stops))
+        for stop_id, dense in real:
+            arrivals.append((trip.plan.tenant, trip.name, stop_id, 1, _fence_truth(trip, stops[stop_id], dense)[0]))
+        for f in subsample(trip.fixes, period_s):
+            rows.append((trip.plan.tenant, trip.name, f.time, f.lat, f.lon, None, h3.latlng_to_cell(f.lat, f.lon, 9)))
+    positions = pl.DataFrame(
+        rows,
+        schema={
+            "tenant": pl.String,
+            "vehicle_id": pl.String,
+            "fix_time": pl.Datetime("us", "UTC"),
+            "lat": pl.Float64,
+            "lon": pl.Float64,
+            "speed_mps": pl.Float64,
+            "h3_cell": pl.Int64,
+        },
+        orient="row",
+    )
+    arrival_frame = pl.DataFrame(
+        arrivals,
+        schema={
+            "tenant": pl.String,
+            "vehicle_id": pl.String,
+            "stop_id": pl.String,
+            "plan_version": pl.Int64,
+            "at": pl.Datetime("us", "UTC"),
+        },
+        orient="row",
+    )
+    return positions, arrival_frame, plans
+
+
+def eta_on_trips(trips: Sequence[TraceTrip], period_s: float = TARGET_PERIOD_S) -> list[dict[str, Any]]:
+    """Leave-one-trip-out ETA accuracy at ``period_s`` sampling (see the module docstring)."""
+    import polars as pl
+
+    from fleetstream.eta_evaluation import EVAL_HORIZONS_S, score_eta
+    from models.eta import FEATURES
+    from models.paths import DEFAULT_DETOUR_FACTOR
+    from training.eta import build_training_rows, train_eta_from_frames
+
+    scored = []
+    for held in trips:
+        positions, arrivals, plans = _eta_frames([t for t in trips if t is not held], period_s)
+        training = train_eta_from_frames(positions, arrivals, plans, random_state=0)
+        t_pos, t_arr, t_plans = _eta_frames([held], period_s)
+        rows = build_training_rows(
+            t_pos,
+            t_arr,
+            t_plans,
+            profiles=training.profiles,
+            detour_factor=training.detour_factor,
+            horizons_s=EVAL_HORIZONS_S,
+            mean_speed_mps=training.mean_speed_mps,
+        )
+        if rows.height == 0:
+            continue
+        untrained = build_training_rows(
+            t_pos, t_arr, t_plans, profiles=None, detour_factor=DEFAULT_DETOUR_FACTOR, horizons_s=EVAL_HORIZONS_S
+        ).select("trip", "stop_id", "horizon_s", pl.col("profile_s").alias("untrained_s"))
+        rows = rows.with_columns(
+            model_s=pl.Series(training.model.predict(rows.select(FEATURES).to_numpy()), dtype=pl.Float64)
+        ).join(untrained, on=["trip", "stop_id", "horizon_s"], how="left")
+        scored.append(rows)
+    return score_eta(pl.concat(scored)) if scored else []
+
+
 def run_trace_evaluation(
     settings: Settings, say: Callable[[str], Any] = print, periods_s: Sequence[float] = PERIODS_S
 ) -> tuple[dict[str, Any], list[str]]:
@@ -447,6 +532,14 @@ def run_trace_evaluation(
         [t for t in trips if any(f.speed_mps is not None for f in t.fixes)], settings, periods_s, device_speed=True
     )
     missed = trace_targets_missed(table)
+    from fleetstream.eta_evaluation import format_baselines_table
+
+    try:
+        etas = eta_on_trips(trips)
+    except ValueError as exc:  # too few rows to train on
+        etas, eta_note = [], f"ETAs not scored: {exc}"
+    else:
+        eta_note = ""
     report = {
         "trips": [
             {"name": t.name, "fixes": len(t.fixes), "real": len(t.real), "stops": len(t.plan.stops)} for t in trips
@@ -454,6 +547,7 @@ def run_trace_evaluation(
         "skipped": skipped,
         "no_device_speed": table,
         "with_device_speed": with_speed,
+        "etas_30s": etas,
         "missed": missed,
         "seconds": round(time.perf_counter() - began, 1),
     }
@@ -463,6 +557,13 @@ def run_trace_evaluation(
     say("\nno device speed (derived):\n" + format_trace_table(table))
     if with_speed:
         say("\nwith the recorded device speed (the traces that have one):\n" + format_trace_table(with_speed))
+    if etas:
+        say(
+            "\nETAs at 30 s sampling, each trip held out and the set trained on the others "
+            "(no route: straight legs x detour):\n" + format_baselines_table(etas)
+        )
+    elif eta_note:
+        say(eta_note)
     say(f"\nreport: {out} ({report['seconds']} s)")
     say("targets met" if not missed else "targets missed:\n  " + "\n  ".join(missed))
     return report, missed
