@@ -3,8 +3,9 @@ late-data correction by checkpoint and replay.
 
 Pipeline (per reading, in fix-time order)::
 
-    reorder buffer -> quality -> motion -> geofence -> dwell -> drift -> (ETA hook -> predicted late)
-                   -> cold chain -> door          offline: on arrival, the fleet clock
+    reorder buffer -> quality -> dwell (time seen) -> motion -> geofence -> dwell -> drift
+                   -> (ETA hook -> predicted late) -> door (placing an opening) ;  cold chain, door (heard)
+    offline: on arrival, the fleet clock, while on duty (``duty_at``: not once the shift has ended)
 
 Time
     Trackers live on the event-time axis (UTC fix times). ``update(item, now)`` and
