@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from fleetstream.evaluation import format_report, report_passes, score
+from fleetstream.evaluation import format_report, report_passes, score, worst
 
 T0 = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)
 END = T0 + timedelta(hours=2)
@@ -221,3 +221,16 @@ def test_targets_and_the_printed_table() -> None:
     assert report_passes(report) == ["route_deviation: median delay +35 s over the threshold > 30.0"]
     text = format_report(report)
     assert "long_dwell      unplanned_dwell      1.000   1.000" in text
+
+
+def test_the_worst_of_several_runs_says_which_run() -> None:
+    labels = [label("v1", "offline", 100, 700)]
+    good = score(labels, [alert("v1", "offline", 100, 700, 400)], [], sim_end=END, thresholds=THRESHOLDS)
+    late = score(labels, [alert("v1", "offline", 100, 700, 460)], [], sim_end=END, thresholds=THRESHOLDS)
+    good["seed"], late["seed"] = 7, 11
+    good["flow_lag"], late["flow_lag"] = {"max_s": 0.4}, {"max_s": 12.0}
+    summary = worst([good, late])
+    assert summary["anomalies"]["offline"]["delay_minus_threshold_s"] == {"value": 60.0, "run": "seed 11 #2"}
+    assert summary["anomalies"]["offline"]["recall"]["value"] == 1.0
+    assert summary["flow_lag"]["max_s"] == {"value": 12.0, "run": "seed 11 #2"}
+    assert report_passes(late, max_flow_lag_s=15.0) == ["offline: median delay +60 s over the threshold > 30.0"]
