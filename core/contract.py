@@ -28,7 +28,20 @@ Payloads (UTF-8 JSON objects, at most ``max_payload_bytes``)
            ``temp`` or ``door``) and that type's fields.
 
     Single messages and the batch envelope carry ``v`` (= 1) and ``vehicle``
-    (must equal the topic's vehicle).
+    (must equal the topic's vehicle), and optionally ``receipt`` (true: the device
+    wants stored receipts).
+
+    Text (ids, ``sensor``, ``door``, ``state``, and every key and string inside
+    ``details``) is valid Unicode without NUL; ``details`` is nested at most
+    ``MAX_DETAILS_DEPTH`` levels and holds only finite numbers.
+
+Stored receipts
+    A device that sets ``receipt`` gets, after each commit that included its
+    readings, a message on ``fleet/{tenant}/{vehicle}/cmd/stored`` (QoS 0):
+    ``{"v": 1, "vehicle": ..., "stored": [[first, last], ...], "refused": [[...]]}``,
+    inclusive seq ranges. ``stored``: the database holds these readings (now or
+    before); ``refused``: dead letters (bad or conflicting readings), never storable.
+    Either way the device may delete them; anything no receipt covered it sends again.
 """
 
 from __future__ import annotations
@@ -42,6 +55,7 @@ from typing import Any
 
 __all__ = [
     "CONTRACT_VERSION",
+    "MAX_DETAILS_DEPTH",
     "REASONS",
     "STREAMS",
     "READING_TYPES",
@@ -54,6 +68,12 @@ __all__ = [
     "Rejected",
     "Decoded",
     "ContractError",
+    "Receipt",
+    "receipt_topic",
+    "encode_receipt",
+    "decode_receipt",
+    "seq_ranges",
+    "clean_text",
     "topic_for",
     "parse_topic",
     "subscription_filter",
@@ -70,8 +90,14 @@ CONTRACT_VERSION = 1
 STREAMS = ("gps", "temp", "door", "status", "batch")
 READING_TYPES = ("gps", "temp", "door")
 TOPIC_ROOT = "fleet"
-_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+RECEIPT_STREAM = "cmd/stored"  # under fleet/<tenant>/<vehicle>/: a topic devices may read
+MAX_TEXT_CHARS = 64  # ids, sensor and door names, status states
+MAX_DETAILS_DEPTH = 8  # levels of objects and lists inside a status message's details
+_ID = re.compile(r"[A-Za-z0-9_-]{1,64}")  # with fullmatch: "$" would let a trailing newline through
 _EPOCH_FLOOR = datetime(2000, 1, 1, tzinfo=UTC)
+# NUL (PostgreSQL text cannot hold it) and UTF-16 surrogates (JSON's "\ud800" decodes to one;
+# it is not encodable as UTF-8)
+_UNSTORABLE = re.compile("[\x00\ud800-\udfff]")
 
 
 # Every reason a message or reading lands in dead_letters, with what it means (docs/contract.md
@@ -87,11 +113,21 @@ REASONS: dict[str, str] = {
     "time_too_old": "`fix_time` before 2000",
     "time_in_future": "`fix_time` more than `max_future_skew_s` ahead of the server clock",
     "vehicle_mismatch": "the payload's `vehicle` is not the topic's",
-    "bad_topic": "the topic is not `fleet/<tenant>/<vehicle>/<stream>` with valid ids",
+    "bad_topic": "the topic is not `fleet/<tenant>/<vehicle>/<stream>` with valid ids (or not `owntracks/<user>/<device>[/<kind>]`)",
     "bad_type": "a batch reading's `type` is not gps, temp or door",
-    "oversized": "more than `max_payload_bytes`, or more than `max_batch_readings` readings",
-    "conflict": "the same reading key was stored before with different content",
-    "bad_plan": "a plan on `dispatch/<tenant>/plan` that is not valid (the detail names the field)",
+    "oversized": "more than `max_payload_bytes`, or more than `max_batch_readings` readings, or a tracker frame over `device_max_frame_bytes`",
+    "conflict": "the device's `seq` was stored before with different content (another fix time, stream or values)",
+    "bad_plan": "a plan on `dispatch/<tenant>/plan` that is not valid or past a plan limit (the detail names the field)",
+    "bad_text": "a string (an id, a name, a key or value in `details`) holds NUL or invalid Unicode (a lone surrogate)",
+    "too_long": "an id or name longer than 64 characters",
+    "too_deep": "`details` nested deeper than 8 levels",
+    "time_out_of_range": "a time outside years 1-9999 once its UTC offset is applied",
+    "db_refused": "valid by the contract, yet the database refused it (the detail quotes the database's error)",
+    "bad_frame": "a tracker frame its protocol cannot read: wrong start, length or counts, truncated (raw bytes kept)",
+    "bad_crc": "a tracker frame whose checksum does not match (Teltonika CRC-16/IBM, GT06 CRC-ITU)",
+    "unknown_codec": "a Teltonika codec or GT06 packet type the front end does not read",
+    "unknown_device": "a tracker identity (IMEI, OsmAnd id, OwnTracks user) not provisioned with `fleetstream device add`",
+    "identity_mismatch": "a frame for another IMEI than the one its connection logged in with",
 }
 
 
@@ -181,6 +217,7 @@ class Rejected:
     reason: str
     detail: str
     index: int | None = None  # position inside a batch, None for the whole message
+    seq: int | None = None  # the reading's seq when it could be read (a receipt then covers it)
 
 
 @dataclass(slots=True)
@@ -190,6 +227,7 @@ class Decoded:
     readings: list[Reading]
     statuses: list[StatusReport]
     rejected: list[Rejected]
+    receipt: bool = False  # the device asked for a stored receipt
 
 
 # ---------------------------------------------------------------- topics
@@ -200,7 +238,7 @@ def topic_for(tenant: str, vehicle: str, stream: str) -> str:
     if stream not in STREAMS:
         raise ContractError("bad_topic", f"unknown stream {stream!r}")
     for name, value in (("tenant", tenant), ("vehicle", vehicle)):
-        if not _ID.match(value):
+        if not _ID.fullmatch(value):
             raise ContractError("bad_topic", f"{name} id {value!r} is not [A-Za-z0-9_-]{{1,64}}")
     return f"{TOPIC_ROOT}/{tenant}/{vehicle}/{stream}"
 
@@ -211,7 +249,7 @@ def parse_topic(topic: str) -> tuple[str, str, str]:
     if len(parts) != 4 or parts[0] != TOPIC_ROOT:
         raise ContractError("bad_topic", f"{topic!r} is not fleet/<tenant>/<vehicle>/<stream>")
     _, tenant, vehicle, stream = parts
-    if stream not in STREAMS or not _ID.match(tenant) or not _ID.match(vehicle):
+    if stream not in STREAMS or not _ID.fullmatch(tenant) or not _ID.fullmatch(vehicle):
         raise ContractError("bad_topic", f"{topic!r} has a bad tenant, vehicle or stream")
     return tenant, vehicle, stream
 
@@ -226,11 +264,28 @@ def subscription_filter(tenant: str = "+") -> str:
     return f"{TOPIC_ROOT}/{tenant}/+/+"
 
 
+def receipt_topic(tenant: str, vehicle: str) -> str:
+    """Where a device's stored receipts arrive: ``fleet/<tenant>/<vehicle>/cmd/stored``."""
+    for name, value in (("tenant", tenant), ("vehicle", vehicle)):
+        if not _ID.fullmatch(value):
+            raise ContractError("bad_topic", f"{name} id {value!r} is not [A-Za-z0-9_-]{{1,64}}")
+    return f"{TOPIC_ROOT}/{tenant}/{vehicle}/{RECEIPT_STREAM}"
+
+
 # ---------------------------------------------------------------- decoding
 
 
 def _reject_constant(name: str) -> float:
     raise ContractError("not_finite", f"{name} is not a number")
+
+
+def clean_text(value: str, what: str) -> str:
+    """``value`` when PostgreSQL can store it as text: ContractError ``bad_text`` for NUL or a
+    lone surrogate (``what`` names the field in the error)."""
+    bad = _UNSTORABLE.search(value)
+    if bad is not None:
+        raise ContractError("bad_text", f"{what} holds {bad.group()!r} at character {bad.start()}")
+    return value
 
 
 def _time(obj: dict[str, Any], key: str, now: datetime, limits: Limits, required: bool = True) -> datetime | None:
@@ -247,12 +302,16 @@ def _time(obj: dict[str, Any], key: str, now: datetime, limits: Limits, required
         raise ContractError("wrong_type", f"{key} {raw[:40]!r} is not RFC 3339") from None
     if value.tzinfo is None:
         raise ContractError("wrong_type", f"{key} has no UTC offset")
+    try:
+        utc = value.astimezone(UTC)
+    except OverflowError:  # e.g. 9999-12-31T23:59:59-23:59 is in year 10000 in UTC
+        raise ContractError("time_out_of_range", f"{key} {raw[:40]!r} is outside years 1-9999 in UTC") from None
     if key == "fix_time":
-        if value < _EPOCH_FLOOR:
+        if utc < _EPOCH_FLOOR:
             raise ContractError("time_too_old", f"{key} {raw} is before 2000")
-        if value > now + timedelta(seconds=limits.max_future_skew_s):
+        if utc > now + timedelta(seconds=limits.max_future_skew_s):
             raise ContractError("time_in_future", f"{key} {raw} is ahead of the server clock")
-    return value.astimezone(UTC)
+    return utc
 
 
 def _number(obj: dict[str, Any], key: str, lo: float, hi: float, required: bool = True) -> float | None:
@@ -275,9 +334,39 @@ def _text(obj: dict[str, Any], key: str) -> str:
     raw = obj.get(key)
     if raw is None:
         raise ContractError("missing_field", key)
-    if not isinstance(raw, str) or not 0 < len(raw) <= 64:
-        raise ContractError("wrong_type", f"{key} must be a string of 1-64 characters")
-    return raw
+    if not isinstance(raw, str) or not raw:
+        raise ContractError("wrong_type", f"{key} must be a string of 1-{MAX_TEXT_CHARS} characters")
+    if len(raw) > MAX_TEXT_CHARS:
+        raise ContractError("too_long", f"{key} has {len(raw)} characters, more than {MAX_TEXT_CHARS}")
+    return clean_text(raw, key)
+
+
+def _details(value: Any, path: str = "details", depth: int = 0) -> None:
+    """Raise ContractError unless ``value`` (from JSON) can be stored as jsonb and encoded back:
+    no NUL or surrogate in keys and strings, finite numbers, at most MAX_DETAILS_DEPTH levels."""
+    if isinstance(value, str):
+        clean_text(value, path)
+    elif isinstance(value, float):
+        if not math.isfinite(value):  # "1e999" parses as an infinity
+            raise ContractError("not_finite", f"{path} is not finite")
+    elif isinstance(value, (dict, list)):
+        if depth >= MAX_DETAILS_DEPTH:
+            raise ContractError("too_deep", f"{path} is nested deeper than {MAX_DETAILS_DEPTH} levels")
+        if isinstance(value, dict):
+            for key, item in value.items():
+                clean_text(key, f"a key of {path}")
+                _details(item, f"{path}.{key[:32]}", depth + 1)
+        else:
+            for i, item in enumerate(value):
+                _details(item, f"{path}[{i}]", depth + 1)
+
+
+def _seq_of(obj: Any) -> int | None:
+    """The reading's seq when it is a valid one, else None (for a rejected reading's receipt)."""
+    raw = obj.get("seq") if isinstance(obj, dict) else None
+    if isinstance(raw, int) and not isinstance(raw, bool) and 0 <= raw < 2**63:
+        return raw
+    return None
 
 
 def _seq(obj: dict[str, Any]) -> int:
@@ -347,7 +436,8 @@ def _envelope(obj: Any, vehicle: str) -> dict[str, Any]:
     if sender is None:
         raise ContractError("missing_field", "vehicle")
     if sender != vehicle:
-        raise ContractError("vehicle_mismatch", f"payload vehicle {str(sender)[:64]!r} != topic vehicle {vehicle!r}")
+        shown = sender[:64] if isinstance(sender, str) else type(sender).__name__
+        raise ContractError("vehicle_mismatch", f"payload vehicle {shown!r} != topic vehicle {vehicle!r}")
     return obj
 
 
@@ -371,6 +461,7 @@ def decode(topic: str, payload: bytes, now: datetime, limits: Limits = Limits())
                 raise
             raise ContractError("bad_json", str(exc)[:200]) from None
         obj = _envelope(obj, vehicle)
+        out.receipt = obj.get("receipt") is True
         if stream == "status":
             sent_at = _time(obj, "sent_at", now, limits)
             assert sent_at is not None
@@ -378,6 +469,7 @@ def decode(topic: str, payload: bytes, now: datetime, limits: Limits = Limits())
             details = obj.get("details") or {}
             if not isinstance(details, dict):
                 raise ContractError("wrong_type", "details must be an object")
+            _details(details)
             out.statuses.append(StatusReport(tenant, vehicle, sent_at, state, details))
         elif stream == "batch":
             items = obj.get("readings")
@@ -397,9 +489,12 @@ def decode(topic: str, payload: bytes, now: datetime, limits: Limits = Limits())
                         raise ContractError("bad_type", f"type must be one of {READING_TYPES}")
                     out.readings.append(_reading(kind, item, tenant, vehicle, now, limits, device_time))
                 except ContractError as exc:
-                    out.rejected.append(Rejected(exc.reason, exc.detail, index))
+                    out.rejected.append(Rejected(exc.reason, exc.detail, index, _seq_of(item)))
         else:
-            out.readings.append(_reading(stream, obj, tenant, vehicle, now, limits, None))
+            try:
+                out.readings.append(_reading(stream, obj, tenant, vehicle, now, limits, None))
+            except ContractError as exc:
+                out.rejected.append(Rejected(exc.reason, exc.detail, None, _seq_of(obj)))
     except ContractError as exc:
         out.rejected.append(Rejected(exc.reason, exc.detail))
     except RecursionError:
@@ -447,9 +542,10 @@ def encode_single(reading: Reading) -> tuple[str, bytes]:
 
 
 def encode_batch(
-    tenant: str, vehicle: str, readings: list[Reading], device_time: datetime | None = None
+    tenant: str, vehicle: str, readings: list[Reading], device_time: datetime | None = None, receipt: bool = False
 ) -> tuple[str, bytes]:
-    """(topic, payload) for many readings of one vehicle in one message."""
+    """(topic, payload) for many readings of one vehicle in one message; ``receipt``: ask for
+    stored receipts."""
     body: dict[str, Any] = {
         "v": CONTRACT_VERSION,
         "vehicle": vehicle,
@@ -457,6 +553,8 @@ def encode_batch(
     }
     if device_time is not None:
         body["device_time"] = format_time(device_time)
+    if receipt:
+        body["receipt"] = True
     return topic_for(tenant, vehicle, "batch"), json.dumps(body, separators=(",", ":")).encode()
 
 
@@ -472,3 +570,74 @@ def encode_status(
         "details": details or {},
     }
     return topic_for(tenant, vehicle, "status"), json.dumps(body, separators=(",", ":")).encode()
+
+
+# ---------------------------------------------------------------- stored receipts
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """What the gateway committed for one device: inclusive (first, last) seq ranges."""
+
+    vehicle: str
+    stored: tuple[tuple[int, int], ...]
+    refused: tuple[tuple[int, int], ...] = ()
+
+    def seqs(self) -> list[int]:
+        """Every seq covered, stored or refused, in order."""
+        return sorted({s for lo, hi in (*self.stored, *self.refused) for s in range(lo, hi + 1)})
+
+
+def seq_ranges(seqs: Any) -> list[tuple[int, int]]:
+    """Inclusive (first, last) runs of consecutive seqs, ascending; repeats count once."""
+    out: list[tuple[int, int]] = []
+    for seq in sorted(set(seqs)):
+        if out and seq == out[-1][1] + 1:
+            out[-1] = (out[-1][0], seq)
+        else:
+            out.append((seq, seq))
+    return out
+
+
+def encode_receipt(vehicle: str, stored: Any, refused: Any = ()) -> bytes:
+    """The payload of a stored receipt for ``vehicle``: seqs ``stored`` (the database holds them)
+    and ``refused`` (dead letters; a seq in both counts as stored)."""
+    done = set(stored)
+    body = {
+        "v": CONTRACT_VERSION,
+        "vehicle": vehicle,
+        "stored": [list(r) for r in seq_ranges(done)],
+        "refused": [list(r) for r in seq_ranges(set(refused) - done)],
+    }
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
+def decode_receipt(payload: bytes, max_seqs: int = 1_000_000) -> Receipt:
+    """Parse a stored receipt; ContractError for anything else (or more than ``max_seqs`` seqs)."""
+    try:
+        obj = json.loads(payload)
+    except (ValueError, RecursionError):
+        raise ContractError("bad_json", "a receipt must be a JSON object") from None
+    if not isinstance(obj, dict) or obj.get("v") != CONTRACT_VERSION or not isinstance(obj.get("vehicle"), str):
+        raise ContractError("not_object", "a receipt is {v: 1, vehicle, stored, refused}")
+    total = 0
+    parts: list[tuple[tuple[int, int], ...]] = []
+    for key in ("stored", "refused"):
+        ranges = obj.get(key, [])
+        if not isinstance(ranges, list):
+            raise ContractError("wrong_type", f"{key} must be a list of [first, last] pairs")
+        out = []
+        for pair in ranges:
+            if (
+                not isinstance(pair, list)
+                or len(pair) != 2
+                or not all(isinstance(x, int) and not isinstance(x, bool) and 0 <= x < 2**63 for x in pair)
+                or pair[0] > pair[1]
+            ):
+                raise ContractError("wrong_type", f"{key}: {str(pair)[:40]} is not a [first, last] seq pair")
+            total += pair[1] - pair[0] + 1
+            if total > max_seqs:
+                raise ContractError("oversized", f"a receipt covering more than {max_seqs} seqs")
+            out.append((pair[0], pair[1]))
+        parts.append(tuple(out))
+    return Receipt(obj["vehicle"], parts[0], parts[1])

@@ -23,9 +23,10 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from core.contract import format_time
+from core.contract import ContractError, clean_text, format_time
+from core.geo import haversine_m
 
-__all__ = ["Plan", "PlanError", "Stop"]
+__all__ = ["Plan", "PlanError", "PlanLimits", "Stop"]
 
 
 class PlanError(ValueError):
@@ -36,11 +37,18 @@ def _number(obj: dict[str, Any], key: str, path: str, lo: float, hi: float, defa
     raw = obj.get(key, default)
     if raw is None:
         raise PlanError(f"{path}{key}: required")
-    if isinstance(raw, bool) or not isinstance(raw, (int, float)) or not math.isfinite(raw):
-        raise PlanError(f"{path}{key}: must be a finite number, got {raw!r}")
-    if not lo <= raw <= hi:
+    if isinstance(raw, bool) or not isinstance(raw, (int, float)):
+        raise PlanError(f"{path}{key}: must be a finite number, got {repr(raw)[:40]}")
+    try:
+        finite = math.isfinite(raw)
+    except OverflowError:  # an integer too large for a float
+        finite = False
+    if not finite:
+        raise PlanError(f"{path}{key}: must be a finite number, got {repr(raw)[:40]}")
+    value = float(raw)  # an int past a float's range raises OverflowError here: not a number we take
+    if not lo <= value <= hi:
         raise PlanError(f"{path}{key}: {raw} is outside [{lo}, {hi}]")
-    return float(raw)
+    return value
 
 
 def _time(obj: dict[str, Any], key: str, path: str) -> datetime | None:
@@ -52,17 +60,24 @@ def _time(obj: dict[str, Any], key: str, path: str) -> datetime | None:
     try:
         value = datetime.fromisoformat(raw)
     except ValueError:
-        raise PlanError(f"{path}{key}: {raw!r} is not RFC 3339") from None
+        raise PlanError(f"{path}{key}: {raw[:40]!r} is not RFC 3339") from None
     if value.tzinfo is None:
         raise PlanError(f"{path}{key}: {raw!r} has no UTC offset")
-    return value.astimezone(UTC)
+    try:
+        return value.astimezone(UTC)
+    except OverflowError:  # 9999-12-31T23:59:59-23:59 is in year 10000 in UTC
+        raise PlanError(f"{path}{key}: {raw!r} is outside years 1-9999 in UTC") from None
 
 
 def _text(obj: dict[str, Any], key: str, path: str) -> str:
     raw = obj.get(key)
     if not isinstance(raw, str) or not 0 < len(raw) <= 128:
-        raise PlanError(f"{path}{key}: must be a string of 1-128 characters, got {raw!r}")
-    return raw
+        shown = f"{raw[:40]!r}..." if isinstance(raw, str) else repr(raw)[:40]
+        raise PlanError(f"{path}{key}: must be a string of 1-128 characters, got {shown}")
+    try:
+        return clean_text(raw, f"{path}{key}")
+    except ContractError as exc:
+        raise PlanError(exc.detail) from None
 
 
 def _no_extra(obj: dict[str, Any], allowed: set[str], path: str) -> None:
@@ -220,3 +235,33 @@ class Plan:
         if self.temp_range_c is not None:
             out["temp_range_c"] = list(self.temp_range_c)
         return out
+
+
+@dataclass(frozen=True)
+class PlanLimits:
+    """The most work one plan may cause: stops, and a route's points, total length and longest
+    segment (kilometres). A plan past one is refused (``check``); Settings ``plan_max_*``."""
+
+    max_stops: int = 500
+    max_route_points: int = 5000
+    max_route_km: float = 500.0
+    max_segment_km: float = 50.0
+
+    def check(self, plan: Plan) -> None:
+        """Raise PlanError naming the limit ``plan`` is past."""
+        if len(plan.stops) > self.max_stops:
+            raise PlanError(f"stops: {len(plan.stops)} stops, more than the limit of {self.max_stops}")
+        if plan.route is None:
+            return
+        if len(plan.route) > self.max_route_points:
+            raise PlanError(f"route: {len(plan.route)} points, more than the limit of {self.max_route_points}")
+        total_km = 0.0
+        for i, ((lat1, lon1), (lat2, lon2)) in enumerate(zip(plan.route, plan.route[1:], strict=False)):
+            km = haversine_m(lat1, lon1, lat2, lon2) / 1000
+            if km > self.max_segment_km:
+                raise PlanError(
+                    f"route[{i}]-route[{i + 1}]: {km:.1f} km, longer than the limit of {self.max_segment_km} km"
+                )
+            total_km += km
+            if total_km > self.max_route_km:
+                raise PlanError(f"route: longer than the limit of {self.max_route_km} km (at route[{i + 1}])")

@@ -21,14 +21,19 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from core.plan import PlanLimits
 from core.thresholds import AnalyticsConfig, EtaConfig
 
-__all__ = ["Settings", "SettingsError", "load_settings"]
+__all__ = ["FRONT_END_SHARDS", "Settings", "SettingsError", "load_settings"]
 
 _A = AnalyticsConfig()  # the thresholds' defaults live there, once
 _E = EtaConfig()
+_P = PlanLimits()
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
+# The writer shards of the tracker front ends: past the gateway's (0 .. gateway_workers - 1, at most
+# 63) and fixed, so that changing gateway_workers never renumbers rows the dataflow has replayed.
+FRONT_END_SHARDS = {"teltonika": 100, "gt06": 101, "osmand": 102}
 
 
 @dataclass(frozen=True)
@@ -48,6 +53,7 @@ class Settings:
     pg_port: int = 55432
     pg_database: str = "fleetstream"
     pg_bindir: str = ""  # PostgreSQL's programs (initdb, pg_ctl); empty: /usr/lib/postgresql/<15 or newest>/bin
+    mqtt_broker_bin: str = ""  # the embedded broker's program; empty: .venv/opt/mosquitto (bootstrap.sh), else PATH
     broker_max_queued_messages: int = 2_000_000  # per persistent client; past it the broker drops
     broker_max_queued_bytes: int = 1_000_000_000
     broker_message_size_limit: int = 1_048_576  # bytes; the gateway dead-letters above max_payload_bytes
@@ -62,6 +68,14 @@ class Settings:
     max_future_skew_s: float = 300.0  # fixes further ahead of the server clock are rejected
     dead_letter_raw_cap: int = 4096  # bytes of a bad payload kept in dead_letters
     h3_resolution: int = _A.cell_resolution  # ~0.1 km^2 cells for positions.h3_cell
+    # tracker front ends (ingest/teltonika.py, gt06.py, osmand.py; OwnTracks arrives through the gateway)
+    teltonika_port: int = 5027  # Teltonika Codec 8/8E/16 over TCP; 0 = off
+    gt06_port: int = 5023  # GT06 (Concox) over TCP; 0 = off
+    osmand_port: int = 5055  # OsmAnd / Traccar Client over HTTP; 0 = off
+    device_listen_host: str = "127.0.0.1"  # the three listeners' address; 0.0.0.0 = every interface
+    device_idle_timeout_s: float = 600.0  # a tracker connection silent this long is closed
+    device_max_frame_bytes: int = 16_384  # a larger frame or HTTP request is dead-lettered (oversized), then closed
+    device_max_connections: int = 5000  # per listener; a connection past it is closed at once
     # dataflow
     flow_epoch_s: float = 2.0  # Bytewax snapshot interval
     flow_poll_ms: int = 200  # how often the replay source looks for new rows
@@ -72,10 +86,16 @@ class Settings:
     flow_eta: int = 1  # 1 = live ETAs per remaining stop and predicted_late alerts in the analytics dataflow
     eta_reemit_s: float = _E.reemit_s  # a stop's ETA is re-emitted when it moved by more than this
     eta_every_s: float = _E.estimate_every_s  # a vehicle's ETAs are estimated at most this often (fix time)
+    eta_max_stops: int = _E.max_stops  # ETAs for at most this many of a vehicle's next stops (bounds a fix's work)
     eta_road_network: str = ""  # ETAs to stops of a plan without a route follow this network (helsinki or a .pbf)
     predicted_late_margin_s: float = (
         _A.predicted_late_margin_s
     )  # an ETA this far past a stop's window end -> predicted_late
+    # plans: the most work one plan may cause; a plan past a limit is a dead letter (bad_plan)
+    plan_max_stops: int = _P.max_stops
+    plan_max_route_points: int = _P.max_route_points
+    plan_max_route_km: float = _P.max_route_km  # total length of the route, km
+    plan_max_segment_km: float = _P.max_segment_km  # one segment of the route, km
     # analytics thresholds: defaults from core/thresholds.py (AnalyticsConfig); the rest of its fields keep theirs
     reorder_max_delay_s: float = _A.reorder_max_delay_s  # event-time wait of a vehicle's reorder buffer
     correction_window_s: float = _A.correction_window_s  # late readings this far behind are corrected by replay
@@ -109,6 +129,15 @@ class Settings:
     webhook_backoff_s: float = 0.5  # first retry delay; doubles up to 30 s
     delivery_poll_ms: int = 200  # how often the deliverer looks for new alerts
     eta_mqtt: int = 1  # 1 = publish ETA updates to etas/<tenant>/<vehicle> (QoS 1; with alert_mqtt)
+    # control tower: the HTTP API, its live stream and the page
+    engine_api: int = 1  # 1 = the engine starts and supervises the API (`fleetstream api`)
+    api_host: str = "127.0.0.1"  # address the API listens on
+    api_port: int = 18880  # its TCP port
+    api_pool_size: int = 8  # database connections of one API process
+    api_sse_queue: int = 10_000  # live events buffered per stream client; a client that falls further behind is dropped
+    api_ready_max_lag_s: float = 30.0  # /readyz fails while the dataflow is further behind the gateway (seconds)
+    api_map_network: str = "helsinki"  # the page's base map: roads of this network (helsinki or a .pbf); empty = none
+    api_web_dir: Path = PROJECT_ROOT / ".web" / "node_modules"  # maplibre-gl and h3-js, installed by bootstrap.sh
     # simulator / demo
     tenant: str = "demo"
     sim_vehicles: int = 50
@@ -132,6 +161,8 @@ class Settings:
     sim_depot_stay_s: float = 60.0  # longest stay at the depot (or the bus terminal) before going quiet
     sim_bus: int = 0  # 1 = bus-like routes: stops every 80-150 m along one long path (no reefer, no doors)
     sim_pass_through_share: float = 0.25  # with sim_bus: share of stops driven through without stopping
+    sim_protocols: str = ""  # comma-separated tracker protocols some simulated vans use instead of the agent
+    sim_protocol_share: float = 0.5  # with sim_protocols: the share of the vans that are trackers
 
     def __post_init__(self) -> None:
         _check(self)
@@ -167,15 +198,41 @@ class Settings:
                 return parts.username, parts.password or ""
         return None
 
+    def plan_limits(self) -> PlanLimits:
+        """The plan limits of these settings (``plan_max_*``)."""
+        return PlanLimits(
+            self.plan_max_stops, self.plan_max_route_points, self.plan_max_route_km, self.plan_max_segment_km
+        )
+
     def dsn(self) -> str:
         """libpq connection string of the database."""
         if self.pg_dsn:
             return self.pg_dsn
         return f"host={self.pg_host} port={self.pg_port} dbname={self.pg_database} user=postgres"
 
+    def replay_shards(self) -> list[int]:
+        """The writer shards the dataflow replays: the gateway's (0 .. gateway_workers - 1) and the
+        tracker front ends' (``FRONT_END_SHARDS``), whether their listeners run or not."""
+        return [*range(self.gateway_workers), *FRONT_END_SHARDS.values()]
+
+    def listener_ports(self) -> dict[str, int]:
+        """{protocol: port} of the tracker listeners that are on (port not 0)."""
+        ports = {"teltonika": self.teltonika_port, "gt06": self.gt06_port, "osmand": self.osmand_port}
+        return {protocol: port for protocol, port in ports.items() if port}
+
     @property
     def recovery_dir(self) -> Path:
         return self.state_dir / "recovery"
+
+    @property
+    def metrics_dir(self) -> Path:
+        """Where the engine's processes write their Prometheus metrics (multiprocess mode)."""
+        return self.state_dir / "metrics"
+
+    def api_url(self) -> str:
+        """The API's base URL, e.g. ``http://127.0.0.1:18880``."""
+        host = f"[{self.api_host}]" if ":" in self.api_host else self.api_host
+        return f"http://{host}:{self.api_port}"
 
 
 class SettingsError(ValueError):
@@ -184,10 +241,14 @@ class SettingsError(ValueError):
 
 _ENV_PREFIX = "FLEETSTREAM_"
 _NOT_SETTINGS = ("FLEETSTREAM_TEST_", "FLEETSTREAM_CACHE_DIR", "FLEETSTREAM_PG_MAJOR")
-_FLAGS = ("flow_analytics", "flow_eta", "alert_mqtt", "eta_mqtt", "sim_depot_stop", "sim_bus")  # 0 = off, 1 = on
+# 0 = off, 1 = on
+_FLAGS = ("flow_analytics", "flow_eta", "alert_mqtt", "eta_mqtt", "engine_api", "sim_depot_stop", "sim_bus")
 # (low, high) bounds, both inclusive; every other number must be >= 0
 _RANGES: dict[str, tuple[float, float]] = {
     "mqtt_port": (1, 65535),
+    "api_port": (1, 65535),
+    "api_pool_size": (1, 1000),
+    "api_sse_queue": (10, 10_000_000),
     "pg_port": (1, 65535),
     "gateway_workers": (1, 64),
     "gateway_batch_max": (1, 100_000),
@@ -206,6 +267,11 @@ _RANGES: dict[str, tuple[float, float]] = {
     "webhook_max_attempts": (1, 1000),
     "delivery_poll_ms": (1, 60_000),
     "eta_models_keep": (1, 1000),
+    "eta_max_stops": (1, 100_000),
+    "plan_max_stops": (1, 1_000_000),
+    "plan_max_route_points": (2, 10_000_000),
+    "plan_max_route_km": (0.001, 40_075),
+    "plan_max_segment_km": (0.001, 20_000),
     "eta_eval_vehicles": (1, 100_000),
     "eta_eval_days": (1, 365),
     "sim_vehicles": (1, 1_000_000),
@@ -220,6 +286,13 @@ _RANGES: dict[str, tuple[float, float]] = {
     "sim_pass_through_share": (0, 1),
     "sim_depot_stay_s": (60, 86_400),
     "broker_message_size_limit": (1024, 256 * 1024 * 1024),
+    "teltonika_port": (0, 65535),
+    "gt06_port": (0, 65535),
+    "osmand_port": (0, 65535),
+    "device_idle_timeout_s": (1, 86_400),
+    "device_max_frame_bytes": (256, 16 * 1024 * 1024),
+    "device_max_connections": (1, 1_000_000),
+    "sim_protocol_share": (0, 1),
 }
 
 

@@ -127,6 +127,7 @@ class EtaConfig:
     model_every_s: float = 120.0  # run the model at most this often per vehicle (fix time)
     model_max_ahead_s: float = 5400.0  # ask the model about stops this far ahead at most (its training horizons)
     estimate_every_s: float = 60.0  # estimate (and maybe re-emit) at most this often (fix time); 0 = every fix
+    max_stops: int = 50  # ETAs for at most this many of the next remaining stops: bounds the work of a fix
 
     def __post_init__(self) -> None:
         for name, value in self.__dict__.items():

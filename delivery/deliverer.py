@@ -10,8 +10,13 @@ never delays another channel:
     Every alert and stop-event change, QoS 1, to ``alerts/<tenant>/<vehicle>`` or
     ``stops/<tenant>/<vehicle>``, and (``eta_mqtt``) every ETA update (``eta_updates``) to
     ``etas/<tenant>/<vehicle>``, with the broker account ``alerts`` (MQTT v5). The cursor
-    moves only after the broker's PUBACKs. Broker down, or a PUBACK refused (reason >= 0x80,
-    e.g. 0x87 when the account's ACL lacks ``alerts/#``): log, back off, retry; never skip.
+    moves only after the broker's PUBACKs. Broker down, or a PUBACK refused for the channel
+    (0x87 when the account's ACL lacks ``alerts/#``, 0x97 quota): log, back off, retry; never
+    skip. A change the broker refuses for what it is (0x95 too large, 0x90 bad topic, 0x99
+    bad payload, 0x83) is found by sending the page again one change at a time, recorded in
+    ``delivery_failures`` and skipped: one undeliverable change never stalls the channel. A
+    PUBACK 0x10 (no matching subscribers: nobody listens on that topic, the broker dropped
+    it) is not a delivery: counted in ``delivery_cursors.unheard``, not in ``delivered``.
 ``webhook:<url>``
     Every *alert* change (not stop events) as a signed HTTP POST. 2xx is delivered; anything
     else (other status, redirect, timeout, refused connection) is retried after
@@ -56,7 +61,7 @@ import urllib.request
 import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -66,8 +71,10 @@ import psycopg
 from psycopg.rows import dict_row
 
 from core.contract import format_time
+from core.metrics import DELIVERED, DELIVERY_CURSOR, DELIVERY_FAILURES, DELIVERY_LAG, WEBHOOK_RETRIES
 from core.settings import Settings
 from store.db import connect
+from store.events import merge_rev_pages
 
 __all__ = [
     "MQTT_CHANNEL",
@@ -101,7 +108,7 @@ _PAGE_ROWS = 500  # changes read per query and table
 _PUBLISH_TIMEOUT_S = 10.0  # longest wait for one PUBACK
 _ERROR_TEXT_CAP = 500  # characters of an error kept in delivery_failures
 _RESPONSE_READ_CAP = 64 * 1024  # bytes of a webhook response read (and ignored)
-_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # tenant and vehicle ids (core/contract.py): safe topic levels
+_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")  # tenant and vehicle ids (core/contract.py): safe topic levels
 
 # payload field <- column, after kind, id, rev, tenant, vehicle (stop_events.kind becomes "type")
 _ALERT_FIELDS: tuple[tuple[str, str], ...] = tuple(
@@ -117,6 +124,13 @@ _ALERT_FIELDS: tuple[tuple[str, str], ...] = tuple(
         "details",
         "detected_at",
         "updated_at",
+        # what people did about it (the API's alert actions)
+        "acknowledged_at",
+        "acknowledged_by",
+        "owner",
+        "closed_at",
+        "closed_by",
+        "comments",
     )
 )
 _STOP_EVENT_FIELDS: tuple[tuple[str, str], ...] = (("type", "kind"),) + tuple(
@@ -262,16 +276,9 @@ def merge_pages(
     page_rows: int,
     etas: Sequence[Mapping[str, Any]] = (),
 ) -> list[Mapping[str, Any]]:
-    """Rev-ordered pages (each at most ``page_rows``) as one rev-ordered list with no gap.
-
-    A full page may end before rows of another table that come after it; those are
-    cut off here and read again next time, so nothing is passed over.
-    """
-    rows = sorted([*alerts, *stops, *etas], key=lambda r: r["rev"])
-    ends = [page[-1]["rev"] for page in (alerts, stops, etas) if len(page) >= page_rows]
-    if ends:
-        rows = [r for r in rows if r["rev"] <= min(ends)]
-    return rows
+    """Rev-ordered pages (each at most ``page_rows``) as one rev-ordered list with no gap
+    (``store.events.merge_rev_pages``): rows past the end of a full page are read next time."""
+    return merge_rev_pages((alerts, stops, etas), page_rows)
 
 
 def webhook_urls(raw: str) -> list[str]:
@@ -368,10 +375,15 @@ class ChangeFeed:
                 cur.execute(_STOP_EVENT_SELECT, (self.last_rev, self.page_rows)).fetchall() if self.stop_events else []
             )
             etas = cur.execute(_ETA_SELECT, (self.last_rev, self.page_rows)).fetchall() if self.etas else []
-        return merge_pages(alerts, stops, self.page_rows, etas)
+        rows = merge_pages(alerts, stops, self.page_rows, etas)
+        oldest = min((r["updated_at"] for r in rows), default=None)
+        lag = (datetime.now(UTC) - oldest).total_seconds() if oldest is not None else 0.0
+        DELIVERY_LAG.labels(self.channel).set(max(0.0, lag))
+        return rows
 
-    def advance(self, rev: int, delivered: int, failures: Sequence[Failure] = ()) -> None:
-        """Store the cursor at ``rev`` with ``delivered`` more deliveries and the ``failures``, in one transaction."""
+    def advance(self, rev: int, delivered: int, failures: Sequence[Failure] = (), unheard: int = 0) -> None:
+        """Store the cursor at ``rev`` with ``delivered`` more deliveries, ``unheard`` more changes nobody
+        was subscribed to, and the ``failures``, in one transaction."""
         conn = self._connection()
         with conn.transaction():
             with conn.cursor() as cur:
@@ -381,10 +393,15 @@ class ChangeFeed:
                 )
             conn.execute(
                 "UPDATE delivery_cursors SET last_rev = GREATEST(last_rev, %s), delivered = delivered + %s,"
-                " updated_at = now() WHERE channel = %s",
-                (rev, delivered, self.channel),
+                " unheard = unheard + %s, updated_at = now() WHERE channel = %s",
+                (rev, delivered, unheard, self.channel),
             )
         self.last_rev = max(self.last_rev or 0, rev)
+        DELIVERY_CURSOR.labels(self.channel).set(self.last_rev)
+        if delivered:
+            DELIVERED.labels(self.channel).inc(delivered)
+        if failures:
+            DELIVERY_FAILURES.labels(self.channel).inc(len(failures))
 
     def reset(self) -> None:
         """Drop the connection (after an error); the next call reconnects."""
@@ -399,16 +416,25 @@ class ChangeFeed:
 # ------------------------------------------------------------------ MQTT channel
 
 
+_NO_MATCHING_SUBSCRIBERS = 0x10  # a success code, yet the broker dropped the message
+# PUBACK failures about the message itself (any other failure is about the channel: retry it all)
+_MESSAGE_REFUSALS = {0x83: "implementation specific", 0x90: "bad topic", 0x95: "too large", 0x99: "bad payload"}
+
+
 class _PublishClient(aiomqtt.Client):
-    """An aiomqtt client that counts refused PUBACKs (aiomqtt itself ignores the reason code)."""
+    """An aiomqtt client that records the PUBACK reason codes aiomqtt itself ignores: failures
+    (>= 0x80) and 0x10 (no matching subscribers)."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.refused: list[int] = []
+        self.unheard = 0
 
     def _on_publish(self, client: Any, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
         if getattr(reason_code, "is_failure", False):
             self.refused.append(int(reason_code.value))
+        elif getattr(reason_code, "value", 0) == _NO_MATCHING_SUBSCRIBERS:
+            self.unheard += 1
         super()._on_publish(client, userdata, mid, reason_code, properties)
 
 
@@ -487,40 +513,62 @@ class MqttChannel:
                     self._outages = 0  # healthy (reset here, not on connect: a refusing broker accepts connects)
                     await self._pause(self.settings.delivery_poll_ms / 1000.0)
                     continue
+                client.unheard = 0
                 failures = await self._publish(client, rows)
                 self._outages = 0
+                delivered = len(rows) - len(failures) - client.unheard
                 try:
-                    self.feed.advance(rows[-1]["rev"], len(rows) - len(failures), failures)
+                    self.feed.advance(rows[-1]["rev"], delivered, failures, client.unheard)
                 except psycopg.Error as exc:  # the page is sent again: at least once
                     self.feed.reset()
                     log.warning("delivery mqtt: could not save the cursor (%s); retrying", exc)
                     await self._pause(_outage_delay(0))
 
     async def _publish(self, client: _PublishClient, rows: Sequence[Mapping[str, Any]]) -> list[Failure]:
-        """Publish a page and wait for every PUBACK; raises ``aiomqtt.MqttError`` unless all were accepted."""
+        """Publish a page and wait for every PUBACK; raises ``aiomqtt.MqttError`` unless all were accepted
+        or refused for what they are (those are sent again one at a time and become failures)."""
         failures: list[Failure] = []
-        sends = []
+        messages: list[tuple[Mapping[str, Any], str, bytes]] = []
         for row in rows:
-            payload = event_payload(row)
             try:
+                payload = event_payload(row)
                 topic = event_topic(payload)
-            except ValueError as exc:
-                log.error("delivery mqtt: rev %d: %s; recorded in delivery_failures", payload["rev"], exc)
-                failures.append(Failure(payload["rev"], payload["id"], 0, str(exc)))
+                body = encode_body(payload)
+            except (ValueError, TypeError) as exc:  # ids no topic can hold, a document JSON cannot
+                log.error("delivery mqtt: rev %d: %s; recorded in delivery_failures", row["rev"], exc)
+                failures.append(Failure(int(row["rev"]), str(row["id"]), 0, str(exc)))
                 continue
-            # paho sends in call order and queues past its in-flight window, so rev order holds
-            sends.append(client.publish(topic, encode_body(payload), qos=1))
+            messages.append((row, topic, body))
+        # paho sends in call order and queues past its in-flight window, so rev order holds
+        refused = await self._send(client, [(topic, body) for _, topic, body in messages])
+        if not refused:
+            return failures
+        if not set(refused) <= set(_MESSAGE_REFUSALS):
+            raise _Refused(
+                f"broker refused {len(refused)} publishes (reason codes "
+                f"{sorted(set(refused))}); check the ACL of the alerts account"
+            )
+        client.unheard = 0  # counted again below, one by one
+        for row, topic, body in messages:  # find the ones refused for what they are
+            codes = await self._send(client, [(topic, body)])
+            if codes and not set(codes) <= set(_MESSAGE_REFUSALS):
+                raise _Refused(f"broker refused a publish (reason code {codes[0]:#04x})")
+            if codes:
+                why = f"broker refused it: {codes[0]:#04x} {_MESSAGE_REFUSALS[codes[0]]} ({len(body)} bytes)"
+                log.error("delivery mqtt: rev %d: %s; recorded in delivery_failures", row["rev"], why)
+                failures.append(Failure(int(row["rev"]), str(row["id"]), 1, why))
+        return sorted(failures, key=lambda f: f.rev)
+
+    async def _send(self, client: _PublishClient, messages: Sequence[tuple[str, bytes]]) -> list[int]:
+        """Publish and wait for every PUBACK; the failure reason codes (raises if the broker went away)."""
         client.refused.clear()
-        results = await asyncio.gather(*sends, return_exceptions=True)
+        results = await asyncio.gather(
+            *(client.publish(topic, body, qos=1) for topic, body in messages), return_exceptions=True
+        )
         errors = [r for r in results if isinstance(r, BaseException)]
         if errors:
             raise errors[0] if isinstance(errors[0], aiomqtt.MqttError) else aiomqtt.MqttError(repr(errors[0]))
-        if client.refused:
-            raise _Refused(
-                f"broker refused {len(client.refused)} publishes (reason codes "
-                f"{sorted(set(client.refused))}); check the ACL of the alerts account"
-            )
-        return failures
+        return list(client.refused)
 
 
 # ------------------------------------------------------------------ webhook channel
@@ -595,6 +643,7 @@ class WebhookChannel:
                     error,
                 )
                 return Failure(payload["rev"], payload["id"], attempt, error)
+            WEBHOOK_RETRIES.labels(self.channel).inc()
             log.warning(
                 "delivery %s: rev %d attempt %d failed (%s); next in %.2f s",
                 self.channel,

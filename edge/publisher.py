@@ -4,7 +4,12 @@ One :class:`DevicePublisher` is one paho-mqtt 2.x client (MQTT v5) for one
 device or service account. Every accepted message stays in an ordered
 ``pending`` map, keyed by an application id, until the broker acknowledges it:
 
-* PUBACK with a success code (< 0x80): removed, counted in ``acked``;
+* PUBACK 0x00 (success): removed, counted in ``acked``;
+* PUBACK 0x10 (no matching subscribers): the broker *dropped* the message (no
+  session subscribes to the topic, e.g. while a restarted Mosquitto 2.0 waits for
+  the gateway to subscribe again). Not a delivery: it stays pending, is counted in
+  ``unrouted`` and is published again after ``unrouted_retry_s`` seconds; so is a
+  PUBACK 0x97 (quota exceeded: the broker is full for now);
 * PUBACK with a failure code (>= 0x80, e.g. 0x87 Not authorized): removed,
   recorded in ``refusals`` and counted in ``refused``; never retried;
 * connection lost: on every reconnect paho's own copies are dropped and
@@ -12,8 +17,9 @@ device or service account. Every accepted message stays in an ordered
   server deduplicates readings, so a resend is harmless.
 
 An optional ``on_settled(key, ok)`` callback hears of each message leaving the
-ledger (``ok`` true for a success PUBACK, false for a refusal), e.g. so a durable
-outbox can delete what the broker acknowledged.
+ledger (``ok`` true for a success PUBACK, false for a refusal). A PUBACK says only
+that the broker took the message; what the database holds, a device learns from
+the gateway's stored receipts (:meth:`subscribe` to its ``cmd/stored`` topic).
 
 Sessions are persistent (``clean_start=False`` on every connect plus a session
 expiry interval), payloads are size-checked before they reach paho (an
@@ -44,7 +50,7 @@ from paho.mqtt.reasoncodes import ReasonCode
 
 from core.contract import Limits, encode_status
 
-__all__ = ["DevicePublisher", "Refusal"]
+__all__ = ["NO_MATCHING_SUBSCRIBERS", "DevicePublisher", "Refusal"]
 
 log = logging.getLogger("fleetstream.edge.publisher")
 
@@ -53,6 +59,8 @@ _PERMANENT_CONNACK = {0x84, 0x85, 0x86, 0x87, 0x8A, 0x8C}
 # a PUBACK may arrive before publish() has recorded its mid; older leftovers of a
 # reconnect race are ignored so a recycled 16-bit mid never settles the wrong message
 _EARLY_TTL_S = 5.0
+NO_MATCHING_SUBSCRIBERS = 0x10  # a success code in MQTT v5, yet the broker dropped the message
+_RETRY_LATER = {NO_MATCHING_SUBSCRIBERS, 0x97}  # 0x97 quota exceeded: a failure code, but a passing one
 
 
 @dataclass(frozen=True)
@@ -71,6 +79,7 @@ class _Pending:
     payload: bytes
     transmissions: int = 0
     generation: int = -1  # connection generation it was last handed to paho on
+    retry_at: float | None = None  # monotonic time of the resend after a PUBACK 0x10
 
 
 class DevicePublisher:
@@ -88,6 +97,7 @@ class DevicePublisher:
     broker acknowledged it (``ok`` true) or refused it (``ok`` false), from paho's
     network thread (or the publishing thread): keep it short, do not block in it.
     ``tls_ca_file`` (optional): a PEM CA bundle; TLS is used when it is given.
+    ``unrouted_retry_s``: seconds before a message answered with PUBACK 0x10 is sent again.
     """
 
     def __init__(
@@ -107,6 +117,7 @@ class DevicePublisher:
         publish_timeout_s: float = 60.0,
         on_settled: Callable[[Hashable, bool], None] | None = None,
         tls_ca_file: str | None = None,
+        unrouted_retry_s: float = 1.0,
     ) -> None:
         self.host, self.port = host, port
         self.client_id = client_id or username or f"fleetstream-{uuid.uuid4().hex[:12]}"
@@ -116,6 +127,7 @@ class DevicePublisher:
         self.max_pending = max_pending
         self.publish_timeout_s = publish_timeout_s
         self.on_settled = on_settled
+        self.unrouted_retry_s = unrouted_retry_s
 
         self._cond = threading.Condition()
         self._pending: collections.OrderedDict[Hashable, _Pending] = collections.OrderedDict()
@@ -125,8 +137,10 @@ class DevicePublisher:
         self._connected = False
         self._connect_result: ReasonCode | None = None
         self._next_key = 0
-        self._sent = self._acked = self._resent = self._refused = 0
+        self._sent = self._acked = self._resent = self._refused = self._unrouted = 0
         self.refusals: collections.deque[Refusal] = collections.deque(maxlen=1000)
+        self._subscriptions: dict[str, Callable[[bytes], None]] = {}
+        self._retry_thread: threading.Thread | None = None
 
         client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=mqtt.MQTTv5)
         if username is not None:
@@ -145,6 +159,7 @@ class DevicePublisher:
         client.on_connect = self._on_connect
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
+        client.on_message = self._on_message
         self._client = client
         self._started = False
 
@@ -169,6 +184,13 @@ class DevicePublisher:
             return self._resent
 
     @property
+    def unrouted(self) -> int:
+        """PUBACKs 0x10 (no matching subscribers) and 0x97 (quota exceeded): messages the broker
+        dropped, sent again later."""
+        with self._cond:
+            return self._unrouted
+
+    @property
     def refused(self) -> int:
         """Messages the broker refused (PUBACK >= 0x80); details in ``refusals``."""
         with self._cond:
@@ -187,6 +209,15 @@ class DevicePublisher:
 
     # ------------------------------------------------------------ verbs
 
+    def subscribe(self, topic: str, on_message: Callable[[bytes], None]) -> None:
+        """Subscribe to ``topic`` (QoS 1) on every connect from now on; ``on_message(payload)``
+        runs on paho's network thread for each message: keep it short."""
+        with self._cond:
+            self._subscriptions[topic] = on_message
+            connected = self._connected
+        if connected:
+            self._client.subscribe(topic, qos=1)
+
     def connect(self, timeout: float | None = 10.0) -> None:
         """Start the network thread and connect (retrying in the background for ever).
 
@@ -203,6 +234,8 @@ class DevicePublisher:
         )
         self._client.loop_start()
         self._started = True
+        self._retry_thread = threading.Thread(target=self._retry_loop, name="publisher-retry", daemon=True)
+        self._retry_thread.start()
         if timeout is None:
             return
         deadline = time.monotonic() + timeout
@@ -278,6 +311,9 @@ class DevicePublisher:
         with self._cond:
             self._connected = False
             self._cond.notify_all()
+        if self._retry_thread is not None:
+            self._retry_thread.join(5.0)
+            self._retry_thread = None
 
     def __enter__(self) -> DevicePublisher:
         self.connect()
@@ -315,6 +351,14 @@ class DevicePublisher:
 
     def _settle(self, key: Hashable, reason: ReasonCode) -> tuple[Hashable, bool] | None:
         """Caller holds the lock; returns (key, ok) for :meth:`_notify_settled`, called after release."""
+        if reason.value in _RETRY_LATER:
+            entry = self._pending.get(key)
+            if entry is not None:  # dropped by the broker: send it again a little later
+                self._unrouted += 1
+                entry.generation = -1
+                entry.retry_at = time.monotonic() + self.unrouted_retry_s
+                self._cond.notify_all()
+            return None
         entry = self._pending.pop(key, None)
         if entry is None:
             return None
@@ -347,6 +391,40 @@ class DevicePublisher:
             settled = self._settle(key, reason)
         self._notify_settled(settled)
 
+    def _retry_loop(self) -> None:
+        """Send again what the broker dropped with PUBACK 0x10, once its ``retry_at`` has come."""
+        while True:
+            with self._cond:
+                if not self._started:
+                    return
+                now = time.monotonic()
+                due = [
+                    (key, entry)
+                    for key, entry in self._pending.items()
+                    if entry.retry_at is not None and entry.retry_at <= now
+                ]
+                for _, entry in due:
+                    entry.retry_at = None
+                generation = self._generation if self._connected else None
+                if not due:
+                    waits = [e.retry_at - now for e in self._pending.values() if e.retry_at is not None]
+                    self._cond.wait(min([0.5, *waits]))
+                    continue
+            if generation is None:
+                continue  # the next connect sends everything pending
+            for key, entry in due:
+                self._transmit(key, entry, generation)
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, message: mqtt.MQTTMessage) -> None:
+        with self._cond:
+            handler = self._subscriptions.get(message.topic)
+        if handler is None:
+            return
+        try:
+            handler(bytes(message.payload))
+        except Exception:  # never let it reach paho's network thread
+            log.exception("handler of %s failed", message.topic)
+
     def _on_connect(
         self, client: mqtt.Client, userdata: Any, flags: Any, reason: ReasonCode, properties: Properties | None
     ) -> None:
@@ -364,7 +442,12 @@ class DevicePublisher:
             self._early.clear()
             self._connected = True
             backlog = list(self._pending.items())
+            for _, entry in backlog:
+                entry.retry_at = None
+            topics = list(self._subscriptions)
             self._cond.notify_all()
+        for topic in topics:  # the session keeps them, but a new or expired session does not
+            client.subscribe(topic, qos=1)
         for key, entry in backlog:
             self._transmit(key, entry, generation)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from core.settings import Settings, load_settings
@@ -32,8 +33,26 @@ def _db(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _device(settings: Settings, args: argparse.Namespace) -> int:
-    from fleetstream import credentials
+    from fleetstream import credentials, trackers
 
+    if args.action == "list":
+        for row in trackers.trackers(settings, args.tenant):
+            print(json.dumps(row))
+        return 0
+    if args.tenant is None or args.vehicle is None:
+        print("error: device add needs TENANT and VEHICLE", file=sys.stderr)
+        return 2
+    if args.protocol is not None:
+        try:
+            doors = trackers.parse_door_inputs(args.door_input or [])
+            added = trackers.add_tracker(
+                settings, args.tenant, args.vehicle, args.protocol, args.imei, doors, args.password
+            )
+        except ValueError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        print(json.dumps(added))
+        return 0
     password = credentials.add_device(settings, args.tenant, args.vehicle, args.password)
     print(
         json.dumps(
@@ -51,6 +70,15 @@ def _engine(settings: Settings, args: argparse.Namespace) -> int:
     from fleetstream.engine import run_engine
 
     run_engine(settings, with_flow=not args.no_flow)
+    return 0
+
+
+def _listen(settings: Settings, args: argparse.Namespace) -> int:
+    from ingest import gt06, osmand, teltonika
+    from ingest.listener import run_listener
+
+    handlers = {"teltonika": teltonika.serve, "gt06": gt06.serve, "osmand": osmand.serve}
+    run_listener(settings, args.protocol, handlers[args.protocol])
     return 0
 
 
@@ -90,6 +118,15 @@ def _bench(settings: Settings, args: argparse.Namespace) -> int:
     from fleetstream.bench.analytics import run_analytics_benchmark
     from fleetstream.bench.ingest import run_benchmark
 
+    if args.api:
+        from fleetstream.bench.api import run_api_benchmark
+
+        run_api_benchmark(settings, vehicles=args.vehicles or 1000, quick=args.quick)
+        return 0
+    if args.trackers:
+        from fleetstream.bench.trackers import run_tracker_benchmark
+
+        return run_tracker_benchmark(settings, trackers=args.trackers, quick=args.quick)
     if args.eta:
         from fleetstream.bench.eta import run_eta_benchmark
 
@@ -126,9 +163,16 @@ def _plan(settings: Settings, args: argparse.Namespace) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if args.action == "load":
+        limits = settings.plan_limits()
+        for checked in plans:
+            try:
+                limits.check(checked)
+            except PlanError as exc:
+                print(f"error: {checked.tenant}/{checked.vehicle}: {exc}", file=sys.stderr)
+                return 2
         with connect(settings.dsn(), autocommit=True) as conn:  # store_plan needs an idle connection
             for plan in plans:
-                version, stored = store_plan(conn, plan, "cli")
+                version, stored = store_plan(conn, plan, "cli", limits)
                 print(
                     json.dumps({"tenant": plan.tenant, "vehicle": plan.vehicle, "version": version, "stored": stored})
                 )
@@ -165,6 +209,34 @@ def _deliver(settings: Settings, args: argparse.Namespace) -> int:
     run_delivery(
         settings, mqtt_account(settings, "alerts") if settings.alert_mqtt else None
     )  # main thread: SIGTERM / SIGINT stop it
+    return 0
+
+
+def _api(settings: Settings, args: argparse.Namespace) -> int:
+    from api.server import run_api
+
+    run_api(settings)
+    return 0
+
+
+def _token(settings: Settings, args: argparse.Namespace) -> int:
+    from api.tokens import TokenError, add_token, list_tokens, revoke_token
+    from store.db import connect
+
+    with connect(settings.dsn(), autocommit=True) as conn:
+        try:
+            if args.action == "add":
+                token, token_id = add_token(conn, args.tenant, args.role, args.name or "")
+                print(json.dumps({"token": token, "id": token_id, "tenant": args.tenant, "role": args.role}))
+                print(f"page: {settings.api_url()}/?token={token}", file=sys.stderr)
+            elif args.action == "revoke":
+                print(json.dumps({"revoked": revoke_token(conn, args.token)}))
+            else:
+                for row in list_tokens(conn, args.tenant):
+                    print(json.dumps(row))
+        except TokenError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     return 0
 
 
@@ -239,16 +311,35 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("action", choices=["migrate"])
     p.set_defaults(func=_db)
 
-    p = sub.add_parser("device", help="provision a device's MQTT account")
-    p.add_argument("action", choices=["add"])
-    p.add_argument("tenant")
-    p.add_argument("vehicle")
+    p = sub.add_parser(
+        "device",
+        help="provision a device: an MQTT account (the edge agent, OwnTracks) or a tracker identity; list trackers",
+    )
+    p.add_argument("action", choices=["add", "list"])
+    p.add_argument("tenant", nargs="?")
+    p.add_argument("vehicle", nargs="?")
     p.add_argument("--password", help="default: a generated one (printed)")
+    p.add_argument(
+        "--protocol",
+        choices=["teltonika", "gt06", "osmand", "owntracks"],
+        help="a tracker instead of the edge agent: its data is stored for VEHICLE (docs/trackers.md)",
+    )
+    p.add_argument("--imei", help="the tracker's IMEI (teltonika, gt06) or the phone's device id (osmand)")
+    p.add_argument(
+        "--door-input",
+        action="append",
+        metavar="INPUT=DOOR",
+        help="teltonika: a digital input that is a door, e.g. 1=rear (repeatable)",
+    )
     p.set_defaults(func=_device)
 
     p = sub.add_parser("engine", help="run the gateway shards and the dataflow (foreground)")
     p.add_argument("--no-flow", action="store_true", help="gateway only")
     p.set_defaults(func=_engine)
+
+    p = sub.add_parser("listen", help="run one tracker listener (the engine starts these)")
+    p.add_argument("protocol", choices=["teltonika", "gt06", "osmand"])
+    p.set_defaults(func=_listen)
 
     p = sub.add_parser("gateway", help="run one gateway shard (the engine starts these)")
     p.add_argument("--shard", type=int, required=True)
@@ -266,6 +357,16 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--minutes", type=float, help="wall-clock minutes (default: settings.sim_minutes)")
         p.add_argument("--speedup", type=float, help="simulated seconds per wall second")
         p.add_argument("--seed", type=int)
+        p.add_argument(
+            "--protocol",
+            help="comma-separated tracker protocols (teltonika, gt06, osmand, owntracks) that some vans speak "
+            "instead of the edge agent's contract (default: settings.sim_protocols, none)",
+        )
+        p.add_argument(
+            "--protocol-share",
+            type=float,
+            help="share of the vans that are trackers (default: settings.sim_protocol_share)",
+        )
         p.add_argument(
             "--batch",
             action="store_true",
@@ -289,7 +390,21 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="only the ETA cost per fix with the trained model loaded, on sparse simulated days (in process)",
     )
-    p.add_argument("--vehicles", type=int, help="with --eta: vans in the simulated week (default 50)")
+    p.add_argument(
+        "--api",
+        action="store_true",
+        help="only the API benchmark: request latency with --vehicles vans (default 1000), the stored-readings "
+        "rate with and without 50 live-stream clients, and live-stream capacity",
+    )
+    p.add_argument("--vehicles", type=int, help="with --eta: vans in the simulated week (default 50); with --api: 1000")
+    p.add_argument(
+        "--trackers",
+        type=int,
+        nargs="?",
+        const=1000,
+        help="only the tracker load: N concurrent Teltonika trackers over TCP loopback (default 1000), "
+        "each 10 packets of 5 records, beside the MQTT path with the same readings",
+    )
     p.set_defaults(func=_bench)
 
     p = sub.add_parser("plan", help="delivery plans: store, publish over MQTT, show the latest")
@@ -308,6 +423,25 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("deliver", help="deliver alerts and stop events to MQTT and webhooks (the engine starts it)")
     p.set_defaults(func=_deliver)
+
+    p = sub.add_parser(
+        "api",
+        help="serve the HTTP API, live stream, metrics and control-tower page on api_host:api_port "
+        "(the engine starts it; alone: e.g. beside an engine on another machine)",
+    )
+    p.set_defaults(func=_api)
+
+    p = sub.add_parser("token", help="bearer tokens of the HTTP API: add, revoke, list")
+    token_sub = p.add_subparsers(dest="action", required=True)
+    q = token_sub.add_parser("add", help="print a new token for TENANT (shown once; stored hashed)")
+    q.add_argument("tenant")
+    q.add_argument("--role", choices=["viewer", "dispatcher"], default="viewer", help="default viewer (read only)")
+    q.add_argument("--name", help="who holds it: names the actor of alert actions")
+    q = token_sub.add_parser("revoke", help="revoke a token, given by its id or the token itself")
+    q.add_argument("token")
+    q = token_sub.add_parser("list", help="the tokens (ids, never the tokens), of TENANT or all")
+    q.add_argument("tenant", nargs="?")
+    p.set_defaults(func=_token)
 
     p = sub.add_parser(
         "evaluate",
@@ -365,9 +499,25 @@ def main(argv: list[str] | None = None) -> int:
         "sim_minutes": getattr(args, "minutes", None),
         "sim_speedup": getattr(args, "speedup", None),
         "sim_seed": getattr(args, "seed", None),
+        "sim_protocols": getattr(args, "protocol", None),
+        "sim_protocol_share": getattr(args, "protocol_share", None),
     }
     settings = load_settings(**overrides)
+    if args.command in _ENGINE_PROCESSES:
+        _metrics_dir(settings)
     return int(args.func(settings, args) or 0)
+
+
+# the commands the engine runs: they report Prometheus metrics to <state_dir>/metrics
+_ENGINE_PROCESSES = ("gateway", "flow", "dispatch", "deliver", "api")
+
+
+def _metrics_dir(settings: Settings) -> None:
+    """Point prometheus-client's multiprocess mode at the engine's metrics folder (unless the
+    environment already names one), before anything imports it (``core/metrics.py``)."""
+    if "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(settings.metrics_dir)
+    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
 
 
 if __name__ == "__main__":

@@ -20,6 +20,11 @@ any other role name
 Devices: username ``{tenant}.{vehicle}``; may publish only to
 ``fleet/{tenant}/{vehicle}/#`` and read only ``fleet/{tenant}/{vehicle}/cmd/#``.
 Under MQTT v5 a publish outside that gets PUBACK 0x87 (Not authorized).
+
+OwnTracks phones: username ``ot.{tenant}.{vehicle}`` (two dots: never a device's or a role's);
+may publish and read only under ``owntracks/{username}/`` (the app's default topic
+``owntracks/%u/%d``). The gateway reads ``owntracks/#`` and stores what a provisioned user sends
+for its vehicle (``fleetstream device add ... --protocol owntracks``).
 """
 
 from __future__ import annotations
@@ -50,7 +55,10 @@ __all__ = [
     "mqtt_account",
     "add_device",
     "add_devices",
+    "add_owntracks_account",
+    "add_owntracks_accounts",
     "device_password",
+    "owntracks_username",
     "device_username",
     "remove_device",
     "sync_broker_files",
@@ -58,12 +66,12 @@ __all__ = [
     "acl_file",
 ]
 
-_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
-_ROLE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
+_ROLE = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")
 
 # role -> ACL lines written under "user <role>" in the broker's ACL file
 ROLE_ACLS: dict[str, tuple[str, ...]] = {
-    "gateway": ("topic readwrite fleet/#", "topic read dispatch/#"),
+    "gateway": ("topic readwrite fleet/#", "topic read dispatch/#", "topic read owntracks/#"),
     "alerts": ("topic write alerts/#", "topic write stops/#", "topic write etas/#"),
     "dispatch": ("topic write dispatch/#",),
     "simulator": ("topic readwrite fleet/#",),
@@ -75,9 +83,11 @@ ROLE_ACLS: dict[str, tuple[str, ...]] = {
         "topic read stops/#",
         "topic read etas/#",
         "topic read dispatch/#",
+        "topic read owntracks/#",
     ),
 }
 _DEFAULT_ROLE_ACL: tuple[str, ...] = ("topic readwrite fleet/#",)
+_OWNTRACKS = "owntracks"  # devices.json "kind" of an OwnTracks account (a contract device has none)
 _RELOAD_PROBE_S = 3.0
 
 
@@ -163,8 +173,12 @@ def _acl_text(roles: dict[str, str], devices: dict[str, dict[str, Any]]) -> str:
         dev = devices[username]
         tenant, vehicle = dev["tenant"], dev["vehicle"]
         lines.append(f"user {username}")
-        lines.append(f"topic write fleet/{tenant}/{vehicle}/#")
-        lines.append(f"topic read fleet/{tenant}/{vehicle}/cmd/#")
+        if dev.get("kind") == _OWNTRACKS:  # the app publishes on owntracks/%u/%d[/...] and reads its own
+            lines.append(f"topic write owntracks/{username}/#")
+            lines.append(f"topic read owntracks/{username}/#")
+        else:
+            lines.append(f"topic write fleet/{tenant}/{vehicle}/#")
+            lines.append(f"topic read fleet/{tenant}/{vehicle}/cmd/#")
         lines.append("")
     return "\n".join(lines)
 
@@ -377,7 +391,34 @@ def add_device(settings: Settings, tenant: str, vehicle: str, password: str | No
     return _add(settings, tenant, {vehicle: password})[vehicle]
 
 
-def _add(settings: Settings, tenant: str, wanted: dict[str, str | None]) -> dict[str, str]:
+def owntracks_username(tenant: str, vehicle: str) -> str:
+    """The MQTT username of a vehicle's OwnTracks phone: ``ot.<tenant>.<vehicle>``."""
+    return f"ot.{tenant}.{vehicle}"
+
+
+def add_owntracks_account(
+    settings: Settings, tenant: str, vehicle: str, password: str | None = None
+) -> tuple[str, str]:
+    """Provision the MQTT account of ``vehicle``'s OwnTracks phone; (username, password).
+    Idempotent like ``add_device``."""
+    _check_ids(tenant, vehicle)
+    return owntracks_username(tenant, vehicle), _add(settings, tenant, {vehicle: password}, _OWNTRACKS)[vehicle]
+
+
+def add_owntracks_accounts(settings: Settings, tenant: str, vehicles: Iterable[str]) -> dict[str, tuple[str, str]]:
+    """Provision many OwnTracks accounts with one broker reload; {vehicle: (username, password)}."""
+    vehicles = list(dict.fromkeys(vehicles))
+    for v in vehicles:
+        _check_ids(tenant, v)
+    passwords = _add(settings, tenant, {v: None for v in vehicles}, _OWNTRACKS)
+    return {v: (owntracks_username(tenant, v), passwords[v]) for v in vehicles}
+
+
+def _username(kind: str | None, tenant: str, vehicle: str) -> str:
+    return owntracks_username(tenant, vehicle) if kind == _OWNTRACKS else device_username(tenant, vehicle)
+
+
+def _add(settings: Settings, tenant: str, wanted: dict[str, str | None], kind: str | None = None) -> dict[str, str]:
     out: dict[str, str] = {}
     probe: tuple[str, str] | None = None
     with _locked(settings):
@@ -385,13 +426,15 @@ def _add(settings: Settings, tenant: str, wanted: dict[str, str | None]) -> dict
         devices = _read_json(_devices_path(settings))
         dirty = False
         for vehicle, password in wanted.items():
-            user = device_username(tenant, vehicle)
+            user = _username(kind, tenant, vehicle)
             current = devices.get(user)
             if current is not None and (password is None or password == current["password"]):
                 out[vehicle] = current["password"]
                 continue
             secret = password if password is not None else _new_secret()
             devices[user] = {"tenant": tenant, "vehicle": vehicle, "password": secret}
+            if kind is not None:
+                devices[user]["kind"] = kind
             out[vehicle] = secret
             probe = (user, secret)
             dirty = True
@@ -401,7 +444,7 @@ def _add(settings: Settings, tenant: str, wanted: dict[str, str | None]) -> dict
     if changed:
         if probe is None and wanted:  # files repaired, nothing new: probe with any of them
             vehicle = next(iter(wanted))
-            probe = (device_username(tenant, vehicle), out[vehicle])
+            probe = (_username(kind, tenant, vehicle), out[vehicle])
         _reload_broker(settings, probe)
     return out
 

@@ -8,6 +8,7 @@ import signal
 import sys
 import threading
 import time
+from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -17,7 +18,7 @@ from fleetstream import credentials, services
 from fleetstream.engine import Engine
 from store.db import connect, migrate, one, scalar
 
-__all__ = ["run_demo", "simulate", "fleet_summary"]
+__all__ = ["control_tower_url", "run_demo", "simulate", "fleet_summary"]
 
 _SETTLE_TIMEOUT_S = 120.0  # longest wait, after the fleet finished, for the dataflow to catch up
 
@@ -93,11 +94,12 @@ def fleet_summary(settings: Settings, tenant: str, since: datetime) -> dict[str,
             "SELECT count(DISTINCT h3_cell) FROM positions WHERE tenant = %s AND received_at >= %s",
             (tenant, since),
         )
-        out["dead_letters"] = dict(
+        out["dead_letters"] = dict(  # the tenant's devices' and trackers' (by their identities)
             conn.execute(
-                "SELECT reason, count(*) FROM dead_letters WHERE topic LIKE %s AND received_at >= %s "
-                "GROUP BY reason ORDER BY reason",
-                (f"fleet/{tenant}/%", since),
+                "SELECT reason, count(*) FROM dead_letters WHERE received_at >= %(since)s AND (topic LIKE %(fleet)s "
+                "OR topic LIKE %(phones)s OR topic IN (SELECT protocol || '/' || identity FROM trackers "
+                "WHERE tenant = %(tenant)s)) GROUP BY reason ORDER BY reason",
+                {"since": since, "fleet": f"fleet/{tenant}/%", "phones": f"owntracks/ot.{tenant}.%", "tenant": tenant},
             ).fetchall()
         )
         # what the analytics made of it (rows written or changed during this run)
@@ -161,6 +163,17 @@ def simulate(
         if progress is not None:
             progress.update(counts)
 
+    trackers = None
+    if settings.sim_protocols:
+        from fleetstream.sim_trackers import TrackerFleet, VanTracker
+        from fleetstream.trackers import simulated_trackers
+        from sim.simulator import vehicle_ids
+
+        vans = [VanTracker(**t) for t in simulated_trackers(settings, vehicle_ids(settings.sim_vehicles))]
+
+        def trackers(counts: Counter[str]) -> TrackerFleet:
+            return TrackerFleet(settings, vans, counts)
+
     return run_simulation(
         settings,
         vehicles=settings.sim_vehicles,
@@ -173,6 +186,7 @@ def simulate(
         on_progress=on_progress,
         stop_event=stop,
         on_plans=lambda plans: _discard(store_plans(settings, plans)),
+        trackers=trackers,
     )
 
 
@@ -187,6 +201,15 @@ def store_plans(settings: Settings, plans: list[dict[str, Any]]) -> list[int]:
 
     with connect(settings.dsn(), autocommit=True) as conn:
         return [store_plan(conn, Plan.from_dict(p), "simulator")[0] for p in plans]
+
+
+def control_tower_url(settings: Settings) -> str:
+    """The page's URL with a new dispatcher token of the demo's tenant (``fleetstream token list`` shows it)."""
+    from api.tokens import add_token
+
+    with connect(settings.dsn(), autocommit=True) as conn:
+        token, _ = add_token(conn, settings.tenant, "dispatcher", "demo")
+    return f"{settings.api_url()}/?token={token}"
 
 
 def run_demo(settings: Settings, batch: bool = False) -> int:
@@ -208,6 +231,10 @@ def run_demo(settings: Settings, batch: bool = False) -> int:
     engine = Engine(settings)
     engine.start()
     engine.wait_ready()
+    watcher = threading.Thread(target=engine.watch, args=(stop,), name="engine-watch", daemon=True)
+    watcher.start()  # restart what dies (the page's API too) while the demo runs
+    if settings.engine_api:
+        print(f"control tower (live while the demo runs): {control_tower_url(settings)}", flush=True)
     progress: dict[str, int] = {}
     result: dict[str, Any] = {}
 
@@ -241,6 +268,7 @@ def run_demo(settings: Settings, batch: bool = False) -> int:
     finally:
         stop.set()
         sim.join(30)
+        watcher.join(5)
         engine.stop()
     print("\n\nsimulator:", result or "(interrupted)")
     print(f"\nTimescaleDB received for tenant {settings.tenant!r} during this run:")

@@ -1,9 +1,15 @@
-"""The engine: gateway shard processes, the dataflow process and the dispatch listener, supervised.
+"""The engine: gateway shard processes, the tracker listeners, the dataflow, the dispatch listener,
+the deliverer and the API, supervised.
 
 Each part runs in its own process (the gateway is CPU-bound Python, so shards
 use both cores). A child that dies is restarted; the dataflow resumes from its
 Bytewax recovery snapshot. Children get PDEATHSIG so a killed supervisor never
 leaves orphans that would hold a shard.
+
+Metrics: every child writes its Prometheus metrics to ``<state_dir>/metrics``
+(``PROMETHEUS_MULTIPROC_DIR``, set here for all of them), emptied when the engine
+starts; the API serves them merged. A child that exits is marked dead there, so its
+``live`` gauges stop counting while its counters keep their totals.
 """
 
 from __future__ import annotations
@@ -21,6 +27,7 @@ from dataclasses import dataclass, fields
 from core.settings import Settings
 from ingest.dispatch import ready_file as dispatch_ready_file
 from ingest.gateway import ready_file
+from ingest.listener import ready_file as listener_ready_file
 
 __all__ = ["Engine", "settings_env"]
 
@@ -45,6 +52,7 @@ class _Child:
     name: str
     argv: list[str]
     shard: int | None = None
+    protocol: str | None = None  # a tracker listener's
     proc: subprocess.Popen[bytes] | None = None
     restarts: int = 0
 
@@ -53,7 +61,13 @@ class Engine:
     """Start, watch and stop the engine's processes."""
 
     def __init__(
-        self, settings: Settings, with_flow: bool = True, with_dispatch: bool = True, with_delivery: bool | None = None
+        self,
+        settings: Settings,
+        with_flow: bool = True,
+        with_dispatch: bool = True,
+        with_delivery: bool | None = None,
+        with_api: bool | None = None,
+        with_listeners: bool = True,
     ) -> None:
         self.settings = settings
         cli = [sys.executable, "-m", "fleetstream.cli"]
@@ -61,6 +75,9 @@ class Engine:
             _Child(f"gateway-{i}", [*cli, "gateway", "--shard", str(i)], shard=i)
             for i in range(settings.gateway_workers)
         ]
+        # the tracker front ends whose port is not 0, one process each (its own writer shard)
+        if with_listeners:
+            self.children += [_Child(f"listen-{p}", [*cli, "listen", p], protocol=p) for p in settings.listener_ports()]
         if with_flow:
             self.children.append(_Child("flow", [*cli, "flow"]))
         # one dispatch listener per broker (its client id is fixed): plans over MQTT
@@ -70,7 +87,11 @@ class Engine:
         # alerts and stop events to MQTT and webhooks: with the analytics, unless told otherwise
         if with_delivery if with_delivery is not None else (with_flow and bool(settings.flow_analytics)):
             self.children.append(_Child("deliver", [*cli, "deliver"]))
+        # the HTTP API and the page: with the settings' engine_api, unless told otherwise
+        if with_api if with_api is not None else bool(settings.engine_api):
+            self.children.append(_Child("api", [*cli, "api"]))
         self._log = settings.state_dir / "logs"
+        self._env = {**settings_env(settings), "PROMETHEUS_MULTIPROC_DIR": str(settings.metrics_dir)}
 
     def _spawn(self, child: _Child) -> None:
         self._log.mkdir(parents=True, exist_ok=True)
@@ -78,10 +99,12 @@ class Engine:
             ready_file(self.settings, child.shard).unlink(missing_ok=True)
         if child.name == "dispatch":
             dispatch_ready_file(self.settings).unlink(missing_ok=True)
+        if child.protocol is not None:
+            listener_ready_file(self.settings, child.protocol).unlink(missing_ok=True)
         with open(self._log / f"{child.name}.log", "ab") as out:
             child.proc = subprocess.Popen(
                 child.argv,
-                env=settings_env(self.settings),
+                env=self._env,
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 preexec_fn=_die_with_parent,
@@ -89,21 +112,33 @@ class Engine:
         log.info("engine: started %s (pid %d)", child.name, child.proc.pid)
 
     def start(self) -> None:
+        metrics = self.settings.metrics_dir
+        metrics.mkdir(parents=True, exist_ok=True)
+        for old in metrics.glob("*.db"):  # a new engine: counters start from zero
+            old.unlink(missing_ok=True)
         for child in self.children:
             self._spawn(child)
 
+    def _exited(self, child: _Child) -> None:
+        """A child is gone: its live gauges leave the metrics (prometheus-client multiprocess mode)."""
+        if child.proc is not None:
+            from prometheus_client import multiprocess
+
+            multiprocess.mark_process_dead(child.proc.pid, str(self.settings.metrics_dir))
+
     def wait_ready(self, timeout_s: float = 60.0) -> None:
-        """Block until every gateway shard (and the dispatch listener) has subscribed: their
-        queues then exist in the broker."""
+        """Block until every gateway shard (and the dispatch listener) has subscribed, so their queues
+        exist in the broker, and every tracker listener accepts connections."""
         deadline = time.monotonic() + timeout_s
         shards = [c.shard for c in self.children if c.shard is not None]
         files = [ready_file(self.settings, s) for s in shards]
+        files += [listener_ready_file(self.settings, c.protocol) for c in self.children if c.protocol is not None]
         if self.with_dispatch:
             files.append(dispatch_ready_file(self.settings))
         while not all(f.exists() for f in files):
             if time.monotonic() > deadline:
-                logs = self._log
-                raise TimeoutError(f"gateway shards / dispatch listener not subscribed after {timeout_s} s; see {logs}")
+                missing = ", ".join(f.stem for f in files if not f.exists())
+                raise TimeoutError(f"not ready after {timeout_s} s: {missing}; see {self._log}")
             time.sleep(0.05)
 
     def pids(self) -> dict[str, int]:
@@ -115,6 +150,7 @@ class Engine:
             for child in self.children:
                 if child.proc is not None and child.proc.poll() is not None:
                     log.warning("engine: %s exited with %s; restarting", child.name, child.proc.returncode)
+                    self._exited(child)
                     child.restarts += 1
                     time.sleep(min(5.0, 0.5 * child.restarts))
                     self._spawn(child)
@@ -141,6 +177,7 @@ class Engine:
                 log.warning("engine: %s did not stop; killing pid %d", child.name, child.proc.pid)
                 child.proc.kill()
                 child.proc.wait()
+            self._exited(child)
 
 
 def run_engine(settings: Settings, with_flow: bool = True) -> None:

@@ -110,7 +110,7 @@ def run_evaluation(
         services.up(settings)
     migrate(settings.dsn())
     began_wall = datetime.now(UTC)
-    engine = Engine(settings)
+    engine = Engine(settings, with_api=False)  # scored from the tables; no page to serve
     engine.start()
     engine.wait_ready()
     progress: dict[str, int] = {}

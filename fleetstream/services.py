@@ -3,8 +3,12 @@
 * PostgreSQL 15 with TimescaleDB preloaded: a cluster in ``state_dir/pg/data``
   (owned by the ``postgres`` OS user), listening on ``settings.pg_host:pg_port``
   only, unix socket in ``state_dir/pg/run``, trust auth for local and 127.0.0.1.
-* Mosquitto 2.0: config, password/ACL files, persistence, log and pid file in
-  ``state_dir/mosquitto``; drops root privileges to the ``mosquitto`` user.
+* Mosquitto: config, password/ACL files, persistence, log and pid file in
+  ``state_dir/mosquitto``; drops root privileges to the ``mosquitto`` user. The broker is
+  ``mqtt_broker_bin``, else the Mosquitto 2.1 that ``scripts/bootstrap.sh`` builds
+  (``.venv/opt/mosquitto``), else ``mosquitto`` on the PATH. With 2.1's persist-sqlite
+  plugin next to it, persistence is that plugin (it saves shared subscriptions, so a
+  restarted broker queues for the gateway shards at once); else Mosquitto 2.0's own file.
 
 Everything comes from :class:`core.settings.Settings`; nothing here knows a
 fixed path or port. All entry points are idempotent and safe to call from several
@@ -35,6 +39,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -58,7 +63,9 @@ __all__ = [
     "stop_broker",
     "start_postgres",
     "stop_postgres",
+    "broker_executable",
     "broker_paths",
+    "broker_sqlite_plugin",
     "postgres_paths",
     "POSTGRES_OPTIONS",
 ]
@@ -461,23 +468,93 @@ BROKER_MAX_INFLIGHT = 0
 _PACKET_HEADROOM = 65_536 + 4_096
 
 
+def broker_executable(settings: Settings) -> Path:
+    """The Mosquitto to run: ``mqtt_broker_bin``, else the one scripts/bootstrap.sh built
+    (``<venv>/opt/mosquitto/sbin/mosquitto``), else ``mosquitto`` on the PATH."""
+    if settings.mqtt_broker_bin:
+        return Path(settings.mqtt_broker_bin)
+    built = Path(sys.prefix) / "opt" / "mosquitto" / "sbin" / "mosquitto"
+    if built.exists():
+        return built
+    return Path(shutil.which("mosquitto") or "/usr/sbin/mosquitto")
+
+
+def broker_sqlite_plugin(settings: Settings) -> Path | None:
+    """Mosquitto 2.1's persist-sqlite plugin installed with the broker, or None (a 2.0 broker)."""
+    plugin = broker_executable(settings).resolve().parent.parent / "lib" / "mosquitto_persist_sqlite.so"
+    return plugin if plugin.exists() else None
+
+
+def _persistence_lines(settings: Settings) -> list[str]:
+    data = broker_paths(settings)["data"]
+    plugin = broker_sqlite_plugin(settings)
+    if plugin is None:
+        # Mosquitto 2.0: one file, saved every autosave_interval (it wrote every 2 s with 1 here);
+        # shared subscriptions are not in it (the gateway shards subscribe again on connect)
+        return [
+            "persistence true",
+            f"persistence_location {data}/",
+            "persistence_file mosquitto.db",
+            "autosave_interval 1",
+            "autosave_on_changes false",
+        ]
+    # Mosquitto 2.1's persist-sqlite plugin: sessions, shared subscriptions included, and queued
+    # messages in data/mosquitto.sqlite3, committed every flush_period seconds. 2.1 refuses
+    # "persistence true" beside it. Its flush runs from the broker's timer loop, which an idle
+    # broker only turns every sys_interval seconds: hence sys_interval 1 below.
+    return [
+        f"persistence_location {data}/",
+        f"plugin {plugin}",
+        "plugin_opt_flush_period 1",
+        "plugin_opt_sync normal",
+    ]
+
+
+def _migrate_2_0_persistence(settings: Settings) -> None:
+    """A state folder a Mosquitto 2.0 ran in holds its sessions and queued messages in
+    ``mosquitto.db``, which 2.1's persist-sqlite plugin does not read: convert it once with
+    upstream's converter (installed by bootstrap.sh), and keep the old file as ``.migrated``."""
+    data = broker_paths(settings)["data"]
+    old, new = data / "mosquitto.db", data / "mosquitto.sqlite3"
+    if not old.exists() or new.exists():
+        return
+    prefix = broker_executable(settings).resolve().parent.parent
+    script = prefix / "share" / "mosquitto" / "migrate_to_persist_sqlite.py"
+    dump = prefix / "bin" / "mosquitto_db_dump"
+    if not script.exists() or not dump.exists():
+        raise ServiceError(
+            f"{old} holds Mosquitto 2.0's sessions and queued messages, and the converter for 2.1 "
+            f"({script}) is missing: run scripts/bootstrap.sh, or drain the queues with 2.0 "
+            "(mqtt_broker_bin=/usr/sbin/mosquitto) and delete the file"
+        )
+    # the converter writes mosquitto.sqlite3 next to itself
+    local = data / ".migrate_to_persist_sqlite.py"
+    shutil.copyfile(script, local)
+    try:
+        _run(
+            [sys.executable, str(local), "--persistence-db", str(old), "--dump-tool", str(dump)],
+            "converting Mosquitto 2.0's persistence file",
+            timeout=600,
+        )
+    finally:
+        local.unlink(missing_ok=True)
+    os.replace(old, data / "mosquitto.db.migrated")
+    log.warning("mosquitto: converted %s (2.0) into %s for Mosquitto 2.1", old, new)
+
+
 def _broker_conf(settings: Settings) -> str:
     p = broker_paths(settings)
     limit = int(settings.broker_message_size_limit)
     lines = [
         "# generated by fleetstream.services from Settings: do not edit (rewritten at every start)",
-        "per_listener_settings false",
+        # (per_listener_settings is false by default: auth and ACL apply to every listener)
         f"listener {settings.mqtt_port} {settings.mqtt_host}",
         *(f"listener {settings.mqtt_port} {addr}" for addr in settings.mqtt_also_listen_on()),
         "allow_anonymous false",
         f"password_file {p['passwd']}",
         f"acl_file {p['acl']}",
         "",
-        "persistence true",
-        f"persistence_location {p['data']}/",
-        "persistence_file mosquitto.db",
-        "autosave_interval 1",
-        "autosave_on_changes false",
+        *_persistence_lines(settings),
         "persistent_client_expiration 14d",
         "",
         f"max_queued_messages {int(settings.broker_max_queued_messages)}",
@@ -498,7 +575,7 @@ def _broker_conf(settings: Settings) -> str:
         "log_timestamp true",
         "log_timestamp_format %Y-%m-%dT%H:%M:%S",
         f"pid_file {p['pid']}",
-        "sys_interval 10",
+        "sys_interval 1",
     ]
     if _is_root():
         lines.append(f"user {MQTT_USER}")
@@ -536,6 +613,8 @@ def _prepare_broker(settings: Settings) -> Path:
     if not p["log"].exists():
         p["log"].touch()
     credentials.sync_broker_files(settings)
+    if broker_sqlite_plugin(settings) is not None:
+        _migrate_2_0_persistence(settings)
     if _is_root():
         for path in (p["base"], p["data"], p["log"], p["passwd"], p["acl"]):
             _chown(path, MQTT_USER)
@@ -561,9 +640,9 @@ def _start_broker_locked(settings: Settings) -> int:
             f"port {settings.mqtt_host}:{settings.mqtt_port} is taken by another process; "
             "the project-local mosquitto cannot start there"
         )
-    exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
+    exe = str(broker_executable(settings))
     if not Path(exe).exists():
-        raise ServiceError("mosquitto not installed (run scripts/bootstrap.sh)")
+        raise ServiceError(f"mosquitto not found at {exe} (run scripts/bootstrap.sh)")
     p = broker_paths(settings)
     conf = _prepare_broker(settings)
     with contextlib.suppress(FileNotFoundError):

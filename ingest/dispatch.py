@@ -6,10 +6,13 @@ A dispatch system publishes one plan JSON object (the form in
 session (client id ``fleetstream-dispatch``, gateway account, ``clean_start=False``
 on every connect, session expiry ``session_expiry_s``) subscribed to
 ``dispatch/+/plan``, so the broker queues plans while it is down. One message at a
-time: check it, store it (:func:`store.plans.store_plan`, source ``mqtt``) or write a
-dead letter (``oversized``, ``bad_json``, ``bad_plan``; shard -1), commit, and only
+time: check it (the plan limits ``plan_max_*`` included), store it
+(:func:`store.plans.store_plan`, source ``mqtt``) or write a dead letter
+(``oversized``, ``bad_json``, ``bad_plan``, ``db_refused``; shard -1), commit, and only
 then PUBACK. While the database is away the message stays un-acked and is retried
-with backoff; nothing is acknowledged that is not stored.
+with backoff; nothing is acknowledged that is not stored. Nothing a message holds
+can crash the listener: a check that fails unexpectedly is a ``bad_plan``, and a plan
+the database refuses is a ``db_refused`` dead letter.
 """
 
 from __future__ import annotations
@@ -36,10 +39,11 @@ from paho.mqtt.properties import Properties
 from paho.mqtt.reasoncodes import ReasonCode
 
 from core.contract import Rejected
-from core.plan import Plan, PlanError
+from core.metrics import DEAD_LETTERS
+from core.plan import Plan, PlanError, PlanLimits
 from core.settings import Settings
 from ingest.batching import dead_letter_row
-from ingest.writer import store_dead_letters
+from ingest.writer import is_outage, store_dead_letters
 from store.db import connect
 from store.plans import store_plan
 
@@ -63,7 +67,7 @@ CLIENT_ID = "fleetstream-dispatch"
 DEAD_LETTER_SHARD = -1  # dead_letters.shard of the dispatch listener (gateway shards are >= 0)
 _RECEIVE_MAXIMUM = 16  # un-acked plans the broker may send at once; bounds memory at 16 x max_payload_bytes
 _NO_MATCHING_SUBSCRIBERS = 0x10
-_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")  # tenant ids, as for devices (core/contract.py)
+_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}\Z")  # tenant ids, as for devices (core/contract.py)
 
 
 class PublishError(RuntimeError):
@@ -86,8 +90,21 @@ def ready_file(settings: Settings) -> Path:
     return settings.state_dir / "run" / "dispatch.ready"
 
 
-def check_plan_message(topic: str, payload: bytes, max_payload_bytes: int) -> Plan | Rejected:
-    """The plan in one MQTT message, or why it is a dead letter. Pure."""
+def check_plan_message(
+    topic: str, payload: bytes, max_payload_bytes: int, limits: PlanLimits | None = None
+) -> Plan | Rejected:
+    """The plan in one MQTT message, or why it is a dead letter (``limits``: past one is a
+    ``bad_plan``). Pure; never raises."""
+    try:
+        return _check_plan_message(topic, payload, max_payload_bytes, limits)
+    except Exception as exc:  # a check that broke on odd input: the plan is refused, the listener goes on
+        log.exception("dispatch: checking a plan on %s failed", topic)
+        return Rejected("bad_plan", f"unreadable plan: {type(exc).__name__}: {str(exc)[:200]}")
+
+
+def _check_plan_message(
+    topic: str, payload: bytes, max_payload_bytes: int, limits: PlanLimits | None
+) -> Plan | Rejected:
     if len(payload) > max_payload_bytes:
         return Rejected("oversized", f"{len(payload)} bytes is over max_payload_bytes {max_payload_bytes}")
     parts = topic.split("/")
@@ -101,6 +118,8 @@ def check_plan_message(topic: str, payload: bytes, max_payload_bytes: int) -> Pl
         return Rejected("bad_json", "nested too deeply")
     try:
         plan = Plan.from_dict(obj)
+        if limits is not None:
+            limits.check(plan)
     except PlanError as exc:
         return Rejected("bad_plan", str(exc))
     if plan.tenant != parts[1]:
@@ -219,11 +238,14 @@ class DispatchListener:
             self.settings.dead_letter_raw_cap,
         )
         with conn.transaction(), conn.cursor() as cur:
-            store_dead_letters(cur, [row], DEAD_LETTER_SHARD)
+            for reason, count in store_dead_letters(cur, [row], DEAD_LETTER_SHARD).items():
+                DEAD_LETTERS.labels(reason).inc(count)
 
     def _commit(self, msg: _Message, stop: threading.Event) -> bool:
         """Store or dead-letter ``msg``; False when ``stop`` came first (left un-acked)."""
-        outcome = check_plan_message(msg.topic, msg.payload, self.settings.max_payload_bytes)
+        outcome = check_plan_message(
+            msg.topic, msg.payload, self.settings.max_payload_bytes, self.settings.plan_limits()
+        )
         delay = 0.5
         while True:
             try:
@@ -231,8 +253,12 @@ class DispatchListener:
                 if isinstance(outcome, Plan):
                     try:
                         version, stored = store_plan(conn, outcome, "mqtt")
-                    except psycopg.DataError as exc:  # valid JSON the database cannot hold, e.g. "\u0000"
-                        outcome = Rejected("bad_plan", f"the database refused the plan: {str(exc).strip()}")
+                    except Exception as exc:
+                        if is_outage(exc):
+                            raise
+                        # valid by the checks, yet refused: the database's word is final
+                        log.error("dispatch: the database refused a plan on %s: %s", msg.topic, exc)
+                        outcome = Rejected("db_refused", f"{type(exc).__name__}: {str(exc).strip()}")
                         continue
                     self.totals["stored" if stored else "unchanged"] += 1
                     log.info(
@@ -247,7 +273,10 @@ class DispatchListener:
                     self.totals["dead_letters"] += 1
                     log.warning("dispatch: dead letter %s on %s: %s", outcome.reason, msg.topic, outcome.detail)
                 return True
-            except psycopg.OperationalError as exc:  # database away: keep the message, retry, never ack
+            except Exception as exc:
+                if not is_outage(exc):
+                    raise
+                # database away: keep the message, retry, never ack
                 log.warning("dispatch: database unavailable (%s); retrying in %.1f s", str(exc).strip()[:120], delay)
                 self._close_db()
                 if stop.wait(delay):

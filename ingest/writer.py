@@ -1,19 +1,26 @@
 """Commit prepared batches of one gateway shard into TimescaleDB.
 
-Per batch, one transaction: binary COPY into session-local staging tables,
-``INSERT … SELECT … ON CONFLICT DO NOTHING`` into the hypertables (so a
-redelivered or retried reading is stored once), conflicts (same key, other
-content) turned into dead letters, the shard's counters advanced, and a NOTIFY
+Per batch, one transaction: binary COPY into session-local staging tables; each
+reading's device seq claimed in ``device_seqs`` (one row per tenant, vehicle and
+seq, whatever the stream); ``INSERT … SELECT … ON CONFLICT DO NOTHING`` into the
+hypertables of the readings whose claim is theirs (so a redelivered or retried
+reading is stored once); conflicts (a seq stored with another fix time, stream or
+content) turned into dead letters; the shard's counters advanced; and a NOTIFY
 that wakes the dataflow. The caller acknowledges the MQTT messages only after
 ``write`` returns.
+
+``write`` raises what the database raised. :func:`is_outage` tells the two kinds
+apart: the database away or busy (keep the batch and retry it), or refusing this
+batch's data (the gateway then isolates the messages it refuses).
 """
 
 from __future__ import annotations
 
 import json
 import logging
+from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import psycopg
@@ -22,7 +29,7 @@ from ingest.batching import Prepared, dead_letter_row
 from ingest.rows import DeadLetterRow, DoorRow, PositionRow, ReadingRow, StatusRow, TemperatureRow
 from store.db import connect
 
-__all__ = ["ShardWriter", "WriteResult", "COMMIT_CHANNEL", "store_dead_letters"]
+__all__ = ["ShardWriter", "WriteResult", "COMMIT_CHANNEL", "is_outage", "store_dead_letters"]
 
 log = logging.getLogger("fleetstream.writer")
 COMMIT_CHANNEL = "fleetstream_commit"
@@ -60,6 +67,7 @@ class _Table:
     row: type[ReadingRow]  # its fields are the columns, as prepared
     content: tuple[str, ...]  # columns that must match for a repeat to be a duplicate
     stream: str  # topic stream, for conflict dead letters
+    code: str  # device_seqs.stream
 
     @property
     def columns(self) -> tuple[str, ...]:
@@ -71,10 +79,11 @@ class _Table:
 
 
 TABLES = (
-    _Table("positions", PositionRow, ("lat", "lon", "speed_mps", "heading_deg", "accuracy_m", "alt_m"), "gps"),
-    _Table("temperatures", TemperatureRow, ("sensor", "celsius"), "temp"),
-    _Table("door_events", DoorRow, ("door", "is_open"), "door"),
+    _Table("positions", PositionRow, ("lat", "lon", "speed_mps", "heading_deg", "accuracy_m", "alt_m"), "gps", "g"),
+    _Table("temperatures", TemperatureRow, ("sensor", "celsius"), "temp", "t"),
+    _Table("door_events", DoorRow, ("door", "is_open"), "door", "d"),
 )
+_STREAM_OF_CODE = {t.code: t.stream for t in TABLES}
 _DEAD_LETTER_COLUMNS = ", ".join((*DeadLetterRow._fields, "shard"))
 _STATUS_INSERT = (
     f"INSERT INTO device_status ({', '.join(StatusRow._fields)}) "
@@ -82,18 +91,34 @@ _STATUS_INSERT = (
 )
 
 
-def store_dead_letters(cur: psycopg.Cursor[Any], rows: list[DeadLetterRow], shard: int) -> int:
+def store_dead_letters(cur: psycopg.Cursor[Any], rows: list[DeadLetterRow], shard: int) -> Counter[str]:
     """Insert ``rows`` (written by ``shard``) inside the caller's transaction; a row whose
-    digest is stored already (a redelivered bad message) is skipped. Returns how many were new."""
-    stored = 0
+    digest is stored already (a redelivered bad message) is skipped. Returns how many were
+    new, by reason code.
+
+    The digest is claimed in ``dead_letter_digests`` (its primary key): of two shards writing
+    the same redelivered message at once, the second waits for the first's commit and skips.
+    """
+    stored: Counter[str] = Counter()
+    values = ", ".join(["%s"] * len(DeadLetterRow._fields))
     for row in rows:
         cur.execute(
-            f"INSERT INTO dead_letters ({_DEAD_LETTER_COLUMNS}) SELECT %s, %s, %s, %s, %s, %s, %s, %s, %s "
-            "WHERE NOT EXISTS (SELECT 1 FROM dead_letters WHERE digest = %s)",
-            (*row, shard, row.digest),
+            "WITH claimed AS (INSERT INTO dead_letter_digests (digest) VALUES (%s) ON CONFLICT DO NOTHING "
+            f"RETURNING digest) INSERT INTO dead_letters ({_DEAD_LETTER_COLUMNS}) SELECT {values}, %s FROM claimed",
+            (row.digest, *row, shard),
         )
-        stored += cur.rowcount
+        if cur.rowcount > 0:
+            stored[row.reason] += cur.rowcount
     return stored
+
+
+def is_outage(exc: BaseException) -> bool:
+    """True when ``exc`` means the database is away or busy (connection lost, shutting down,
+    disk full, deadlock): keep the batch and retry it. False when the database refused the
+    batch's data (a data error, a limit of the program, anything else): retrying cannot help."""
+    if isinstance(exc, psycopg.errors.ProgramLimitExceeded):  # an OperationalError, but about the data
+        return False
+    return isinstance(exc, (psycopg.OperationalError, psycopg.InterfaceError))
 
 
 @dataclass(frozen=True)
@@ -105,6 +130,9 @@ class WriteResult:
     conflicts: int
     dead_letters: int
     last_seq: int
+    stored_by_stream: dict[str, int] = field(default_factory=dict)  # gps, temp, door
+    dead_letters_by_reason: dict[str, int] = field(default_factory=dict)
+    conflicted: frozenset[tuple[str, str, int]] = frozenset()  # (tenant, vehicle, seq) not stored: conflicts
 
 
 def _receive_orders(batch: Prepared) -> tuple[list[int], list[int], list[int]]:
@@ -161,38 +189,62 @@ class ShardWriter:
         conn = self.conn
         assert conn is not None
         stored = 0
+        by_stream: dict[str, int] = {}
         duplicates = batch.duplicates
         dead = list(batch.dead_letters)
+        conflicted: set[tuple[str, str, int]] = set()
         try:
             with conn.cursor() as cur:
                 # shard_seq in receive order across the tables (see Prepared), so the dataflow's
                 # replay of this shard, in shard_seq order, sees each message's readings together
                 orders = _receive_orders(batch)
                 tables: tuple[Sequence[ReadingRow], ...] = (batch.positions, batch.temperatures, batch.doors)
-                for table, rows, order in zip(TABLES, tables, orders, strict=True):
-                    if not rows:
-                        continue
-                    staged = len(rows)
+                present = [(t, rows, o) for t, rows, o in zip(TABLES, tables, orders, strict=True) if rows]
+                for table, rows, order in present:
                     columns = ", ".join(table.columns)
                     with cur.copy(f"COPY stage_{table.name} ({columns}) FROM STDIN (FORMAT BINARY)") as copy:
                         copy.set_types(table.types)
                         for row, place in zip(rows, order, strict=True):
                             copy.write_row((*row, self.shard, self.last_seq + 1 + place))
+                # claim each reading's seq for its device; when every claim is new (the usual
+                # case) no reading can conflict on its seq and the hypertables need no join
+                fresh = True
+                if present:
                     cur.execute(
-                        f"INSERT INTO {table.name} ({columns}) SELECT {columns} FROM stage_{table.name} "
-                        "ON CONFLICT DO NOTHING"
+                        "INSERT INTO device_seqs (tenant, vehicle_id, seq, fix_time, stream) "
+                        + " UNION ALL ".join(
+                            f"SELECT tenant, vehicle_id, seq, fix_time, '{t.code}' FROM stage_{t.name}"
+                            for t, _, _ in present
+                        )
+                        + " ON CONFLICT DO NOTHING"
                     )
+                    fresh = cur.rowcount == batch.reading_count
+                for table, rows, _ in present:
+                    staged = len(rows)
+                    columns = ", ".join(table.columns)
+                    if fresh:
+                        source = f"SELECT {columns} FROM stage_{table.name}"
+                    else:  # only readings whose seq is claimed with their own fix time and stream
+                        source = (
+                            f"SELECT {', '.join(f's.{c}' for c in table.columns)} FROM stage_{table.name} s "
+                            "JOIN device_seqs d USING (tenant, vehicle_id, seq) "
+                            f"WHERE d.fix_time = s.fix_time AND d.stream = '{table.code}'"
+                        )
+                    cur.execute(f"INSERT INTO {table.name} ({columns}) {source} ON CONFLICT DO NOTHING")
                     inserted = cur.rowcount
                     stored += inserted
+                    by_stream[table.stream] = inserted
                     if inserted < staged:
                         conflicting = self._conflicts(cur, table)
-                        dead.extend(conflicting)
+                        dead.extend(row for row, _ in conflicting)
+                        conflicted.update(key for _, key in conflicting)
                         duplicates += staged - inserted - len(conflicting)
                 seq = self.last_seq + batch.reading_count
                 new_vehicles = self._new_vehicles(cur, batch)
                 if batch.statuses:
                     cur.executemany(_STATUS_INSERT, batch.statuses)
-                dead_stored = store_dead_letters(cur, dead, self.shard)
+                dead_by_reason = store_dead_letters(cur, dead, self.shard)
+                dead_stored = sum(dead_by_reason.values())
                 conflicts = sum(1 for d in dead if d.reason == "conflict")
                 cur.execute(
                     "UPDATE gateway_shards SET last_seq = %s, stored = stored + %s, duplicates = duplicates + %s, "
@@ -208,7 +260,9 @@ class ShardWriter:
             raise
         self.last_seq = seq
         self._known_vehicles |= new_vehicles
-        return WriteResult(stored, duplicates, conflicts, dead_stored, seq)
+        return WriteResult(
+            stored, duplicates, conflicts, dead_stored, seq, by_stream, dict(dead_by_reason), frozenset(conflicted)
+        )
 
     def _rollback(self) -> None:
         try:
@@ -217,23 +271,35 @@ class ShardWriter:
         except psycopg.Error:
             self.close()
 
-    def _conflicts(self, cur: psycopg.Cursor[Any], table: _Table) -> list[DeadLetterRow]:
-        """Staged rows not inserted whose stored twin has other content: dead letters."""
+    def _conflicts(self, cur: psycopg.Cursor[Any], table: _Table) -> list[tuple[DeadLetterRow, tuple[str, str, int]]]:
+        """Staged rows not inserted because their device seq is stored with another fix time or
+        stream, or their stored twin has other content: dead letters, with their keys."""
         staged_content = ", ".join(f"s.{c}" for c in table.content)
         stored_content = ", ".join(f"p.{c}" for c in table.content)
         cur.execute(
-            f"SELECT s.tenant, s.vehicle_id, s.seq, s.fix_time, s.received_at, json_build_array({staged_content})::text "
+            f"SELECT s.tenant, s.vehicle_id, s.seq, s.fix_time, s.received_at, json_build_array({staged_content})::text, "
+            f"d.stream::text, d.fix_time FROM stage_{table.name} s JOIN device_seqs d USING (tenant, vehicle_id, seq) "
+            f"WHERE (d.fix_time, d.stream) <> (s.fix_time, '{table.code}') "
+            f"UNION ALL SELECT s.tenant, s.vehicle_id, s.seq, s.fix_time, s.received_at, "
+            f"json_build_array({staged_content})::text, NULL, NULL "
             f"FROM stage_{table.name} s JOIN {table.name} p USING (tenant, vehicle_id, fix_time, seq) "
             f"WHERE (p.shard, p.shard_seq) <> (s.shard, s.shard_seq) "
             f"AND ({stored_content}) IS DISTINCT FROM ({staged_content})"
         )
-        rows = []
-        for tenant, vehicle, seq, fix_time, received_at, values in cur.fetchall():
+        out = []
+        for tenant, vehicle, seq, fix_time, received_at, values, other_code, other_time in cur.fetchall():
             topic = f"fleet/{tenant}/{vehicle}/{table.stream}"
             payload = json.dumps({"seq": seq, "fix_time": fix_time.isoformat(), "values": json.loads(values)}).encode()
-            detail = f"{table.stream} seq {seq} at {fix_time.isoformat()} already stored with different content"
-            rows.append(dead_letter_row(topic, payload, received_at, "conflict", detail, None, self.raw_cap))
-        return rows
+            if other_code is None:
+                detail = f"{table.stream} seq {seq} at {fix_time.isoformat()} already stored with different content"
+            else:
+                detail = (
+                    f"{table.stream} seq {seq} at {fix_time.isoformat()}: the device's seq {seq} is stored as "
+                    f"{_STREAM_OF_CODE.get(other_code, other_code)} at {other_time.isoformat()}"
+                )
+            row = dead_letter_row(topic, payload, received_at, "conflict", detail, None, self.raw_cap)
+            out.append((row, (tenant, vehicle, seq)))
+        return out
 
     def _new_vehicles(self, cur: psycopg.Cursor[Any], batch: Prepared) -> set[tuple[str, str]]:
         new = {(r.tenant, r.vehicle_id) for rows in (batch.positions, batch.temperatures, batch.doors) for r in rows}

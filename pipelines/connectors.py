@@ -1,6 +1,8 @@
 """Bytewax connectors to TimescaleDB: a replayable source and idempotent sinks.
 
-The readings source merges the gateway shards' committed rows in receive order;
+The readings source merges the writer shards' committed rows in receive order (the gateway's
+shards 0 .. gateway_workers - 1 and the tracker front ends' ``FRONT_END_SHARDS``, each numbered
+by its own single writer);
 its snapshot is each shard's last ``shard_seq`` handed downstream, so after a
 crash Bytewax resumes each shard right after the last snapshotted row: with the operators' state restored from the same snapshot,
 derived results are exactly-once in effect. Sinks write with keys that make a
@@ -23,6 +25,8 @@ from bytewax.outputs import DynamicSink, StatelessSinkPartition
 from psycopg.types.json import Jsonb
 
 from core.contract import DoorEvent, GpsFix, TemperatureReading
+from core.metrics import ALERTS_RAISED, FLOW_HEARTBEAT, FLOW_LAG_READINGS, FLOW_LAG_SECONDS
+from core.plan import PlanLimits
 from pipelines.analytics import EventOut, Output, PlanUpdate, Resynced
 from pipelines.cells import CellMinute
 from pipelines.meter import COLUMNS as LAG_COLUMNS
@@ -30,9 +34,10 @@ from pipelines.meter import METER
 from pipelines.trackers.events import Alert, EtaUpdate, StopEvent
 from pipelines.vehicle_state import StoredReading, VehicleSummary
 from store.db import connect
+from store.events import LOCK_SQL, NOTIFY_SQL
 from store.plans import plans_after
 
-__all__ = ["AnalyticsStore", "CommittedReadings", "VehicleStateSink", "read_after"]
+__all__ = ["AnalyticsStore", "CommittedReadings", "VehicleStateSink", "measure_lag", "read_after"]
 
 log = logging.getLogger("fleetstream.flow")
 
@@ -120,6 +125,35 @@ def _receive_prefixes(reads: dict[int, list[StoredReading]], limit: int) -> dict
 
 
 PLANS = -1  # the plan revisions' position in the source's snapshot
+_LAG_EVERY_S = 1.0  # wall seconds between two lag measurements of the source
+_FIRST_UNREAD = """
+SELECT min(received_at) FROM (
+    (SELECT received_at FROM positions WHERE shard = %(shard)s AND shard_seq > %(after)s ORDER BY shard_seq LIMIT 1)
+    UNION ALL
+    (SELECT received_at FROM temperatures WHERE shard = %(shard)s AND shard_seq > %(after)s ORDER BY shard_seq LIMIT 1)
+    UNION ALL
+    (SELECT received_at FROM door_events WHERE shard = %(shard)s AND shard_seq > %(after)s ORDER BY shard_seq LIMIT 1)
+) first_unread
+"""
+
+
+def measure_lag(conn: psycopg.Connection, after: dict[int, int]) -> tuple[int, float]:
+    """(readings, seconds) the dataflow is behind the gateway: readings committed past
+    ``after`` (shard -> last shard_seq read), and the age of the oldest of them (0, 0.0
+    when caught up). Readings count from the shards' ``last_seq``, which also numbers
+    repeats that were not stored; a shard with no unread row counts 0."""
+    behind, oldest = 0, None
+    for shard, last_seq in conn.execute("SELECT shard, last_seq FROM gateway_shards").fetchall():
+        if shard not in after or int(last_seq) <= after[shard]:
+            continue
+        row = conn.execute(_FIRST_UNREAD, {"shard": shard, "after": after[shard]}).fetchone()
+        first = row[0] if row else None
+        if first is None:
+            continue
+        behind += int(last_seq) - after[shard]
+        oldest = first if oldest is None or first < oldest else oldest
+    seconds = max(0.0, (datetime.now(UTC) - oldest).total_seconds()) if oldest is not None else 0.0
+    return behind, seconds
 
 
 class _MergedShards(StatefulSourcePartition[StoredReading | PlanUpdate, dict[int, int]]):
@@ -137,13 +171,22 @@ class _MergedShards(StatefulSourcePartition[StoredReading | PlanUpdate, dict[int
     """
 
     def __init__(
-        self, dsn: str, shards: int, after: dict[int, int], limit: int, poll_s: float, with_plans: bool
+        self,
+        dsn: str,
+        shards: list[int],
+        after: dict[int, int],
+        limit: int,
+        poll_s: float,
+        with_plans: bool,
+        plan_limits: PlanLimits | None = None,
     ) -> None:
         self.dsn, self.shards, self.limit, self.poll_s, self.with_plans = dsn, shards, limit, poll_s, with_plans
-        self.after = {shard: after.get(shard, 0) for shard in range(shards)}
+        self.plan_limits = plan_limits
+        self.after = {shard: after.get(shard, 0) for shard in shards}
         self.plans_after = after.get(PLANS, 0)
         self.conn: psycopg.Connection | None = None
         self._awake: datetime | None = None
+        self._lag_measured = 0.0  # monotonic time of the last lag measurement
 
     def next_batch(self) -> list[StoredReading | PlanUpdate]:
         with METER.phase("source"):
@@ -153,8 +196,12 @@ class _MergedShards(StatefulSourcePartition[StoredReading | PlanUpdate, dict[int
         try:
             if self.conn is None or self.conn.closed:
                 self.conn = connect(self.dsn, autocommit=True)
+            skipped: list[int] = []
             plans = (
-                [PlanUpdate(plan, seq, at) for seq, plan, at in plans_after(self.conn, self.plans_after, self.limit)]
+                [
+                    PlanUpdate(plan, seq, at)
+                    for seq, plan, at in plans_after(self.conn, self.plans_after, self.limit, self.plan_limits, skipped)
+                ]
                 if self.with_plans
                 else []
             )
@@ -164,8 +211,8 @@ class _MergedShards(StatefulSourcePartition[StoredReading | PlanUpdate, dict[int
             self.conn = None
             self._awake = datetime.now(UTC) + timedelta(seconds=1)
             return []
-        if plans:
-            self.plans_after = plans[-1].plan_seq
+        if plans or skipped:
+            self.plans_after = max([self.plans_after, *skipped, *(p.plan_seq for p in plans)])
         full = any(len(rows) >= self.limit for rows in reads.values())
         batch: list[StoredReading] = []
         for shard, taken in _receive_prefixes(reads, self.limit).items():
@@ -174,7 +221,22 @@ class _MergedShards(StatefulSourcePartition[StoredReading | PlanUpdate, dict[int
                 batch += taken
         batch.sort(key=lambda r: (r.received_at, r.shard, r.shard_seq))
         self._awake = None if full else datetime.now(UTC) + timedelta(seconds=self.poll_s)
+        self._report()
         return [*plans, *batch]
+
+    def _report(self) -> None:
+        """The metrics: a heartbeat on every read, the lag at most every ``_LAG_EVERY_S``."""
+        FLOW_HEARTBEAT.set(time.time())
+        if self.conn is None or time.monotonic() - self._lag_measured < _LAG_EVERY_S:
+            return
+        self._lag_measured = time.monotonic()
+        try:
+            readings, seconds = measure_lag(self.conn, self.after)
+        except psycopg.Error as exc:  # a metric never stops the source
+            log.warning("source: could not measure the lag (%s)", str(exc).strip()[:120])
+            return
+        FLOW_LAG_READINGS.set(readings)
+        FLOW_LAG_SECONDS.set(seconds)
 
     def next_awake(self) -> datetime | None:
         return self._awake
@@ -188,19 +250,33 @@ class _MergedShards(StatefulSourcePartition[StoredReading | PlanUpdate, dict[int
 
 
 class CommittedReadings(FixedPartitionedSource[StoredReading | PlanUpdate, dict[int, int]]):
-    """Readings the gateway committed, all shards merged in receive order, and (``with_plans``)
+    """Readings the writers committed, the ``shards`` merged in receive order, and (``with_plans``)
     plan revisions ahead of them; replayable from each shard's last shard_seq and the last
-    plan_seq (one partition: the engine's dataflow runs one worker)."""
+    plan_seq (one partition: the engine's dataflow runs one worker). ``shards``: the writer shards
+    to read (``Settings.replay_shards()``), or a count n for shards 0 .. n - 1. A stored plan
+    revision past ``plan_limits`` (stored before they were set) is skipped, never analysed."""
 
-    def __init__(self, dsn: str, shards: int, limit: int = 5000, poll_s: float = 0.2, with_plans: bool = False) -> None:
-        self.dsn, self.shards, self.limit, self.poll_s = dsn, shards, limit, poll_s
+    def __init__(
+        self,
+        dsn: str,
+        shards: int | list[int],
+        limit: int = 5000,
+        poll_s: float = 0.2,
+        with_plans: bool = False,
+        plan_limits: PlanLimits | None = None,
+    ) -> None:
+        self.dsn, self.limit, self.poll_s = dsn, limit, poll_s
+        self.shards = list(range(shards)) if isinstance(shards, int) else list(shards)
         self.with_plans = with_plans
+        self.plan_limits = plan_limits
 
     def list_parts(self) -> list[str]:
         return ["committed"]
 
     def build_part(self, step_id: str, for_part: str, resume_state: dict[int, int] | None) -> _MergedShards:
-        return _MergedShards(self.dsn, self.shards, resume_state or {}, self.limit, self.poll_s, self.with_plans)
+        return _MergedShards(
+            self.dsn, self.shards, resume_state or {}, self.limit, self.poll_s, self.with_plans, self.plan_limits
+        )
 
 
 def _retrying(what: str, action: Callable[[], None]) -> None:
@@ -219,12 +295,20 @@ def _column(field: str) -> str:
     return "vehicle_id" if field == "vehicle" else field
 
 
-def _upsert(table: str, fields: tuple[str, ...], key: tuple[str, ...], stamp: str | None = None) -> str:
+def _upsert(
+    table: str, fields: tuple[str, ...], key: tuple[str, ...], stamp: str | None = None, rev: bool = False
+) -> str:
     """``INSERT … ON CONFLICT (key) DO UPDATE`` of a row given positionally in ``fields`` order;
-    ``stamp`` names a column set to ``clock_timestamp()``."""
+    ``stamp`` names a column set to ``clock_timestamp()``; ``rev``: an update takes a new
+    ``rev`` from ``event_rev`` (an insert takes one by the column's default)."""
     columns = [_column(f) for f in fields] + ([stamp] if stamp else [])
     values = ["%s"] * len(fields) + (["clock_timestamp()"] if stamp else [])
-    updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns if c not in key)
+    updates = ", ".join(
+        [f"{c} = EXCLUDED.{c}" for c in columns if c not in key] + (["rev = EXCLUDED.rev"] if rev else [])
+    )
+    if rev:
+        columns.append("rev")
+        values.append("nextval('event_rev')")
     return (
         f"INSERT INTO {table} ({', '.join(columns)}) VALUES ({', '.join(values)}) "
         f"ON CONFLICT ({', '.join(key)}) DO UPDATE SET {updates}"
@@ -232,7 +316,7 @@ def _upsert(table: str, fields: tuple[str, ...], key: tuple[str, ...], stamp: st
 
 
 _STATE_FIELDS = tuple(f.name for f in dataclasses.fields(VehicleSummary))
-_STATE_UPSERT = _upsert("vehicle_state", _STATE_FIELDS, ("tenant", "vehicle_id"), stamp="processed_at")
+_STATE_UPSERT = _upsert("vehicle_state", _STATE_FIELDS, ("tenant", "vehicle_id"), stamp="processed_at", rev=True)
 
 # A change bumps rev (the delivery order); an identical re-write (a replay) changes nothing.
 _ALERT_UPSERT = """
@@ -247,6 +331,7 @@ _ALERT_UPSERT = """
     WHERE (alerts.status, alerts.end_time, alerts.details, alerts.start_time, alerts.h3_cell)
           IS DISTINCT FROM (EXCLUDED.status, EXCLUDED.end_time, EXCLUDED.details, EXCLUDED.start_time,
                             EXCLUDED.h3_cell)
+    RETURNING type, (xmax = 0) AS inserted
 """
 _STOP_UPSERT = """
     INSERT INTO stop_events (id, kind, tenant, vehicle_id, stop_id, plan_version, visit, at, h3_cell,
@@ -357,29 +442,49 @@ def _eta_row(e: EtaUpdate, detected_at: datetime, stop: dict[str, Any] | None) -
 
 
 class _Writer:
-    """One connection, one transaction per batch, retried through database outages."""
+    """One connection, one transaction per batch, retried through database outages.
+
+    Every transaction holds the change log's lock from its first ``nextval('event_rev')``
+    to its commit (rev order = commit order, see ``store/events.py``) and ends with a
+    NOTIFY that wakes the API's live stream.
+    """
 
     def __init__(self, dsn: str, what: str) -> None:
         self.dsn, self.what = dsn, what
         self.conn: psycopg.Connection | None = None
 
-    def run(self, statements: list[tuple[str, list[Any]]]) -> None:
+    def run(self, statements: list[tuple[str, list[Any]]]) -> dict[str, list[tuple[Any, ...]]]:
+        """Run each (sql, rows) in one transaction; returns what each statement with a
+        ``RETURNING`` clause returned, by its sql."""
         statements = [(sql, rows) for sql, rows in statements if rows]
+        returned: dict[str, list[tuple[Any, ...]]] = {}
         if not statements:
-            return
+            return returned
 
         def write() -> None:
+            returned.clear()
             if self.conn is None or self.conn.closed:
                 self.conn = connect(self.dsn)
             try:
                 with self.conn.transaction(), self.conn.cursor() as cur:
+                    cur.execute(LOCK_SQL)
                     for sql, rows in statements:
-                        cur.executemany(sql, rows)
+                        if " RETURNING " in sql:
+                            cur.executemany(sql, rows, returning=True)
+                            got = returned.setdefault(sql, [])
+                            while True:
+                                got += cur.fetchall()
+                                if not cur.nextset():
+                                    break
+                        else:
+                            cur.executemany(sql, rows)
+                    cur.execute(NOTIFY_SQL)
             except psycopg.OperationalError:
                 self.conn.close()
                 raise
 
         _retrying(self.what, write)
+        return returned
 
     def close(self) -> None:
         if self.conn is not None:
@@ -476,7 +581,7 @@ class _AnalyticsPartition(StatelessSinkPartition[Output]):
                     if event.id in etas:
                         row["detected_at"] = etas[event.id]["detected_at"]
                     etas[event.id] = row
-        self.writer.run(
+        returned = self.writer.run(
             [
                 (_ALERT_DISOWN, disowned),
                 (_STOP_DISOWN, disowned),
@@ -487,6 +592,9 @@ class _AnalyticsPartition(StatelessSinkPartition[Output]):
                 (_STATE_UPSERT, [_state_row(s) for s in states.values()]),
             ]
         )
+        for alert_type, inserted in returned.get(_ALERT_UPSERT, []):
+            if inserted:  # a new row: first raised (an update of a stored alert is not)
+                ALERTS_RAISED.labels(alert_type).inc()
 
     def close(self) -> None:
         self.writer.close()

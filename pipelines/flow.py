@@ -18,6 +18,7 @@ reference and for ``flow_analytics = 0``.
 
 from __future__ import annotations
 
+import pickle
 from collections.abc import Callable, Iterable
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -28,6 +29,7 @@ from bytewax.inputs import Source
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 
+from core.metrics import FLEET_CLOCK_LAG, LATE_READINGS, REPLAYS, TOO_LATE_READINGS
 from core.thresholds import AnalyticsConfig, EtaConfig
 from pipelines.analytics import Output, PlanUpdate, VehicleEngine
 from pipelines.clock import FleetClock
@@ -75,11 +77,13 @@ class _FleetClockStamp:
 
     This must happen before the items are keyed: Bytewax hands a stateful step a
     batch grouped by key, so one vehicle's whole backlog would move a clock kept
-    there past every other vehicle's readings in the same batch.
+    there past every other vehicle's readings in the same batch. Reports each tenant's
+    fleet-clock lag (wall minus fleet clock) at most once a second of wall time.
     """
 
     def __init__(self, clock: FleetClock, wall: Wall) -> None:
         self.clock, self.wall = clock, wall
+        self._reported: dict[str, datetime] = {}
 
     def __call__(self, item: StoredReading | PlanUpdate) -> Stamped:
         wall = self.wall()
@@ -87,10 +91,32 @@ class _FleetClockStamp:
             return item, self.clock.now(item.plan.tenant, wall)
         tenant = item.reading.tenant
         self.clock.observe(tenant, item.shard, item.reading.fix_time, item.received_at, wall)
-        return item, self.clock.now(tenant, wall)
+        now = self.clock.now(tenant, wall)
+        last = self._reported.get(tenant)
+        if now is not None and (last is None or wall - last >= _REPORT_EVERY):
+            self._reported[tenant] = wall
+            FLEET_CLOCK_LAG.labels(tenant).set((wall - now).total_seconds())
+        return item, now
 
 
-class _VehicleLogic(StatefulBatchLogic[Stamped, list[Output], VehicleEngine]):
+_REPORT_EVERY = timedelta(seconds=1)
+
+
+def _lateness(engine: VehicleEngine | None) -> tuple[int, int, int]:
+    if engine is None:
+        return 0, 0, 0
+    stats = engine.analytics.lateness
+    return stats.late_readings, stats.too_late_readings, stats.corrections
+
+
+def _count_lateness(before: tuple[int, int, int], after: tuple[int, int, int]) -> None:
+    """Late readings, readings too late to analyse and replays since ``before``, into the metrics."""
+    for counter, was, now in zip((LATE_READINGS, TOO_LATE_READINGS, REPLAYS), before, after, strict=True):
+        if now > was:
+            counter.inc(now - was)
+
+
+class _VehicleLogic(StatefulBatchLogic[Stamped, list[Output], bytes]):
     """Adapts one vehicle's ``VehicleEngine`` to Bytewax: stamped items in, wake-ups out.
 
     A vehicle with timers pending (in event time) is woken every ``tick`` of wall time
@@ -120,7 +146,7 @@ class _VehicleLogic(StatefulBatchLogic[Stamped, list[Output], VehicleEngine]):
             return self._on_batch(values)
 
     def _on_batch(self, values: list[Stamped]) -> tuple[Iterable[list[Output]], bool]:
-        before = self._replays()
+        before, replays = _lateness(self.engine), self._replays()
         out = self._resynced(self.wall())
         last: datetime | None = None
         for item, now in values:
@@ -141,11 +167,12 @@ class _VehicleLogic(StatefulBatchLogic[Stamped, list[Output], VehicleEngine]):
             if not (due and isinstance(due[-1], VehicleSummary)):
                 out.append(self.engine.summary())  # one per batch: the store keeps the last anyway
         after = self._replays()
+        _count_lateness(before, _lateness(self.engine))
         METER.count(
             readings=sum(1 for item, _ in values if not isinstance(item, PlanUpdate)),
             batches=1,
-            corrections=after[0] - before[0],
-            replayed=after[1] - before[1],
+            corrections=after[0] - replays[0],
+            replayed=after[1] - replays[1],
         )
         return [out], StatefulBatchLogic.RETAIN
 
@@ -172,7 +199,9 @@ class _VehicleLogic(StatefulBatchLogic[Stamped, list[Output], VehicleEngine]):
             return [], StatefulBatchLogic.RETAIN
         wall = self.wall()
         now = self.clock.now(self.engine.basic.tenant, wall)
+        before = _lateness(self.engine)
         out = self._resynced(wall) + (self.engine.on_timer(now) if now is not None else [])
+        _count_lateness(before, _lateness(self.engine))
         return ([out] if out else []), StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
@@ -182,10 +211,22 @@ class _VehicleLogic(StatefulBatchLogic[Stamped, list[Output], VehicleEngine]):
             self._wake = self.wall() + self.tick
         return self._wake
 
-    def snapshot(self) -> VehicleEngine:
-        with METER.phase("snapshot"):  # Bytewax then serialises it: the gap after counts as snapshot time
+    def snapshot(self) -> bytes:
+        """A frozen copy of the engine (its pickle): Bytewax may serialise a snapshot after this
+        returns, while the engine goes on with the next items; a live object would then carry
+        state from past the epoch into recovery, and the replay would apply those items twice."""
+        with METER.phase("snapshot"):
             assert self.engine is not None
-            return self.engine
+            return pickle.dumps(self.engine, protocol=pickle.HIGHEST_PROTOCOL)
+
+
+def _resumed(state: bytes | VehicleEngine | None) -> VehicleEngine | None:
+    """The engine of a snapshot (a pickle; recovery stores written before held the object)."""
+    if isinstance(state, bytes):
+        engine = pickle.loads(state)
+        assert isinstance(engine, VehicleEngine)
+        return engine
+    return state
 
 
 def build_analytics_flow(
@@ -211,7 +252,9 @@ def build_analytics_flow(
     stamped = op.map("fleet_clock", inputs, _FleetClockStamp(clock, wall))
     by_vehicle = op.key_on("key_by_vehicle", stamped, lambda pair: pair[0].key)
     outputs = op.stateful_batch(
-        "vehicle_analytics", by_vehicle, lambda resume: _VehicleLogic(resume, config, clock, tick, wall, eta)
+        "vehicle_analytics",
+        by_vehicle,
+        lambda resume: _VehicleLogic(_resumed(resume), config, clock, tick, wall, eta),
     )
     rows = op.flat_map("flatten", outputs, lambda kv: kv[1])
     op.output("analytics_store", rows, store)

@@ -49,7 +49,10 @@ def eta_config(settings: Settings) -> EtaConfig | None:
     if not settings.flow_eta:
         return None
     return EtaConfig(
-        reemit_s=settings.eta_reemit_s, estimate_every_s=settings.eta_every_s, cell_resolution=settings.h3_resolution
+        reemit_s=settings.eta_reemit_s,
+        estimate_every_s=settings.eta_every_s,
+        cell_resolution=settings.h3_resolution,
+        max_stops=settings.eta_max_stops,
     )
 
 
@@ -132,7 +135,12 @@ def build_engine_flow(settings: Settings) -> Dataflow:
     """The dataflow the engine runs: analytics (default) or basic per-vehicle state."""
     dsn, poll_s = settings.dsn(), settings.flow_poll_ms / 1000
     source = CommittedReadings(
-        dsn, settings.gateway_workers, settings.flow_batch_rows, poll_s, with_plans=bool(settings.flow_analytics)
+        dsn,
+        settings.replay_shards(),
+        settings.flow_batch_rows,
+        poll_s,
+        with_plans=bool(settings.flow_analytics),
+        plan_limits=settings.plan_limits(),
     )
     if not settings.flow_analytics:
         return build_flow(source, VehicleStateSink(dsn))

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Set up a fresh Debian 12 machine for fleetstream (run as root).
 #
-#   1. apt packages: Mosquitto, PostgreSQL 15 (+ server headers), build tools
+#   1. apt packages: Mosquitto, PostgreSQL 15 (+ server headers), build tools, Chromium
 #   2. TimescaleDB (Apache-2 edition) built from Debian trixie's source package
-#   3. the Python virtualenv at .venv with the project installed editable
+#   3. Mosquitto 2.1 built from Debian sid's source package (its persist-sqlite plugin keeps
+#      shared subscriptions across a restart: docs/operations.md, "Failure behaviour")
+#   4. the Python virtualenv at .venv with the project installed editable; .venv/opt/mosquitto
+#      points at the broker of step 3
+#   5. the control-tower page's npm packages (api/web/package.json) in .web/ (never committed)
 #
 # Every step is skipped when it is already done, so a second run takes seconds.
 # Prints one line per step. Works without a terminal (CI=true, no stdin).
@@ -48,9 +52,11 @@ fi
 APT_PACKAGES=(
     mosquitto mosquitto-clients
     "postgresql-$PG_MAJOR" "postgresql-client-$PG_MAJOR" "postgresql-server-dev-$PG_MAJOR"
-    cmake gcc make dpkg-dev xz-utils
+    cmake gcc g++ make dpkg-dev xz-utils
+    libcjson-dev uthash-dev libsqlite3-dev libargon2-dev # Mosquitto 2.1: JSON, hashes, persist-sqlite, argon2id
     libkrb5-dev libssl-dev # Debian's PostgreSQL is built with GSSAPI + OpenSSL: their headers are needed
     gpsd gpsd-clients      # the edge agent's GPS tests run a real gpsd fed by gpsfake
+    chromium               # the control-tower page's browser tests (Playwright drives it; no browser download)
 )
 # a Debian python3 needs python3-venv for "python3 -m venv"
 if ! "$PYTHON" -c 'import ensurepip' >/dev/null 2>&1; then
@@ -191,7 +197,73 @@ else
     echo "timescaledb: built $v ($SRC_VERSION) in $(elapsed "$t0") s"
 fi
 
-# ------------------------------------------------------------------ 3. venv
+# ------------------------------------------------------------------ 3. Mosquitto 2.1
+# Debian 12's Mosquitto (2.0.11, as 2.0.21) does not save shared subscriptions: after a restart
+# it queues nothing for the gateway's restored sessions until each shard subscribes again, and
+# answers devices with PUBACK 0x10. 2.1's persist-sqlite plugin saves and restores them. Built
+# into a prefix of its own under the cache folder (the system's mosquitto stays as it is).
+MOSQ_WANTED="2.1.2"
+MOSQ_PREFIX="$CACHE_DIR/mosquitto/$MOSQ_WANTED"
+t0="$(now)"
+if [ -x "$MOSQ_PREFIX/sbin/mosquitto" ] && [ -f "$MOSQ_PREFIX/lib/mosquitto_persist_sqlite.so" ] &&
+    [ -f "$MOSQ_PREFIX/share/mosquitto/migrate_to_persist_sqlite.py" ]; then
+    echo "mosquitto: ok ($MOSQ_WANTED cached)"
+else
+    MQ_LOG="$LOG_DIR/mosquitto.log"
+    : >"$MQ_LOG"
+    APT_SID="$CACHE_DIR/apt-sid"
+    SRC_DIR="$CACHE_DIR/src"
+    mkdir -p "$APT_SID/lists/partial" "$APT_SID/cache/archives/partial" "$SRC_DIR"
+    if ! ls "$SRC_DIR"/mosquitto_"$MOSQ_WANTED"-*.dsc >/dev/null 2>&1; then
+        MIRROR="$(debian_mirror_uri)" || {
+            echo "mosquitto: cannot find the Debian archive URI in /etc/apt/sources.list.d/debian.sources" >&2
+            exit 1
+        }
+        KEYRING=/usr/share/keyrings/debian-archive-keyring.gpg
+        echo "deb-src [signed-by=$KEYRING] $MIRROR sid main" >"$APT_SID/sources.list"
+        APT_OPTS=(
+            -o "Dir::Etc::SourceList=$APT_SID/sources.list"
+            -o "Dir::Etc::SourceParts=/dev/null"
+            -o "Dir::State::Lists=$APT_SID/lists"
+            -o "Dir::Cache=$APT_SID/cache"
+        )
+        run_logged "$MQ_LOG" apt-get -q "${APT_OPTS[@]}" update
+        SID_VERSION="$(apt-cache "${APT_OPTS[@]}" showsrc mosquitto | sed -n 's/^Version: *//p' | sort -V | tail -n 1)"
+        case "$SID_VERSION" in
+        "$MOSQ_WANTED"-*) ;;
+        *)
+            echo "mosquitto: sid has ${SID_VERSION:-nothing}, not $MOSQ_WANTED-*: set MOSQ_WANTED in scripts/bootstrap.sh" >&2
+            exit 1
+            ;;
+        esac
+        (cd "$SRC_DIR" && run_logged "$MQ_LOG" apt-get -q "${APT_OPTS[@]}" source --download-only "mosquitto=$SID_VERSION")
+    fi
+    DSC="$(ls -1 "$SRC_DIR"/mosquitto_"$MOSQ_WANTED"-*.dsc | sort -V | tail -n 1)"
+    TREE="$CACHE_DIR/build/mosquitto-$MOSQ_WANTED"
+    if [ ! -f "$TREE/CMakeLists.txt" ]; then
+        rm -rf "$TREE"
+        mkdir -p "$CACHE_DIR/build"
+        run_logged "$MQ_LOG" dpkg-source -x "$DSC" "$TREE"
+    fi
+    # $ORIGIN/../lib: the broker finds its own libmosquitto and plugins wherever the prefix is linked from
+    run_logged "$MQ_LOG" cmake -S "$TREE" -B "$TREE/build" -DCMAKE_BUILD_TYPE=RelWithDebInfo \
+        -DCMAKE_INSTALL_PREFIX="$MOSQ_PREFIX" -DCMAKE_INSTALL_LIBDIR=lib '-DCMAKE_INSTALL_RPATH=$ORIGIN/../lib' \
+        -DWITH_TESTS=OFF -DWITH_DOCS=OFF -DWITH_WEBSOCKETS=OFF -DWITH_HTTP_API=OFF \
+        -DWITH_BUNDLED_DEPS=OFF -DWITH_SRV=OFF -DWITH_DLT=OFF -DWITH_SYSTEMD=OFF -DWITH_LTO=OFF
+    run_logged "$MQ_LOG" make -C "$TREE/build" -j"$(nproc)"
+    run_logged "$MQ_LOG" make -C "$TREE/build" install
+    # upstream's converter of a 2.0 persistence file (mosquitto.db) into the plugin's database:
+    # fleetstream.services runs it once when a state folder moves from 2.0 to 2.1
+    install -D -m 0644 "$TREE/plugins/persist-sqlite/migrate_to_persist_sqlite.py" \
+        "$MOSQ_PREFIX/share/mosquitto/migrate_to_persist_sqlite.py"
+    if [ ! -x "$MOSQ_PREFIX/sbin/mosquitto" ] || [ ! -f "$MOSQ_PREFIX/lib/mosquitto_persist_sqlite.so" ]; then
+        echo "mosquitto: build finished but $MOSQ_PREFIX/sbin/mosquitto or its persist-sqlite plugin is missing (see $MQ_LOG)" >&2
+        exit 1
+    fi
+    echo "mosquitto: built $MOSQ_WANTED in $(elapsed "$t0") s"
+fi
+
+# ------------------------------------------------------------------ 4. venv
 VENV="$REPO_ROOT/.venv"
 STAMP="$VENV/.fleetstream-bootstrap"
 t0="$(now)"
@@ -207,4 +279,28 @@ else
     run_logged "$PIP_LOG" "$VENV/bin/python" -m pip install -q -e "$REPO_ROOT[server,edge,test]"
     echo "$want_stamp" >"$STAMP"
     echo "venv: installed in $(elapsed "$t0") s"
+fi
+# the broker of step 3, where fleetstream.services looks for it first
+mkdir -p "$VENV/opt"
+ln -sfn "$MOSQ_PREFIX" "$VENV/opt/mosquitto"
+
+# ------------------------------------------------------------------ 5. npm (the page's map libraries)
+# Exact versions from api/web/package.json, no lock file (it would record registry URLs);
+# installed into .web/node_modules, which the API serves under /vendor/.
+WEB="$REPO_ROOT/.web"
+WEB_STAMP="$WEB/.fleetstream-bootstrap"
+t0="$(now)"
+want_web="$(sha256sum "$REPO_ROOT/api/web/package.json" | cut -d' ' -f1)"
+if [ -f "$WEB_STAMP" ] && [ "$(cat "$WEB_STAMP")" = "$want_web" ] && [ -d "$WEB/node_modules/maplibre-gl" ]; then
+    echo "npm: ok (cached)"
+elif ! command -v npm >/dev/null 2>&1; then
+    echo "npm: not found; the control-tower page will have no map (install Node.js and npm, then run this again)" >&2
+else
+    NPM_LOG="$LOG_DIR/npm.log"
+    : >"$NPM_LOG"
+    mkdir -p "$WEB"
+    cp "$REPO_ROOT/api/web/package.json" "$WEB/package.json"
+    (cd "$WEB" && run_logged "$NPM_LOG" npm install --no-package-lock --no-audit --no-fund --omit=dev)
+    echo "$want_web" >"$WEB_STAMP"
+    echo "npm: installed in $(elapsed "$t0") s"
 fi

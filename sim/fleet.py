@@ -36,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from core.contract import (
     GpsFix,
@@ -72,7 +72,15 @@ from edge.publisher import DevicePublisher
 from models.roads import RoadNetwork
 from sim.simulator import AnomalyPlan, FleetSimulator, RawMessage, Realism, SimEvent
 
-__all__ = ["SCENARIOS", "run_simulation", "realism", "simulated_clock", "KEEP_EVERY_FIX", "KEEP_EVERY_TEMPERATURE"]
+__all__ = [
+    "SCENARIOS",
+    "run_simulation",
+    "realism",
+    "simulated_clock",
+    "KEEP_EVERY_FIX",
+    "KEEP_EVERY_TEMPERATURE",
+    "VanSink",
+]
 
 log = logging.getLogger("fleetstream.sim.fleet")
 
@@ -133,6 +141,23 @@ def realism(settings: Settings) -> Realism:
     )
 
 
+class VanSink(Protocol):
+    """Where the events of some vans go instead of their edge agents (e.g. vans that carry a tracker
+    speaking another protocol: ``fleetstream.sim_trackers.TrackerFleet``)."""
+
+    vehicles: set[str]
+
+    def dispatch(self, event: SimEvent) -> None: ...
+
+    def tick(self, now: float) -> None: ...
+
+    def progress(self) -> dict[str, int]: ...
+
+    def finish(self, timeout: float) -> dict[str, Any]: ...
+
+    def close(self) -> None: ...
+
+
 def simulated_clock(wall_start: datetime, minutes: float, speedup: float) -> tuple[datetime, datetime]:
     """(simulated start, simulated end) for a run of ``minutes`` wall minutes at ``speedup``.
 
@@ -177,6 +202,7 @@ def run_simulation(
     stop_event: threading.Event | None = None,
     network: RoadNetwork | None = None,
     on_plans: Callable[[list[dict[str, Any]]], None] | None = None,
+    trackers: Callable[[Counter[str]], VanSink] | None = None,
 ) -> dict[str, Any]:
     """Simulate ``vehicles`` for ``minutes`` wall minutes at ``speedup`` and publish everything.
 
@@ -190,7 +216,8 @@ def run_simulation(
     about once a second; ``stop_event`` ends the run early (everything accepted is
     still flushed). Returns a summary: readings published per type, malformed,
     duplicates, late (held back while offline), acknowledgements, and where plans and
-    labels went.
+    labels went. ``trackers`` builds (given the run's counts) the sink of the vans that carry a
+    tracker instead of the agent; their events go there.
     """
     vehicles = settings.sim_vehicles if vehicles is None else vehicles
     minutes = settings.sim_minutes if minutes is None else minutes
@@ -235,13 +262,22 @@ def run_simulation(
         on_plans(contract_plans)
 
     counts: Counter[str] = Counter()
-    sink: _AgentFleet | _SharedPublisher
-    if device_passwords is not None:
-        sink = _AgentFleet(settings, sim.vehicle_ids, device_passwords, counts)
-    elif service_credentials is None:
-        raise ValueError("run_simulation needs device_passwords or service_credentials")
-    else:
-        sink = _SharedPublisher(settings, service_credentials, batch, counts)
+    sink: _AgentFleet | _SharedPublisher | _Routed
+    tracked = trackers(counts) if trackers is not None else None
+    try:
+        if device_passwords is not None:
+            others = [v for v in sim.vehicle_ids if tracked is None or v not in tracked.vehicles]
+            sink = _AgentFleet(settings, others, device_passwords, counts)
+        elif service_credentials is None:
+            raise ValueError("run_simulation needs device_passwords or service_credentials")
+        else:
+            sink = _SharedPublisher(settings, service_credentials, batch, counts)
+    except BaseException:
+        if tracked is not None:
+            tracked.close()
+        raise
+    if tracked is not None:
+        sink = _Routed(sink, tracked)
     last_progress = time.monotonic()
 
     def tick(now: float) -> None:
@@ -277,7 +313,7 @@ def run_simulation(
         "vehicles": vehicles,
         "seed": seed,
         "speedup": speedup,
-        "batch": batch or isinstance(sink, _AgentFleet),
+        "batch": batch or isinstance(sink, _AgentFleet) or isinstance(getattr(sink, "main", None), _AgentFleet),
         "sim_start": format_time(sim_start),
         "sim_reached": format_time(reached),
         "wall_s": round(time.monotonic() - mono_start, 1),
@@ -297,6 +333,35 @@ def run_simulation(
     if on_progress is not None:
         on_progress(sink.progress())
     return summary
+
+
+class _Routed:
+    """The tracker vans' events to their sink, every other van's to the main one."""
+
+    def __init__(self, main: _AgentFleet | _SharedPublisher, trackers: VanSink) -> None:
+        self.main, self.trackers = main, trackers
+
+    def dispatch(self, event: SimEvent) -> None:
+        (self.trackers if event.vehicle in self.trackers.vehicles else self.main).dispatch(event)
+
+    def tick(self, now: float) -> None:
+        self.main.tick(now)
+        self.trackers.tick(now)
+
+    def progress(self) -> dict[str, int]:
+        out = self.main.progress()
+        for key, value in self.trackers.progress().items():
+            out[key] = out.get(key, 0) + value
+        return out
+
+    def finish(self, timeout: float) -> dict[str, Any]:
+        main = self.main.finish(timeout)
+        trackers = self.trackers.finish(timeout)
+        return {**main, **trackers, "flushed": bool(main.get("flushed")) and bool(trackers.get("tracker_flushed"))}
+
+    def close(self) -> None:
+        self.main.close()
+        self.trackers.close()
 
 
 # ---------------------------------------------------------------- vehicles as edge agents

@@ -54,7 +54,11 @@ def migrations() -> list[tuple[int, str, str]]:
         if entry.name.endswith(".sql"):
             version = int(entry.name.split("_", 1)[0])
             found.append((version, entry.name, entry.read_text()))
-    return sorted(found)
+    found.sort()
+    for (v1, n1, _), (v2, n2, _) in zip(found, found[1:], strict=False):
+        if v1 == v2:  # the second would be skipped as applied: its tables would never exist
+            raise RuntimeError(f"two migrations share version {v1}: {n1} and {n2}")
+    return found
 
 
 def migrate(dsn: str) -> list[str]:

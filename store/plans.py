@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -23,10 +24,11 @@ import psycopg
 from psycopg.pq import TransactionStatus
 from psycopg.types.json import Jsonb
 
-from core.plan import Plan, PlanError
+from core.plan import Plan, PlanError, PlanLimits
 
 __all__ = ["latest_plan", "load_plans_file", "plan_digest", "plans_after", "store_plan"]
 
+log = logging.getLogger("fleetstream.plans")
 _PLAN_LOCK = 0x706C616E  # advisory lock id ("plan"): one plan writer at a time, so plan_seq follows commit order
 
 
@@ -37,8 +39,10 @@ def plan_digest(plan: Plan) -> bytes:
     return hashlib.sha256(json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False).encode()).digest()
 
 
-def store_plan(conn: psycopg.Connection, plan: Plan, source: str) -> tuple[int, bool]:
+def store_plan(conn: psycopg.Connection, plan: Plan, source: str, limits: PlanLimits | None = None) -> tuple[int, bool]:
     """Store ``plan`` as the vehicle's next revision; returns (version, stored).
+
+    ``limits``: PlanError (nothing stored) when the plan is past one of them.
 
     ``stored`` is False when the plan equals the vehicle's latest revision: nothing is
     written and that revision's version is returned. ``plan.version`` is ignored; the
@@ -56,6 +60,8 @@ def store_plan(conn: psycopg.Connection, plan: Plan, source: str) -> tuple[int, 
             "store_plan commits its own transaction: call it outside one "
             "(an autocommit connection, or after commit/rollback)"
         )
+    if limits is not None:
+        limits.check(plan)
     digest = plan_digest(plan)
     with conn.transaction():
         # held to the end of the transaction: the next writer reads max(plan_seq) after our commit
@@ -87,14 +93,37 @@ def latest_plan(conn: psycopg.Connection, tenant: str, vehicle: str) -> Plan | N
     return None if row is None else Plan.from_dict(row[0])
 
 
-def plans_after(conn: psycopg.Connection, after_seq: int, limit: int) -> list[tuple[int, Plan, datetime]]:
+def plans_after(
+    conn: psycopg.Connection,
+    after_seq: int,
+    limit: int,
+    limits: PlanLimits | None = None,
+    skipped: list[int] | None = None,
+) -> list[tuple[int, Plan, datetime]]:
     """Up to ``limit`` revisions with ``plan_seq > after_seq``, in plan_seq (commit) order:
-    (plan_seq, plan, received_at as a timezone-aware datetime)."""
+    (plan_seq, plan, received_at as a timezone-aware datetime).
+
+    A stored revision that is not a valid plan now, or is past ``limits`` (stored before
+    they were set), is left out and logged, and its plan_seq appended to ``skipped``: it
+    must never stop or swamp the reader.
+    """
     rows = conn.execute(
         "SELECT plan_seq, plan, received_at FROM plans WHERE plan_seq > %s ORDER BY plan_seq LIMIT %s",
         (after_seq, limit),
     ).fetchall()
-    return [(int(seq), Plan.from_dict(body), received_at) for seq, body, received_at in rows]
+    out = []
+    for seq, body, received_at in rows:
+        try:
+            plan = Plan.from_dict(body)
+            if limits is not None:
+                limits.check(plan)
+        except PlanError as exc:
+            log.error("plans: revision plan_seq %d skipped: %s", seq, exc)
+            if skipped is not None:
+                skipped.append(int(seq))
+            continue
+        out.append((int(seq), plan, received_at))
+    return out
 
 
 # ---------------------------------------------------------------- files

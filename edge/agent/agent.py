@@ -6,16 +6,24 @@ Threads, one concern each::
         the outbox stores (durably, with the device's seq) what is to be sent
     sender: while connected, leases the oldest readings, publishes them as batch
         messages (``encode_batch``, each under the size limit: a batch too large is
-        split), and deletes them from the outbox only on the broker's PUBACK;
-        publishes an ``online`` status on every connect and a ``heartbeat`` every
-        ``status_interval_s``. The MQTT last will is an ``offline`` status.
+        split) asking for stored receipts, and deletes them from the outbox only when
+        the gateway's receipt on ``fleet/<tenant>/<vehicle>/cmd/stored`` says the
+        database holds them (or refused them as dead letters). The broker's PUBACK is
+        flow control only: what no receipt covered ``receipt_timeout_s`` after its
+        PUBACK, or at a reconnect, is sent again (a repeat is a duplicate the server
+        drops). A PUBACK 0x10 ("no matching subscribers": the broker dropped it) is
+        never a delivery; the publisher sends it again. With ``receipts = false`` the
+        PUBACK deletes, for servers without receipts. It publishes an ``online``
+        status on every connect and a ``heartbeat`` every ``status_interval_s``. The
+        MQTT last will is an ``offline`` status.
     main: waits for a stop signal; pings systemd's watchdog while the recorder and
         sender are alive.
 
 A reading the recorder stored is never lost by the agent: it stays in the outbox
-through disconnects, broker outages, process kills and power cuts, and is sent
-again after a restart (the server deduplicates on ``seq``). Only the outbox's
-byte cap drops readings, as its drop policy says, and counts them.
+through disconnects, broker outages and crashes (queued messages a killed broker had
+not saved), process kills and power cuts, until the database holds it, and is sent
+again after a restart (the server deduplicates on ``seq``). Only the outbox's byte
+cap drops readings, as its drop policy says, and counts them.
 """
 
 from __future__ import annotations
@@ -35,13 +43,17 @@ from typing import Any, Protocol
 
 from core.contract import (
     READING_TYPES,
+    ContractError,
     DoorEvent,
     GpsFix,
     Limits,
     Reading,
+    Receipt,
     TemperatureReading,
+    decode_receipt,
     encode_batch,
     encode_status,
+    receipt_topic,
     topic_for,
 )
 from edge.agent.config import AgentConfig
@@ -116,9 +128,15 @@ def to_reading(tenant: str, vehicle: str, stored: StoredReading) -> Reading:
 
 
 def plan_messages(
-    tenant: str, vehicle: str, rows: list[StoredReading], max_bytes: int, device_time: datetime | None = None
+    tenant: str,
+    vehicle: str,
+    rows: list[StoredReading],
+    max_bytes: int,
+    device_time: datetime | None = None,
+    receipt: bool = False,
 ) -> tuple[list[tuple[bytes, list[int]]], list[int]]:
-    """Batch messages of at most ``max_bytes`` bytes for ``rows`` (oldest first).
+    """Batch messages of at most ``max_bytes`` bytes for ``rows`` (oldest first); ``receipt``:
+    they ask for stored receipts.
 
     Returns ([(payload, seqs)], undeliverable seqs): a batch over the limit is split in
     halves until each fits; a single reading that cannot fit alone is undeliverable.
@@ -129,7 +147,7 @@ def plan_messages(
     while pending:
         part = pending.pop(0)
         readings = [to_reading(tenant, vehicle, r) for r in part]
-        _, payload = encode_batch(tenant, vehicle, readings, device_time)
+        _, payload = encode_batch(tenant, vehicle, readings, device_time, receipt)
         if len(payload) <= max_bytes:
             messages.append((payload, [r.seq for r in part]))
         elif len(part) == 1:
@@ -182,13 +200,23 @@ def _sd_notify(message: str) -> None:
 @dataclass
 class _Counters:
     recorded: Counter[str]
-    published_messages: int = 0
-    published_readings: int = 0
+    published_messages: int = 0  # batch messages the broker took (PUBACK 0x00)
+    published_readings: int = 0  # readings deleted as delivered: covered by a receipt (or PUBACKed)
+    refused_readings: int = 0  # readings a receipt said are dead letters
     refused_messages: int = 0
+    receipt_timeouts: int = 0  # batches sent again because no receipt covered them in time
     undeliverable: int = 0
     store_errors: int = 0
     clock_not_set: int = 0
     last_publish_at: datetime | None = None
+
+
+@dataclass
+class _Flight:
+    """A batch message sent: the seqs no receipt covered yet, and when the broker took it."""
+
+    seqs: set[int]
+    acked_at: float | None = None  # monotonic time of its PUBACK
 
 
 # ---------------------------------------------------------------- the agent
@@ -227,11 +255,13 @@ class Agent:
         )
         self._samples: queue.Queue[Sample] = queue.Queue(maxsize=10_000)
         self._settled: queue.SimpleQueue[tuple[Hashable, bool]] = queue.SimpleQueue()
+        self._receipts: queue.SimpleQueue[Receipt] = queue.SimpleQueue()
         self._wake = threading.Event()
         self._stop_sensors = threading.Event()
         self._stop_recorder = threading.Event()
         self._stop_sender = threading.Event()
-        self._inflight: dict[int, list[int]] = {}  # message key -> seqs; sender thread only
+        self._inflight: dict[int, _Flight] = {}  # message key -> its flight; sender thread only
+        self._flight_of: dict[int, int] = {}  # seq -> key of the flight carrying it; sender thread only
         self._next_key = 0
         self._status_n = 0
         self._refused_until = 0.0
@@ -245,6 +275,8 @@ class Agent:
 
     def start(self) -> None:
         """Connect in the background (for ever) and start every thread."""
+        if self.config.sender.receipts:
+            self.publisher.subscribe(receipt_topic(self.tenant, self.vehicle), self._on_receipt)
         self.publisher.connect(timeout=None)
         self._spawn("recorder", self._record_loop)
         self._spawn("sender", self._send_loop)
@@ -364,34 +396,99 @@ class Agent:
         self._settled.put((key, ok))
         self._wake.set()
 
+    def _on_receipt(self, payload: bytes) -> None:
+        """A stored receipt (paho's thread): hand over to the sender thread."""
+        try:
+            receipt = decode_receipt(payload)
+        except ContractError as exc:
+            log.warning("ignored a stored receipt that is not one: %s", exc)
+            return
+        if receipt.vehicle == self.vehicle:
+            self._receipts.put(receipt)
+            self._wake.set()
+
     def _drain_settled(self) -> None:
-        acked: list[int] = []
+        """PUBACKs and receipts that came in: move flights on, delete what the database holds."""
+        receipts = self.config.sender.receipts
+        delete: list[int] = []
         while True:
             try:
                 key, ok = self._settled.get_nowait()
             except queue.Empty:
                 break
-            seqs = self._inflight.pop(key, None) if isinstance(key, int) else None
-            if seqs is None:
-                continue  # a status message
+            flight = self._inflight.get(key) if isinstance(key, int) else None
+            if flight is None or not isinstance(key, int):
+                continue  # a status message, or a flight that receipts covered before its PUBACK
             if ok:
-                acked.extend(seqs)
                 self.counters.published_messages += 1
-                self.counters.published_readings += len(seqs)
                 self.counters.last_publish_at = datetime.now(UTC)
+                if receipts:  # flow control only: the receipt deletes
+                    flight.acked_at = time.monotonic()
+                    continue
+                delete.extend(flight.seqs)
+                self.counters.published_readings += len(flight.seqs)
+                self._land(key)
             else:
-                self.outbox.release(seqs)
                 self.counters.refused_messages += 1
                 self._refused_until = time.monotonic() + self.config.sender.refused_retry_s
                 refusal = self.publisher.refusals[-1] if self.publisher.refusals else None
                 log.warning(
                     "broker refused a batch of %d readings (%s); kept, retrying in %.0f s",
-                    len(seqs),
+                    len(flight.seqs),
                     refusal.reason if refusal else "?",
                     self.config.sender.refused_retry_s,
                 )
-        if acked:
-            self.outbox.ack(acked)
+                self._land(key, release=True)
+        while True:
+            try:
+                receipt = self._receipts.get_nowait()
+            except queue.Empty:
+                break
+            covered = receipt.seqs()
+            refused = {s for lo, hi in receipt.refused for s in range(lo, hi + 1)}
+            delete.extend(covered)
+            for seq in covered:
+                carrier = self._flight_of.pop(seq, None)
+                flight = self._inflight.get(carrier) if carrier is not None else None
+                if carrier is None or flight is None or seq not in flight.seqs:
+                    continue  # covered before (a repeat), or by an earlier send of the same reading
+                flight.seqs.discard(seq)
+                if seq in refused:
+                    self.counters.refused_readings += 1
+                else:
+                    self.counters.published_readings += 1
+                if not flight.seqs:
+                    self._land(carrier)
+        if delete:
+            self.outbox.ack(delete)
+        if receipts:
+            self._expire()
+
+    def _land(self, key: int, release: bool = False) -> None:
+        """The flight ``key`` is over; ``release``: its uncovered readings go back to be sent again."""
+        flight = self._inflight.pop(key, None)
+        if flight is None:
+            return
+        for seq in flight.seqs:
+            if self._flight_of.get(seq) == key:
+                del self._flight_of[seq]
+        if release and flight.seqs:
+            self.outbox.release(flight.seqs)
+
+    def _expire(self, everything: bool = False) -> None:
+        """Send again what no receipt covered ``receipt_timeout_s`` after its PUBACK (``everything``:
+        every flight the broker took, as after a reconnect: a broker that crashed may have lost it)."""
+        limit = time.monotonic() - self.config.sender.receipt_timeout_s
+        late = [
+            key
+            for key, f in self._inflight.items()
+            if f.acked_at is not None and (everything or f.acked_at < limit) and f.seqs
+        ]
+        for key in late:
+            self.counters.receipt_timeouts += 1
+            self._land(key, release=True)
+        if late:
+            log.info("%d batches sent again: no stored receipt covered them", len(late))
 
     def _send_loop(self) -> None:
         s = self.config.sender
@@ -410,6 +507,8 @@ class Agent:
                     self.config.broker.port,
                     self.config.username,
                 )
+                if s.receipts:  # a broker that restarted may have lost what it took before
+                    self._expire(everything=True)
                 self._publish_status("online")
                 next_status = now + s.status_interval_s
             elif was_connected and not connected:
@@ -439,7 +538,7 @@ class Agent:
         if not rows:
             return False
         messages, undeliverable = plan_messages(
-            self.tenant, self.vehicle, rows, self.max_message_bytes, datetime.now(UTC)
+            self.tenant, self.vehicle, rows, self.max_message_bytes, datetime.now(UTC), s.receipts
         )
         if undeliverable:
             self.counters.undeliverable += len(undeliverable)
@@ -453,12 +552,12 @@ class Agent:
         for payload, seqs in messages:
             key = self._next_key
             self._next_key += 1
-            self._inflight[key] = seqs  # before publish: its PUBACK may come back at once
+            self._inflight[key] = _Flight(set(seqs))  # before publish: its PUBACK may come back at once
+            self._flight_of.update((seq, key) for seq in seqs)
             try:
                 self.publisher.publish(self.batch_topic, payload, key=key)
             except (ValueError, TimeoutError) as exc:
-                self._inflight.pop(key, None)
-                self.outbox.release(seqs)
+                self._land(key, release=True)
                 log.warning("publish of %d readings failed: %s; kept", len(seqs), exc)
                 return False
         return True
@@ -491,7 +590,10 @@ class Agent:
             "sensor_faults": faults,
             "recorded": dict(c.recorded),
             "published_readings": c.published_readings,
+            "refused_readings": c.refused_readings,
             "refused_messages": c.refused_messages,
+            "receipt_timeouts": c.receipt_timeouts,
+            "unrouted_messages": self.publisher.unrouted,
             "last_publish_at": None if c.last_publish_at is None else c.last_publish_at.isoformat(),
             "next_seq": stats.next_seq,
             "uptime_s": round(time.monotonic() - self._started_at, 1),

@@ -77,9 +77,11 @@ class SenderConfig:
 
     batch_max_readings: int = 500
     batch_max_bytes: int = 64 * 1024  # per MQTT message; at most the contract's max_payload_bytes
-    max_inflight_batches: int = 4  # messages published and not yet acknowledged
+    max_inflight_batches: int = 4  # messages published and not yet covered by a receipt (or PUBACK)
     status_interval_s: float = 60.0  # heartbeat on fleet/<tenant>/<vehicle>/status
     refused_retry_s: float = 60.0  # wait before resending readings the broker refused
+    receipts: bool = True  # delete only what the gateway's stored receipts cover (false: on PUBACK)
+    receipt_timeout_s: float = 30.0  # after the PUBACK, send again what no receipt covered this long
 
 
 @dataclass(frozen=True)
@@ -179,6 +181,9 @@ class _Table:
         if choices and value not in choices:
             raise self.error(key, f"must be one of {', '.join(choices)}; got {value!r}")
         return str(value)
+
+    def flag(self, key: str, default: bool) -> bool:
+        return bool(self._get(key, default, (bool,), "true or false"))
 
     def integer(self, key: str, default: int, lo: int | None = None, hi: int | None = None) -> int:
         value = self._get(key, default, (int,), "an integer")
@@ -300,6 +305,8 @@ def _sender(t: _Table) -> SenderConfig:
         max_inflight_batches=t.integer("max_inflight_batches", d.max_inflight_batches, 1, 1000),
         status_interval_s=t.number("status_interval_s", d.status_interval_s, 1.0),
         refused_retry_s=t.number("refused_retry_s", d.refused_retry_s, 0.1),
+        receipts=t.flag("receipts", d.receipts),
+        receipt_timeout_s=t.number("receipt_timeout_s", d.receipt_timeout_s, 0.5),
     )
     t.done()
     return config

@@ -50,7 +50,9 @@ _TABLES = (
     "positions",
     "temperatures",
     "door_events",
+    "device_seqs",
     "dead_letters",
+    "dead_letter_digests",
     "plans",
     "alerts",
     "stop_events",
@@ -135,7 +137,9 @@ def _drain(settings: Settings, tenant: str, readings: int, flow: bool) -> tuple[
     to the last one committed by the gateway (its stored-readings rate, with the dataflow, if
     any, running beside it), and to the last one processed by the dataflow (``flow``; else the
     same as the first)."""
-    engine = Engine(settings, with_flow=flow, with_dispatch=False, with_delivery=False)
+    engine = Engine(
+        settings, with_flow=flow, with_dispatch=False, with_delivery=False, with_api=False, with_listeners=False
+    )
     with connect(settings.dsn(), autocommit=True) as conn:
         stored_before = int(scalar(conn, "SELECT coalesce(sum(stored), 0) FROM gateway_shards"))
     engine.start()
@@ -199,11 +203,11 @@ def _rounds(settings: Settings, vehicles: int, hours: float) -> dict[str, Any]:
                 store_plan(conn, Plan.from_dict(plan), "bench")
         shutil.rmtree(settings.recovery_dir, ignore_errors=True)  # the flow starts on this backlog alone
         with connect(settings.dsn(), autocommit=True) as conn:  # ... and skips earlier rounds' rows
-            for table in ("positions", "temperatures", "door_events", "plans"):
+            for table in ("positions", "temperatures", "door_events", "device_seqs", "plans"):
                 conn.execute(f"DELETE FROM {table} WHERE tenant <> %s", (tenant,))
             conn.execute("VACUUM ANALYZE positions, temperatures, door_events")
         primer = Engine(
-            settings, with_flow=False, with_dispatch=False, with_delivery=False
+            settings, with_flow=False, with_dispatch=False, with_delivery=False, with_api=False, with_listeners=False
         )  # the shards' sessions: the broker queues the backlog
         primer.start()
         primer.wait_ready()

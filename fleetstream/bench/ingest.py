@@ -11,6 +11,9 @@ All in one run, on the same machine, QoS 1 everywhere and every guarantee on:
     same rows into a copy of the positions hypertable.
 (b) latency: a paced publisher at a steady rate; every commit NOTIFYs its last
     shard_seq, so each reading's publish (device_time) to commit time is known.
+(c) receipts: the batch backlog again with every message asking for stored receipts, a
+    listener subscribed to the receipt topics as the vans would be; its drain rate beside
+    the same batches' without receipts (target: at least 0.9 of it).
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ from ingest.batching import Received, prepare
 from ingest.writer import COMMIT_CHANNEL, TABLES
 from store.db import connect, migrate, scalar
 
-__all__ = ["run_benchmark"]
+__all__ = ["publish", "run_benchmark"]
 
 VEHICLES = 100
 REF_PAHO = "bench-ref-paho"
@@ -83,7 +86,7 @@ def _readings(tenant: str, start_seq: int, count: int, base: datetime) -> list[G
 
 
 def _messages(
-    tenant: str, part: int, parts: int, readings: int, per_message: int, base: datetime
+    tenant: str, part: int, parts: int, readings: int, per_message: int, base: datetime, receipt: bool = False
 ) -> list[tuple[str, bytes]]:
     out = []
     share = readings // parts
@@ -95,7 +98,7 @@ def _messages(
         group = by_vehicle.setdefault(f.vehicle, [])
         group.append(f)
         if len(group) == per_message:
-            out.append(encode_batch(tenant, f.vehicle, group))
+            out.append(encode_batch(tenant, f.vehicle, group, receipt=receipt))
             by_vehicle[f.vehicle] = []
     return out
 
@@ -125,10 +128,18 @@ def _publish_part(
     rate: float,
     stamp: bool,
     done: Any,
+    receipt: bool = False,
 ) -> None:
     """Publisher process: QoS 1, waits for every PUBACK; ``rate`` readings/s (0 = as fast as possible)."""
     base = datetime.now(UTC) - timedelta(hours=1)
     client = _client(settings, f"bench-pub-{os.getpid()}")
+    unrouted = [0]
+
+    def on_publish(_c: Any, _u: Any, _mid: int, reason: Any, _p: Any) -> None:
+        if getattr(reason, "value", 0) == 0x10:
+            unrouted[0] += 1
+
+    client.on_publish = on_publish
     _connect(client, settings, expiry=0, clean=True)
     client.loop_start()
     infos = []
@@ -155,17 +166,18 @@ def _publish_part(
             )
             infos.append(client.publish(*encode_single(fix), qos=1))
     else:
-        for topic, payload in _messages(tenant, part, parts, readings, per_message, base):
+        for topic, payload in _messages(tenant, part, parts, readings, per_message, base, receipt):
             infos.append(client.publish(topic, payload, qos=1))
     sending = time.perf_counter() - start
     for info in infos:
         info.wait_for_publish(120)
     client.loop_stop()
     client.disconnect()
-    done.put((sum(1 for i in infos if i.is_published()), sending))
+    # a PUBACK 0x10 (no matching subscribers) is not a delivery: the sessions were primed, so none come
+    done.put((sum(1 for i in infos if i.is_published()) - unrouted[0], sending))
 
 
-def _publish(
+def publish(
     settings: Settings,
     tenant: str,
     readings: int,
@@ -173,6 +185,7 @@ def _publish(
     rate: float = 0,
     stamp: bool = False,
     processes: int = 2,
+    receipt: bool = False,
 ) -> float:
     """Publish from ``processes`` processes; returns the send rate (messages/s) while sending."""
     ctx = mp.get_context("fork")
@@ -180,7 +193,18 @@ def _publish(
     procs = [
         ctx.Process(
             target=_publish_part,
-            args=(settings, tenant, i, processes, readings, per_message, rate / processes if rate else 0, stamp, done),
+            args=(
+                settings,
+                tenant,
+                i,
+                processes,
+                readings,
+                per_message,
+                rate / processes if rate else 0,
+                stamp,
+                done,
+                receipt,
+            ),
         )
         for i in range(processes)
     ]
@@ -208,7 +232,9 @@ def _drain_engine(settings: Settings, tenant: str, expected: int, before: int) -
     process start-up is left out and nothing the engine did is: a commit can hold
     100 000 readings, so timing between commits would be too coarse.
     """
-    engine = Engine(settings, with_flow=False, with_dispatch=False, with_delivery=False)
+    engine = Engine(
+        settings, with_flow=False, with_dispatch=False, with_delivery=False, with_api=False, with_listeners=False
+    )
     engine.start()
     try:
         deadline = time.monotonic() + 900
@@ -233,7 +259,9 @@ def _drain_engine(settings: Settings, tenant: str, expected: int, before: int) -
 
 def _prime_sessions(settings: Settings, tenant: str) -> None:
     """Create the engine's and the references' persistent sessions so the backlog queues for them."""
-    engine = Engine(settings, with_flow=False, with_dispatch=False, with_delivery=False)
+    engine = Engine(
+        settings, with_flow=False, with_dispatch=False, with_delivery=False, with_api=False, with_listeners=False
+    )
     engine.start()
     engine.wait_ready()
     engine.stop()
@@ -352,11 +380,13 @@ def _latency(settings: Settings, rate: float, seconds: float) -> dict[str, float
     listener = threading.Thread(target=listen, daemon=True)
     listener.start()
     listening.wait(10)
-    engine = Engine(settings, with_flow=True, with_dispatch=False, with_delivery=False)
+    engine = Engine(
+        settings, with_flow=True, with_dispatch=False, with_delivery=False, with_api=False, with_listeners=False
+    )
     engine.start()
     engine.wait_ready()
     readings = int(rate * seconds)
-    achieved = _publish(settings, tenant, readings, 1, rate=rate, stamp=True)
+    achieved = publish(settings, tenant, readings, 1, rate=rate, stamp=True)
     deadline = time.monotonic() + 60
     with connect(settings.dsn(), autocommit=True) as conn:
         while time.monotonic() < deadline:
@@ -395,20 +425,54 @@ def _latency(settings: Settings, rate: float, seconds: float) -> dict[str, float
 # ---------------------------------------------------------------- main
 
 
-def _drain_round(settings: Settings, tenant: str, readings: int, per_message: int) -> dict[str, Any]:
+class _ReceiptListener:
+    """Subscribed to every device's receipt topic of a tenant, as the vans would be: counts receipts."""
+
+    def __init__(self, settings: Settings, tenant: str) -> None:
+        self.count = 0
+        self.client = _client(settings, f"bench-receipts-{os.getpid()}")
+        self.client.on_message = self._on_message
+        _connect(self.client, settings, expiry=0, clean=True)
+        self.client.loop_start()
+        self.client.subscribe(f"fleet/{tenant}/+/cmd/stored", qos=1)
+
+    def _on_message(self, _c: Any, _u: Any, _m: Any) -> None:
+        self.count += 1
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+def _drain_round(
+    settings: Settings, tenant: str, readings: int, per_message: int, receipt: bool = False, references: bool = True
+) -> dict[str, Any]:
     messages = readings // per_message
     _prime_sessions(settings, tenant)
     before = _stored(settings)
-    publish_rate = _publish(settings, tenant, readings, per_message)
-    engine = _drain_engine(settings, tenant, messages * per_message, before)
-    paho_ref = _drain_paho(settings, messages, messages * per_message)
-    c_seconds = _mosquitto_sub(settings, tenant, messages)
-    c_ref = Figure("mosquitto_sub", messages * per_message, c_seconds)
+    publish_rate = publish(settings, tenant, readings, per_message, receipt=receipt)
+    listener = _ReceiptListener(settings, tenant) if receipt else None
+    try:
+        engine = _drain_engine(settings, tenant, messages * per_message, before)
+    finally:
+        if listener is not None:
+            time.sleep(0.5)
+            listener.close()
+    figures = [engine]
+    if references:
+        figures.append(_drain_paho(settings, messages, messages * per_message))
+        c_seconds = _mosquitto_sub(settings, tenant, messages)
+        figures.append(Figure("mosquitto_sub", messages * per_message, c_seconds))
+    else:  # the references' sessions still hold the backlog: take it off them
+        _drain_paho(settings, messages, messages * per_message)
+        _mosquitto_sub(settings, tenant, messages)
     return {
         "per_message": per_message,
+        "receipt": receipt,
+        "receipts_heard": None if listener is None else listener.count,
         "readings": messages * per_message,
         "publish_msgs_per_s": publish_rate,
-        "figures": [engine, paho_ref, c_ref],
+        "figures": figures,
     }
 
 
@@ -426,6 +490,8 @@ def run_benchmark(settings: Settings, readings: int = 100_000, quick: bool = Fal
     results = []
     for per_message, size in ((1, readings), (50, 5 * readings)):  # batches drain fast: a bigger backlog
         results.append(_drain_round(settings, f"b{run_id}m{per_message}", size, per_message))
+    # the same batches asking for stored receipts (a receipt per device and commit, heard by a listener)
+    receipts = _drain_round(settings, f"b{run_id}m50r", 5 * readings, 50, receipt=True, references=False)
     copy_ref = _copy_reference(settings, readings)
     latency = _latency(settings, 5000.0, 8.0 if quick else 20.0)
 
@@ -442,6 +508,13 @@ def run_benchmark(settings: Settings, readings: int = 100_000, quick: bool = Fal
             f"{'':<22}(backlog of {result['readings']:,} readings published at "
             f"{result['publish_msgs_per_s']:,.0f} msg/s)"
         )
+    plain_batches = results[1]["figures"][0]
+    with_receipts = receipts["figures"][0]
+    print(
+        f"{'batch of 50, receipts':<22}{'engine':<18}{with_receipts.rate:>12,.0f}"
+        f"{with_receipts.rate / plain_batches.rate:>15.2f}  (÷ the same batches without receipts; "
+        f"{receipts['receipts_heard']:,} receipts heard)"
+    )
     print(
         f"\nlatency, publish → committed, steady {latency['target_rate']:,.0f} readings/s "
         f"(achieved {latency['publish_rate']:,.0f}/s, {latency['measured']:,} readings): "
@@ -457,6 +530,9 @@ def run_benchmark(settings: Settings, readings: int = 100_000, quick: bool = Fal
             for r in results
         ],
         "binary_copy": round(copy_ref.rate),
+        "batch_with_receipts": round(with_receipts.rate),
+        "receipts_ratio": round(with_receipts.rate / plain_batches.rate, 3),
+        "receipts_heard": receipts["receipts_heard"],
         "latency": latency,
     }
     print("\n" + json.dumps(summary, default=str))

@@ -248,6 +248,7 @@ class EtaTracker:
         t_s = fix.time.timestamp()
         speed_now, dt = self._motion(fix, t_s)
         service_left = self._stop_service(fix, remaining, t_s, visit)
+        remaining = remaining[: cfg.max_stops]  # a plan of thousands of stops costs no more per fix
         if self.plan is None or not remaining:
             self.emitted, self.model_ratio = {}, {}
             return []

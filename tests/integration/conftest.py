@@ -1,9 +1,10 @@
 """Shared fixtures of the integration tests: a real Mosquitto and a real TimescaleDB.
 
 The services run from their own state folder (``<repo>/.fleetstream-test``) on their
-own ports (MQTT 18831, PostgreSQL 55433; ``FLEETSTREAM_TEST_STATE_DIR``,
-``FLEETSTREAM_TEST_MQTT_PORT`` and ``FLEETSTREAM_TEST_PG_PORT`` override them), so a developer's running stack (18830 /
-55432) is never touched. They start once per test session and stop at its end.
+own ports (MQTT 18831, PostgreSQL 55433, the API 18839; ``FLEETSTREAM_TEST_STATE_DIR``,
+``FLEETSTREAM_TEST_MQTT_PORT``, ``FLEETSTREAM_TEST_PG_PORT`` and ``FLEETSTREAM_TEST_API_PORT`` override them), so a
+developer's running stack (18830 / 55432 / 18880) is never touched. The tracker listeners are off unless a test turns
+them on on ports from ``FLEETSTREAM_TEST_LISTEN_PORT`` (18840) up. They start once per test session and stop at its end.
 
 Fixtures
     ``services``           (session) the test :class:`~core.settings.Settings`, services up
@@ -13,9 +14,12 @@ Fixtures
 
 from __future__ import annotations
 
+import json
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -27,6 +31,11 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 TEST_STATE_DIR = Path(os.environ.get("FLEETSTREAM_TEST_STATE_DIR", REPO_ROOT / ".fleetstream-test"))
 TEST_MQTT_PORT = int(os.environ.get("FLEETSTREAM_TEST_MQTT_PORT", "18831"))
 TEST_PG_PORT = int(os.environ.get("FLEETSTREAM_TEST_PG_PORT", "55433"))
+# the API's port in the tests that run it (the others run the engine without it)
+TEST_API_PORT = int(os.environ.get("FLEETSTREAM_TEST_API_PORT", "18839"))
+# the tracker listeners are off in the test settings; a test that needs one takes ports from here
+# (FLEETSTREAM_TEST_LISTEN_PORT, +1, +2, ...: never the defaults 5027 / 5023 / 5055)
+TEST_LISTEN_PORT = int(os.environ.get("FLEETSTREAM_TEST_LISTEN_PORT", "18840"))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -45,6 +54,11 @@ def integration_settings() -> Settings:
         pg_port=TEST_PG_PORT,
         mqtt_url="",
         pg_dsn="",
+        api_port=TEST_API_PORT,
+        engine_api=0,  # the API's own tests start it
+        teltonika_port=0,
+        gt06_port=0,
+        osmand_port=0,
     )
 
 
@@ -72,3 +86,25 @@ def db(services: Settings) -> Iterator[object]:
         yield conn
     finally:
         conn.close()
+
+
+_SESSION_STARTED = [time.time()]  # this conftest is imported as the session starts
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """The fault matrix of the rows this session's fault tests recorded (tests/integration/faults.py)."""
+    from tests.integration.faults import matrix_dir, render_matrix
+
+    folder = matrix_dir(TEST_STATE_DIR)
+    started = _SESSION_STARTED[0]
+    rows = []
+    for path in sorted(folder.glob("*.json")) if folder.is_dir() else []:
+        row = json.loads(path.read_text())
+        if row.get("recorded_at", 0) >= started:
+            rows.append(row)
+    if not rows:
+        return
+    table = render_matrix(rows)
+    (folder / "fault-matrix.md").write_text(table)
+    terminalreporter.write_sep("=", "fault matrix (tests/integration/faults.py)")
+    terminalreporter.write(table)

@@ -34,7 +34,18 @@ from tests.integration.test_no_loss import _kill_engine, _wait_for
 pytestmark = pytest.mark.integration
 
 VEHICLES = 6
-TABLES = ("positions", "temperatures", "door_events", "plans", "alerts", "stop_events", "cell_minutes", "vehicle_state")
+# device_seqs too: it holds each stored reading's seq, and the next run sends the same ones
+TABLES = (
+    "positions",
+    "temperatures",
+    "door_events",
+    "device_seqs",
+    "plans",
+    "alerts",
+    "stop_events",
+    "cell_minutes",
+    "vehicle_state",
+)
 
 
 def _fleet(settings: Any, start: datetime) -> FleetSimulator:

@@ -10,7 +10,9 @@ from fleetstream.engine import settings_env
 
 
 def test_demo_end_to_end(services_settings, db) -> None:
-    settings = replace(services_settings, tenant="demotest", sim_vehicles=4, sim_minutes=0.3, sim_speedup=20.0)
+    settings = replace(
+        services_settings, tenant="demotest", sim_vehicles=4, sim_minutes=0.3, sim_speedup=20.0, engine_api=1
+    )
     done = subprocess.run(
         [sys.executable, "-m", "fleetstream.cli", "demo"],
         env=settings_env(settings),
@@ -22,6 +24,9 @@ def test_demo_end_to_end(services_settings, db) -> None:
     out = done.stdout
     assert "stored" in out and "flow lag" in out and "dead letters" in out  # live progress lines
     assert "TimescaleDB received for tenant 'demotest' during this run" in out
+    # the control tower's URL, with a token of the demo's tenant
+    assert f"control tower (live while the demo runs): {settings.api_url()}/?token=fs_" in out
+    assert db.execute("SELECT count(*) FROM api_tokens WHERE tenant = 'demotest' AND name = 'demo'").fetchone()[0] >= 1
     stored = db.execute(
         "SELECT count(*), count(DISTINCT vehicle_id) FROM positions WHERE tenant = 'demotest'"
     ).fetchone()

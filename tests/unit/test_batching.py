@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 import h3
 
 from core.contract import DoorEvent, GpsFix, Limits, TemperatureReading, encode_batch, encode_single
-from ingest.batching import Received, prepare
+from ingest.batching import Received, dead_letter_row, prepare
 
 NOW = datetime(2026, 11, 22, 12, 0, tzinfo=UTC)
 
@@ -75,3 +75,30 @@ def test_rows_keep_their_receive_order_across_tables() -> None:
     second = Received(*encode_batch("acme", "van-1", [door, fix(6)]), NOW.timestamp() + 1)
     out = prepare([first, second], Limits(), 9, 4096)
     assert (out.position_order, out.temperature_order, out.door_order) == ([0, 2, 4], [1], [3])
+
+
+def test_a_seq_is_one_per_device_across_streams_and_fix_times() -> None:
+    temp = TemperatureReading("acme", "van-1", 1, NOW - timedelta(seconds=59), "cargo", 4.5)  # seq 1 as gps too
+    later = GpsFix("acme", "van-1", 2, NOW - timedelta(seconds=5), 60.17, 24.94, speed_mps=3.0)  # seq 2, other time
+    out = prepare([received(fix(1)), received(fix(2)), received(temp), received(later)], Limits(), 9, 4096)
+    assert [r.seq for r in out.positions] == [1, 2] and out.temperatures == []
+    assert out.conflicts == 2
+    assert [d.reason for d in out.dead_letters] == ["conflict", "conflict"]
+
+
+def test_receipts_cover_what_a_device_asked_for() -> None:
+    good = Received(*encode_batch("acme", "van-1", [fix(1), fix(2)], receipt=True), NOW.timestamp())
+    body = json.loads(encode_batch("acme", "van-1", [fix(3), fix(4)], receipt=True)[1])
+    body["readings"][1]["lat"] = 99.0
+    bad = Received("fleet/acme/van-1/batch", json.dumps(body).encode(), NOW.timestamp())
+    other = Received(*encode_batch("acme", "van-2", [fix(1)]), NOW.timestamp())  # did not ask
+    out = prepare([good, bad, received(fix(2)), other], Limits(), 9, 4096)
+    assert list(out.receipts) == [("acme", "van-1")]
+    coverage = out.receipts[("acme", "van-1")]
+    assert (coverage.stored, coverage.refused) == ({1, 2, 3}, {4})
+
+
+def test_a_dead_letter_of_unstorable_text_is_storable() -> None:
+    row = dead_letter_row("fleet/a\ud800/v/gps", b"x", NOW, "db_refused", "bad \x00 byte", None, 10)
+    assert (row.topic, row.detail) == ("fleet/a\\ud800/v/gps", "bad \\x00 byte")
+    row.topic.encode()  # valid UTF-8 now

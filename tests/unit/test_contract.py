@@ -14,10 +14,14 @@ from core.contract import (
     Limits,
     TemperatureReading,
     decode,
+    decode_receipt,
     encode_batch,
+    encode_receipt,
     encode_single,
     encode_status,
     parse_topic,
+    receipt_topic,
+    seq_ranges,
     topic_for,
 )
 
@@ -163,3 +167,96 @@ def test_status_report() -> None:
 
 def test_deeply_nested_json_is_a_dead_letter_not_a_crash() -> None:
     assert reasons(TOPIC, b"[" * 100_000 + b"]" * 100_000) in (["bad_json"], ["not_object"])
+
+
+# ---------------------------------------------------------------- what the database could not hold
+
+TEMP = "fleet/acme/van-1/temp"
+STATUS = "fleet/acme/van-1/status"
+
+
+def temp(**changes: object) -> bytes:
+    body = {"v": 1, "vehicle": "van-1", "seq": 9, "fix_time": "2026-11-22T11:59:30Z", "sensor": "reefer", "celsius": 3}
+    body.update(changes)
+    return json.dumps(body).encode()
+
+
+def status(**changes: object) -> bytes:
+    body = {"v": 1, "vehicle": "van-1", "sent_at": "2026-11-22T11:59:30Z", "state": "heartbeat", "details": {}}
+    body.update(changes)
+    return json.dumps(body).encode()
+
+
+@pytest.mark.parametrize(
+    ("topic", "payload", "reason"),
+    [
+        # the seven poison variants that once crash-looped a gateway shard
+        (TEMP, temp(sensor="ree\u0000fer"), "bad_text"),
+        (STATUS, status(details={"note": "a\u0000b"}), "bad_text"),
+        (STATUS, status(state="on\u0000line"), "bad_text"),
+        (TEMP, temp(sensor="\ud800"), "bad_text"),
+        (STATUS, status(details={"x": ["\udfff"]}), "bad_text"),
+        (TEMP, temp(device_time="9999-12-31T23:59:59-23:59"), "time_out_of_range"),
+        (STATUS, status(sent_at="0001-01-01T00:00:00+01:00"), "time_out_of_range"),
+        # their siblings
+        ("fleet/acme/van-1/door", temp(door="re\u0000ar", open=True), "bad_text"),
+        (STATUS, status(details={"k\u0000": 1}), "bad_text"),
+        (TEMP, temp(fix_time="0001-01-01T00:00:00+01:00"), "time_out_of_range"),
+        (TEMP, temp(sensor="x" * 65), "too_long"),
+        (STATUS, status(details={"a": [[[[[[[[[1]]]]]]]]]}), "too_deep"),
+        (STATUS, status(details={"a": 1e999}), "not_finite"),
+        (TEMP, temp(vehicle=["van-1"]), "vehicle_mismatch"),
+    ],
+)
+def test_what_the_database_cannot_hold_is_a_dead_letter_with_its_reason(
+    topic: str, payload: bytes, reason: str
+) -> None:
+    out = decode(topic, payload, NOW)
+    assert (out.readings, out.statuses) == ([], [])
+    assert [r.reason for r in out.rejected] == [reason]
+
+
+def test_details_within_the_limits_are_kept() -> None:
+    details = {"queue": 3, "nested": [[[[[[[1]]]]]]], "text": "ünïcode ✓", "big": 10**30}
+    (report,) = decode(STATUS, status(details=details), NOW).statuses
+    assert report.details == details
+
+
+def test_a_trailing_newline_is_not_part_of_a_valid_id() -> None:
+    with pytest.raises(ContractError):
+        parse_topic("fleet/acme/van-1\n/gps")
+    with pytest.raises(ContractError):
+        topic_for("acme\n", "van-1", "gps")
+
+
+def test_a_rejected_reading_keeps_its_seq_for_the_receipt() -> None:
+    readings = [GpsFix("acme", "van-1", i, FIX, 60.1, 24.9) for i in (4, 5)]
+    topic, payload = encode_batch("acme", "van-1", readings, receipt=True)
+    body = json.loads(payload)
+    body["readings"][1]["lat"] = 99.0
+    body["readings"].append({"type": "temp", "seq": "six"})
+    out = decode(topic, json.dumps(body).encode(), NOW)
+    assert out.receipt
+    assert [r.seq for r in out.readings] == [4]
+    assert [(r.reason, r.index, r.seq) for r in out.rejected] == [("out_of_range", 1, 5), ("wrong_type", 2, None)]
+    assert not decode(topic, encode_batch("acme", "van-1", readings)[1], NOW).receipt
+
+
+def test_receipts_round_trip_as_seq_ranges() -> None:
+    payload = encode_receipt("van-1", [1, 2, 3, 7, 9, 10, 3], refused=[4, 7])
+    assert json.loads(payload) == {"v": 1, "vehicle": "van-1", "stored": [[1, 3], [7, 7], [9, 10]], "refused": [[4, 4]]}
+    receipt = decode_receipt(payload)
+    assert receipt.seqs() == [1, 2, 3, 4, 7, 9, 10]
+    assert receipt_topic("acme", "van-1") == "fleet/acme/van-1/cmd/stored"
+    assert seq_ranges([]) == []
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [b"nope", b"[]", b'{"v":1,"vehicle":"v","stored":[[3,1]]}', b'{"v":1,"vehicle":"v","stored":[[1,true]]}'],
+)
+def test_a_bad_receipt_is_a_contract_error(payload: bytes) -> None:
+    with pytest.raises(ContractError):
+        decode_receipt(payload)
+    with pytest.raises(ContractError):
+        decode_receipt(b'{"v":1,"vehicle":"v","stored":[[0,5000000]]}', max_seqs=1000)

@@ -54,6 +54,12 @@ def alert_row(**changes: object) -> dict[str, object]:
         "details": {"dwell_s": 2400.0, "threshold_s": 1800.0},
         "detected_at": START + timedelta(minutes=30),
         "updated_at": START + timedelta(minutes=41),
+        "acknowledged_at": START + timedelta(minutes=33),
+        "acknowledged_by": "desk (0a1b2c3d4e5f)",
+        "owner": "kim",
+        "closed_at": None,
+        "closed_by": None,
+        "comments": 1,
     }
     row.update(changes)
     return row
@@ -103,6 +109,12 @@ def test_alert_payload_is_every_column_in_json_form() -> None:
         "details": {"dwell_s": 2400.0, "threshold_s": 1800.0},
         "detected_at": "2026-11-22T05:30:00.250Z",
         "updated_at": "2026-11-22T05:41:00.250Z",
+        "acknowledged_at": "2026-11-22T05:33:00.250Z",
+        "acknowledged_by": "desk (0a1b2c3d4e5f)",
+        "owner": "kim",
+        "closed_at": None,
+        "closed_by": None,
+        "comments": 1,
     }
     assert list(event_payload(alert_row()))[:6] == ["v", "kind", "id", "rev", "tenant", "vehicle"]
 

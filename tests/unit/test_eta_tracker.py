@@ -268,3 +268,13 @@ def test_hour_of_week_from_epoch_seconds_matches_the_trackers() -> None:
     for hours in range(0, 24 * 9, 5):
         moment = T0 + timedelta(hours=hours, minutes=17)
         assert hour_of_week_at(moment.timestamp()) == hour_of_week(moment)
+
+
+def test_a_fix_estimates_at_most_max_stops_stops() -> None:
+    """A plan of hundreds of stops costs a fix no more than its next ``max_stops``."""
+    stops = tuple(Stop(f"s{i}", 60.001 + i * 0.00005, LON) for i in range(300))
+    plan = Plan("acme", "van-1", 1, stops, ROUTE)
+    tracker = EtaTracker("acme", "van-1", EtaConfig(models=NAME, estimate_every_s=0, max_stops=25))
+    tracker.set_plan(plan)
+    updates = tracker.update(fix(0, 60.0), stops)
+    assert [u.stop_id for u in updates] == [f"s{i}" for i in range(25)]

@@ -25,7 +25,8 @@ ALLOWED: dict[str, set[str]] = {
     "pipelines": {"core", "store", "models"},
     "training": {"core", "store", "models", "pipelines"},
     "sim": {"core", "edge", "models"},
-    "fleetstream": {"core", "edge", "store", "models", "ingest", "delivery", "pipelines", "training", "sim"},
+    "api": {"core", "store", "models", "delivery"},
+    "fleetstream": {"core", "edge", "store", "models", "ingest", "delivery", "pipelines", "training", "sim", "api"},
 }
 PROJECT = set(ALLOWED)
 # what the van runs may use besides the standard library: MQTT, and GPIO where there is one

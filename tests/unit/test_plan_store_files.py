@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from core.plan import Plan, PlanError
+from core.contract import Rejected
+from core.plan import Plan, PlanError, PlanLimits
 from ingest.dispatch import check_plan_message, plan_topic
 from store.plans import load_plans_file, plan_digest
 
@@ -158,3 +160,49 @@ def test_check_plan_message_rejects(topic: str, payload: bytes, reason: str, det
 
 def test_check_plan_message_accepts() -> None:
     assert check_plan_message("dispatch/acme/plan", json.dumps(plan()).encode(), 10_000) == Plan.from_dict(plan())
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"stops": [{"id": f"s{i}", "lat": 60.0, "lon": 24.0} for i in range(11)]}, "stops: 11 stops, more than"),
+        ({"route": [[60.0, 24.0 + i * 1e-4] for i in range(21)]}, "route: 21 points, more than"),
+        ({"route": [[60.0, 24.0], [60.5, 24.0]]}, "route[0]-route[1]: 55.6 km, longer than"),
+        ({"route": [[60.0 + i * 0.1, 24.0] for i in range(20)]}, "route: longer than the limit of 100.0 km"),
+    ],
+)
+def test_plan_limits_name_what_is_too_much(changes: dict[str, object], message: str) -> None:
+    limits = PlanLimits(max_stops=10, max_route_points=20, max_route_km=100.0, max_segment_km=50.0)
+    with pytest.raises(PlanError, match=re.escape(message)):
+        limits.check(Plan.from_dict({**plan(), **changes}))
+    limits.check(Plan.from_dict(plan()))
+
+
+def test_a_pole_to_pole_plan_is_refused_by_the_default_limits() -> None:
+    poles = {**plan(), "route": [[-89.9, 0.0], [-45.0, 0.0], [0.0, 0.0], [45.0, 0.0], [89.9, 0.0]]}
+    rejected = check_plan_message("dispatch/acme/plan", json.dumps(poles).encode(), 10_000, PlanLimits())
+    assert isinstance(rejected, Rejected) and rejected.reason == "bad_plan"
+    assert "longer than the limit of 50.0 km" in rejected.detail
+
+
+@pytest.mark.parametrize(
+    "stop_changes",
+    [
+        {"window_start": "9999-12-31T23:59:59-23:59"},
+        {"window_end": "0001-01-01T00:00:00+01:00"},
+        {"id": "s\u0000"},
+        {"id": "s\ud800"},
+        {"lat": 10**400},
+    ],
+)
+def test_a_poison_plan_is_a_bad_plan_not_a_crash(stop_changes: dict[str, object]) -> None:
+    body = plan()
+    body["stops"][0].update(stop_changes)
+    rejected = check_plan_message("dispatch/acme/plan", json.dumps(body).encode(), 10_000, PlanLimits())
+    assert isinstance(rejected, Rejected) and rejected.reason == "bad_plan", rejected
+
+
+def test_a_trailing_newline_is_not_part_of_a_tenant_id() -> None:
+    with pytest.raises(ValueError):
+        plan_topic("acme\n")
+    assert isinstance(check_plan_message("dispatch/acme\n/plan", json.dumps(plan()).encode(), 10_000), Rejected)

@@ -64,6 +64,8 @@ def test_test_and_bootstrap_variables_are_not_settings() -> None:
         ("FLEETSTREAM_OFFLINE_AFTER_S", "-5", r"offline_after_s must be at least 0"),
         ("FLEETSTREAM_FLOW_ETA", "2", r"flow_eta must be between 0 and 1"),
         ("FLEETSTREAM_EXCURSION_MIN_S", "nan", r"excursion_min_s must be a finite number"),
+        ("FLEETSTREAM_TELTONIKA_PORT", "65536", r"teltonika_port must be between 0 and 65535"),
+        ("FLEETSTREAM_DEVICE_MAX_CONNECTIONS", "0", r"device_max_connections must be between 1 and 1000000"),
     ],
 )
 def test_bad_values_name_the_variable(variable: str, raw: str, message: str) -> None:
@@ -76,3 +78,10 @@ def test_overrides_are_checked_too() -> None:
         load_settings({}, gateway_worker=2)
     with pytest.raises(SettingsError, match="h3_resolution must be between 0 and 15"):
         replace(Settings(), h3_resolution=16)
+
+
+def test_the_tracker_listeners_and_the_shards_the_dataflow_replays() -> None:
+    s = load_settings({"FLEETSTREAM_GT06_PORT": "0", "FLEETSTREAM_GATEWAY_WORKERS": "3"})
+    assert s.listener_ports() == {"teltonika": 5027, "osmand": 5055}  # 0 = off
+    # the gateway's shards, then the front ends' fixed ones: off or on, a listener's shard is replayed
+    assert s.replay_shards() == [0, 1, 2, 100, 101, 102]

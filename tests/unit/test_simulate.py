@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import Counter, defaultdict
 from collections.abc import Hashable
 from datetime import UTC, datetime, timedelta
@@ -12,7 +13,7 @@ import pytest
 
 import edge.agent.agent as agent_module
 from core.contract import decode as decode_message
-from core.contract import encode_reading, parse_topic
+from core.contract import encode_reading, encode_receipt, parse_topic, receipt_topic
 from core.settings import Settings
 from models.roads import RoadNetwork
 from sim.fleet import run_simulation
@@ -20,7 +21,8 @@ from sim.simulator import vehicle_ids
 
 
 class FakePublisher:
-    """Stands in for DevicePublisher inside the agent: connected at once, every message acknowledged."""
+    """Stands in for DevicePublisher inside the agent: connected at once, every message acknowledged
+    and, when it asks for one, covered by a stored receipt at once (as the gateway would send)."""
 
     instances: list[FakePublisher] = []
 
@@ -30,10 +32,14 @@ class FakePublisher:
         self.username, self.password = username, password
         self.on_settled = kwargs.get("on_settled")
         self.messages: list[tuple[str, bytes, Hashable]] = []
-        self.acked = self.resent = self.refused = self.pending = 0
+        self.acked = self.resent = self.refused = self.pending = self.unrouted = 0
         self.refusals: list[Any] = []
         self.connected = False
+        self.receipts: dict[str, Any] = {}
         FakePublisher.instances.append(self)
+
+    def subscribe(self, topic: str, on_message: Any) -> None:
+        self.receipts[topic] = on_message
 
     def connect(self, timeout: float | None = 10.0) -> None:
         self.connected = True
@@ -46,6 +52,11 @@ class FakePublisher:
         self.acked += 1
         if self.on_settled is not None:
             self.on_settled(key, True)
+        tenant, vehicle, stream = parse_topic(topic)
+        handler = self.receipts.get(receipt_topic(tenant, vehicle))
+        if stream == "batch" and handler is not None and json.loads(data).get("receipt"):
+            seqs = [r.seq for r in decode_message(topic, data, datetime.now(UTC)).readings]
+            handler(encode_receipt(vehicle, seqs))
         return key
 
     def flush(self, timeout: float | None = None) -> bool:
