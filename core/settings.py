@@ -125,6 +125,9 @@ class Settings:
     excursion_min_s: float = _A.excursion_min_s  # temperature outside the load's range this long -> temp_excursion
     door_open_max_s: float = _A.door_open_max_s  # reefer door open this long -> door_open_too_long
     offline_after_s: float = _A.offline_after_s  # no data this long (fleet clock) while on duty -> offline
+    plan_end_grace_s: float = _A.plan_end_grace_s  # a plan is over this long after its last window end: off duty
+    silence_min_s: float = _A.silence_min_s  # a gap between fixes longer than this (and 2x the cadence) is a silence
+    arrival_min_inside_s: float = _A.arrival_min_inside_s  # seen inside a stop's circle this long = arrival
     baseline_min_samples: int = 5  # departures a cell-hour needs before its dwell baseline is used
     # ETA training (`fleetstream train eta`) and its evaluation (`fleetstream evaluate --eta`)
     eta_models_keep: int = 10  # trained ETA versions kept under <state_dir>/models/eta/versions
@@ -160,6 +163,17 @@ class Settings:
     sim_malformed_rate: float = 0.002  # malformed messages per valid reading
     sim_duplicate_rate: float = 0.003  # repeated messages per valid reading
     sim_batch_every_s: float = 1.0  # with --batch: wall seconds a device collects before sending
+    # how real the simulated fleet looks (all off: the ideal 5 s reporter); `--scenario` sets bundles
+    sim_period_max_s: float = 0.0  # per-van reporting interval drawn from [sim_gps_period_s, this]; 0 = all equal
+    sim_period_jitter: float = 0.0  # each interval varies by +- this share of the van's interval
+    sim_no_speed_share: float = 0.0  # share of vans whose device sends no speed or heading
+    sim_gaps_per_hour: float = 0.0  # signal gaps (tunnels, 20-150 s) per van-hour: readings lost
+    sim_silence_share: float = 0.0  # share of vans with one long silence (a dead zone, 8-15 min): readings lost
+    sim_canyon_sigma_m: float = 0.0  # extra GPS noise per axis (m) in the urban canyon near the centre
+    sim_depot_stop: int = 0  # 1 = plans end at the depot: the shift ends there and the device goes quiet
+    sim_depot_stay_s: float = 60.0  # longest stay at the depot (or the bus terminal) before going quiet
+    sim_bus: int = 0  # 1 = bus-like routes: stops every 80-150 m along one long path (no reefer, no doors)
+    sim_pass_through_share: float = 0.25  # with sim_bus: share of stops driven through without stopping
     sim_protocols: str = ""  # comma-separated tracker protocols some simulated vans use instead of the agent
     sim_protocol_share: float = 0.5  # with sim_protocols: the share of the vans that are trackers
 
@@ -264,6 +278,7 @@ class SettingsError(ValueError):
 
 _ENV_PREFIX = "FLEETSTREAM_"
 _NOT_SETTINGS = ("FLEETSTREAM_TEST_", "FLEETSTREAM_CACHE_DIR", "FLEETSTREAM_PG_MAJOR")
+# 0 = off, 1 = on
 _FLAGS = (
     "flow_analytics",
     "flow_eta",
@@ -272,7 +287,9 @@ _FLAGS = (
     "engine_api",
     "mqtt_also_listen_plain",
     "mqtt_tls_require_certificate",
-)  # 0 = off, 1 = on
+    "sim_depot_stop",
+    "sim_bus",
+)
 # (low, high) bounds, both inclusive; every other number must be >= 0
 _RANGES: dict[str, tuple[float, float]] = {
     "mqtt_port": (1, 65535),
@@ -311,6 +328,11 @@ _RANGES: dict[str, tuple[float, float]] = {
     "sim_anomaly_probability": (0, 1),
     "sim_malformed_rate": (0, 1),
     "sim_duplicate_rate": (0, 1),
+    "sim_period_jitter": (0, 0.9),
+    "sim_no_speed_share": (0, 1),
+    "sim_silence_share": (0, 1),
+    "sim_pass_through_share": (0, 1),
+    "sim_depot_stay_s": (60, 86_400),
     "broker_message_size_limit": (1024, 256 * 1024 * 1024),
     "teltonika_port": (0, 65535),
     "gt06_port": (0, 65535),

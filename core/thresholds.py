@@ -34,6 +34,13 @@ class AnalyticsConfig:
     jump_confirm_fixes: int = 3  # this many consecutive, mutually consistent "jumped" fixes are a real relocation
     jitter_radius_m: float = 25.0  # a slow fix this close to the previous one is flagged as parked jitter
 
+    # -- derived speed and heading (devices that send none) and the reporting cadence
+    derive_min_span_s: float = 10.0  # speed is derived over at least this many seconds (GPS noise at 1 Hz) ...
+    derive_max_span_s: float = 120.0  # ... and at most this many: across a longer gap it is unknown
+    derive_noise_m: float = 5.0  # position noise taken off a displacement when the fix reports no accuracy
+    silence_min_s: float = 60.0  # a gap between fixes longer than this and than ...
+    silence_factor: float = 2.0  # ... this many times the vehicle's usual reporting interval is a silence
+
     # -- motion (hysteresis: start needs evidence, stop needs a calm window)
     start_speed_mps: float = 2.5  # reported speed that counts as driving ...
     start_confirm_fixes: int = 2  # ... on this many consecutive fixes
@@ -43,7 +50,7 @@ class AnalyticsConfig:
     stop_confirm_s: float = 60.0  # ... for this long make the vehicle stopped
 
     # -- geofences at planned stops
-    arrival_min_inside_s: float = 30.0  # continuously inside the stop circle this long = arrival
+    arrival_min_inside_s: float = 30.0  # seen inside the stop circle this long (boundary to boundary) = arrival
     departure_min_outside_s: float = 60.0  # continuously outside (circle + margin) this long = departure
     fence_exit_margin_m: float = 20.0  # hysteresis band outside the stop radius
 
@@ -82,7 +89,8 @@ class AnalyticsConfig:
     )
 
     # -- connectivity (the receive clock: the engine's fleet clock)
-    offline_after_s: float = 300.0  # no reading received for this long -> offline
+    offline_after_s: float = 300.0  # no reading received for this long -> offline (while on duty)
+    plan_end_grace_s: float = 3600.0  # a plan is over this long after its last stop's window end (off duty)
 
     def __post_init__(self) -> None:
         for f in fields(self):
@@ -112,11 +120,13 @@ class EtaConfig:
     traffic_ratio: float = 0.5  # moving below this share of the profile speed = in traffic
     traffic_horizon_m: float = 500.0  # ... and the next this many metres go at the current speed
     speed_smoothing: float = 0.3  # weight of a new fix's speed in the smoothed speed
+    reproject_m: float = 25.0  # a fix this close (per axis) to the last projected one keeps its place on the route
     search_ahead_m: float = 500.0  # route projection window beyond the progress ...
     max_speed_mps: float = 40.0  # ... plus this much per second since the last fix
     leave_stop_m: float = 100.0  # the rest of a stop's service counts until this far outside its circle
-    model_every_s: float = 30.0  # run the model at most this often per vehicle (fix time)
-    estimate_every_s: float = 15.0  # estimate (and maybe re-emit) at most this often (fix time); 0 = every fix
+    model_every_s: float = 120.0  # run the model at most this often per vehicle (fix time)
+    model_max_ahead_s: float = 5400.0  # ask the model about stops this far ahead at most (its training horizons)
+    estimate_every_s: float = 60.0  # estimate (and maybe re-emit) at most this often (fix time); 0 = every fix
     max_stops: int = 50  # ETAs for at most this many of the next remaining stops: bounds the work of a fix
 
     def __post_init__(self) -> None:

@@ -204,6 +204,13 @@ def _bench(settings: Settings, args: argparse.Namespace) -> int:
         from fleetstream.bench.eta import run_eta_benchmark
 
         return run_eta_benchmark(settings, vehicles=args.vehicles or 50, days=2 if args.quick else 7)
+    if args.eta_cost:
+        from fleetstream.bench.eta_cost import run_eta_cost_benchmark
+
+        result = run_eta_cost_benchmark(
+            settings, vehicles=args.vehicles or (8 if args.quick else 20), days=1 if args.quick else 3
+        )
+        return 0 if result["eta_us_per_fix_with_model"] < 100 else 1
     if not args.analytics_only:
         run_benchmark(settings, readings=args.readings, quick=args.quick)
     run_analytics_benchmark(settings, vehicles=20 if args.quick else 100, hours=0.5 if args.quick else 2.0)
@@ -307,23 +314,29 @@ def _token(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _evaluate(settings: Settings, args: argparse.Namespace) -> int:
-    from dataclasses import replace
 
-    from fleetstream.evaluate import EVALUATION_DEFAULTS, run_evaluation
+    from fleetstream.evaluate import run_evaluations, scenario_settings
 
     if args.eta:
         from fleetstream.eta_evaluation import run_eta_evaluation
 
-        _, eta_missed = run_eta_evaluation(settings, vehicles=args.vehicles, days=args.days)
+        _, eta_missed = run_eta_evaluation(settings, vehicles=args.vehicles, days=args.days, scenario=args.scenario)
         return 1 if eta_missed else 0
-    given = {
-        "sim_vehicles": args.vehicles,
-        "sim_minutes": args.minutes,
-        "sim_speedup": args.speedup,
-        "sim_anomaly_probability": args.probability,
-    }
-    scenario: dict[str, Any] = {k: given[k] if given[k] is not None else v for k, v in EVALUATION_DEFAULTS.items()}
-    _, missed = run_evaluation(replace(settings, **scenario))
+    if args.traces:
+        from fleetstream.trace_evaluation import run_trace_evaluation
+
+        _, trace_missed = run_trace_evaluation(settings)
+        return 1 if trace_missed else 0
+    chosen = scenario_settings(
+        settings,
+        args.scenario,
+        sim_vehicles=args.vehicles,
+        sim_minutes=args.minutes,
+        sim_speedup=args.speedup,
+        sim_anomaly_probability=args.probability,
+    )
+    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [settings.sim_seed]
+    _, missed = run_evaluations(chosen, args.scenario, seeds, args.repeats)
     return 1 if missed else 0
 
 
@@ -463,6 +476,11 @@ def main(argv: list[str] | None = None) -> int:
         "--vehicles vans (default 50) into TimescaleDB, then `train eta` timed",
     )
     p.add_argument(
+        "--eta-cost",
+        action="store_true",
+        help="only the ETA cost per fix with the trained model loaded, on sparse simulated days (in process)",
+    )
+    p.add_argument(
         "--api",
         action="store_true",
         help="only the API benchmark: request latency with --vehicles vans (default 1000), the stored-readings "
@@ -533,6 +551,21 @@ def main(argv: list[str] | None = None) -> int:
         "days (in process; --vehicles default settings.eta_eval_vehicles)",
     )
     p.add_argument("--days", type=int, help="with --eta: training days (default settings.eta_eval_days)")
+    p.add_argument(
+        "--scenario",
+        default="default",
+        choices=["default", "sparse", "bus"],
+        help="the simulated fleet: default (a fix every 5 s), sparse (every 30 s with jitter, no device speed, "
+        "tunnels and dead zones, shifts ending at the depot), bus (stops 80-150 m apart, pass-throughs)",
+    )
+    p.add_argument("--seeds", help="comma-separated seeds, each run in turn (default: --seed / settings.sim_seed)")
+    p.add_argument("--repeats", type=int, default=1, help="runs per seed (the worst of all is reported)")
+    p.add_argument(
+        "--traces",
+        action="store_true",
+        help="instead: real dense GPS traces (fetched from Debian source packages) subsampled to 5/15/30/60 s "
+        "through the trackers: arrivals, dwell and false alerts against the dense truth",
+    )
     p.set_defaults(func=_evaluate)
 
     p = sub.add_parser("train", help="learn a model from the history in TimescaleDB")

@@ -1,7 +1,7 @@
 """Who may connect to the embedded database, and as whom: logins, passwords, tenant readers.
 
 The schema's own privileges (row-level security, grants per role, ``security_invoker``
-views) are migration ``008_access.sql``. What needs the superuser lives here and runs
+views) are migration ``009_access.sql``. What needs the superuser lives here and runs
 at every start of the services (:func:`secure_database`, idempotent):
 
 * one login per engine process kind (``core.settings.DATABASE_ROLES``), password

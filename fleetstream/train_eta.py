@@ -72,7 +72,7 @@ def run_train_eta(
     models_dir = models_dir or eta_models_dir(settings)
     folder = publish_eta_set(
         models_dir,
-        EtaModels(training.profiles, model, training.detour_factor),
+        EtaModels(training.profiles, model, training.detour_factor, mean_speed_mps=training.mean_speed_mps),
         model.version,
         keep=settings.eta_models_keep,
     )
@@ -83,6 +83,7 @@ def run_train_eta(
         rows=training.rows.height,
         trips=training.rows["trip"].n_unique(),
         detour_factor=round(training.detour_factor, 3),
+        mean_speed_mps=None if training.mean_speed_mps is None else round(training.mean_speed_mps, 2),
         profile_cells=sum(len(t) for t in training.profiles.cell_hour),
         metrics=model.metrics,
         train_s=round(trained - loaded, 2),

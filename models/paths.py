@@ -124,27 +124,55 @@ def sample_path(
     scale: float = 1.0,
     lengths_m: Sequence[float] | None = None,
 ) -> SampledPath:
-    """Cut a polyline of (lat, lon) degrees into pieces of at most ``sample_m`` metres.
+    """Cut a polyline of (lat, lon) degrees into pieces of at most about ``sample_m`` metres.
 
-    Piece lengths are great-circle lengths times ``scale`` (a detour factor for straight
-    legs), or, with ``lengths_m`` (one per segment, e.g. a road edge's length), those
-    lengths split evenly over the segment's pieces.
+    A segment longer than ``sample_m`` is split into equal pieces; shorter consecutive
+    segments (a road's curve, drawn as many short ones) are joined into pieces of about
+    ``sample_m``, each tagged with the cell of the middle of its ends (one H3 lookup per
+    piece, not per segment). Piece lengths are great-circle lengths times ``scale`` (a
+    detour factor for straight legs), or, with ``lengths_m`` (one per segment, e.g. a road
+    edge's length), those lengths split evenly over the segment's pieces.
     """
     cum = [0.0]
     cells: list[int] = []
     total = 0.0
+    run_m = run_geo = 0.0  # the short segments joined so far: their length, and great-circle metres
+    run_from: LatLon | None = None
+    run_to: LatLon | None = None
+
+    def flush() -> None:
+        nonlocal total, run_m, run_geo, run_from, run_to
+        if run_from is not None and run_to is not None and run_m > 0.0:
+            mid = ((run_from[0] + run_to[0]) / 2, (run_from[1] + run_to[1]) / 2)
+            cells.append(h3.latlng_to_cell(mid[0], mid[1], resolution))
+            total += run_m
+            cum.append(total)
+        run_m = run_geo = 0.0
+        run_from = run_to = None
+
     for j in range(len(points) - 1):
         (lat1, lon1), (lat2, lon2) = points[j], points[j + 1]
         d = haversine_m(lat1, lon1, lat2, lon2)
         seg = lengths_m[j] if lengths_m is not None else d * scale
         if seg <= 0.0:
             continue
-        n = max(1, math.ceil(d / sample_m)) if sample_m > 0 else 1
-        for i in range(n):
-            f = (i + 0.5) / n
-            cells.append(h3.latlng_to_cell(lat1 + f * (lat2 - lat1), lon1 + f * (lon2 - lon1), resolution))
-            total += seg / n
-            cum.append(total)
+        if sample_m <= 0 or d > sample_m:
+            flush()
+            n = max(1, math.ceil(d / sample_m)) if sample_m > 0 else 1
+            for i in range(n):
+                f = (i + 0.5) / n
+                cells.append(h3.latlng_to_cell(lat1 + f * (lat2 - lat1), lon1 + f * (lon2 - lon1), resolution))
+                total += seg / n
+                cum.append(total)
+            continue
+        if run_from is None:
+            run_from = (lat1, lon1)
+        run_to = (lat2, lon2)
+        run_m += seg
+        run_geo += d
+        if run_geo >= sample_m:
+            flush()
+    flush()
     return SampledPath(cum, cells)
 
 

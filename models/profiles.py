@@ -40,6 +40,7 @@ if TYPE_CHECKING:  # polars loads only to build profiles: the trackers just look
 __all__ = ["MIN_SPEED_MPS", "SpeedProfiles", "build_speed_profiles", "hour_of_week_expr"]
 
 MIN_SPEED_MPS = 1.0  # slower samples are standing, not driving
+_MEMO = 200_000  # cell-hour answers kept by a SpeedProfiles (about 20 MB at most)
 _FORMAT_VERSION = 1
 
 
@@ -64,6 +65,7 @@ class SpeedProfiles:
     cell_all: dict[int, float] = field(default_factory=dict)
     samples: int = 0
     min_speed_mps: float = MIN_SPEED_MPS
+    _memo: dict[int, float] = field(default_factory=dict, repr=False, compare=False)  # answers so far
 
     @classmethod
     def constant(cls, speed_mps: float, resolution: int = 9) -> SpeedProfiles:
@@ -79,8 +81,20 @@ class SpeedProfiles:
         """Driving speed in m/s for an H3 cell (any resolution) at UTC hour of week ``hour``.
 
         Finer cells than ``resolution`` use their ancestor; the finest level holding the
-        cell-hour answers (an unseen cell-hour equals its prior, so this is exact).
+        cell-hour answers (an unseen cell-hour equals its prior, so this is exact). Answers are
+        memoised (up to ``_MEMO`` of them): routes of many vehicles cross the same cells.
         """
+        key = cell << 8 | hour
+        known = self._memo.get(key)
+        if known is not None:
+            return known
+        value = self._lookup(cell, hour)
+        if len(self._memo) >= _MEMO:
+            self._memo.clear()
+        self._memo[key] = value
+        return value
+
+    def _lookup(self, cell: int, hour: int) -> float:
         res = h3.get_resolution(cell)
         top = None
         for level, table in zip(self.levels, self.cell_hour, strict=True):

@@ -9,7 +9,7 @@ plan's route), and no model correction.
 Files (``save_dir`` / ``load_dir``, all optional)::
 
     <dir>/speed_profiles.json   SpeedProfiles.to_dict()
-    <dir>/detour.json           {"detour_factor": 1.31}
+    <dir>/detour.json           {"detour_factor": 1.31, "mean_speed_mps": 6.2}
     <dir>/eta_model.joblib      EtaModel.save() (+ eta_model.joblib.json sidecar)
 
 Replacing a set while trackers run is safe (each fix reads the current one), but a
@@ -45,6 +45,7 @@ class EtaModels:
     model: EtaModel | None = None
     detour_factor: float = DEFAULT_DETOUR_FACTOR
     network: NetworkPaths | None = None
+    mean_speed_mps: float | None = None  # travelled metres / seconds over the trips, stops and waits included
 
 
 _NOTHING = EtaModels()
@@ -78,7 +79,10 @@ def save_dir(directory: Path | str, models: EtaModels) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     if models.profiles is not None:
         (directory / PROFILES_FILE).write_text(json.dumps(models.profiles.to_dict()))
-    (directory / DETOUR_FILE).write_text(json.dumps({"detour_factor": models.detour_factor}) + "\n")
+    detour: dict[str, float] = {"detour_factor": models.detour_factor}
+    if models.mean_speed_mps is not None:
+        detour["mean_speed_mps"] = models.mean_speed_mps
+    (directory / DETOUR_FILE).write_text(json.dumps(detour) + "\n")
     if models.model is not None:
         models.model.save(directory / MODEL_FILE)
 
@@ -92,14 +96,16 @@ def load_dir(directory: Path | str, name: str = "default", network: NetworkPaths
     profiles = None
     if (directory / PROFILES_FILE).is_file():
         profiles = SpeedProfiles.from_dict(json.loads((directory / PROFILES_FILE).read_text()))
-    detour = DEFAULT_DETOUR_FACTOR
+    detour, mean_speed = DEFAULT_DETOUR_FACTOR, None
     if (directory / DETOUR_FILE).is_file():
-        detour = float(json.loads((directory / DETOUR_FILE).read_text())["detour_factor"])
+        fitted = json.loads((directory / DETOUR_FILE).read_text())
+        detour = float(fitted["detour_factor"])
+        mean_speed = float(fitted["mean_speed_mps"]) if fitted.get("mean_speed_mps") else None
     model = None
     if (directory / MODEL_FILE).is_file():
         from models.eta import EtaModel
 
         model = EtaModel.load(directory / MODEL_FILE)
-    models = EtaModels(profiles, model, detour, network)
+    models = EtaModels(profiles, model, detour, network, mean_speed)
     _sets[name] = models
     return models

@@ -29,6 +29,8 @@ from core.metrics import ALERTS_RAISED, FLOW_HEARTBEAT, FLOW_LAG_READINGS, FLOW_
 from core.plan import PlanLimits
 from pipelines.analytics import EventOut, Output, PlanUpdate, Resynced
 from pipelines.cells import CellMinute
+from pipelines.meter import COLUMNS as LAG_COLUMNS
+from pipelines.meter import METER
 from pipelines.trackers.events import Alert, EtaUpdate, StopEvent
 from pipelines.vehicle_state import StoredReading, VehicleSummary
 from store.db import connect
@@ -187,6 +189,10 @@ class _MergedShards(StatefulSourcePartition[StoredReading | PlanUpdate, dict[int
         self._lag_measured = 0.0  # monotonic time of the last lag measurement
 
     def next_batch(self) -> list[StoredReading | PlanUpdate]:
+        with METER.phase("source"):
+            return self._next_batch()
+
+    def _next_batch(self) -> list[StoredReading | PlanUpdate]:
         try:
             if self.conn is None or self.conn.closed:
                 self.conn = connect(self.dsn, autocommit=True)
@@ -507,11 +513,41 @@ class VehicleStateSink(DynamicSink[VehicleSummary]):
         return _VehicleStatePartition(self.dsn)
 
 
+_LAG_INSERT = f"INSERT INTO flow_lag ({', '.join(LAG_COLUMNS)}) VALUES ({', '.join(['%s'] * len(LAG_COLUMNS))})"
+LAG_EVERY_S = 1.0  # wall seconds between two flow_lag rows
+
+
 class _AnalyticsPartition(StatelessSinkPartition[Output]):
     def __init__(self, dsn: str) -> None:
         self.writer = _Writer(dsn, "analytics sink")
+        self._lag_at = time.monotonic()
 
     def write_batch(self, items: list[Output]) -> None:
+        with METER.phase("sink"):
+            self._write(items)
+        if time.monotonic() - self._lag_at >= LAG_EVERY_S:
+            self._lag_at = time.monotonic()
+            sample = METER.take(datetime.now(UTC))
+            if METER.stalled(sample):
+                log.warning(
+                    "flow: stalled %.1f s after %s, %.1f s behind the commits (in %.1f s: snapshot %.1f, bytewax %.1f, "
+                    "gc %.1f, step %.1f with %d corrections replaying %d entries, source %.1f, sink %.1f)",
+                    sample.max_gap_s,
+                    sample.max_gap_after or "start",
+                    sample.lag_s or 0.0,
+                    sample.interval_s,
+                    sample.snapshot_s,
+                    sample.other_s,
+                    sample.gc_s,
+                    sample.step_s,
+                    sample.corrections,
+                    sample.replayed,
+                    sample.source_s,
+                    sample.sink_s,
+                )
+            self.writer.run([(_LAG_INSERT, [sample.row()])])
+
+    def _write(self, items: list[Output]) -> None:
         # the last version of each key in the batch wins (also avoids ON CONFLICT hitting a row twice)
         states: dict[tuple[str, str], VehicleSummary] = {}
         alerts: dict[str, dict[str, Any]] = {}

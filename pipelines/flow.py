@@ -33,6 +33,7 @@ from core.metrics import FLEET_CLOCK_LAG, LATE_READINGS, REPLAYS, TOO_LATE_READI
 from core.thresholds import AnalyticsConfig, EtaConfig
 from pipelines.analytics import Output, PlanUpdate, VehicleEngine
 from pipelines.clock import FleetClock
+from pipelines.meter import METER
 from pipelines.vehicle_state import StoredReading, VehicleState, VehicleSummary
 
 __all__ = ["build_analytics_flow", "build_flow"]
@@ -141,7 +142,11 @@ class _VehicleLogic(StatefulBatchLogic[Stamped, list[Output], bytes]):
         self._resync = engine is not None  # resumed from a snapshot: rewrite its results once
 
     def on_batch(self, values: list[Stamped]) -> tuple[Iterable[list[Output]], bool]:
-        before = _lateness(self.engine)
+        with METER.phase("step"):
+            return self._on_batch(values)
+
+    def _on_batch(self, values: list[Stamped]) -> tuple[Iterable[list[Output]], bool]:
+        before, replays = _lateness(self.engine), self._replays()
         out = self._resynced(self.wall())
         last: datetime | None = None
         for item, now in values:
@@ -154,14 +159,28 @@ class _VehicleLogic(StatefulBatchLogic[Stamped, list[Output], bytes]):
             else:
                 assert now is not None
                 out += engine.on_reading(item, now, run_due=False, summarize=False)
+                METER.seen(item.received_at)
                 last = now
         if last is not None and self.engine is not None:
             due = self.engine.on_timer(last)
             out += due
             if not (due and isinstance(due[-1], VehicleSummary)):
                 out.append(self.engine.summary())  # one per batch: the store keeps the last anyway
+        after = self._replays()
         _count_lateness(before, _lateness(self.engine))
+        METER.count(
+            readings=sum(1 for item, _ in values if not isinstance(item, PlanUpdate)),
+            batches=1,
+            corrections=after[0] - replays[0],
+            replayed=after[1] - replays[1],
+        )
         return [out], StatefulBatchLogic.RETAIN
+
+    def _replays(self) -> tuple[int, int]:
+        if self.engine is None:
+            return 0, 0
+        stats = self.engine.analytics.lateness
+        return stats.corrections, stats.replayed_entries
 
     def _resynced(self, wall: datetime) -> list[Output]:
         if not self._resync or self.engine is None:
@@ -171,6 +190,10 @@ class _VehicleLogic(StatefulBatchLogic[Stamped, list[Output], bytes]):
         return self.engine.resync(now if now is not None else wall)
 
     def on_notify(self) -> tuple[Iterable[list[Output]], bool]:
+        with METER.phase("notify"):
+            return self._on_notify()
+
+    def _on_notify(self) -> tuple[Iterable[list[Output]], bool]:
         self._wake = None
         if self.engine is None:
             return [], StatefulBatchLogic.RETAIN
@@ -192,8 +215,9 @@ class _VehicleLogic(StatefulBatchLogic[Stamped, list[Output], bytes]):
         """A frozen copy of the engine (its pickle): Bytewax may serialise a snapshot after this
         returns, while the engine goes on with the next items; a live object would then carry
         state from past the epoch into recovery, and the replay would apply those items twice."""
-        assert self.engine is not None
-        return pickle.dumps(self.engine, protocol=pickle.HIGHEST_PROTOCOL)
+        with METER.phase("snapshot"):
+            assert self.engine is not None
+            return pickle.dumps(self.engine, protocol=pickle.HIGHEST_PROTOCOL)
 
 
 def _resumed(state: bytes | VehicleEngine | None) -> VehicleEngine | None:

@@ -20,6 +20,7 @@ from models.paths import NetworkPaths
 from pipelines.baselines import set_dwell_baselines
 from pipelines.connectors import AnalyticsStore, CommittedReadings, VehicleStateSink
 from pipelines.flow import build_analytics_flow, build_flow
+from pipelines.meter import METER
 from store.db import connect
 
 __all__ = [
@@ -164,6 +165,7 @@ def run_flow(settings: Settings) -> None:
         log.info("flow: initialised recovery store in %s", recovery)
     if settings.flow_analytics:
         log.info("flow: %d dwell baseline cell-hours loaded", load_baselines(settings))
+        METER.watch_gc()
     if settings.flow_analytics and settings.flow_eta:
         models, network = eta_models_dir(settings), eta_network(settings)
         load_eta_models(models, network=network)

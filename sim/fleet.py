@@ -70,9 +70,17 @@ from edge.agent.sampling import (
 )
 from edge.publisher import DevicePublisher
 from models.roads import RoadNetwork
-from sim.simulator import AnomalyPlan, FleetSimulator, RawMessage, SimEvent
+from sim.simulator import AnomalyPlan, FleetSimulator, RawMessage, Realism, SimEvent
 
-__all__ = ["run_simulation", "simulated_clock", "KEEP_EVERY_FIX", "KEEP_EVERY_TEMPERATURE", "VanSink"]
+__all__ = [
+    "SCENARIOS",
+    "run_simulation",
+    "realism",
+    "simulated_clock",
+    "KEEP_EVERY_FIX",
+    "KEEP_EVERY_TEMPERATURE",
+    "VanSink",
+]
 
 log = logging.getLogger("fleetstream.sim.fleet")
 
@@ -84,6 +92,53 @@ CONNECT_TIMEOUT_S = 10.0  # per simulated agent's first CONNACK
 # the simulator already decides how often a van reports: its agents thin nothing
 KEEP_EVERY_FIX = GpsPolicy(min_distance_m=0.0, min_turn_deg=0.0, moving_period_s=0.0, parked_period_s=0.0)
 KEEP_EVERY_TEMPERATURE = TemperaturePolicy(period_s=0.0, thresholds_c=())
+
+
+# Settings bundles of the simulated fleets (`--scenario`); explicit settings given with them win.
+SCENARIOS: dict[str, dict[str, Any]] = {
+    "default": {},
+    # delivery vans as real trackers and phones report: every 30 s with jitter, no speed, tunnels and
+    # dead zones, noise in the urban canyon, and shifts that end at the depot with the device going quiet
+    "sparse": {
+        "sim_gps_period_s": 30.0,
+        "sim_period_jitter": 0.3,
+        "sim_no_speed_share": 1.0,
+        "sim_gaps_per_hour": 1.0,
+        "sim_silence_share": 0.2,
+        "sim_canyon_sigma_m": 6.0,
+        "sim_depot_stop": 1,
+        "sim_depot_stay_s": 900.0,
+    },
+    # buses: stops 80-150 m apart, a quarter passed through, a fix every 20-30 s, half without
+    # speed, the shift ending at the terminal
+    "bus": {
+        "sim_bus": 1,
+        "sim_gps_period_s": 20.0,
+        "sim_period_max_s": 30.0,
+        "sim_period_jitter": 0.2,
+        "sim_no_speed_share": 0.5,
+        "sim_gaps_per_hour": 0.5,
+        "sim_canyon_sigma_m": 4.0,
+        "sim_depot_stay_s": 900.0,
+    },
+}
+
+
+def realism(settings: Settings) -> Realism:
+    """The simulated fleet's ``Realism`` from the ``sim_*`` settings."""
+    period = (settings.sim_gps_period_s, max(settings.sim_gps_period_s, settings.sim_period_max_s))
+    return Realism(
+        period_s=period if settings.sim_period_max_s > 0 else None,
+        period_jitter=settings.sim_period_jitter,
+        no_speed_share=settings.sim_no_speed_share,
+        gaps_per_hour=settings.sim_gaps_per_hour,
+        silence_share=settings.sim_silence_share,
+        canyon_sigma_m=settings.sim_canyon_sigma_m,
+        depot_stop=bool(settings.sim_depot_stop),
+        depot_stay_s=(60.0, settings.sim_depot_stay_s),
+        bus=bool(settings.sim_bus),
+        pass_through_share=settings.sim_pass_through_share,
+    )
 
 
 class VanSink(Protocol):
@@ -187,6 +242,7 @@ def run_simulation(
         tenant=settings.tenant,
         anomalies=_anomalies(settings, span_s),
         stagger_s=min(300.0, 0.2 * span_s),
+        realism=realism(settings),
     )
     out_dir = Path(settings.state_dir) / "sim"
     plans_path, labels_path = out_dir / "plans.json", out_dir / "labels.jsonl"

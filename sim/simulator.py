@@ -12,6 +12,19 @@ analytics): ``long_dwell``, ``route_deviation``, ``temp_excursion``, ``door_away
 ``offline`` (readings held back, then delivered late in a burst), ``malformed``
 (raw payloads the contract rejects) and ``duplicate`` (a message sent twice).
 
+``Realism`` makes the fleet look like real vehicles (all off by default: the ideal
+device above): a reporting interval and jitter per van (e.g. 5 to 60 s), devices that
+send no speed or heading, signal gaps (tunnels) and long silences (dead zones) whose
+readings are lost, GPS noise that grows in the urban canyon near the centre, plans that
+end at the depot (the shift ends there and the device goes quiet), and bus-like routes:
+stops every 80-150 m along one long road path, some passed through without stopping.
+
+Ground truth per stop visit (``labels``): the true arrival and departure at the stop
+point, and the fence crossings (``fence_entry``, ``fence_exit``: the noise-free track
+entering and leaving the stop's circle, the engine's definition), the seconds it stood
+there (``stood_s``) and ``pass_through`` (the plan's stop was driven through without
+stopping). Lost readings are ``silence`` rows.
+
 Everything is a function of ``seed``: the same arguments give the same stream.
 Simulated times are UTC datetimes quantised to milliseconds; internally, seconds
 since ``start``.
@@ -42,6 +55,7 @@ __all__ = [
     "AnomalyPlan",
     "FleetSimulator",
     "RawMessage",
+    "Realism",
     "SimEvent",
     "congestion_factor",
     "vehicle_ids",
@@ -104,6 +118,30 @@ def congestion_factor(local_hour: float, lat: float, lon: float, limit_kmh: floa
 def vehicle_ids(count: int) -> list[str]:
     """The vehicle ids a fleet of ``count`` uses: ``veh-001`` ... (valid contract ids)."""
     return [f"veh-{i:03d}" for i in range(1, count + 1)]
+
+
+@dataclass(frozen=True)
+class Realism:
+    """How far the fleet's devices and routes are from the ideal 5 s reporter (off by default).
+
+    Ranges are (low, high) drawn per van or per event; seconds, metres, probabilities."""
+
+    period_s: tuple[float, float] | None = None  # per-van reporting interval (None: the simulator's gps_period_s)
+    period_jitter: float = 0.0  # each interval varies uniformly by +- this share of the van's period
+    no_speed_share: float = 0.0  # share of vans whose device sends no speed and no heading
+    gaps_per_hour: float = 0.0  # signal gaps (tunnels) per van-hour on the road: everything sent is lost
+    gap_s: tuple[float, float] = (20.0, 150.0)
+    silence_share: float = 0.0  # share of vans with one long silence (a dead zone) on the road: lost
+    silence_s: tuple[float, float] = (480.0, 900.0)  # past offline_after_s (300 s): each is an offline label
+    canyon_sigma_m: float = 0.0  # extra GPS noise per axis at the centre, fading over CENTRE_SCALE_M
+    depot_stop: bool = False  # the plan ends at the depot: the shift ends there, the device goes quiet
+    depot_stay_s: tuple[float, float] = (60.0, 60.0)  # standing at the depot before going quiet
+    bus: bool = False  # bus-like routes (no reefer, no door sensor): stops along one long road path
+    stop_spacing_m: tuple[float, float] = (80.0, 150.0)
+    stop_radius_m: float = 35.0  # fences of the bus stops (delivery stops keep STOP_RADIUS_M)
+    pass_through_share: float = 0.25  # bus stops driven through without stopping
+    bus_dwell_s: tuple[float, float] = (10.0, 120.0)  # standing at a served bus stop
+    route_m: tuple[float, float] = (2500.0, 4000.0)  # length of a bus route
 
 
 @dataclass(frozen=True)
@@ -191,11 +229,12 @@ class AnomalyLabel:
 class _Stop:
     id: str
     seq: int
-    node: int
+    node: int  # -1: a point on the road (a bus stop)
     lat: float
     lon: float
     planned_arrival_s: float
     planned_service_s: float
+    radius_m: float = STOP_RADIUS_M
 
 
 @dataclass
@@ -220,6 +259,11 @@ class _Vehicle:
     offline: list[tuple[float, float]] = field(default_factory=list)
     seg_speed: list[float] = field(default_factory=list)  # m/s per knot segment
     seg_heading: list[float] = field(default_factory=list)
+    # the device (Realism): reporting interval, whether it sends a speed, what is lost
+    period_s: float = 5.0
+    sends_speed: bool = True
+    lost: list[tuple[float, float]] = field(default_factory=list)  # (start, end) s: readings never delivered
+    reefer: bool = True
 
     def knot(self, t: float, point: tuple[float, float]) -> None:
         self.ts.append(_ms(t))
@@ -250,6 +294,7 @@ class FleetSimulator:
         tenant: str = "demo",
         stagger_s: float = 300.0,
         depots: int = 3,
+        realism: Realism | None = None,
     ) -> None:
         if start.tzinfo is None:
             raise ValueError("start must be timezone-aware (UTC)")
@@ -261,6 +306,7 @@ class FleetSimulator:
         self.start = start.replace(microsecond=start.microsecond // 1000 * 1000)  # the wire carries milliseconds
         self.gps_period_s = gps_period_s
         self.anomalies = anomalies if anomalies is not None else AnomalyPlan()
+        self.realism = realism if realism is not None else Realism()
         self.tenant = tenant
         self.stagger_s = stagger_s
         fleet_rng = random.Random(f"{seed}:fleet")
@@ -295,14 +341,14 @@ class FleetSimulator:
         for v in self._vehicles:
             route = self._planned_route(v)
             stops = []
-            for s in v.stops:
+            for s in self._plan_stops(v):
                 stops.append(
                     {
                         "id": s.id,
                         "seq": s.seq,
                         "lat": s.lat,
                         "lon": s.lon,
-                        "radius_m": STOP_RADIUS_M,
+                        "radius_m": s.radius_m,
                         "window_start": format_time(self._time(s.planned_arrival_s - WINDOW_BEFORE_S)),
                         "window_end": format_time(self._time(s.planned_arrival_s + WINDOW_AFTER_S)),
                         "planned_arrival": format_time(self._time(s.planned_arrival_s)),
@@ -346,10 +392,21 @@ class FleetSimulator:
                         for s in plan["stops"]
                     ],
                     "route": plan["route"],
-                    "temp_range_c": list(TEMP_RANGE_C),
+                    **({"temp_range_c": list(TEMP_RANGE_C)} if self._reefer(plan["vehicle"]) else {}),
                 }
             )
         return out
+
+    def _reefer(self, vehicle: str) -> bool:
+        return not self.realism.bus
+
+    def _plan_stops(self, v: _Vehicle) -> list[_Stop]:
+        """The plan's stops: the deliveries (or bus stops), and the depot last when the shift ends there."""
+        if not self.realism.depot_stop or self.realism.bus:
+            return list(v.stops)
+        lat, lon = self.network.coords(v.depot)
+        back = v.visits[-1]["arrival"] if v.visits else v.end_s
+        return [*v.stops, _Stop(f"{v.id}-depot", len(v.stops) + 1, v.depot, lat, lon, round(back, 3), 0.0)]
 
     def labels(self, until: datetime | None = None) -> list[dict[str, Any]]:
         """Ground truth up to ``until``: anomalies that started by then, stop visits
@@ -364,28 +421,44 @@ class FleetSimulator:
         for v in self._vehicles:
             if v.start_s > limit:
                 continue
+            plan_stops = self._plan_stops(v)
             rows.append(
                 {
                     "kind": "trip",
                     "vehicle": v.id,
                     "start": when(v.start_s),
-                    "end": when(v.end_s),
-                    "depot_return": when(v.visits[-1]["arrival"]) if v.visits else None,
+                    "end": when(v.end_s),  # the shift's end: the device goes quiet
+                    "depot_return": when(v.visits[-1]["arrival"]) if v.visits and not self.realism.bus else None,
+                    "last_stop": plan_stops[-1].id if plan_stops else None,
+                    "period_s": round(v.period_s, 1),
+                    "sends_speed": v.sends_speed,
                 }
             )
-            for visit in v.visits[:-1]:  # the last visit is the return to the depot
+            depot_id = plan_stops[-1].id if self.realism.depot_stop and not self.realism.bus else None
+            for visit in v.visits:
+                stop_id = visit["stop_id"] if visit["stop_id"] is not None else depot_id
+                if stop_id is None:  # the return to a depot that is not in the plan
+                    continue
                 rows.append(
                     {
                         "kind": "stop_visit",
                         "vehicle": v.id,
-                        "stop_id": visit["stop_id"],
-                        "seq": visit["seq"],
+                        "stop_id": stop_id,
+                        "seq": visit["seq"] if visit["seq"] is not None else len(v.stops) + 1,
                         "arrival": when(visit["arrival"]),
                         "departure": when(visit["departure"]),
                         "door_open": when(visit["door_open"]),
                         "door_close": when(visit["door_close"]),
+                        "fence_entry": when(visit.get("fence_entry")),
+                        "fence_exit": when(visit.get("fence_exit")),
+                        "stood_s": visit.get("stood_s"),
+                        "pass_through": visit.get("pass_through", False),
+                        "observable": visit.get("observable", True),
                     }
                 )
+            for t0, t1 in v.lost:
+                if t0 <= limit:
+                    rows.append({"kind": "silence", "vehicle": v.id, "start": when(t0), "end": when(t1)})
             for label in v.anomalies:
                 if label.start_s <= limit:
                     rows.append(self._label_row(label))
@@ -471,6 +544,73 @@ class FleetSimulator:
         return chosen
 
     def _build_vehicle(self, index: int, vid: str) -> _Vehicle:
+        if self.realism.bus:
+            v = self._build_bus(index, vid)
+        else:
+            v = self._build_delivery(index, vid)
+        self._fence_truths(v)
+        self._device(v)
+        self._finish(v)
+        return v
+
+    def _fence_truths(self, v: _Vehicle) -> None:
+        """Per visit, from the noise-free track: when it entered and left the stop's circle and
+        how long it stood inside (a pass-through stands 0 s, unless held at a light there)."""
+        by_id = {s.id: s for s in v.stops}
+        for visit in v.visits:
+            stop = by_id.get(visit["stop_id"]) if visit["stop_id"] is not None else None
+            if stop is not None:
+                point, radius = (stop.lat, stop.lon), stop.radius_m
+            else:
+                point, radius = self.network.coords(v.depot), STOP_RADIUS_M
+            visit.update(_fence_truth(v, point, radius, visit["arrival"], visit["departure"]))
+
+    def _device(self, v: _Vehicle) -> None:
+        """The van's device (``Realism``): its reporting interval, whether it sends a speed, and
+        what it loses (tunnels on the road, one long dead zone), away from labelled anomalies."""
+        real = self.realism
+        rng = random.Random(f"{self.seed}:{v.index}:device")
+        v.period_s = rng.uniform(*real.period_s) if real.period_s is not None else self.gps_period_s
+        v.sends_speed = rng.random() >= real.no_speed_share
+        busy = [(a.start_s - 60.0, a.end_s + 60.0) for a in v.anomalies] + [
+            (t0 - 60.0, t1 + 60.0) for t0, t1 in v.offline
+        ]
+
+        def free(t0: float, t1: float) -> bool:
+            return all(t1 <= b0 or t0 >= b1 for b0, b1 in busy)
+
+        lo, hi = v.start_s + 120.0, v.end_s - 120.0
+        if real.silence_share > 0 and rng.random() < real.silence_share:
+            span = rng.uniform(*real.silence_s)
+            for _ in range(20):
+                t0 = rng.uniform(lo, max(lo, hi - span))
+                if t0 + span <= hi and free(t0, t0 + span):
+                    v.lost.append((_ms(t0), _ms(t0 + span)))
+                    busy.append((t0 - 60.0, t0 + span + 60.0))
+                    v.anomalies.append(
+                        AnomalyLabel(
+                            v.id,
+                            "offline",
+                            _ms(t0),
+                            _ms(t0 + span),
+                            details={"lost": True, "duration_s": round(span, 3)},
+                        )
+                    )
+                    break
+        if real.gaps_per_hour > 0:
+            for _ in range(int(rng.expovariate(1.0) * real.gaps_per_hour * (hi - lo) / 3600.0 + 0.5)):
+                span = rng.uniform(*real.gap_s)
+                t0 = rng.uniform(lo, max(lo, hi - span))
+                if t0 + span <= hi and free(t0, t0 + span):
+                    v.lost.append((_ms(t0), _ms(t0 + span)))
+                    busy.append((t0 - 30.0, t0 + span + 30.0))
+        v.lost.sort()
+        for visit in v.visits:  # a visit the device said nothing about cannot be seen
+            a = visit.get("fence_entry") or visit["arrival"]
+            b = visit.get("fence_exit") or visit["departure"] or v.end_s
+            visit["observable"] = all(b <= t0 or a >= t1 for t0, t1 in v.lost)
+
+    def _build_delivery(self, index: int, vid: str) -> _Vehicle:
         net, plan = self.network, self.anomalies
         rng = random.Random(f"{self.seed}:{index}:plan")
         depot = self.depots[index % len(self.depots)]
@@ -536,8 +676,155 @@ class FleetSimulator:
             t0 = rng.uniform(v.start_s + 300.0, max(v.start_s + 300.0, min(latest, v.end_s - span - 300.0)))
             fault = (t0, t0 + span)
         self._temperatures(v, rng, fault)
-        self._finish(v)
         return v
+
+    def _bus_path(self, rng: random.Random, depot: int) -> RoadPath:
+        """A bus route from the depot through far waypoints, ``route_m`` long, that does not pass
+        the same street twice (the best of a few seeded tries)."""
+        net, (lo, hi) = self.network, self.realism.route_m
+        best: tuple[float, RoadPath] | None = None
+        for _ in range(30):
+            path = net.shortest_path(depot, net.random_node(rng))
+            while path.length_m < lo and len(path.points) >= 2:
+                path = path + net.shortest_path(path.nodes[-1], net.random_node(rng))
+            if len(path.points) < 3:
+                continue
+            # points within 40 m of each other but 200 m or more apart along the path: a street driven twice
+            pts = np.asarray(path.points)
+            y = pts[:, 0] * 111_195.0
+            x = pts[:, 1] * 111_195.0 * math.cos(math.radians(float(pts[0, 0])))
+            cum = np.concatenate([[0.0], np.cumsum(path.lengths_m)])
+            near = (x[:, None] - x[None, :]) ** 2 + (y[:, None] - y[None, :]) ** 2 < 40.0**2
+            twice = int((near & (np.abs(cum[:, None] - cum[None, :]) >= 200.0)).any(axis=1).sum())
+            penalty = twice * 100.0 + max(0.0, path.length_m - hi)
+            if best is None or penalty < best[0]:
+                best = (penalty, path)
+            if penalty == 0.0:
+                break
+        assert best is not None, "no bus route found on this network"
+        return best[1]
+
+    def _build_bus(self, index: int, vid: str) -> _Vehicle:
+        """A bus: depot -> one long road path with stops every ``stop_spacing_m`` (the last, the
+        terminal, is the plan's last stop), served or passed through; no reefer, no doors."""
+        real, plan = self.realism, self.anomalies
+        rng = random.Random(f"{self.seed}:{index}:plan")
+        depot = self.depots[index % len(self.depots)]
+        path = self._bus_path(rng, depot)
+        cum = [0.0]
+        for length in path.lengths_m:
+            cum.append(cum[-1] + length)
+        total = cum[-1]
+        start_s = _ms(rng.uniform(0.0, self.stagger_s))
+        places = []
+        d = 150.0 + rng.uniform(*real.stop_spacing_m) / 2
+        while d < total - 60.0:
+            places.append(d)
+            d += rng.uniform(*real.stop_spacing_m)
+        places.append(total)
+        stops: list[_Stop] = []
+        t = start_s + 60.0
+        planned_mps = sum(path.speeds_kmh) / len(path.speeds_kmh) / 3.6 * 0.7
+        prev = 0.0
+        for i, d in enumerate(places):
+            t += (d - prev) / planned_mps
+            lat, lon = _point_at(path, cum, d)
+            stops.append(_Stop(f"{vid}-{i + 1:02d}", i + 1, -1, lat, lon, round(t, 3), 20.0, real.stop_radius_m))
+            t += 20.0
+            prev = d
+        v = _Vehicle(index, vid, depot, stops, [path], start_s=start_s, reefer=False)
+        served = {s.id: (s is stops[-1] or rng.random() >= real.pass_through_share) for s in stops}
+        dwell = {s.id: rng.uniform(*real.bus_dwell_s) for s in stops}
+        keep_away = [(s.lat, s.lon) for s in stops]
+        pause = None
+        spots = _pause_spots(path, keep_away, min_gap_m=real.stop_radius_m + 30.0)
+        within = math.inf if plan.within_s is None else plan.within_s
+        if spots and rng.random() < plan.long_dwell:
+            pause = rng.choice(spots)
+        self._drive_bus(v, rng, path, cum, places, served, dwell, pause, within)
+        if rng.random() < plan.offline:
+            latest = min(v.start_s + within, v.end_s)
+            span = rng.uniform(*plan.offline_s)
+            t0 = _ms(rng.uniform(v.start_s + 120.0, max(v.start_s + 120.0, min(latest, v.end_s - span - 120.0))))
+            t1 = _ms(min(t0 + span, v.end_s - 60.0))
+            if t1 > t0:
+                v.offline.append((t0, t1))
+                v.anomalies.append(AnomalyLabel(vid, "offline", t0, t1, details={"duration_s": round(t1 - t0, 3)}))
+        return v
+
+    def _drive_bus(
+        self,
+        v: _Vehicle,
+        rng: random.Random,
+        path: RoadPath,
+        cum: list[float],
+        places: list[float],
+        served: dict[str, bool],
+        dwell: dict[str, float],
+        pause: int | None,
+        within: float,
+    ) -> None:
+        """The bus's track: the path at 0.7-1.05 of the limits (and the rush), half speed over the
+        30 m before and after a stop it serves, standing there; the shift ends at the terminal."""
+        slow_m = 30.0
+        marks = set(cum)
+        for d, stop in zip(places, v.stops, strict=True):
+            marks.add(d)
+            if served[stop.id]:
+                marks.update((max(0.0, d - slow_m), min(cum[-1], d + slow_m)))
+        pause_d = cum[pause] if pause is not None else None
+        ordered = sorted(marks)
+        at_stop = {d: s for d, s in zip(places, v.stops, strict=True)}
+        served_at = [d for d, s in zip(places, v.stops, strict=True) if served[s.id]]
+        t = v.start_s
+        depot_point = self.network.coords(v.depot)
+        v.knot(t, depot_point)
+        t += rng.uniform(30.0, 120.0)
+        v.knot(t, depot_point)
+        factor = rng.uniform(0.7, 1.05)
+        k = 0
+        for a, b in zip(ordered, ordered[1:], strict=False):
+            while k + 1 < len(path.lengths_m) and cum[k + 1] <= a:
+                k += 1
+            mid = (a + b) / 2
+            lat, lon = _point_at(path, cum, mid)
+            speed = path.speeds_kmh[k] / 3.6 * factor * rng.uniform(0.92, 1.08)
+            speed *= congestion_factor(self._local_hour(t), lat, lon, path.speeds_kmh[k])
+            if any(abs(mid - d) < slow_m for d in served_at):
+                speed *= 0.5
+            t += (b - a) / speed
+            point = _point_at(path, cum, b)
+            v.knot(t, point)
+            here = at_stop.get(b)
+            if here is not None:
+                stop = here
+                stay = dwell[stop.id] if served[stop.id] else 0.0
+                last = stop is v.stops[-1]
+                if last:
+                    stay = random.Random(f"{self.seed}:{v.index}:depot").uniform(*self.realism.depot_stay_s)
+                arrival = _ms(t)
+                if stay > 0:
+                    t += stay
+                    v.knot(t, point)
+                v.visits.append(
+                    {
+                        "stop_id": stop.id,
+                        "seq": stop.seq,
+                        "arrival": arrival,
+                        "departure": None if last else _ms(t),
+                        "door_open": None,
+                        "door_close": None,
+                        "pass_through": not served[stop.id],
+                    }
+                )
+                if last:
+                    v.end_s = _ms(t)
+                    break
+            elif pause_d is not None and b == pause_d and b - cum[0] > 0 and t - v.start_s <= within:
+                t = self._pause(v, rng, "long_dwell", t, point)
+            elif b in cum and rng.random() < 0.03:
+                t += rng.uniform(5.0, 40.0)  # traffic lights, giving way
+                v.knot(t, point)
 
     def _drive_day(
         self,
@@ -595,7 +882,10 @@ class FleetSimulator:
             # at the stop (or home at the depot)
             arrival = _ms(t)
             if stop is None:
-                v.end_s = _ms(t + 60.0)
+                stay = 60.0
+                if self.realism.depot_stop:  # the shift ends at the depot: it stands there, then goes quiet
+                    stay = random.Random(f"{self.seed}:{v.index}:depot").uniform(*self.realism.depot_stay_s)
+                v.end_s = _ms(t + stay)
                 v.knot(v.end_s, depot_point)
                 v.visits.append(
                     {
@@ -830,10 +1120,20 @@ class FleetSimulator:
         plan = self.anomalies
 
         def gps_times() -> Iterator[tuple[float, int, Any]]:
-            k = 0
-            while (t := _ms(v.start_s + k * self.gps_period_s)) <= v.end_s:
+            jitter = self.realism.period_jitter
+            if jitter <= 0:
+                k = 0
+                while (t := _ms(v.start_s + k * v.period_s)) <= v.end_s:
+                    yield t, 0, None
+                    k += 1
+                return
+            clock = random.Random(f"{self.seed}:{v.index}:clock")
+            at = v.start_s
+            while (t := _ms(at)) <= v.end_s:
                 yield t, 0, None
-                k += 1
+                at += v.period_s * (1.0 + clock.uniform(-jitter, jitter))
+
+        lost = v.lost
 
         merged = heapq.merge(gps_times(), ((t, 1, c) for t, c in v.temps), ((t, 2, o) for t, o in v.doors))
         held: list[tuple[float, SimEvent]] = []
@@ -851,6 +1151,8 @@ class FleetSimulator:
                 held.clear()
             if t > limit:
                 break
+            if lost and any(t0 <= t < t1 for t0, t1 in lost):
+                continue  # a tunnel or a dead zone: never delivered
             fix_time = self._time(t)
             reading: Reading
             if kind == 0:
@@ -889,15 +1191,22 @@ class FleetSimulator:
             lat = v.lats[i] + (v.lats[i + 1] - v.lats[i]) * frac
             lon = v.lons[i] + (v.lons[i + 1] - v.lons[i]) * frac
             speed, heading = v.seg_speed[i], v.seg_heading[i]
-        lat += rng.gauss(0.0, GPS_SIGMA_M) / 111_195.0
-        lon += rng.gauss(0.0, GPS_SIGMA_M) / (111_195.0 * math.cos(math.radians(lat)))
-        accuracy = round(max(2.0, rng.gauss(5.0, 1.0)), 1)
+        sigma = GPS_SIGMA_M
+        canyon = self.realism.canyon_sigma_m
+        if canyon > 0:  # the urban canyon: multipath grows towards the dense centre
+            sigma += canyon * math.exp(-((haversine_m(lat, lon, *CENTRE) / CENTRE_SCALE_M) ** 2))
+        lat += rng.gauss(0.0, sigma) / 111_195.0
+        lon += rng.gauss(0.0, sigma) / (111_195.0 * math.cos(math.radians(lat)))
+        accuracy = round(max(2.0, rng.gauss(sigma * 1.4, 1.0)), 1)
         alt = round(12.0 + rng.gauss(0.0, 2.0), 1)
+        reported: float | None
         if speed > 0:
             reported = round(max(0.0, speed + rng.gauss(0.0, 0.3)), 2)
             bearing: float | None = round((heading + rng.gauss(0.0, 3.0)) % 360.0, 1) % 360.0
         else:
             reported, bearing = round(abs(rng.gauss(0.0, 0.1)), 2), None
+        if not v.sends_speed:
+            reported, bearing = None, None
         return GpsFix(
             self.tenant,
             v.id,
@@ -913,6 +1222,56 @@ class FleetSimulator:
 
 
 # ---------------------------------------------------------------- helpers
+
+
+def _crossing(v: _Vehicle, point: tuple[float, float], radius: float, i: int, j: int, entering: bool) -> float:
+    """When the straight move from knot i to knot j crosses the circle (first crossing entering,
+    last leaving), in a local plane around the circle's centre."""
+    kx = 111_195.0 * math.cos(math.radians(point[0]))
+    ax, ay = (v.lons[i] - point[1]) * kx, (v.lats[i] - point[0]) * 111_195.0
+    dx, dy = (v.lons[j] - point[1]) * kx - ax, (v.lats[j] - point[0]) * 111_195.0 - ay
+    qa, qb, qc = dx * dx + dy * dy, 2.0 * (ax * dx + ay * dy), ax * ax + ay * ay - radius * radius
+    disc = qb * qb - 4.0 * qa * qc
+    if qa <= 0.0 or disc < 0.0:
+        return v.ts[j] if entering else v.ts[i]
+    f = ((-qb - math.sqrt(disc)) if entering else (-qb + math.sqrt(disc))) / (2.0 * qa)
+    f = min(1.0, max(0.0, f))
+    return _ms(v.ts[i] + f * (v.ts[j] - v.ts[i]))
+
+
+def _fence_truth(
+    v: _Vehicle, point: tuple[float, float], radius: float, arrival: float, departure: float | None
+) -> dict[str, Any]:
+    """``fence_entry`` / ``fence_exit`` (s; None when it never left) and ``stood_s`` inside the circle
+    around the visit that reached ``point`` at ``arrival`` and left it at ``departure``."""
+    ts = v.ts
+
+    def inside(k: int) -> bool:
+        return haversine_m(v.lats[k], v.lons[k], *point) <= radius
+
+    i = max(0, bisect.bisect_left(ts, arrival - 1e-6))
+    while i > 0 and inside(i - 1):
+        i -= 1
+    entry = _crossing(v, point, radius, i - 1, i, entering=True) if i > 0 else ts[0]
+    j = bisect.bisect_right(ts, (departure if departure is not None else arrival) + 1e-6) - 1
+    while j + 1 < len(ts) and inside(j + 1):
+        j += 1
+    leave = _crossing(v, point, radius, j, j + 1, entering=False) if j + 1 < len(ts) else None
+    stood = sum(
+        ts[k + 1] - ts[k]
+        for k in range(i, min(j, len(ts) - 1))
+        if v.lats[k] == v.lats[k + 1] and v.lons[k] == v.lons[k + 1] and inside(k)
+    )
+    return {"fence_entry": entry, "fence_exit": leave, "stood_s": round(stood, 1)}
+
+
+def _point_at(path: RoadPath, cum: list[float], d: float) -> tuple[float, float]:
+    """The (lat, lon) ``d`` metres along ``path`` (``cum``: cumulative metres at its points)."""
+    k = min(len(path.lengths_m) - 1, max(0, bisect.bisect_right(cum, d) - 1))
+    seg = cum[k + 1] - cum[k]
+    f = (d - cum[k]) / seg if seg > 0 else 0.0
+    (lat1, lon1), (lat2, lon2) = path.points[k], path.points[k + 1]
+    return lat1 + f * (lat2 - lat1), lon1 + f * (lon2 - lon1)
 
 
 def _nearest_neighbour_order(net: RoadNetwork, depot: int, stops: Sequence[int]) -> list[int]:

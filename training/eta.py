@@ -9,6 +9,14 @@ Inputs (polars frames, times UTC-aware):
 - ``plans``: the ``Plan`` objects those arrivals belong to (without a ``plan_version``
   column, a vehicle's highest version).
 
+Positions need no device speed: where ``speed_mps`` is null it is derived from the
+displacement since the vehicle's fix at least ``derive_min_span_s`` earlier, as the live
+quality filter does (``derive_speeds``), for the speed profiles and the trip legs.
+
+Every trip teaches the detour factor and the mean trip speed (``trip_legs``): a leg runs to
+each arrival from the vehicle's first moving fix after its previous arrival (or, for the
+first stop of a plan, within ``lead_s`` before it), so a one-stop plan (a taxi trip) counts.
+
 One trip = one vehicle's plan version. Its fixes, from ``max(horizons_s) + warmup_s``
 before its first arrival to its last, are replayed in fix-time order through the
 same ``GpsQualityFilter`` and ``EtaTracker.observe`` that serve live (so training and
@@ -41,7 +49,16 @@ from models.profiles import MIN_SPEED_MPS, SpeedProfiles, build_speed_profiles, 
 from pipelines.trackers.eta import EtaTracker, StopEstimate
 from pipelines.trackers.quality import GpsQualityFilter
 
-__all__ = ["HORIZONS_S", "EtaTraining", "build_training_rows", "detour_pairs", "train_eta_from_frames"]
+__all__ = [
+    "HORIZONS_S",
+    "EtaTraining",
+    "build_training_rows",
+    "derive_speeds",
+    "detour_pairs",
+    "mean_trip_speed",
+    "train_eta_from_frames",
+    "trip_legs",
+]
 
 HORIZONS_S: tuple[float, ...] = (120, 300, 600, 900, 1800, 2700, 3600, 5400)
 _KEY = ["tenant", "vehicle_id"]
@@ -54,25 +71,65 @@ def _haversine(lat1: pl.Expr, lon1: pl.Expr, lat2: pl.Expr, lon2: pl.Expr) -> pl
     return 2 * EARTH_RADIUS_M * a.sqrt().clip(upper_bound=1.0).arcsin()
 
 
-def detour_pairs(positions: pl.DataFrame, arrivals: pl.DataFrame) -> list[tuple[float, float]]:
-    """(straight-line metres, travelled metres) of every leg between two consecutive arrivals
-    of a vehicle: first to last fix of the leg, and the sum of the steps between its fixes.
+def derive_speeds(positions: pl.DataFrame, config: AnalyticsConfig = AnalyticsConfig()) -> pl.DataFrame:
+    """``positions`` with a null ``speed_mps`` derived: metres from the vehicle's latest fix at least
+    ``derive_min_span_s`` earlier, less ``derive_noise_m``, over the seconds between (null when
+    that fix is more than ``derive_max_span_s`` back: across a gap the speed is unknown). Rows
+    keep their order; a column ``speed_derived`` says which speeds were derived."""
+    if positions.height == 0:
+        return positions.with_columns(speed_derived=pl.lit(False))
+    pos = positions.with_row_index("_row").sort(*_KEY, "fix_time")
+    ref = pos.select(
+        *_KEY, pl.col("fix_time").alias("_ref_time"), pl.col("lat").alias("_ref_lat"), pl.col("lon").alias("_ref_lon")
+    )
+    span = (pl.col("fix_time") - pl.col("_ref_time")).dt.total_microseconds() / 1e6
+    metres = _haversine(pl.col("_ref_lat"), pl.col("_ref_lon"), pl.col("lat"), pl.col("lon"))
+    derived = (
+        pos.with_columns(_target=pl.col("fix_time") - pl.duration(microseconds=int(config.derive_min_span_s * 1e6)))
+        .join_asof(ref, left_on="_target", right_on="_ref_time", by=_KEY, strategy="backward", check_sortedness=False)
+        .with_columns(
+            _derived=pl.when(span <= config.derive_max_span_s)
+            .then((metres - config.derive_noise_m).clip(lower_bound=0.0) / span)
+            .otherwise(None)
+        )
+    )
+    return (
+        derived.with_columns(
+            speed_derived=pl.col("speed_mps").is_null() & pl.col("_derived").is_not_null(),
+            speed_mps=pl.coalesce("speed_mps", "_derived"),
+        )
+        .sort("_row")
+        .drop("_row", "_target", "_ref_time", "_ref_lat", "_ref_lon", "_derived")
+    )
 
-    Steps onto a fix reporting a standing speed (below ``MIN_SPEED_MPS``) are left out: GPS
-    noise while a van serves a stop would otherwise add metres it never drove.
-    """
+
+def trip_legs(
+    positions: pl.DataFrame, arrivals: pl.DataFrame, lead_s: float = 3600.0
+) -> list[tuple[float, float, float]]:
+    """(straight-line metres, travelled metres, seconds) of every leg to an arrival: from the
+    vehicle's first moving fix (``MIN_SPEED_MPS``, reported or derived) after its previous
+    arrival, or within ``lead_s`` before this one when there is none (the first stop of a
+    plan, a one-stop trip), to its last fix at or before the arrival. Travelled metres sum the
+    steps between the leg's fixes, leaving out steps onto a standing fix: GPS noise while a
+    vehicle serves a stop would otherwise add metres it never drove."""
+    if positions.height == 0 or arrivals.height == 0:
+        return []
     arr = (
         arrivals.select(*_KEY, "at")
         .sort(*_KEY, "at")
-        .with_columns(next_at=pl.col("at").shift(-1).over(_KEY), leg=pl.int_range(pl.len()))
+        .with_columns(prev_at=pl.col("at").shift(1).over(_KEY), leg=pl.int_range(pl.len()))
     )
-    pos = positions.select(*_KEY, "fix_time", "lat", "lon", "speed_mps").sort(*_KEY, "fix_time")
-    # sorted by (vehicle, time) above: within each vehicle the asof keys are in order
+    pos = derive_speeds(positions.select(*_KEY, "fix_time", "lat", "lon", "speed_mps")).sort(*_KEY, "fix_time")
+    moving = pl.col("speed_mps").is_not_null() & (pl.col("speed_mps") >= MIN_SPEED_MPS)
     legs = (
-        pos.join_asof(arr, left_on="fix_time", right_on="at", by=_KEY, strategy="backward", check_sortedness=False)
+        pos.join_asof(arr, left_on="fix_time", right_on="at", by=_KEY, strategy="forward", check_sortedness=False)
         .filter(
-            pl.col("leg").is_not_null() & pl.col("next_at").is_not_null() & (pl.col("fix_time") <= pl.col("next_at"))
+            pl.col("leg").is_not_null()
+            & (pl.col("prev_at").is_null() | (pl.col("fix_time") > pl.col("prev_at")))
+            & (pl.col("fix_time") >= pl.col("at") - pl.duration(microseconds=int(lead_s * 1e6)))
         )
+        .with_columns(started=moving.cast(pl.Int8).cum_max().over("leg"))
+        .filter(pl.col("started") == 1)
         .with_columns(
             step=_haversine(
                 pl.col("lat").shift(1).over("leg"), pl.col("lon").shift(1).over("leg"), pl.col("lat"), pl.col("lon")
@@ -85,10 +142,24 @@ def detour_pairs(positions: pl.DataFrame, arrivals: pl.DataFrame) -> list[tuple[
             straight=_haversine(
                 pl.col("lat").first(), pl.col("lon").first(), pl.col("lat").last(), pl.col("lon").last()
             ),
+            seconds=(pl.col("fix_time").last() - pl.col("fix_time").first()).dt.total_microseconds() / 1e6,
         )
         .sort("leg")
     )
-    return [(float(s), float(t)) for s, t in legs.select("straight", "travelled").iter_rows()]
+    return [(float(a), float(b), float(c)) for a, b, c in legs.select("straight", "travelled", "seconds").iter_rows()]
+
+
+def detour_pairs(positions: pl.DataFrame, arrivals: pl.DataFrame) -> list[tuple[float, float]]:
+    """(straight-line metres, travelled metres) of every leg of ``trip_legs``."""
+    return [(straight, travelled) for straight, travelled, _ in trip_legs(positions, arrivals)]
+
+
+def mean_trip_speed(legs: Sequence[tuple[float, float, float]], min_straight_m: float = 200.0) -> float | None:
+    """Travelled metres over seconds of the legs of at least ``min_straight_m`` (waits at lights
+    and in traffic included, service at stops not): the simple baseline's speed (m/s)."""
+    kept = [(t, s) for straight, t, s in legs if straight >= min_straight_m and s > 0]
+    seconds = sum(s for _, s in kept)
+    return sum(t for t, _ in kept) / seconds if seconds > 0 else None
 
 
 def build_training_rows(
@@ -99,6 +170,7 @@ def build_training_rows(
     profiles: SpeedProfiles | None,
     detour_factor: float,
     horizons_s: Sequence[float] = HORIZONS_S,
+    mean_speed_mps: float | None = None,
     tolerance_s: float = 60.0,
     warmup_s: float = 600.0,
     eta_config: EtaConfig = EtaConfig(),
@@ -107,7 +179,8 @@ def build_training_rows(
     """One row per (arrival, horizon) with a fix close enough before it; see the module docstring.
 
     Columns: tenant, vehicle_id, plan_version, trip, stop_id, horizon_s, fix_time,
-    the ``FEATURES``, label_s, naive_s (null when the vehicle was too slow), method, state.
+    the ``FEATURES``, label_s, naive_s (null when the vehicle was too slow), straight_s
+    (straight metres x detour factor / ``mean_speed_mps``), method, state.
     """
     by_version = {(p.tenant, p.vehicle, p.version): p for p in plans}
     latest: dict[tuple[str, str], Plan] = {}
@@ -125,7 +198,9 @@ def build_training_rows(
             how="inner",
         )
     name = f"training-{next(_counter)}"
-    registry.set_models(name, profiles=profiles, detour_factor=detour_factor, model=None, network=None)
+    registry.set_models(
+        name, profiles=profiles, detour_factor=detour_factor, model=None, network=None, mean_speed_mps=mean_speed_mps
+    )
     config = replace(eta_config, models=name)
     fixes = {
         key: frame.sort("fix_time").select("fix_time", "lat", "lon", "speed_mps", "h3_cell").rows()
@@ -154,6 +229,7 @@ def build_training_rows(
         **{f: pl.Float64 for f in FEATURES},
         "label_s": pl.Float64,
         "naive_s": pl.Float64,
+        "straight_s": pl.Float64,
         "method": pl.String,
         "state": pl.String,
     }
@@ -214,6 +290,7 @@ def _replay(
                         **dict(zip(FEATURES, e.row, strict=True)),
                         "label_s": (arrived[stop_id] - last[0]).total_seconds(),
                         "naive_s": e.naive_s,
+                        "straight_s": e.straight_s,
                         "method": e.method,
                         "state": e.state,
                     }
@@ -240,6 +317,7 @@ class EtaTraining:
     profiles: SpeedProfiles
     detour_factor: float
     rows: pl.DataFrame
+    mean_speed_mps: float | None = None
 
 
 def train_eta_from_frames(
@@ -263,9 +341,11 @@ def train_eta_from_frames(
     """
     plans = list(plans)
     if profiles is None:
-        profiles = build_speed_profiles(positions.with_columns(hour_of_week_expr("fix_time")))
+        profiles = build_speed_profiles(derive_speeds(positions).with_columns(hour_of_week_expr("fix_time")))
+    legs = trip_legs(positions, arrivals)
     if detour_factor is None:
-        detour_factor = fit_detour_factor(detour_pairs(positions, arrivals))
+        detour_factor = fit_detour_factor((straight, travelled) for straight, travelled, _ in legs)
+    mean_speed = mean_trip_speed(legs)
     rows = build_training_rows(
         positions,
         arrivals,
@@ -273,6 +353,7 @@ def train_eta_from_frames(
         profiles=profiles,
         detour_factor=detour_factor,
         horizons_s=horizons_s,
+        mean_speed_mps=mean_speed,
         eta_config=eta_config,
     )
     model = train(
@@ -280,7 +361,7 @@ def train_eta_from_frames(
         rows["label_s"].to_numpy(),
         groups=rows["trip"].to_list(),
         random_state=random_state,
-        baselines={"naive": rows["naive_s"].to_list()},
+        baselines={"naive": rows["naive_s"].to_list(), "straight": rows["straight_s"].to_list()},
         **train_options,
     )
-    return EtaTraining(model, profiles, detour_factor, rows)
+    return EtaTraining(model, profiles, detour_factor, rows, mean_speed)

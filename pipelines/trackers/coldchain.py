@@ -16,11 +16,13 @@ used for excursions):
   first reading of that value, resolved when the value changes. While stuck the
   probe's readings are not used for excursions.
 - ``missing``: no reading from the probe for ``sensor_missing_s`` while the vehicle
-  keeps sending other data (``observe``); a silent vehicle is ``offline`` instead.
-  Starts at the probe's last reading, resolved by its next one.
+  keeps sending other data (``observe``); a silent vehicle is ``offline`` instead: of a
+  silence of the whole vehicle (longer than its cadence's ``silence_s``, ``hear``) only
+  that much counts. Starts at the probe's last reading, resolved by its next one.
 
 Excursion (``temp_excursion``, subject ``<sensor>``): plausible readings outside the
-load's range continuously for ``excursion_min_s`` (confirmed by ``on_timer`` too);
+load's range continuously for ``excursion_min_s`` (confirmed by ``on_timer`` too, while
+the vehicle is heard within its cadence: a silence alone confirms nothing);
 starts at the first reading outside, resolved at the first one back inside by at least
 ``excursion_clear_c`` (hysteresis: hovering at the limit is one excursion). Details
 carry the side (``high``/``low``) and the peak value.
@@ -30,10 +32,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
+from typing import Any
 
 from core.contract import TemperatureReading
 from core.thresholds import AnalyticsConfig
 from pipelines.trackers.events import Alert, new_alert
+from pipelines.trackers.state import restore_fields
 
 __all__ = ["ColdChainTracker"]
 
@@ -55,14 +59,40 @@ class _Probe:
     peak_c: float = 0.0
     excursion: Alert | None = None
     faults: dict[str, Alert] = field(default_factory=dict)  # reason -> open sensor_fault
+    quiet_from: datetime | None = None  # its silence counts from here (last_time, moved past vehicle silences)
+
+    def __setstate__(self, state: Any) -> None:  # states pickled before ``quiet_from`` existed
+        restore_fields(self, state)
 
 
 class ColdChainTracker:
     """Temperature probes of one vehicle."""
 
+    # class defaults: state pickled before they existed still loads
+    heard: datetime | None = None
+    silence_s: float = 60.0
+
     def __init__(self, tenant: str, vehicle: str, config: AnalyticsConfig) -> None:
         self.tenant, self.vehicle, self.config = tenant, vehicle, config
         self.probes: dict[str, _Probe] = {}
+        self.heard = None  # the vehicle's last reading of any kind (fix time)
+        self.silence_s = config.silence_min_s  # the longest gap after it still counted (its cadence)
+
+    def hear(self, t: datetime, silence_s: float | None = None) -> None:
+        """The vehicle sent something at fix time ``t`` (call first, for every reading;
+        ``silence_s``: its cadence, from a fix). Of a silence before it only ``silence_s``
+        counts towards a probe's ``missing``."""
+        heard = self.heard
+        if heard is not None and t > heard:
+            unheard = (t - heard).total_seconds() - self.silence_s
+            if unheard > 0:
+                shift = timedelta(seconds=unheard)
+                for probe in self.probes.values():
+                    probe.quiet_from = min(t, (probe.quiet_from or probe.last_time) + shift)
+        if heard is None or t > heard:
+            self.heard = t
+        if silence_s is not None:
+            self.silence_s = silence_s
 
     def update(
         self, reading: TemperatureReading, temp_range: tuple[float, float] | None, h3_cell: int | None
@@ -74,7 +104,7 @@ class ColdChainTracker:
         if probe is None:
             probe = self.probes[reading.sensor] = _Probe(t)
         out: list[Alert] = []
-        probe.last_time = t
+        probe.last_time, probe.quiet_from = t, None
         out += self._resolve(probe, "missing", t)
 
         reason = None
@@ -132,25 +162,33 @@ class ColdChainTracker:
         out: list[Alert] = []
         limit = self.config.sensor_missing_s
         for sensor, probe in self.probes.items():
-            if "missing" not in probe.faults and now - probe.last_time >= timedelta(seconds=limit):
+            quiet = probe.quiet_from or probe.last_time
+            if "missing" not in probe.faults and now - quiet >= timedelta(seconds=limit):
                 out += self._open_fault(probe, sensor, "missing", probe.last_time, h3_cell, {})
         return out
 
     def on_timer(self, now: datetime) -> list[Alert]:
-        """Open excursions whose duration has passed with no reading back in range."""
+        """Open excursions whose duration has passed with no reading back in range (while heard)."""
         out: list[Alert] = []
         for sensor, probe in self.probes.items():
-            if probe.out_since is not None and probe.excursion is None:
+            due = self._due(probe)
+            if due is not None and now >= due:
                 out += self._check_excursion(sensor, probe, now)
         return out
 
     def next_timer(self) -> datetime | None:
-        dues = [
-            p.out_since + timedelta(seconds=self.config.excursion_min_s)
-            for p in self.probes.values()
-            if p.out_since is not None and p.excursion is None
-        ]
+        dues = [d for d in (self._due(p) for p in self.probes.values()) if d is not None]
         return min(dues) if dues else None
+
+    def _due(self, probe: _Probe) -> datetime | None:
+        """When an excursion is confirmed with no further reading: ``excursion_min_s`` after it
+        began, if the vehicle is heard within its cadence by then (else the next reading decides)."""
+        if probe.out_since is None or probe.excursion is not None:
+            return None
+        due = probe.out_since + timedelta(seconds=self.config.excursion_min_s)
+        if self.heard is not None and due > self.heard + timedelta(seconds=self.silence_s):
+            return None
+        return due
 
     def _check_excursion(self, sensor: str, probe: _Probe, now: datetime) -> list[Alert]:
         assert probe.out_since is not None

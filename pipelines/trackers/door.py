@@ -1,11 +1,22 @@
 """Doors: opened away from any stop (security) and open too long on a refrigerated load.
 
-- ``door_open_away`` (critical): a door opened while the vehicle's last usable position
-  was outside every stop circle plus ``fence_exit_margin_m``. Needs a plan and a
-  position: without them there is no telling where opening is expected.
+- ``door_open_away`` (critical): a door opened where the vehicle was outside every stop
+  circle plus ``fence_exit_margin_m``. Where it was *when the door opened*: a device that
+  reports every 30 s may have sent its last fix 200 m before the stop it is now standing
+  at, so an opening after the last fix is judged on the next fix: where that fix is, when
+  the door is still open then (a vehicle stands while a door is open), else (it closed in
+  between) on the last position known; at the latest ``silence_s`` (the vehicle's cadence)
+  after the opening, on the last position known. Needs a plan and a position: without
+  them there is no telling where opening is expected.
 - ``door_open_too_long``: a door of a refrigerated load (the plan's or the config's
   ``temp_range_c``) open for ``door_open_max_s``, from ``on_timer`` even when nothing
-  else arrives; applies at stops too.
+  else arrives, as long as the vehicle is heard within its cadence (``silence_s``).
+  Applies at stops too.
+
+Silence is not evidence: doors report changes only, so after a silence (nothing from the
+vehicle for longer than ``silence_s``: its "closed" may have been lost in a dead zone) an
+open door's state is unknown. It is forgotten, and its alerts resolve at the last reading
+before the silence (``details["silence"]``); its next "open" starts afresh.
 
 Both start when the door opened and resolve when it closes; one alert per door and
 condition (subject = door id).
@@ -13,14 +24,21 @@ condition (subject = door id).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any
 
 from core.contract import DoorEvent
 from core.thresholds import AnalyticsConfig
 from pipelines.trackers.events import Alert, new_alert
+from pipelines.trackers.quality import CheckedFix
+from pipelines.trackers.state import restore_fields
 
-__all__ = ["DoorTracker"]
+__all__ = ["AtStop", "DoorTracker"]
+
+AtStop = Callable[[float, float, int | None], bool | None]
+"""``at_stop(lat, lon, h3_cell)``: inside a stop circle plus the margin; None without a plan."""
 
 
 @dataclass(slots=True)
@@ -30,47 +48,94 @@ class _OpenDoor:
     h3_cell: int | None
     away: Alert | None = None
     too_long: Alert | None = None
+    before: CheckedFix | None = None  # the last fix before an opening still to be placed
+    before_away: bool = False  # ... and whether it lay away from every stop (if no later fix places it)
+
+    def __setstate__(self, state: Any) -> None:  # states pickled before ``before`` existed
+        restore_fields(self, state)
 
 
 class DoorTracker:
     """Open doors of one vehicle."""
 
+    # class defaults: state pickled before they existed still loads
+    heard: datetime | None = None
+    silence_s: float = 60.0
+
     def __init__(self, tenant: str, vehicle: str, config: AnalyticsConfig) -> None:
         self.tenant, self.vehicle, self.config = tenant, vehicle, config
         self.open: dict[str, _OpenDoor] = {}
+        self.heard = None  # the vehicle's last reading of any kind (fix time)
+        self.silence_s = config.silence_min_s  # the longest gap after it still counted (its cadence)
 
-    def update(self, event: DoorEvent, at_stop: bool | None, refrigerated: bool, h3_cell: int | None) -> list[Alert]:
-        """Feed one door event; ``at_stop`` None means unknown (no plan)."""
+    def hear(self, t: datetime, silence_s: float | None = None) -> list[Alert]:
+        """The vehicle sent something at fix time ``t`` (``silence_s``: the cadence after a fix);
+        after a silence, open doors are forgotten (see the module docstring)."""
+        out: list[Alert] = []
+        heard = self.heard
+        if heard is not None and self.open and (t - heard).total_seconds() > self.silence_s:
+            for door in self.open.values():
+                out += [
+                    a.resolve(heard, silence=True, open_s=(heard - door.since).total_seconds())
+                    for a in (door.away, door.too_long)
+                    if a is not None
+                ]
+            self.open = {}
+        if heard is None or t > heard:
+            self.heard = t
+        if silence_s is not None:
+            self.silence_s = silence_s
+        return out
+
+    def update(
+        self, event: DoorEvent, where: CheckedFix | None, at_stop: AtStop, refrigerated: bool, h3_cell: int | None
+    ) -> list[Alert]:
+        """Feed one door event; ``where`` is the last usable fix (None: unknown)."""
+        out = self.hear(event.fix_time)
         door = self.open.get(event.door)
         if event.open:
             if door is not None:
-                return []  # repeated "open": still the same opening
+                return out  # repeated "open": still the same opening
             door = self.open[event.door] = _OpenDoor(event.fix_time, refrigerated, h3_cell)
-            out: list[Alert] = []
-            if at_stop is False:
-                door.away = new_alert(
-                    "door_open_away",
-                    self.tenant,
-                    self.vehicle,
-                    event.fix_time,
-                    subject=event.door,
-                    h3_cell=h3_cell,
-                    details={"door": event.door},
-                )
-                out.append(door.away)
+            if where is not None and at_stop(where.lat, where.lon, where.h3_cell) is not None:
+                if (event.fix_time - where.time).total_seconds() > 1.0:
+                    door.before = where  # where was it when the door opened? the next fix tells
+                    door.before_away = at_stop(where.lat, where.lon, where.h3_cell) is False
+                elif at_stop(where.lat, where.lon, where.h3_cell) is False:
+                    out += self._away(event.door, door, where.h3_cell)  # the position is the door's
             return out + self.on_timer(event.fix_time)
         if door is None:
-            return []
+            return out
         del self.open[event.door]
+        if door.before is not None and door.before_away:  # closed before a fix placed it: the last position
+            out += self._away(event.door, door, door.before.h3_cell)
         open_s = (event.fix_time - door.since).total_seconds()
-        return [a.resolve(event.fix_time, open_s=open_s) for a in (door.away, door.too_long) if a is not None]
+        return out + [a.resolve(event.fix_time, open_s=open_s) for a in (door.away, door.too_long) if a is not None]
 
-    def on_timer(self, now: datetime) -> list[Alert]:
-        """Open door_open_too_long for refrigerated doors open past the limit."""
+    def on_fix(self, fix: CheckedFix, at_stop: AtStop) -> list[Alert]:
+        """A usable fix (call ``hear`` for it first): place the openings that waited for it (the
+        door still open, the vehicle has stood where it opened: this fix is that place)."""
         out: list[Alert] = []
         for name, door in self.open.items():
-            limit = timedelta(seconds=self.config.door_open_max_s)
-            if door.refrigerated and door.too_long is None and now - door.since >= limit:
+            if door.before is None:
+                continue
+            door.before = None
+            if at_stop(fix.lat, fix.lon, fix.h3_cell) is False:
+                out += self._away(name, door, fix.h3_cell)
+        return out
+
+    def on_timer(self, now: datetime) -> list[Alert]:
+        """Open door_open_too_long for refrigerated doors open past the limit (while heard), and
+        place the openings no fix came to place within the vehicle's cadence."""
+        out: list[Alert] = []
+        for name, door in self.open.items():
+            before = door.before
+            if before is not None and now >= door.since + timedelta(seconds=before.silence_s):
+                door.before = None  # no fix came to place it: the last position known decides
+                if door.before_away:
+                    out += self._away(name, door, before.h3_cell)
+            due = self._due(door)
+            if due is not None and now >= due:
                 door.too_long = new_alert(
                     "door_open_too_long",
                     self.tenant,
@@ -84,9 +149,29 @@ class DoorTracker:
         return out
 
     def next_timer(self) -> datetime | None:
-        dues = [
-            d.since + timedelta(seconds=self.config.door_open_max_s)
-            for d in self.open.values()
-            if d.refrigerated and d.too_long is None
-        ]
+        dues = [d for d in (self._due(door) for door in self.open.values()) if d is not None]
+        dues += [door.since + timedelta(seconds=door.before.silence_s) for door in self.open.values() if door.before]
         return min(dues) if dues else None
+
+    def _due(self, door: _OpenDoor) -> datetime | None:
+        """When a refrigerated door has been open ``door_open_max_s``, if the vehicle is heard by then
+        (its last reading at most ``silence_s`` before); None until it is heard again."""
+        if not door.refrigerated or door.too_long is not None:
+            return None
+        due = door.since + timedelta(seconds=self.config.door_open_max_s)
+        heard = self.heard if self.heard is not None else door.since
+        return due if due <= heard + timedelta(seconds=self.silence_s) else None
+
+    def _away(self, name: str, door: _OpenDoor, h3_cell: int | None) -> list[Alert]:
+        if door.away is not None:
+            return []
+        door.away = new_alert(
+            "door_open_away",
+            self.tenant,
+            self.vehicle,
+            door.since,
+            subject=name,
+            h3_cell=h3_cell if h3_cell is not None else door.h3_cell,
+            details={"door": name},
+        )
+        return [door.away]

@@ -12,7 +12,9 @@ On route / off route
 
 Alert
     Off route continuously (planned-detour fixes excepted) for
-    ``drift_min_duration_s`` -> ``route_drift`` starting at the first off-route fix;
+    ``drift_min_duration_s`` -> ``route_drift`` starting where it left: at the first
+    off-route fix, dated back to the crossing of ``drift_distance_m`` on the move from the
+    last fix on route (interpolated, not across a silence);
     resolved when back on route for ``drift_resolve_s`` (end = first on-route fix).
     Both debounces are also confirmed by ``on_timer`` when the device goes quiet.
 
@@ -40,7 +42,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -116,11 +118,14 @@ class _Detour:
 class RouteDriftTracker:
     """Drift state of one vehicle against the current corridor."""
 
+    _on_fix: CheckedFix | None = None  # class default: state pickled before it existed still loads
+
     def __init__(self, tenant: str, vehicle: str, config: AnalyticsConfig) -> None:
         self.tenant, self.vehicle, self.config = tenant, vehicle, config
         self.corridor: RouteCorridor | None = None
         self.alert: Alert | None = None
         self._last_on: tuple[float, float] | None = None  # last on-route position
+        self._on_fix: CheckedFix | None = None  # the last on-route fix (when the route was left)
         self._left: CheckedFix | None = None  # first off-route fix of the current excursion
         self._left_offset_m = 0.0
         self._off: CheckedFix | None = None  # = _left once the excursion is not a planned detour
@@ -153,6 +158,7 @@ class RouteDriftTracker:
             on_route = offset_m <= cfg.drift_distance_m
         if on_route:
             self._last_on = (fix.lat, fix.lon)
+            self._on_fix = fix
             self._left, self._off, self._detour = None, None, None
             if self.alert is not None and self._on_since is None:
                 self._on_since = fix.time
@@ -166,8 +172,26 @@ class RouteDriftTracker:
         if self._planned_detour(fix, next_stop):
             return []
         # not (or no longer) a planned detour: the whole excursion counts, from where it left the route
-        self._off = self._left
+        if self._off is None:
+            self._off = self._crossing(self._left, self._left_offset_m)
         return self.on_timer(fix.time)
+
+    def _crossing(self, left: CheckedFix, offset_m: float) -> CheckedFix:
+        """``left`` (the first fix off route), dated back to when the move from the last fix on
+        route crossed ``drift_distance_m`` (constant speed between them; not across a silence):
+        a fix every 30 s would otherwise date the excursion up to 30 s late."""
+        on, corridor = self._on_fix, self.corridor
+        if on is None or corridor is None:
+            return left
+        span = (left.time - on.time).total_seconds()
+        if not 0 < span <= on.silence_s:
+            return left
+        on_m = corridor.locate(on.lat, on.lon).cross_track_m
+        limit = self.config.drift_distance_m
+        if not on_m < limit < offset_m:
+            return left
+        f = (limit - on_m) / (offset_m - on_m)
+        return replace(left, time=on.time + timedelta(seconds=f * span))
 
     def _planned_detour(self, fix: CheckedFix, stop: Stop | None) -> bool:
         if stop is None:

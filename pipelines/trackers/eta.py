@@ -30,9 +30,12 @@ What the vehicle is doing (``details["state"]``):
     ``moving``   otherwise.
 
 Model: with an ``EtaModel`` registered its correction multiplies the profile estimate;
-it runs at most every ``model_every_s`` of fix time per vehicle (a prediction costs
-about a millisecond), or when the remaining stops change; in between the last
-correction factors apply. ``details["naive_eta_s"]`` is straight-line metres / current
+it runs at most every ``model_every_s`` of fix time per vehicle, or when the remaining
+stops change; in between the last correction factors apply. It is asked only about the
+stops within ``model_max_ahead_s`` (the times ahead it was trained on); those beyond keep
+the correction of the last stop within. An estimate runs at most every
+``estimate_every_s`` (when the stops to do change, at once): the cost per fix is the
+cost of an estimate (and of a model run) times how often they run. ``details["naive_eta_s"]`` is straight-line metres / current
 speed (above 1 m/s), the baseline the evaluation compares against.
 
 Re-emission: an ``EtaUpdate`` for a stop goes out when the stop is new (first fix,
@@ -54,12 +57,14 @@ from functools import lru_cache
 from typing import Any, NamedTuple
 
 import h3.api.basic_int as h3
+import numpy as np
 
+from core.geo import M_PER_DEG_LAT as _M_PER_DEG
 from core.geo import haversine_m
 from core.plan import Plan, Stop
 from core.thresholds import EtaConfig
 from models import registry
-from models.eta import features
+from models.eta import FEATURES, features
 from models.paths import Projection, RouteGeometry, SampledPath, route_geometry, sample_path
 from models.profiles import SpeedProfiles
 from pipelines.trackers.events import EtaUpdate, Event, eta_update_id
@@ -70,7 +75,11 @@ __all__ = ["EtaTracker", "StopEstimate", "hour_of_week_at"]
 
 class StopEstimate(NamedTuple):
     """One remaining stop's estimate at a fix: ``eta_s`` seconds from the fix time (the
-    model's when there is one, else the profile's), the parts, and the feature row."""
+    model's when there is one, else the profile's), the parts, and the feature row.
+
+    ``straight_s`` is the simple baseline: straight-line metres through the stops in order
+    times the detour factor, over the learned mean trip speed (``EtaModels.mean_speed_mps``,
+    stops and waits included; ``default_speed_mps`` when none was learned)."""
 
     stop_id: str
     eta_s: float
@@ -81,7 +90,9 @@ class StopEstimate(NamedTuple):
     method: str
     state: str
     off_route: bool
-    row: list[float]
+    row: list[float]  # the model's features (empty when the estimate did not need them: see observe)
+    straight_s: float = math.nan
+    stops_before: int = 0
 
 
 def hour_of_week_at(epoch_s: float) -> int:
@@ -124,6 +135,7 @@ class EtaTracker:
         self.model_at: float | None = None  # epoch s of the last model run
         self.model_ratio: dict[str, float] = {}  # stop id -> last model log ratio
         self.estimated_at: float | None = None  # epoch s of the last estimate (estimate_every_s)
+        self.projected: tuple[float, float, float, float, float] | None = None  # t, lat, lon, along, cross
         self._route: tuple[RouteGeometry, dict[str, float]] | None = None
         self._legs: dict[tuple[str, str, float], SampledPath] = {}
 
@@ -135,6 +147,7 @@ class EtaTracker:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         self.__dict__.setdefault("estimated_at", None)  # state pickled before the throttle existed
+        self.__dict__.setdefault("projected", None)
         self._route, self._legs = None, {}
 
     # ------------------------------------------------------------ the hook
@@ -144,7 +157,7 @@ class EtaTracker:
         only if the version is (a new version's stops are all new)."""
         old = self.plan
         if plan is None or old is None or plan.route != old.route:
-            self.progress_m, self.anchored = 0.0, False
+            self.progress_m, self.anchored, self.projected = 0.0, False, None
         if plan is None or old is None or plan.version != old.version:
             self.emitted = {}
         self.plan = plan
@@ -153,8 +166,11 @@ class EtaTracker:
         self.estimated_at = None
         self._route, self._legs = None, {}
 
-    def update(self, fix: CheckedFix, remaining: tuple[Stop, ...]) -> list[Event]:
-        """Take one usable fix and the stops still to do; returns the ETAs that changed enough.
+    def update(
+        self, fix: CheckedFix, remaining: tuple[Stop, ...], visit: tuple[Stop, datetime] | None = None
+    ) -> list[Event]:
+        """Take one usable fix, the stops still to do and the stop being visited (with its
+        arrival time; its planned service is still to come); returns the ETAs that changed enough.
 
         With ``estimate_every_s``, a fix within that long of the last estimate only moves the
         vehicle's motion state on (unless the stops to do changed): the estimate is most of
@@ -165,10 +181,10 @@ class EtaTracker:
             t_s = fix.time.timestamp()
             if t_s - self.estimated_at < every and self.prev_ids == tuple(s.id for s in remaining):
                 self._motion(fix, t_s)
-                self._stop_service(fix, remaining, t_s)
+                self._stop_service(fix, remaining, t_s, visit)
                 return []
         self.estimated_at = fix.time.timestamp()
-        estimates = self.observe(fix, remaining)
+        estimates = self.observe(fix, remaining, visit, feature_rows=False)
         plan = self.plan
         if plan is None:
             return []
@@ -186,10 +202,11 @@ class EtaTracker:
                 "profile_eta_s": round(e.profile_s, 1),
                 "model_eta_s": None if e.model_s is None else round(e.model_s, 1),
                 "naive_eta_s": None if e.naive_s is None else round(e.naive_s, 1),
+                "straight_eta_s": round(e.straight_s, 1),
                 "method": e.method,
                 "state": e.state,
                 "off_route": e.off_route,
-                "stops_before": int(e.row[3]),
+                "stops_before": e.stops_before,
             }
             out.append(
                 EtaUpdate(
@@ -217,13 +234,20 @@ class EtaTracker:
 
     # ------------------------------------------------------------ the estimate
 
-    def observe(self, fix: CheckedFix, remaining: tuple[Stop, ...]) -> list[StopEstimate]:
+    def observe(
+        self,
+        fix: CheckedFix,
+        remaining: tuple[Stop, ...],
+        visit: tuple[Stop, datetime] | None = None,
+        feature_rows: bool = True,
+    ) -> list[StopEstimate]:
         """Advance the state with one fix and estimate every remaining stop, emitting nothing
-        (``update`` adds the re-emit rule; training replays history through this)."""
+        (``update`` adds the re-emit rule; training replays history through this). The model's
+        feature rows are built only when the model runs, or with ``feature_rows`` (training)."""
         cfg = self.config
         t_s = fix.time.timestamp()
         speed_now, dt = self._motion(fix, t_s)
-        service_left = self._stop_service(fix, remaining, t_s)
+        service_left = self._stop_service(fix, remaining, t_s, visit)
         remaining = remaining[: cfg.max_stops]  # a plan of thousands of stops costs no more per fix
         if self.plan is None or not remaining:
             self.emitted, self.model_ratio = {}, {}
@@ -248,9 +272,9 @@ class EtaTracker:
         else:
             state = "moving"
 
-        # (stop, metres of its leg, seconds of its leg as a function of the hour) per stop in order
+        # (stop, metres of its leg, its path, from, to metres along it: None = the whole) per stop in order
         lead_m, cross_m, off_route = 0.0, 0.0, False
-        legs: list[tuple[Stop, float, Any]] = []
+        legs: list[tuple[Stop, float, SampledPath, float | None, float | None]] = []
         passed: list[Stop] = []
         if self.plan.route is not None:
             method = "route"
@@ -261,67 +285,79 @@ class EtaTracker:
             if off_route:
                 lead_m = cross_m * detour
             at = here.along_m
+            sampled = geometry.sampled
             for s in remaining:
                 a = stop_along.get(s.id)
                 if a is None or a < here.along_m:
                     passed.append(s)  # skipped (its place on the route is behind) or not on this plan
                     continue
-                legs.append((s, a - at, _along(geometry.sampled, profiles, at, a)))
+                legs.append((s, a - at, sampled, at, a))
                 at = a
         elif models.network is not None:
             method = "network"
             lead_m, paths = models.network.legs((fix.lat, fix.lon), remaining)
-            legs = [(s, p.length_m, _whole(p, profiles)) for s, p in zip(remaining, paths, strict=True)]
+            legs = [(s, p.length_m, p, None, None) for s, p in zip(remaining, paths, strict=True)]
         else:
             method = "straight"
             prev: Stop | None = None
             for s in remaining:
                 p = self._straight_leg(fix, prev, s, detour)
-                legs.append((s, p.length_m, _whole(p, profiles)))
+                legs.append((s, p.length_m, p, None, None))
                 prev = s
 
         clock = t_s + service_left + lead_m / here_mps
         metres, service_before = lead_m, service_left
-        rows: list[tuple[Stop, float, float, float, list[float]]] = []  # stop, metres, profile s, service before, row
+        rows: list[tuple[Stop, float, float, float]] = []  # stop, metres, profile s, service before
         slow_pace = 1.0 / smoothed - 1.0 / here_mps if state == "traffic" and smoothed else 0.0
-        for i, (s, leg_m, leg_s) in enumerate(legs):
+        horizon = cfg.traffic_horizon_m
+        for s, leg_m, path, frm, to in legs:
             metres += leg_m
-            clock += leg_s(hour_of_week_at(clock))
-            profile_s = clock - t_s + min(cfg.traffic_horizon_m, metres) * slow_pace
+            hour_then = (int(clock // 3600) + 72) % 168  # hour_of_week_at, inline: once per stop and estimate
+            clock += path.travel_s(profiles, hour_then, frm or 0.0, to)
             rows.append(
-                (
-                    s,
-                    metres,
-                    profile_s,
-                    service_before,
-                    features(metres, profile_s, smoothed, i, hour, standing_s, cross_m, service_before),
-                )
+                (s, metres, clock - t_s + (metres if metres < horizon else horizon) * slow_pace, service_before)
             )
             clock += s.service_s
             service_before += s.service_s
+        # straight metres from the fix to each stop: a local flat-earth approximation (well under
+        # 0.1 % off over a city; a haversine per stop and fix is a fair share of an estimate's cost)
+        kx = _M_PER_DEG * math.cos(math.radians(fix.lat))
+        beeline = {s.id: math.hypot((s.lon - fix.lon) * kx, (s.lat - fix.lat) * _M_PER_DEG) for s in remaining}
         for s in passed:
-            m = haversine_m(fix.lat, fix.lon, s.lat, s.lon) * detour
-            profile_s = service_left + m / here_mps
-            rows.append(
-                (
-                    s,
-                    m,
-                    profile_s,
-                    service_left,
-                    features(m, profile_s, smoothed, len(rows), hour, standing_s, cross_m, service_left),
-                )
-            )
-
-        ratios = self._model_ratios(models.model, rows, t_s)
+            m = beeline[s.id] * detour
+            rows.append((s, m, service_left + m / here_mps, service_left))
+        model = models.model
+        due = model is not None and self._model_due(rows, t_s)
+        table = (
+            [features(m, p, smoothed, i, hour, standing_s, cross_m, sb) for i, (_, m, p, sb) in enumerate(rows)]
+            if feature_rows
+            else None
+        )
+        if due:  # the model's rows in FEATURES order, column by column (as features() would build them)
+            X = np.empty((len(rows), len(FEATURES)))
+            X[:, 0] = [r[1] for r in rows]
+            X[:, 1] = [r[2] for r in rows]
+            X[:, 2] = math.nan if smoothed is None else smoothed
+            X[:, 3] = np.arange(len(rows))
+            X[:, 4] = hour
+            X[:, 5] = standing_s
+            X[:, 6] = cross_m
+            X[:, 7] = [r[3] for r in rows]
+        ratios = self._model_ratios(model, rows, X if due else None, t_s)
         passed_ids = {s.id for s in passed}
+        pace = detour / (models.mean_speed_mps or cfg.default_speed_mps)
+        straight: dict[str, float] = {}
+        prev_stop: Stop | None = None
+        chain = 0.0
+        for s in remaining:
+            chain += beeline[s.id] if prev_stop is None else self._between(prev_stop, s)
+            straight[s.id] = chain * pace
+            prev_stop = s
+        moving = speed_now is not None and speed_now > cfg.parked_speed_mps
         out: list[StopEstimate] = []
-        for s, m, profile_s, _, row in rows:
+        for i, (s, m, profile_s, _) in enumerate(rows):
             model_s = profile_s * math.exp(ratios[s.id]) if ratios is not None else None
-            naive_s = (
-                haversine_m(fix.lat, fix.lon, s.lat, s.lon) / speed_now
-                if speed_now is not None and speed_now > cfg.parked_speed_mps
-                else None
-            )
+            naive_s = beeline[s.id] / speed_now if moving and speed_now is not None else None
             eta_s = model_s if model_s is not None else profile_s
             out.append(
                 StopEstimate(
@@ -334,7 +370,9 @@ class EtaTracker:
                     "straight" if s.id in passed_ids else method,
                     state,
                     off_route,
-                    row,
+                    table[i] if table is not None else [],
+                    straight[s.id],
+                    i,
                 )
             )
         return out
@@ -361,10 +399,16 @@ class EtaTracker:
         self.last = (t_s, fix.lat, fix.lon)
         return speed, dt
 
-    def _stop_service(self, fix: CheckedFix, remaining: tuple[Stop, ...], t_s: float) -> float:
-        """Seconds of planned service left at the stop just arrived at (0 once the vehicle left it)."""
+    def _stop_service(
+        self, fix: CheckedFix, remaining: tuple[Stop, ...], t_s: float, visit: tuple[Stop, datetime] | None
+    ) -> float:
+        """Seconds of planned service left at the stop being visited (``visit``, else the one that
+        just left the remaining list: training replays know arrivals only), 0 once the vehicle left it."""
         ids = tuple(s.id for s in remaining)
-        if self.prev_ids is not None and self.plan is not None and ids != self.prev_ids:
+        if visit is not None:
+            stop, arrived = visit
+            self.at_stop = (stop.id, stop.lat, stop.lon, stop.radius_m, stop.service_s, arrived.timestamp())
+        elif self.prev_ids is not None and self.plan is not None and ids != self.prev_ids:
             gone = [i for i in self.prev_ids if i not in ids]
             if gone:
                 try:
@@ -376,11 +420,11 @@ class EtaTracker:
         self.prev_ids = ids
         if self.at_stop is None:
             return 0.0
-        _, lat, lon, radius, service, since = self.at_stop
+        _, lat, lon, radius, service, since_s = self.at_stop
         if haversine_m(fix.lat, fix.lon, lat, lon) > radius + self.config.leave_stop_m:
             self.at_stop = None
             return 0.0
-        return max(0.0, service - (t_s - since))
+        return max(0.0, service - (t_s - since_s))
 
     def _plan_geometry(self) -> tuple[RouteGeometry, dict[str, float]]:
         if self._route is None:
@@ -391,6 +435,15 @@ class EtaTracker:
 
     def _project(self, geometry: RouteGeometry, fix: CheckedFix, dt: float | None) -> Projection:
         cfg = self.config
+        t_s = fix.time.timestamp()
+        last = self.projected
+        if last is not None and self.anchored:
+            if (
+                abs(fix.lat - last[1]) * _M_PER_DEG < cfg.reproject_m
+                and abs(fix.lon - last[2]) * _M_PER_DEG * math.cos(math.radians(fix.lat)) < cfg.reproject_m
+            ):
+                return Projection(last[3], last[4], -1)  # standing (GPS noise): where it was
+            dt = t_s - last[0]  # the search window grows with the time since the last projection
         if not self.anchored or dt is None:
             here = geometry.project(fix.lat, fix.lon, self.progress_m)
         else:
@@ -402,7 +455,18 @@ class EtaTracker:
                 if wide.cross_track_m <= cfg.off_route_m:
                     here = wide
         self.progress_m, self.anchored = here.along_m, True
+        self.projected = (t_s, fix.lat, fix.lon, here.along_m, here.cross_track_m)
         return here
+
+    def _between(self, a: Stop, b: Stop) -> float:
+        """Great-circle metres between two stops (cached with the straight legs)."""
+        key = (a.id, b.id, -1.0)
+        leg = self._legs.get(key)
+        if leg is None:
+            if len(self._legs) > 64:
+                self._legs.clear()
+            leg = self._legs[key] = SampledPath([0.0, haversine_m(a.lat, a.lon, b.lat, b.lon)], [])
+        return leg.cum_m[-1]
 
     def _straight_leg(self, fix: CheckedFix, prev: Stop | None, stop: Stop, detour: float) -> SampledPath:
         cfg = self.config
@@ -418,29 +482,29 @@ class EtaTracker:
             )
         return leg
 
+    def _model_due(self, rows: list[tuple[Stop, float, float, float]], t_s: float) -> bool:
+        """Whether the model runs now: never yet, ``model_every_s`` since, or other stops to do."""
+        known = self.model_ratio
+        return (
+            self.model_at is None
+            or t_s - self.model_at >= self.config.model_every_s
+            or len(rows) != len(known)
+            or any(r[0].id not in known for r in rows)
+        )
+
     def _model_ratios(
-        self, model: Any, rows: list[tuple[Stop, float, float, float, list[float]]], t_s: float
+        self, model: Any, rows: list[tuple[Stop, float, float, float]], X: np.ndarray | None, t_s: float
     ) -> dict[str, float] | None:
         if model is None:
             self.model_at, self.model_ratio = None, {}
             return None
-        ids = [r[0].id for r in rows]
-        due = (
-            self.model_at is None
-            or t_s - self.model_at >= self.config.model_every_s
-            or len(ids) != len(self.model_ratio)
-            or any(i not in self.model_ratio for i in ids)
-        )
-        if due:
-            predicted = model.predict_log_ratio([r[4] for r in rows])
-            self.model_ratio = {i: float(v) for i, v in zip(ids, predicted, strict=True)}
+        if X is not None:
+            # the model knows the times ahead it was trained on (model_max_ahead_s): stops further
+            # ahead keep the correction of the last one within them
+            near = [i for i, r in enumerate(rows) if r[2] <= self.config.model_max_ahead_s] or [0]
+            predicted = model.predict_log_ratio(X if len(near) == len(rows) else X[near])
+            ratio = {rows[i][0].id: float(v) for i, v in zip(near, predicted, strict=True)}
+            last = float(predicted[-1])
+            self.model_ratio = {r[0].id: ratio.get(r[0].id, last) for r in rows}
             self.model_at = t_s
         return self.model_ratio
-
-
-def _along(path: SampledPath, profiles: SpeedProfiles, a: float, b: float) -> Any:
-    return lambda hour: path.travel_s(profiles, hour, a, b)
-
-
-def _whole(path: SampledPath, profiles: SpeedProfiles) -> Any:
-    return lambda hour: path.travel_s(profiles, hour)

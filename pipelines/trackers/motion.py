@@ -2,8 +2,11 @@
 
 - Stopping: slow fixes (reported speed below ``stop_speed_mps``, or none reported)
   that stay within ``stop_radius_m`` of the first of them for ``stop_confirm_s``
-  make the vehicle stopped *since that first fix*. If the device goes quiet the
-  stop is confirmed by ``on_timer`` at the same instant ("no news, still there").
+  make the vehicle stopped *since that first fix*, or since the fix before it when that
+  one lay within ``jitter_radius_m`` (a speed derived over the last interval still
+  counts the driving before the stop, so at a fix every 30 s the first slow fix comes
+  one interval after the vehicle was already standing there). If the device goes quiet
+  the stop is confirmed by ``on_timer`` at the same instant ("no news, still there").
 - Starting: ``start_confirm_fixes`` consecutive fixes at ``start_speed_mps`` or more
   that are also beyond ``jitter_radius_m`` of the stop, or one fix
   ``start_distance_m`` from it. Jitter never gets that far and a Doppler speed spike
@@ -48,9 +51,16 @@ class MotionTracker:
         self._left_at: datetime | None = None  # first fix outside stop_radius_m of the anchor
         self._fast_run = 0
         self._fast_since: datetime | None = None
+        self._prev: CheckedFix | None = None  # the fix before the current one
+
+    _prev: CheckedFix | None = None  # class default: state pickled before it existed still loads
 
     def update(self, fix: CheckedFix) -> list[MotionChange]:
         """Feed one usable fix; returns the transitions it caused (at most one)."""
+        prev, self._prev = self._prev, fix
+        return self._update(fix, prev)
+
+    def _update(self, fix: CheckedFix, prev: CheckedFix | None) -> list[MotionChange]:
         cfg = self.config
         speed = fix.speed_mps
         if speed is not None and speed >= cfg.start_speed_mps:
@@ -88,7 +98,8 @@ class MotionTracker:
         if speed is None or speed < cfg.stop_speed_mps:
             cand = self._candidate
             if cand is None or haversine_m(cand.lat, cand.lon, fix.lat, fix.lon) > cfg.stop_radius_m:
-                self._candidate = fix
+                close = prev is not None and haversine_m(prev.lat, prev.lon, fix.lat, fix.lon) <= cfg.jitter_radius_m
+                self._candidate = prev if close and prev is not None else fix
             out += self.on_timer(fix.time)
         else:
             self._candidate = None

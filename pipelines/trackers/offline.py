@@ -24,7 +24,9 @@ __all__ = ["OfflineTracker"]
 class OfflineTracker:
     """Last receive time of one vehicle and its open offline alert."""
 
-    last_fix_time: datetime | None = None  # class default: state pickled before it existed still loads
+    # class defaults: state pickled before they existed still loads
+    last_fix_time: datetime | None = None
+    resumed_at: datetime | None = None
 
     def __init__(self, tenant: str, vehicle: str, config: AnalyticsConfig) -> None:
         self.tenant, self.vehicle, self.config = tenant, vehicle, config
@@ -58,9 +60,21 @@ class OfflineTracker:
             self.h3_cell = h3_cell
         return out
 
+    def resume(self, now: datetime) -> None:
+        """The vehicle is back on duty at ``now`` (receive clock): a silence counts from here,
+        not from before (a van parked overnight that gets a new plan is not offline since then)."""
+        self.resumed_at = now
+
+    def _quiet_since(self) -> datetime | None:
+        last, resumed = self.last_received_at, self.resumed_at
+        if last is None:
+            return None
+        return resumed if resumed is not None and resumed > last else last
+
     def on_timer(self, now: datetime) -> list[Alert]:
-        """Open the alert once ``now`` (receive clock) is ``offline_after_s`` past the last receive."""
-        last = self.last_received_at
+        """Open the alert once ``now`` (receive clock) is ``offline_after_s`` past the last receive
+        (or the return on duty, when later)."""
+        last = self._quiet_since()
         if self.alert is None and last is not None and now - last >= timedelta(seconds=self.config.offline_after_s):
             start = self.last_fix_time if self.last_fix_time is not None else last
             self.alert = new_alert(
@@ -76,6 +90,7 @@ class OfflineTracker:
 
     def next_timer(self) -> datetime | None:
         """Server time at which the vehicle counts as offline."""
-        if self.alert is not None or self.last_received_at is None:
+        quiet = self._quiet_since()
+        if self.alert is not None or quiet is None:
             return None
-        return self.last_received_at + timedelta(seconds=self.config.offline_after_s)
+        return quiet + timedelta(seconds=self.config.offline_after_s)

@@ -3,8 +3,9 @@ late-data correction by checkpoint and replay.
 
 Pipeline (per reading, in fix-time order)::
 
-    reorder buffer -> quality -> motion -> geofence -> dwell -> drift -> (ETA hook -> predicted late)
-                   -> cold chain -> door          offline: on arrival, the fleet clock
+    reorder buffer -> quality -> dwell (time seen) -> motion -> geofence -> dwell -> drift
+                   -> (ETA hook -> predicted late) -> door (placing an opening) ;  cold chain, door (heard)
+    offline: on arrival, the fleet clock, while on duty (``duty_at``: not once the shift has ended)
 
 Time
     Trackers live on the event-time axis (UTC fix times). ``update(item, now)`` and
@@ -54,6 +55,7 @@ from typing import Any, Protocol
 import h3.api.basic_int as h3
 
 from core.contract import DoorEvent, GpsFix, Reading, TemperatureReading
+from core.geo import haversine_m
 from core.plan import Plan, Stop
 from core.thresholds import AnalyticsConfig
 from pipelines.trackers.coldchain import ColdChainTracker
@@ -82,7 +84,9 @@ class EtaHook(Protocol):
 
     def set_plan(self, plan: Plan | None) -> None: ...
 
-    def update(self, fix: CheckedFix, remaining: tuple[Stop, ...]) -> list[Event]: ...
+    def update(
+        self, fix: CheckedFix, remaining: tuple[Stop, ...], visit: tuple[Stop, datetime] | None = None
+    ) -> list[Event]: ...
 
     def on_timer(self, now: datetime) -> list[Event]: ...
 
@@ -95,7 +99,9 @@ class NoEta:
     def set_plan(self, plan: Plan | None) -> None:
         return None
 
-    def update(self, fix: CheckedFix, remaining: tuple[Stop, ...]) -> list[Event]:
+    def update(
+        self, fix: CheckedFix, remaining: tuple[Stop, ...], visit: tuple[Stop, datetime] | None = None
+    ) -> list[Event]:
         return []
 
     def on_timer(self, now: datetime) -> list[Event]:
@@ -107,16 +113,21 @@ class NoEta:
 
 @dataclass(frozen=True)
 class ActivePlan:
-    """A plan with its H3 stop index and route corridor, built once per plan change."""
+    """A plan with its H3 stop index and route corridor, built once per plan change;
+    ``ends_at``: when it is over by time (its latest stop window end + ``plan_end_grace_s``;
+    None without windows)."""
 
     plan: Plan
     index: StopIndex
     corridor: RouteCorridor | None
+    ends_at: datetime | None = None
 
     @classmethod
     def build(cls, plan: Plan, config: AnalyticsConfig) -> ActivePlan:
         corridor = RouteCorridor(plan.route, config.corridor_resolution, config.corridor_k) if plan.route else None
-        return cls(plan, StopIndex(plan.stops, config.cell_resolution, config.fence_exit_margin_m), corridor)
+        ends = [s.window_end for s in plan.stops if s.window_end is not None]
+        ends_at = max(ends) + timedelta(seconds=config.plan_end_grace_s) if ends else None
+        return cls(plan, StopIndex(plan.stops, config.cell_resolution, config.fence_exit_margin_m), corridor, ends_at)
 
     def shared(self) -> dict[str, Any]:
         """Its parts by name, for checkpoints that refer to them instead of copying them."""
@@ -225,14 +236,23 @@ class VehicleTrackers:
         if isinstance(reading, GpsFix):
             checked, alerts = self.quality.update(reading, h3_cell)
             out += alerts
+            cadence = checked.silence_s if checked.usable else None
+            self.coldchain.hear(t, cadence)
+            out += self.door.hear(t, cadence)
             out += self.coldchain.observe(t, h3_cell)
             if checked.usable:
                 out += self._on_fix(checked)
+                out += self.door.on_fix(checked, self.geofence.at_stop)
         elif isinstance(reading, TemperatureReading):
+            self.coldchain.hear(t)
+            out += self.door.hear(t)
             out += self.coldchain.update(reading, self.temp_range(), self._cell())
             out += self.coldchain.observe(t, self._cell())
         elif isinstance(reading, DoorEvent):
-            out += self.door.update(reading, self._at_stop(), self.temp_range() is not None, self._cell())
+            self.coldchain.hear(t)
+            out += self.door.update(
+                reading, self.position, self.geofence.at_stop, self.temp_range() is not None, self._cell()
+            )
             out += self.coldchain.observe(t, self._cell())
         return out
 
@@ -288,13 +308,17 @@ class VehicleTrackers:
 
     def _on_fix(self, fix: CheckedFix) -> list[Event]:
         self.position = fix
+        out: list[Event] = list(self.dwell.observe(fix))
         changes = self.motion.update(fix)
         stop_events = self.geofence.update(fix)
-        out: list[Event] = list(stop_events)
+        out += stop_events
         out += self._dwell_inputs(changes, stop_events)
         if self.drift.corridor is not None:
             out += self.drift.update(fix, self.geofence.next_stop(), self._at_stop() is True)
-        etas = self.eta.update(fix, self.geofence.remaining_stops())
+        visit = self.geofence.visit
+        etas = self.eta.update(
+            fix, self.geofence.remaining_stops(), (visit.stop, visit.arrived_at) if visit is not None else None
+        )
         out += etas
         if etas or self.late.open:
             out += self._predicted_late(fix.time, etas, stop_events)
@@ -312,7 +336,9 @@ class VehicleTrackers:
             out += self.dwell.on_motion(change, at_stop, self.geofence.next_stop() is not None, self.baseline)
         for event in stop_events:
             cell = self.active.index.cells.get(event.stop_id) if self.active is not None else None
-            out += self.dwell.on_stop_event(event, cell, self.baseline)
+            stops = self.active.plan.stops if self.active is not None else ()
+            last = bool(stops) and stops[-1].id == event.stop_id  # the end of the shift: not timed
+            out += self.dwell.on_stop_event(event, cell, self.baseline, timed=not last)
         return out
 
     def _at_stop(self) -> bool | None:
@@ -334,6 +360,8 @@ class VehicleAnalytics:
     ``baseline(h3_cell, hour_of_week) -> seconds | None`` gives typical dwell times
     (see ``dwell.py``); ``eta`` is the ETA tracker hook (default: ``NoEta``).
     """
+
+    _on_duty = True  # class default: state pickled before it existed still loads
 
     def __init__(
         self,
@@ -357,6 +385,7 @@ class VehicleAnalytics:
             trackers, config.checkpoint_every_s, config.correction_window_s
         )
         self._pending_since: datetime | None = None  # clock time a correction became pending
+        self._on_duty = True  # as last judged (off -> on restarts the offline clock)
 
     # ---------------------------------------------------------------- the four verbs
 
@@ -367,7 +396,7 @@ class VehicleAnalytics:
             raise ValueError(f"reading of {reading.tenant}/{reading.vehicle} fed to {self.tenant}/{self.vehicle}")
         cell = self._cell(item)
         # a gap the clock jumped over in one go (a replay, a drained backlog) was still a gap
-        out: list[Event] = list(self._offline.on_timer(now)) if self.on_duty else []
+        out: list[Event] = list(self._offline.on_timer(now)) if self._duty(now) else []
         out += self._offline.update(now, reading.fix_time, cell)
         # the clock moves the watermark first, as a wake-up would have: a reading whose fix time
         # the fleet clock passed more than reorder_max_delay_s ago is late, whether or not a
@@ -376,11 +405,12 @@ class VehicleAnalytics:
             out += self._release(released, now)
         for released in self._buffer.push((reading, cell), reading.fix_time):
             out += self._release(released, now)
+        self._duty(now)  # what the reading changed (a start, the last stop) decides the next wake-up
         return out
 
     def on_timer(self, now: datetime) -> list[Event]:
         """Run what is due at fleet-clock time ``now``: corrections, buffer flush, timers, offline."""
-        out: list[Event] = list(self._offline.on_timer(now)) if self.on_duty else []
+        out: list[Event] = list(self._offline.on_timer(now)) if self._duty(now) else []
         if self._corrector.pending_us is not None:
             corrected, replayed = self._corrector.correct()
             out += corrected
@@ -390,11 +420,17 @@ class VehicleAnalytics:
         for released in self._buffer.on_timer(now):
             out += self._release(released, now)
         out += self._corrector.advance(now - self._max_delay)
+        self._duty(now)
         return out
 
     def next_timer(self) -> datetime | None:
         """Server time (UTC) at which ``on_timer`` should next run; None when nothing is due."""
-        dues = [self._buffer.next_timer(), self._offline.next_timer() if self.on_duty else None, self._pending_since]
+        dues = [self._buffer.next_timer(), self._pending_since]
+        if self._on_duty:
+            dues.append(self._offline.next_timer())
+            ends_at = self._ends_at()
+            if ends_at is not None:
+                dues.append(ends_at)  # off duty then: recompute what is due
         tracker_due = self.trackers.next_timer()
         if tracker_due is not None:
             dues.append(tracker_due + self._max_delay)
@@ -415,6 +451,7 @@ class VehicleAnalytics:
         if frontier is not None and frontier > t:
             t = frontier
         out += self._corrector.process((us(t), _PLAN, active))
+        self._duty(now)
         return out
 
     # ---------------------------------------------------------------- read-only views
@@ -431,12 +468,63 @@ class VehicleAnalytics:
 
     @property
     def on_duty(self) -> bool:
-        """False once the plan is done (no stop left, none being served): a van parked at the
-        depot after its round is not "offline". True without a plan."""
+        """Whether the vehicle is on duty (see ``duty_at``) at its event-time frontier."""
+        return self.duty_at(self.trackers.time)
+
+    def duty_at(self, now: datetime | None) -> bool:
+        """Whether a silence at fleet-clock time ``now`` would be ``offline``.
+
+        Off duty: last seen inside its plan's last stop (arrived or not: a device going quiet
+        there ends the shift there) or close enough to it to be there before its next report
+        was due (a device reporting every minute may go quiet between its last fix on the road
+        and the stop), once the round has begun; or its plan is finished (the last stop arrived at) or over
+        by time (``ActivePlan.ends_at``) and it is not driving. A new plan with stops to do, or
+        movement, puts it back on duty: a van that drives off after its round and goes silent
+        on the road is offline; one that parks and goes quiet is not. Without a plan a vehicle
+        is always on duty.
+        """
         trackers = self.trackers
         if trackers.active is None:
             return True
-        return trackers.geofence.visit is not None or bool(trackers.geofence.remaining_stops())
+        geofence = trackers.geofence
+        if geofence.at_final_stop() or self._reaching_final_stop():
+            return False
+        if trackers.motion.moving:
+            return True
+        if geofence.finished():
+            return False
+        ends_at = trackers.active.ends_at
+        if now is not None and ends_at is not None and now >= ends_at:
+            return False
+        return geofence.visit is not None or bool(geofence.remaining_stops())
+
+    def _reaching_final_stop(self) -> bool:
+        """The round has begun and the plan's last stop is still ahead, and at the last fix's
+        speed the vehicle would have reached its circle within one reporting interval (the
+        cadence's ``silence_s`` over ``silence_factor``)."""
+        trackers = self.trackers
+        fix, geofence = trackers.position, trackers.geofence
+        if fix is None or fix.speed_mps is None or trackers.active is None or not geofence.away_from_final:
+            return False
+        last = trackers.active.plan.stops[-1]
+        if last.id in geofence.arrivals:
+            return False
+        interval = fix.silence_s / max(self.config.silence_factor, 1.0)
+        gap = haversine_m(fix.lat, fix.lon, last.lat, last.lon) - last.radius_m
+        return gap <= fix.speed_mps * interval
+
+    def _ends_at(self) -> datetime | None:
+        active = self.trackers.active
+        return active.ends_at if active is not None else None
+
+    def _duty(self, now: datetime) -> bool:
+        """On duty at ``now``; coming back on duty restarts the offline clock there (a van
+        parked overnight that gets a new plan is not offline since last night)."""
+        duty = self.duty_at(now)
+        if duty and not self._on_duty:
+            self._offline.resume(now)
+        self._on_duty = duty
+        return duty
 
     def emitted(self) -> list[Event]:
         """The latest version of every event still within the correction window, as emitted."""

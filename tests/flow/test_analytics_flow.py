@@ -57,14 +57,14 @@ def stop_events(out: list[object]) -> list[tuple[str, str, float]]:
 def test_a_replayed_day_gives_its_stop_events_on_event_time() -> None:
     # the wall clock is days later and frozen: only the data can move the fleet clock
     out = run(with_cells(delivery_day().items), [PlanUpdate(PLAN, 1, T0 - timedelta(hours=1))])
-    assert stop_events(out) == [("arrival", "s1", 95.0), ("departure", "s1", 410.0), ("arrival", "s2", 695.0)]
+    assert stop_events(out) == [("arrival", "s1", 92.5), ("departure", "s1", 407.5), ("arrival", "s2", 692.5)]
     detected = {
         o.event.kind + o.event.stop_id: o.detected_at
         for o in out
         if isinstance(o, EventOut) and isinstance(o.event, StopEvent)
     }
-    # raised when the fleet clock passed the debounce plus the reorder wait, not at wall time
-    assert detected["arrivals1"] == T0 + timedelta(seconds=135)
+    # raised when the fleet clock passed the first standing fix (105 s) plus the reorder wait, not at wall time
+    assert detected["arrivals1"] == T0 + timedelta(seconds=115)
     final = [o for o in out if isinstance(o, VehicleSummary)][-1]
     assert (final.plan_version, final.next_stop_id, final.stops_remaining, final.motion) == (1, None, 0, "stopped")
 
@@ -152,7 +152,7 @@ def test_live_etas_and_a_predicted_late_alert_from_the_stream() -> None:
             "resolved",
             "s2",
             start,
-            T0 + timedelta(seconds=695),
+            T0 + timedelta(seconds=692.5),
         ),
     ]
     assert alerts[1].event.details == {

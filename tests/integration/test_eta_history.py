@@ -142,3 +142,24 @@ def test_train_eta_from_a_loaded_simulated_history(services_settings: Settings, 
         assert loaded.profiles is not None and loaded.detour_factor == pytest.approx(summary["detour_factor"], abs=1e-3)
     finally:
         registry.clear("test-eta-history")
+
+
+def test_train_eta_from_a_history_without_device_speed(services_settings: Settings, tmp_path: Path) -> None:
+    """Trackers and phones often send no speed: a fix every 30 s with jitter, no speed, tunnels."""
+    from sim.simulator import Realism
+
+    t = tenant()
+    network = RoadNetwork.load("helsinki", tmp_path / "roads-cache")
+    days = [EtaEvalDay(T0 + timedelta(days=d), 40 + d, d + 1) for d in range(2)]
+    sparse = Realism(period_jitter=0.3, no_speed_share=1.0, gaps_per_hour=1.0, depot_stop=True)
+    history = simulated_history(network, days, 4, tenant=t, stagger_s=3600.0, gps_period_s=30.0, realism=sparse)
+    assert history.positions["speed_mps"].is_null().all()
+    settings = replace(services_settings, state_dir=tmp_path)
+    with connect(settings.dsn(), autocommit=True) as conn:
+        load_history(conn, history)
+    said: list[str] = []
+    code, summary = run_train_eta(settings, t, say=said.append)
+    assert code == 0, said
+    assert summary["rows"] > 20 and summary["profile_cells"] > 0
+    assert summary["mean_speed_mps"] is not None and 1.0 < summary["mean_speed_mps"] < 20.0
+    assert {"mae_s", "straight_mae_s", "naive_mae_s"} <= set(summary["metrics"])

@@ -116,3 +116,23 @@ def test_registry_saves_and_loads_a_model_set(tmp_path: Path) -> None:
         registry.clear("test-registry")
     assert registry.load_dir(tmp_path / "empty", name="test-empty") == registry.EtaModels()
     registry.clear("test-empty")
+
+
+def test_compiled_trees_predict_what_scikit_learn_predicts_without_calling_it() -> None:
+    from sklearn.ensemble import HistGradientBoostingRegressor
+
+    from models.eta import CompiledTrees
+
+    rng = np.random.default_rng(3)
+    X = rng.normal(size=(3000, len(FEATURES)))
+    X[rng.random(X.shape) < 0.1] = np.nan  # missing speeds and the like
+    y = np.nansum(X[:, :3], axis=1) + np.sin(np.nan_to_num(X[:, 3]))
+    regressor = HistGradientBoostingRegressor(max_iter=40, max_depth=5, early_stopping=False).fit(X, y)
+    compiled = CompiledTrees(regressor)
+    assert compiled.depth <= 5 and compiled.trees == 40
+    assert np.allclose(compiled.predict(X[:500]), regressor.predict(X[:500]))
+    # too deep to pad: refused (the model then serves through scikit-learn)
+    deep = HistGradientBoostingRegressor(max_iter=3, max_leaf_nodes=200, early_stopping=False).fit(X, y)
+    if max(int(t[0].nodes["depth"].max()) for t in deep._predictors) > 12:
+        with pytest.raises(ValueError):
+            CompiledTrees(deep)

@@ -90,6 +90,8 @@ def test_first_fix_emits_every_stop_with_travel_plus_service_before() -> None:
             "profile_eta_s": round(m(0.004) / 10, 1),
             "model_eta_s": None,
             "naive_eta_s": round(m(0.004) / 10, 1),
+            # straight metres x the default detour factor / the default speed (nothing learned)
+            "straight_eta_s": round(m(0.004) * 1.3 / 8.0, 1),
             "method": "route",
             "state": "moving",
             "off_route": False,
@@ -185,9 +187,11 @@ class DoubleModel:
 
     def __init__(self) -> None:
         self.calls = 0
+        self.rows = 0
 
     def predict_log_ratio(self, rows: list[list[float]]) -> np.ndarray:
         self.calls += 1
+        self.rows = len(rows)
         return np.full(len(rows), math.log(2.0))
 
 
@@ -201,10 +205,15 @@ def test_model_correction_and_its_throttle() -> None:
     assert model.calls == 1
     t.update(fix(10, 60.001, speed=0.0), STOPS)
     assert model.calls == 1  # within model_every_s: the last factors apply
-    t.update(fix(30, 60.001, speed=0.0), STOPS)
+    t.update(fix(120, 60.001, speed=0.0), STOPS)
     assert model.calls == 2
-    t.update(fix(31, 60.005, speed=0.0), (S2, S3))  # the remaining stops changed: run now
+    t.update(fix(121, 60.005, speed=0.0), (S2, S3))  # the remaining stops changed: run now
     assert model.calls == 3
+    # asked only about the stops within model_max_ahead_s; those beyond keep the last one's factor
+    t = tracker(model_max_ahead_s=100.0)
+    out = by_stop(t.update(fix(0, 60.001), STOPS))
+    assert model.rows == 1
+    assert out["s3"].details["model_eta_s"] == pytest.approx(2 * out["s3"].details["profile_eta_s"], abs=0.2)
 
 
 def test_without_a_route_straight_lines_times_the_detour() -> None:

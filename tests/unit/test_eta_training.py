@@ -15,7 +15,14 @@ from core.geo import EARTH_RADIUS_M
 from core.plan import Plan, Stop
 from models.paths import fit_detour_factor
 from models.profiles import SpeedProfiles
-from training.eta import build_training_rows, detour_pairs, train_eta_from_frames
+from training.eta import (
+    build_training_rows,
+    derive_speeds,
+    detour_pairs,
+    mean_trip_speed,
+    train_eta_from_frames,
+    trip_legs,
+)
 
 T0 = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
 LON = 24.94
@@ -93,7 +100,7 @@ def test_rows_at_each_horizon_with_exact_labels() -> None:
 def test_detour_pairs_of_a_straight_drive_are_one() -> None:
     positions, arrivals, _ = frames({"van-1": 10.0})
     pairs = detour_pairs(positions, arrivals)
-    assert len(pairs) == 2  # s1 -> s2, s2 -> s3
+    assert len(pairs) == 3  # the trip's start -> s1 (the first stop counts too), s1 -> s2, s2 -> s3
     for straight, travelled in pairs:
         assert travelled == pytest.approx(straight)
     assert fit_detour_factor(pairs, min_straight_m=100) == pytest.approx(1.0)
@@ -130,5 +137,32 @@ def test_detour_pairs_leave_out_gps_noise_while_standing() -> None:
     later = [{**f, "fix_time": f["fix_time"] + timedelta(seconds=12)} for f in fixes if f["fix_time"] > s1_at]
     early = [f for f in fixes if f["fix_time"] <= s1_at]
     arrivals = [arrivals[0]] + [{**a, "at": a["at"] + timedelta(seconds=12)} for a in arrivals[1:]]
-    (straight, travelled), _ = detour_pairs(pl.DataFrame(early + stand + later), pl.DataFrame(arrivals))
+    _, (straight, travelled), _ = detour_pairs(pl.DataFrame(early + stand + later), pl.DataFrame(arrivals))
     assert travelled == pytest.approx(straight, abs=10.0)  # 11 noise steps of 5 m would add 55 m
+
+
+def test_training_works_without_device_speed_and_learns_from_one_stop_trips() -> None:
+    positions, arrivals, plans = frames({f"van-{i}": 6.0 + i for i in range(8)})
+    positions = positions.with_columns(speed_mps=pl.lit(None, pl.Float64))  # trackers and phones often send none
+    derived = derive_speeds(positions)
+    assert derived["speed_derived"].sum() == derived.height - 8 * 2  # the first 10 s of each van: no baseline yet
+    van0 = derived.filter(pl.col("vehicle_id") == "van-0")["speed_mps"].drop_nulls()
+    assert van0.mean() == pytest.approx(6.0 - 5.0 / 10.0, abs=0.01)  # (60 m - 5 m of noise) / 10 s
+    # one-stop plans (a taxi trip): only s3, reached from the start
+    one_stop = arrivals.filter(pl.col("stop_id") == "s3")
+    legs = trip_legs(positions, one_stop)
+    assert len(legs) == 8 and all(t == pytest.approx(s, rel=1e-6) for s, t, _ in legs)
+    assert mean_trip_speed(legs) == pytest.approx(8 / sum(1 / v for v in range(6, 14)), rel=0.01)  # metres / seconds
+    result = train_eta_from_frames(
+        positions,
+        arrivals,
+        [Plan("acme", p.vehicle, 1, STOPS, None) for p in plans],  # no route: straight legs
+        horizons_s=(30, 60, 90, 120),
+        random_state=0,
+        max_iter=20,
+        trained_at=T0,
+    )
+    assert result.profiles.samples > 0 and result.mean_speed_mps is not None
+    assert result.detour_factor == pytest.approx(1.0)
+    assert {"straight_mae_s", "straight_model_mae_s"} <= set(result.model.metrics)
+    assert result.rows["straight_s"].is_not_null().all()

@@ -125,3 +125,22 @@ def test_hovering_at_the_limit_is_one_excursion_not_one_per_crossing() -> None:
         (at(300), "temp_excursion", "open", "high", at(0)),
         (at(450), "temp_excursion", "resolved", "high", at(0)),
     ]
+
+
+def test_a_silence_of_the_whole_vehicle_is_no_missing_probe_and_confirms_no_excursion() -> None:
+    c = ColdChainTracker("acme", "van-1", AnalyticsConfig())
+    for s in range(0, 300, 30):
+        c.hear(at(s), 60.0)
+        c.update(temp(s, 4.0), RANGE, 1)
+    c.hear(at(300), 60.0)
+    c.update(temp(300, 9.5), RANGE, 1)  # out of range, then nothing at all for 15 minutes (a dead zone)
+    assert c.next_timer() is None and c.on_timer(at(700)) == []  # the silence confirms no excursion
+    c.hear(at(1200), 60.0)  # back: only 60 s of the silence counts towards the probe's silence
+    assert c.observe(at(1200), 1) == []
+    # the probe then stays quiet while the vehicle reports: missing after 10 minutes of that
+    for s in range(1230, 1740, 30):
+        c.hear(at(s), 60.0)
+        assert c.observe(at(s), 1) == []
+    c.hear(at(1740), 60.0)  # 600 s counted: 300..360 s (the cadence's share of the silence) and 1140..1740 s
+    (missing,) = c.observe(at(1740), 1)
+    assert (missing.details["reason"], missing.start) == ("missing", at(300))  # from its last reading

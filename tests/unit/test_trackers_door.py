@@ -10,6 +10,7 @@ from core.plan import Plan, Stop
 from core.thresholds import AnalyticsConfig
 from pipelines.trackers.door import DoorTracker
 from pipelines.trackers.events import alert_id
+from pipelines.trackers.quality import CheckedFix
 from pipelines.trackers.vehicle import VehicleAnalytics
 from pipelines.vehicle_state import StoredReading
 
@@ -25,32 +26,67 @@ def door(s: float, is_open: bool, name: str = "rear") -> DoorEvent:
     return DoorEvent("acme", "van-1", int(s), at(s), name, is_open)
 
 
+STOP, AWAY = 60.17, 60.20  # latitudes: at the stop, 3 km away
+
+
+def fix(s: float, lat: float) -> CheckedFix:
+    return CheckedFix(at(s), lat, LON, 0.0, 5.0, None)
+
+
+def at_stop(lat: float, lon: float, cell: int | None) -> bool:
+    return lat < 60.18
+
+
+def unknown(lat: float, lon: float, cell: int | None) -> None:
+    return None
+
+
 def test_door_opened_away_from_a_stop_raises_a_security_alert_until_closed() -> None:
     d = DoorTracker("acme", "van-1", AnalyticsConfig())
-    assert d.update(door(0, True), at_stop=True, refrigerated=False, h3_cell=1) == []
-    assert d.update(door(60, False), at_stop=True, refrigerated=False, h3_cell=1) == []
-    (opened,) = d.update(door(100, True), at_stop=False, refrigerated=False, h3_cell=2)
+    assert d.update(door(0, True), fix(0, STOP), at_stop, refrigerated=False, h3_cell=1) == []
+    assert d.update(door(60, False), fix(60, STOP), at_stop, refrigerated=False, h3_cell=1) == []
+    (opened,) = d.update(door(100, True), fix(100, AWAY), at_stop, refrigerated=False, h3_cell=2)
     assert opened.id == alert_id("acme", "van-1", "door_open_away", at(100), subject="rear")
-    assert (opened.type, opened.severity, opened.h3_cell, opened.details) == (
-        "door_open_away",
-        "critical",
-        2,
-        {"door": "rear"},
-    )
-    assert d.update(door(110, True), at_stop=False, refrigerated=False, h3_cell=2) == []  # repeated "open"
-    (closed,) = d.update(door(160, False), at_stop=False, refrigerated=False, h3_cell=2)
+    assert (opened.type, opened.severity, opened.details) == ("door_open_away", "critical", {"door": "rear"})
+    assert d.update(door(110, True), fix(100, AWAY), at_stop, refrigerated=False, h3_cell=2) == []  # repeated
+    (closed,) = d.update(door(160, False), fix(100, AWAY), at_stop, refrigerated=False, h3_cell=2)
     assert closed == opened.resolve(at(160), open_s=60.0)
+
+
+def test_an_opening_after_the_last_fix_is_placed_by_the_next_one() -> None:
+    # a fix every 30 s: the last one out of town, the van standing at the stop when the door opens
+    d = DoorTracker("acme", "van-1", AnalyticsConfig())
+    assert d.update(door(95, True), fix(90, AWAY), at_stop, refrigerated=False, h3_cell=1) == []
+    assert d.on_fix(fix(120, STOP), at_stop) == []  # still open at the next fix: it opened where that is
+    # the other way round: the last fix at a stop, the door opened further on (where the next fix is)
+    d = DoorTracker("acme", "van-1", AnalyticsConfig())
+    assert d.update(door(95, True), fix(90, STOP), at_stop, refrigerated=False, h3_cell=1) == []
+    (opened,) = d.on_fix(fix(120, AWAY), at_stop)
+    assert (opened.type, opened.start) == ("door_open_away", at(95))
+    # no fix within the cadence (silence_s, 60 s): the last position known decides
+    d = DoorTracker("acme", "van-1", AnalyticsConfig())
+    d.update(door(95, True), fix(90, AWAY), at_stop, refrigerated=False, h3_cell=1)
+    assert d.next_timer() == at(155)
+    (opened,) = d.on_timer(at(155))
+    assert opened.start == at(95)
+    d = DoorTracker("acme", "van-1", AnalyticsConfig())
+    d.update(door(95, True), fix(90, STOP), at_stop, refrigerated=False, h3_cell=1)
+    assert d.on_timer(at(155)) == [] and d.next_timer() is None
 
 
 def test_unknown_location_raises_nothing() -> None:
     d = DoorTracker("acme", "van-1", AnalyticsConfig())
-    assert d.update(door(0, True), at_stop=None, refrigerated=False, h3_cell=None) == []
+    assert d.update(door(0, True), None, at_stop, refrigerated=False, h3_cell=None) == []
+    assert d.update(door(10, True, "side"), fix(10, AWAY), unknown, refrigerated=False, h3_cell=None) == []
 
 
-def test_refrigerated_door_open_too_long_fires_from_the_timer() -> None:
+def test_refrigerated_door_open_too_long_fires_from_the_timer_while_the_vehicle_is_heard() -> None:
     d = DoorTracker("acme", "van-1", AnalyticsConfig())
-    d.update(door(0, True), at_stop=True, refrigerated=True, h3_cell=5)
-    d.update(door(10, True, "side"), at_stop=True, refrigerated=False, h3_cell=5)
+    d.update(door(0, True), fix(0, STOP), at_stop, refrigerated=True, h3_cell=5)
+    d.update(door(10, True, "side"), fix(10, STOP), at_stop, refrigerated=False, h3_cell=5)
+    assert d.next_timer() is None  # 300 s away: the vehicle must still be heard by then
+    for s in range(30, 270, 30):
+        d.hear(at(s), 60.0)
     assert d.next_timer() == at(300)
     assert d.on_timer(at(299)) == []
     (too_long,) = d.on_timer(at(300))
@@ -60,8 +96,20 @@ def test_refrigerated_door_open_too_long_fires_from_the_timer() -> None:
         {"door": "rear", "limit_s": 300.0},
     )
     assert d.next_timer() is None
-    (closed,) = d.update(door(420, False), at_stop=True, refrigerated=True, h3_cell=5)
+    for s in range(270, 420, 30):
+        d.hear(at(s), 60.0)
+    (closed,) = d.update(door(420, False), fix(400, STOP), at_stop, refrigerated=True, h3_cell=5)
     assert (closed.id, closed.status, closed.end, closed.details["open_s"]) == (too_long.id, "resolved", at(420), 420.0)
+
+
+def test_after_a_silence_an_open_door_is_unknown() -> None:
+    d = DoorTracker("acme", "van-1", AnalyticsConfig())
+    d.update(door(0, True), fix(0, AWAY), at_stop, refrigerated=True, h3_cell=5)  # away: alert open
+    d.hear(at(30), 60.0)
+    assert d.next_timer() is None  # no too-long alert from the silence that follows
+    (resolved,) = d.hear(at(900), 60.0)  # back after 14.5 minutes: its "closed" may be lost
+    assert (resolved.type, resolved.end, resolved.details["silence"]) == ("door_open_away", at(30), True)
+    assert d.open == {} and d.update(door(950, False), fix(900, AWAY), at_stop, refrigerated=True, h3_cell=5) == []
 
 
 def _gps(seq: int, s: float, east: float) -> StoredReading:

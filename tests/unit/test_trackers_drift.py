@@ -81,9 +81,10 @@ def test_drift_is_raised_after_two_minutes_off_route_and_resolved_back_on_it() -
     # 105 s: 1 km south of the route, heading away from the stop; stays off until 400 s
     away = [fix(105 + 5 * i, 1000 + 10 * i, -1000) for i in range(60)]
     events = feed(d, away)
-    assert events == [("open", at(105), None)]  # confirmed by the fix at 225 s
+    # it crossed 350 m at 101.75 s (0 m at 100 s, 1000 m at 105 s); confirmed by the fix at 225 s
+    assert events == [("open", at(101.75), None)]
     back = [fix(405 + 5 * i, 1600 + 50 * i, 0) for i in range(10)]  # on the route again from 405 s
-    assert feed(d, back) == [("resolved", at(105), at(405))]  # after 30 s back on route
+    assert feed(d, back) == [("resolved", at(101.75), at(405))]  # after 30 s back on route
     assert d.alert is None
 
 
@@ -91,7 +92,7 @@ def test_drift_alert_content() -> None:
     d = drift_tracker()
     feed(d, straight(0, (0, 0), (1000, 0), 20))
     (opened,) = [a for f in [fix(105 + 5 * i, 1000, -1000) for i in range(25)] for a in d.update(f, STOP, False)]
-    assert opened.id == alert_id("acme", "van-1", "route_drift", at(105), "s1")
+    assert opened.id == alert_id("acme", "van-1", "route_drift", at(101.75), "s1")
     assert (opened.type, opened.severity, opened.stop_id) == ("route_drift", "warning", "s1")
     assert opened.details["offset_m"] == 1000.0
 
@@ -114,9 +115,12 @@ def test_a_detour_that_leaves_the_straight_line_is_drift_from_where_it_left_the_
     fixes += straight(160, (1184, 1177), (1784, 2077), 20)
     left = next(f.time for f in fixes if corridor.locate(f.lat, f.lon).cross_track_m > CFG.drift_distance_m)
     assert left == at(125)  # 375 m north of the first leg
-    # the excuse broke at 165 s; the excursion began at 125 s, so the alert opens at 245 s, starting at 125 s
+    crossed = crossing(corridor, fixes, left)
+    assert at(120) < crossed < at(125)
+    # the excuse broke at 165 s; the excursion began at 125 s (crossing 350 m just before), so the
+    # alert opens 120 s later, at 245 s
     events = [(f.time, a.status, a.start) for f in fixes for a in d.update(f, STOP, at_stop=False)]
-    assert events == [(at(245), "open", at(125))]
+    assert events == [(at(245), "open", crossed)]
 
 
 def test_heading_away_from_the_next_stop_is_drift_even_near_the_straight_line() -> None:
@@ -126,7 +130,15 @@ def test_heading_away_from_the_next_stop_is_drift_even_near_the_straight_line() 
     fixes += straight(100, (1000, 0), (900, -1200), 40)  # backwards, south: further from the stop each fix
     left = next(f.time for f in fixes if corridor.locate(f.lat, f.lon).cross_track_m > CFG.drift_distance_m)
     assert left == at(160)
-    assert feed(d, fixes) == [("open", left, None)]
+    assert feed(d, fixes) == [("open", crossing(corridor, fixes, left), None)]
+
+
+def crossing(corridor: RouteCorridor, fixes: list[CheckedFix], left: datetime) -> datetime:
+    """When the move from the fix before ``left`` to it crossed the drift distance (interpolated)."""
+    i = next(k for k, f in enumerate(fixes) if f.time == left)
+    a, b = fixes[i - 1], fixes[i]
+    da, db = (corridor.locate(f.lat, f.lon).cross_track_m for f in (a, b))
+    return a.time + (b.time - a.time) * ((CFG.drift_distance_m - da) / (db - da))
 
 
 def test_no_route_means_no_drift_and_removing_it_resolves() -> None:

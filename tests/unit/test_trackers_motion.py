@@ -34,8 +34,9 @@ def test_drive_stop_drive_with_exact_transition_times() -> None:
     parked = [fix(s, 600.0 + (s % 3), speed=0.0) for s in range(65, 305, 5)]
     leave = [fix(s, 600.0 + 9.0 * (s - 300), speed=9.0) for s in range(305, 330, 5)]
     assert feed(m, drive) == [(True, at(0))]  # two fast fixes: moving since the first
-    assert feed(m, parked) == [(False, at(65))]  # calm for 60 s: stopped since the first slow fix
-    assert m.anchor is not None and m.anchor.time == at(65)
+    # calm for 60 s: stopped since the fix before the first slow one (it was already there at 60 s)
+    assert feed(m, parked) == [(False, at(60))]
+    assert m.anchor is not None and m.anchor.time == at(60)
     # 305: 45 m away at 9 m/s; 310: 90 m away, second fast fix -> moving since the first fast fix
     assert feed(m, leave) == [(True, at(305))]
 

@@ -75,3 +75,51 @@ def test_slow_fixes_within_the_jitter_radius_are_flagged_jitter_but_usable() -> 
     driving, _ = q.update(fix(10, 20, 6, speed=4.0), None)
     assert (jitter.flag, jitter.usable) == ("jitter", True)
     assert (driving.flag, driving.usable) == (None, True)
+
+
+def checked(fixes: list[GpsFix]) -> list:
+    q = GpsQualityFilter("acme", "van-1", AnalyticsConfig())
+    return [q.update(f, None)[0] for f in fixes]
+
+
+def test_a_missing_speed_and_heading_are_derived_over_at_least_10_s() -> None:
+    # 30 s sampling, 10 m/s east, no device speed: (300 m - 5 m of noise) / 30 s
+    out = checked([fix(30 * i, 300.0 * i, speed=None) for i in range(4)])
+    assert out[0].speed_mps is None and not out[0].speed_derived
+    assert [round(c.speed_mps, 2) for c in out[1:]] == [9.83, 9.83, 9.83]
+    assert all(c.speed_derived and c.heading_deg is not None and abs(c.heading_deg - 90.0) < 1 for c in out[1:])
+    # a reported speed is kept; only the missing heading is derived
+    kept = checked([fix(0, 0.0, speed=4.0), fix(30, 120.0, speed=4.0)])[1]
+    assert (kept.speed_mps, kept.speed_derived, round(kept.heading_deg or 0)) == (4.0, False, 90)
+
+
+def test_parked_jitter_at_1_hz_derives_a_standstill_and_a_gap_derives_nothing() -> None:
+    # 1 Hz, standing, the position wandering 4 m: no speed for the first 10 s, then about 0
+    wander = [fix(s, 4.0 * (s % 2), 3.0 * (s % 3 == 0), speed=None) for s in range(60)]
+    out = checked(wander)
+    assert all(c.speed_mps is None for c in out[:10])
+    assert all(c.speed_mps is not None and c.speed_mps < 0.2 and c.heading_deg is None for c in out[10:])
+    # across more than derive_max_span_s (120 s) the speed is unknown, then derived again
+    out = checked(
+        [
+            fix(0, 0.0, speed=None),
+            fix(30, 300.0, speed=None),
+            fix(230, 2300.0, speed=None),
+            fix(260, 2600.0, speed=None),
+        ]
+    )
+    assert [c.speed_mps is not None for c in out] == [False, True, False, True]
+
+
+def test_the_reporting_cadence_sets_the_longest_gap_still_counted_as_seen() -> None:
+    cfg = AnalyticsConfig()
+    every_5 = checked([fix(5 * i, 50.0 * i) for i in range(20)])
+    assert every_5[-1].silence_s == cfg.silence_min_s  # 2 x 5 s is under the 60 s floor
+    every_60 = checked([fix(60 * i, 500.0 * i) for i in range(20)])
+    assert round(every_60[-1].silence_s) == 120  # twice the interval
+    # one 20-minute silence in a 30 s cadence barely moves it (each sample is capped at 4x the estimate)
+    spell = checked([fix(30 * i, 300.0 * i) for i in range(20)] + [fix(1770 + 30 * i, 300.0 * i) for i in range(1, 3)])
+    assert spell[19].silence_s == 60.0 and spell[20].silence_s < 120.0 and spell[21].silence_s < 100.0
+    # a heartbeat slower than offline_after_s is capped there
+    slow = checked([fix(600 * i, 10.0 * i) for i in range(10)])
+    assert slow[-1].silence_s == cfg.offline_after_s

@@ -104,14 +104,16 @@ def drain(va: VehicleAnalytics, until: float) -> list[tuple[float, Event]]:
 
 
 def brief(events: list[tuple[float, Event]]) -> list[tuple[object, ...]]:
-    """(server s, what, status, stop, start/at s, end s) for compact exact comparisons."""
+    """(server s, what, status, stop, start/at s, end s) for compact exact comparisons (times
+    in seconds to 0.1 s: arrivals and departures are interpolated at fence boundaries)."""
     rows: list[tuple[object, ...]] = []
     for s, e in events:
         if isinstance(e, Alert):
-            end = (e.end - T0).total_seconds() if e.end else None
-            rows.append((s, e.type, e.status, e.stop_id, (e.start - T0).total_seconds(), end))
+            end = round((e.end - T0).total_seconds(), 1) if e.end else None
+            rows.append((s, e.type, e.status, e.stop_id, round((e.start - T0).total_seconds(), 1), end))
         else:
-            rows.append((s, e.kind, "retracted" if e.retracted else "ok", e.stop_id, (e.at - T0).total_seconds(), None))
+            when = round((e.at - T0).total_seconds(), 1)
+            rows.append((s, e.kind, "retracted" if e.retracted else "ok", e.stop_id, when, None))
     return rows
 
 
@@ -119,10 +121,10 @@ def delivery_day() -> Sim:
     """Depot -> s1 (5 min) -> corner -> s2 (2 min), 10 m/s, a fix every 5 s."""
     sim = Sim()
     sim.fix(0, 0, 0, 0.0)
-    t = sim.drive(0, (0, 0), (1000, 0))  # 100 s; first fix within 75 m of s1: 950 m at 95 s
-    t = sim.park(t, (1000, 0), 400)
+    t = sim.drive(0, (0, 0), (1000, 0))  # 100 s; 75 m from s1 (its circle) at 92.5 s
+    t = sim.park(t, (1000, 0), 400)  # standing from 105 s
     t = sim.drive(t, (1000, 0), (2000, 0))  # 1050 m at 405 s (in the band), 1100 m at 410 s: out
-    t = sim.drive(t, (2000, 0), (2000, 2000))  # 500..700 s; 1950 m north at 695 s
+    t = sim.drive(t, (2000, 0), (2000, 2000))  # 500..700 s; in the s2 circle from 692.5 s
     sim.park(t, (2000, 2000), 820)
     return sim
 
@@ -134,16 +136,63 @@ def test_a_delivery_day_gives_exactly_its_stop_events() -> None:
     va = VehicleAnalytics("acme", "van-1", plan=PLAN)
     out = run(va, delivery_day().items) + drain(va, 900)
     assert brief(out) == [
-        # confirmed 30 s after the first fix inside; out 10 s later (reorder wait) + 1 s latency
-        (136.0, "arrival", "ok", "s1", 95.0, None),
-        (481.0, "departure", "ok", "s1", 410.0, None),  # 60 s outside
-        (736.0, "arrival", "ok", "s2", 695.0, None),
+        # confirmed by the first standing fix (105 s), at the boundary crossing; out 10 s later
+        # (reorder wait) + 1 s latency
+        (116.0, "arrival", "ok", "s1", 92.5, None),
+        (481.0, "departure", "ok", "s1", 407.5, None),  # 60 s outside, at the crossing 405..410 s
+        (716.0, "arrival", "ok", "s2", 692.5, None),
     ]
     arrival, departure = out[0][1], out[1][1]
     assert isinstance(departure, StopEvent) and isinstance(arrival, StopEvent)
     assert arrival.id == stop_event_id("acme", "van-1", "arrival", "s1", 1, 1)
+    assert arrival.details["evidence"] == "speed" and departure.details["evidence"] == "outside"
     assert departure.details["service_s"] == 315.0
     assert va.lateness.late_readings == 0 and va.lateness.corrections == 0
+
+
+def test_a_shift_that_ends_at_the_last_stop_raises_nothing_when_the_device_goes_quiet() -> None:
+    va = VehicleAnalytics("acme", "van-1", plan=PLAN)
+    out = run(va, delivery_day().items) + drain(
+        va, 20_000
+    )  # parked at s2 (its last stop) from 705 s, quiet after 820 s
+    assert [r[1] for r in brief(out)] == ["arrival", "departure", "arrival"]  # no offline, no long_dwell
+    assert not va.on_duty and va.next_timer() is None
+    # quiet after one fix inside s2, still driving (no arrival): the shift ended there too
+    va = VehicleAnalytics("acme", "van-1", plan=PLAN)
+    out = run(va, [i for i in delivery_day().items if i.reading.fix_time <= at(695)]) + drain(va, 20_000)
+    assert [r[1] for r in brief(out)] == ["arrival", "departure"] and not va.on_duty
+
+
+def test_movement_puts_a_finished_vehicle_back_on_duty_and_a_new_plan_restarts_the_offline_clock() -> None:
+    sim = delivery_day()
+    sim.drive(820, (2000, 2000), (2000, 3000))  # drives off after its round: 825..920 s, then goes silent
+    va = VehicleAnalytics("acme", "van-1", plan=PLAN)
+    out = run(va, sim.items) + drain(va, 2000)
+    assert [r[1:5] for r in brief(out) if r[1] == "offline"] == [("offline", "open", None, 920.0)]  # silent on the road
+
+    # parked at s2 and quiet from 820 s; a new plan at 5000 s: offline 300 s later, not at once
+    va = VehicleAnalytics("acme", "van-1", plan=PLAN)
+    run(va, delivery_day().items)
+    assert drain(va, 5000) == [] and not va.on_duty
+    v2 = Plan("acme", "van-1", 2, (S3,), None)
+    assert va.set_plan(v2, at(5000)) == [] and va.on_duty
+    assert [(s, e.type, e.status) for s, e in drain(va, 6000)] == [(5300.0, "offline", "open")]
+
+
+def test_a_plan_over_by_time_is_off_duty() -> None:
+    late = Plan("acme", "van-1", 1, (replace(S1, window_end=at(600)),), None)
+    cfg = AnalyticsConfig(plan_end_grace_s=0.0)
+    sim = Sim()
+    sim.fix(0, 0, 0, 0.0)
+    t = sim.drive(0, (0, 0), (0, 6500))  # never goes to s1; parks at 650 s, past its window end (600 s)
+    sim.park(t, (0, 6500), 760)  # and goes quiet after 760 s
+    va = VehicleAnalytics("acme", "van-1", cfg, plan=late)
+    assert [e.type for _, e in run(va, sim.items) + drain(va, 5000)] == []
+    sim = Sim()
+    sim.fix(0, 0, 0, 0.0)
+    sim.park(0, (0, 0), 200)  # quiet from 200 s: still on duty then
+    va = VehicleAnalytics("acme", "van-1", cfg, plan=late)
+    assert [(s, e.type) for s, e in run(va, sim.items) + drain(va, 5000)] == [(501.0, "offline")]
 
 
 def test_one_condition_raises_one_alert_open_then_resolved_with_the_same_id() -> None:
@@ -179,24 +228,30 @@ def test_a_shuffled_burst_within_the_reorder_wait_changes_nothing() -> None:
 
 def test_a_late_fix_corrects_the_arrival_time_under_the_same_id() -> None:
     sim = delivery_day()
-    sim.items = [replace(i, received_at=at(200)) if i.reading.fix_time == at(95) else i for i in sim.items]
+    # the 95 s fix (the van already at s1's centre, standing) arrives late
+    sim.items = [
+        replace(i, reading=replace(i.reading, lat=S1.lat, lon=S1.lon, speed_mps=0.0), received_at=at(200))
+        if i.reading.fix_time == at(95)
+        else i
+        for i in sim.items
+    ]
     va = VehicleAnalytics("acme", "van-1", plan=PLAN)
     out = run(va, [i for i in sim.items if i.reading.fix_time <= at(300)]) + drain(va, 300)
     assert brief(out) == [
-        (141.0, "arrival", "ok", "s1", 100.0, None),  # without the 95 s fix, the first inside was at 100 s
-        (200.0, "arrival", "ok", "s1", 95.0, None),  # the late fix arrives: corrected in place
+        (116.0, "arrival", "ok", "s1", 92.5, None),  # without the 95 s fix: crossed between 90 and 100 s
+        (200.0, "arrival", "ok", "s1", 91.2, None),  # 100 m -> 0 m in 90..95 s: corrected in place
     ]
     assert out[0][1].id == out[1][1].id
     assert (va.lateness.late_readings, va.lateness.corrected_readings, va.lateness.corrections) == (1, 1, 1)
     assert va.lateness.max_lateness_s == 95.0  # watermark 190 s (the clock when it arrives, 200 s, - 10 s) - 95 s
 
 
-def test_offline_then_a_late_burst_corrects_the_results() -> None:
+def test_offline_then_a_late_burst_raises_no_dwell_from_the_silence() -> None:
     sim = Sim()
     sim.fix(0, 0, 0, 0.0)
     t = sim.drive(0, (0, 0), (500, 0))  # 50 s
     t = sim.park(t, (500, 0), 250)  # stopped 55..250 s away from any stop (a 3-minute wait)
-    t = sim.drive(t, (500, 0), (1000, 0))  # 255..300 s; inside s1 from 295 s
+    t = sim.drive(t, (500, 0), (1000, 0))  # 255..300 s; inside s1 from 292.5 s
     t = sim.park(t, (1000, 0), 600)
     t = sim.drive(t, (1000, 0), (1500, 0))  # out of the s1 band from 610 s
     sim.park(t, (1500, 0), 1000)
@@ -208,18 +263,14 @@ def test_offline_then_a_late_burst_corrects_the_results() -> None:
     out = run(va, sim.items, timer_every=10) + drain(va, 1100)
     assert brief(out) == [
         (421.0, "offline", "open", None, 120.0, None),  # nothing received since 121 s (the 120 s fix)
-        (671.0, "unplanned_dwell", "open", None, 55.0, None),  # stopped at 55 s + 600 s + 10 s, next tick
+        # seen standing 65 s (55..120 s): the silence is no unplanned dwell (it stood 3 minutes)
         (900.0, "offline", "resolved", None, 120.0, 900.0),  # the burst arrives
-        (900.0, "unplanned_dwell", "retracted", None, 55.0, None),  # it only stood 3 minutes
-        (900.0, "arrival", "ok", "s1", 295.0, None),
-        (900.0, "departure", "ok", "s1", 610.0, None),
+        (900.0, "arrival", "ok", "s1", 292.5, None),
+        (900.0, "departure", "ok", "s1", 607.5, None),
     ]
-    retracted = out[3][1]
-    assert isinstance(retracted, Alert) and retracted.id == out[1][1].id
     stats = va.lateness
-    assert stats.corrections == 1 and stats.too_late_readings == 0
-    # behind the trackers' frontier (the dwell timer fired at 655 s): replayed
-    assert stats.corrected_readings == sum(1 for i in sim.items if at(120) < i.reading.fix_time < at(655))
+    # nothing fired behind the burst: it is applied in order, no replay
+    assert stats.corrections == 0 and stats.too_late_readings == 0 and stats.corrected_readings == 0
     # behind the reorder watermark when the burst arrives (the clock, 900 s, - 10 s): flagged late
     assert stats.late_readings == sum(1 for i in sim.items if at(120) < i.reading.fix_time < at(890))
 
@@ -262,9 +313,9 @@ def test_a_plan_change_mid_route_takes_effect_at_once() -> None:
     assert va.plan == v2 and va.trackers.geofence.next_stop() == S3  # re-sequenced, s1 still done
     out += run(va, [i for i in sim.items if i.received_at > at(420)], timer_every=10) + drain(va, 1000)
     assert brief(out) == [
-        (136.0, "arrival", "ok", "s1", 95.0, None),
-        (481.0, "departure", "ok", "s1", 410.0, None),
-        (636.0, "arrival", "ok", "s3", 595.0, None),  # 50 m from s3 at 595 s
+        (116.0, "arrival", "ok", "s1", 92.5, None),
+        (481.0, "departure", "ok", "s1", 407.5, None),
+        (616.0, "arrival", "ok", "s3", 592.5, None),  # 75 m from s3 at 592.5 s, standing at 605 s
     ]
     assert out[-1][1].id == stop_event_id("acme", "van-1", "arrival", "s3", 2, 1)
 
@@ -278,10 +329,10 @@ def test_a_late_reading_from_before_a_plan_change_is_replayed_under_the_old_plan
     sim = Sim()
     sim.fix(0, 0, 0, 0.0)
     t = sim.park(0, (0, 0), 60)  # waits a minute at the depot
-    t = sim.drive(t, (0, 0), (1000, 0))  # first fix inside s1 at 155 s
+    t = sim.drive(t, (0, 0), (1000, 0))  # into s1 at 152.5 s
     t = sim.park(t, (1000, 0), 460)
     t = sim.drive(t, (1000, 0), (1000, 1500))  # out of the s1 band at 470 s
-    t = sim.drive(t, (1000, 1500), (1500, 1500))  # first fix inside s3 at 655 s
+    t = sim.drive(t, (1000, 1500), (1500, 1500))  # into s3 at 652.5 s
     sim.park(t, (1500, 1500), 900)
     # the depot fixes of 5..40 s arrive after the plan change
     sim.items = [replace(i, received_at=at(560)) if at(0) < i.reading.fix_time <= at(40) else i for i in sim.items]
@@ -294,9 +345,9 @@ def test_a_late_reading_from_before_a_plan_change_is_replayed_under_the_old_plan
     out += run(va, [i for i in sim.items if i.received_at > at(480)], timer_every=10) + drain(va, 1000)
     # no arrival at the depot: at 5..40 s the plan was version 1, which has no depot stop
     assert [r[1:5] for r in brief(out)] == [
-        ("arrival", "ok", "s1", 155.0),
-        ("departure", "ok", "s1", 470.0),
-        ("arrival", "ok", "s3", 655.0),
+        ("arrival", "ok", "s1", 152.5),
+        ("departure", "ok", "s1", 467.5),
+        ("arrival", "ok", "s3", 652.5),
     ]
     assert va.lateness.corrections == 1 and va.lateness.corrected_readings == len(late)
     # under version 2 from the start the same readings do arrive at the depot
@@ -324,12 +375,10 @@ def test_pickle_round_trip_mid_route_continues_identically() -> None:
     # a correction after the restore replays from an unpickled checkpoint the same way
     late = StoredReading(GpsFix("acme", "van-1", 999, at(692), *p(2000, 1930), 10.0), None, at(1300), 0, 999)
     back_a, back_b = va.update(late, at(1300)), restored.update(late, at(1300))
-    assert back_a == back_b and [(e.type, e.status) for e in back_a if isinstance(e, Alert)] == [
-        ("offline", "resolved")
-    ]
+    assert back_a == back_b == []  # it had reached its last stop: off duty, so no offline alert to resolve
     fixed_a, fixed_b = va.on_timer(at(1300)), restored.on_timer(at(1300))
-    assert fixed_a == fixed_b and [(e.kind, e.at) for e in fixed_a if isinstance(e, StopEvent)] == [
-        ("arrival", at(692))
+    assert fixed_a == fixed_b and [(e.kind, round((e.at - T0).total_seconds(), 1)) for e in fixed_a] == [
+        ("arrival", 691.7)  # 100 m at 690 s, 70 m at 692 s: the 75 m circle at 691.7 s
     ]
     # the door opened at 100 s is never closed; the probe reported once, at 30 s
     assert [r[1:3] for r in brief(a)] == [
@@ -337,7 +386,6 @@ def test_pickle_round_trip_mid_route_continues_identically() -> None:
         ("departure", "ok"),
         ("sensor_fault", "open"),
         ("arrival", "ok"),
-        ("offline", "open"),
     ]
     print(f"\npickled VehicleAnalytics mid-route: {len(blob)} bytes, {va.history_size} history entries")
 

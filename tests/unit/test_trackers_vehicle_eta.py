@@ -23,13 +23,13 @@ def analytics() -> VehicleAnalytics:
     )
 
 
-def day(held_back: tuple[float, float] | None = None) -> list[StoredReading]:
-    """The delivery day; fixes with fix times in ``held_back`` received together at 300 s."""
+def day(held_back: tuple[float, float] | None = None, received: float = 300.0) -> list[StoredReading]:
+    """The delivery day; fixes with fix times in ``held_back`` received together at ``received`` s."""
     items = []
     for item in delivery_day().items:
         t = s(item.reading.fix_time)
         if held_back is not None and held_back[0] <= t <= held_back[1]:
-            item = StoredReading(item.reading, None, at(300), 0, item.shard_seq)
+            item = StoredReading(item.reading, None, at(received), 0, item.shard_seq)
         items.append(item)
     return sorted(items, key=lambda i: i.received_at)
 
@@ -47,32 +47,30 @@ def test_the_ledger_keeps_one_eta_per_stop() -> None:
         (16.0, 5.0, 228.0, False),
         (21.0, 10.0, 122.0, False),
         (66.0, 55.0, 111.0, False),
-        (111.0, 100.0, 100.0, False),
-        (126.0, 115.0, 115.0, False),
+        (111.0, 100.0, 100.0, False),  # standing at s1 from 105 s: arrived (at 92.5 s)
     ]
     assert sum(isinstance(e, EtaUpdate) for _, e in out) > 10
     etas = {e.ledger_key: e for e in va.emitted() if isinstance(e, EtaUpdate)}
     assert sorted(etas) == ["eta|s1", "eta|s2"]
-    assert s(etas["eta|s1"].at) == 115.0
+    assert s(etas["eta|s1"].at) == 100.0
 
 
 def test_a_correction_retracts_the_current_eta_it_disproves_and_emits_its_own() -> None:
-    # 95..140 s (the arrival at s1) arrives at 300 s: live, the van seems to arrive at 145 s
+    # the whole visit to s1 (95..410 s) arrives at 430 s: live, the van seems to have driven past it
     va = analytics()
-    out = run(va, day(held_back=(95.0, 140.0))) + drain(va, 900)
+    out = run(va, day(held_back=(95.0, 410.0), received=430.0)) + drain(va, 900)
     assert s1_etas(out) == [
         (11.0, 0.0, 125.0, False),
         (16.0, 5.0, 228.0, False),
         (21.0, 10.0, 122.0, False),
         (66.0, 55.0, 111.0, False),
-        (156.0, 145.0, 145.0, False),
-        (171.0, 160.0, 160.0, False),  # live, with the gap
-        (300.0, 160.0, 160.0, True),  # the replay has the van at s1 since 95 s: no ETA at 160 s
-        (300.0, 100.0, 100.0, False),
-        (300.0, 115.0, 115.0, False),  # what the replay predicted
+        (426.0, 415.0, 439.0, False),  # live, past s1 without having been seen there
+        (430.0, 420.0, 452.0, False),
+        (430.0, 420.0, 452.0, True),  # the replay has the van at s1 since 92.5 s: no ETA at 420 s
+        (430.0, 100.0, 100.0, False),  # what the replay predicted (earlier live ones stay as made)
     ]
     arrivals = [(srv, s(e.at)) for srv, e in out if isinstance(e, StopEvent) and e.kind == "arrival"]
-    assert arrivals[:2] == [(186.0, 145.0), (300.0, 95.0)]
+    assert arrivals[:1] == [(430.0, 92.5)]
     assert va.lateness.corrections == 1
 
 
@@ -85,7 +83,9 @@ def test_estimate_every_s_skips_estimates_between_but_not_a_change_of_stops(monk
     estimated: list[float] = []
     observe = tracker.observe
     monkeypatch.setattr(
-        tracker, "observe", lambda fix, remaining: estimated.append(s(fix.time)) or observe(fix, remaining)
+        tracker,
+        "observe",
+        lambda fix, remaining, visit=None, **kw: estimated.append(s(fix.time)) or observe(fix, remaining, visit, **kw),
     )
     for t in range(0, 45, 5):
         remaining = (S1, S2) if t < 25 else (S2,)  # s1 done at 25 s

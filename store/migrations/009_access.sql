@@ -101,6 +101,7 @@ GRANT SELECT ON trackers TO fleetstream_gateway;
 GRANT SELECT ON positions, temperatures, door_events, gateway_shards, plans, dwell_baselines TO fleetstream_flow;
 GRANT SELECT, INSERT, UPDATE ON vehicle_state, alerts, stop_events, eta_updates, cell_minutes TO fleetstream_flow;
 GRANT USAGE ON SEQUENCE event_rev TO fleetstream_flow;
+GRANT INSERT ON flow_lag TO fleetstream_flow;  -- where its wall time went (pipelines/meter.py)
 
 -- the dispatch listener (ingest/dispatch.py, store/plans.py)
 GRANT SELECT, INSERT ON plans, dead_letters, dead_letter_digests TO fleetstream_dispatch;
