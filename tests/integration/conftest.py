@@ -33,7 +33,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 # overridable so that two test sessions on one machine do not share services
 TEST_STATE_DIR = Path(os.environ.get("FLEETSTREAM_TEST_STATE_DIR", REPO_ROOT / ".fleetstream-test"))
 TEST_MQTT_PORT = int(os.environ.get("FLEETSTREAM_TEST_MQTT_PORT", "18831"))
-TEST_MQTT_TLS_PORT = int(os.environ.get("FLEETSTREAM_TEST_MQTT_TLS_PORT", "18833"))
+# the TLS listener beside it (+1 is the second broker of test_broker_gap.py)
+TEST_MQTT_TLS_PORT = int(os.environ.get("FLEETSTREAM_TEST_MQTT_TLS_PORT", str(TEST_MQTT_PORT + 2)))
 TEST_PG_PORT = int(os.environ.get("FLEETSTREAM_TEST_PG_PORT", "55433"))
 # the API's port in the tests that run it (the others run the engine without it)
 TEST_API_PORT = int(os.environ.get("FLEETSTREAM_TEST_API_PORT", "18839"))
