@@ -106,7 +106,7 @@ def test_pulling_out_of_a_stop_and_waiting_beside_it_is_an_unplanned_dwell() -> 
     assert 100.0 < start <= 125.0
     # opened once seen standing for 600 s (plus the 10 s reorder wait), not before
     assert start + 600.0 <= opened <= start + 600.0 + 25.0 + 10.0 + 2.0
-    assert 1025.0 <= end <= 1050.0  # arrival at s1 ends it
+    assert end is not None and 1025.0 <= end <= 1050.0  # arrival at s1 ends it
 
 
 def test_the_same_pause_delivered_late_after_a_link_cut_is_raised_when_it_arrives() -> None:
@@ -119,7 +119,7 @@ def test_the_same_pause_delivered_late_after_a_link_cut_is_raised_when_it_arrive
     (opened, _, start, _), (_, resolved, _, end) = dwells(out)
     # the late fixes show it stood there all along: raised as they arrive, dated as live
     assert 100.0 < start <= 125.0 and 980.0 <= opened <= 985.0
-    assert resolved == "resolved" and 1025.0 <= end <= 1050.0
+    assert resolved == "resolved" and end is not None and 1025.0 <= end <= 1050.0
 
 
 @pytest.mark.parametrize("stand_at", [60.0, 66.0])
@@ -135,7 +135,7 @@ def test_stopping_just_past_a_stop_driven_through_is_an_unplanned_dwell(stand_at
     (opened, _, start, _), (_, resolved, _, end) = dwells(out)
     assert start == 75.0  # stopped since the fix before the first slow one (it was already there)
     assert start + 600.0 <= opened <= start + 600.0 + 25.0 + 10.0 + 2.0
-    assert resolved == "resolved" and 975.0 <= end <= 1000.0
+    assert resolved == "resolved" and end is not None and 975.0 <= end <= 1000.0
 
 
 def test_waiting_in_the_exit_band_of_the_stop_just_served_is_not_dwelling_away() -> None:
