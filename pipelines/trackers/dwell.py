@@ -19,6 +19,11 @@ Silence is not evidence
     silence more than ``stop_radius_m`` from where it stood was not dwelling: its dwell
     ends at the last fix seen there (``details["left_during_silence"]``).
 
+Standing away from every stop is judged where the vehicle stands when the stop is confirmed
+(inside a stop circle, or its exit band while a visit is open: ``GeofenceTracker.stands_at_stop``),
+and again when it departs a stop or creeps on while still standing (``stand_away``): a bus that
+pulls out of its stop and waits 60 m on makes no motion change, but it is dwelling away.
+
 Unplanned dwell needs a plan with stops still to do: a vehicle with no plan, or
 heading home after its last stop, may park anywhere. The stay at the plan's last stop
 is the end of the shift (the vehicle is off duty there): it is not timed.
@@ -142,6 +147,15 @@ class DwellTracker:
                 _Dwell(change.since, change.h3_cell, threshold, typical, None, change.lat, change.lon)
             )
         return out
+
+    def stand_away(
+        self, since: datetime, lat: float, lon: float, h3_cell: int | None, baseline: Baseline | None
+    ) -> None:
+        """Stopped away from every stop since ``since`` (UTC) at (lat, lon) degrees, found out
+        without a motion change (``VehicleTrackers._standing_away``): starts the away dwell."""
+        if self.away is None:
+            threshold, typical = self._threshold(h3_cell, since, self.config.unplanned_dwell_s, baseline)
+            self.away = self._start(_Dwell(since, h3_cell, threshold, typical, None, lat, lon))
 
     def on_stop_event(
         self, event: StopEvent, stop_cell: int | None, baseline: Baseline | None, timed: bool = True

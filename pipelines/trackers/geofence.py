@@ -338,6 +338,17 @@ class GeofenceTracker:
             return None
         return self.index.containing(lat, lon, cell, self.config.fence_exit_margin_m) is not None
 
+    def stands_at_stop(self, lat: float, lon: float, cell: int | None) -> bool | None:
+        """Whether a vehicle standing at the point stands at a stop, for dwell timing: inside a stop
+        circle plus the exit margin while a visit is open (the band holds it there until it
+        departs), else inside a circle. Standing in the band of a stop it never arrived at (a
+        bus that pulled out of its stop and waits beside it, a queue behind it) is standing away;
+        None when there is no plan to tell."""
+        if self.index is None:
+            return None
+        margin = self.config.fence_exit_margin_m if self.visit is not None else 0.0
+        return self.index.containing(lat, lon, cell, margin) is not None
+
     def _arrive(self, cand: _Candidate, evidence: str, inside_s: float) -> StopEvent:
         assert self.plan is not None
         stop, at = cand.stop, cand.entered

@@ -12,6 +12,12 @@
   ``start_distance_m`` from it. Jitter never gets that far and a Doppler speed spike
   is neither consecutive nor displaced. The start time is the first fast fix, or the
   first fix that left ``stop_radius_m`` of the stop.
+- Creeping: a stopped vehicle whose slow fixes settle more than ``stop_radius_m`` from
+  where it stopped (but less than ``start_distance_m``: a bus that pulls out of its stop
+  and waits 60 m on) stands somewhere else now. Once they have stayed within
+  ``stop_radius_m`` of the first of them for ``stop_confirm_s`` the anchor moves there
+  (``anchor`` changes; no transition: it stood throughout), so the dwell is judged where it
+  stands and a later start dates from leaving that spot, not from the creep.
 
 The state before the first decision is unknown (``moving`` is None).
 """
@@ -30,7 +36,8 @@ __all__ = ["MotionChange", "MotionTracker"]
 
 @dataclass(frozen=True, slots=True)
 class MotionChange:
-    """The vehicle started (``moving``) or stopped at ``since`` (UTC), at (lat, lon) degrees."""
+    """The vehicle started (``moving``) or stopped at ``since`` (UTC), at (lat, lon) degrees (a stop:
+    the latest fix when it was confirmed, where it stands)."""
 
     moving: bool
     since: datetime
@@ -52,8 +59,11 @@ class MotionTracker:
         self._fast_run = 0
         self._fast_since: datetime | None = None
         self._prev: CheckedFix | None = None  # the fix before the current one
+        self._shift: CheckedFix | None = None  # while stopped: first slow fix of a calm spot beyond stop_radius_m
 
-    _prev: CheckedFix | None = None  # class default: state pickled before it existed still loads
+    # class defaults: state pickled before they existed still loads
+    _prev: CheckedFix | None = None
+    _shift: CheckedFix | None = None
 
     def update(self, fix: CheckedFix) -> list[MotionChange]:
         """Feed one usable fix; returns the transitions it caused (at most one)."""
@@ -89,6 +99,7 @@ class MotionTracker:
             ]
             if starts:
                 return [self._set(True, min(starts), fix)]
+            self._creep(fix, d)
             return []
 
         out: list[MotionChange] = []
@@ -105,13 +116,27 @@ class MotionTracker:
             self._candidate = None
         return out
 
+    def _creep(self, fix: CheckedFix, d: float) -> None:
+        """While stopped: move the anchor to a calm spot beyond ``stop_radius_m`` of it (see above)."""
+        cfg = self.config
+        slow = fix.speed_mps is None or fix.speed_mps < cfg.stop_speed_mps
+        shift = self._shift
+        if d <= cfg.stop_radius_m or not slow:
+            self._shift = None
+        elif shift is None or haversine_m(shift.lat, shift.lon, fix.lat, fix.lon) > cfg.stop_radius_m:
+            self._shift = fix
+        elif fix.time - shift.time >= timedelta(seconds=cfg.stop_confirm_s):
+            self.anchor, self._shift, self._left_at = shift, None, None
+
     def on_timer(self, now: datetime) -> list[MotionChange]:
         """Confirm a stop whose calm window has passed, even with no newer fix."""
         cand = self._candidate
         calm = timedelta(seconds=self.config.stop_confirm_s)
         if self.moving is not False and cand is not None and now - cand.time >= calm:
             self.anchor = cand
-            return [self._set(False, cand.time, cand)]
+            # where it stands is the latest fix, not the candidate: that may be the fix before the
+            # first slow one, taken while still rolling out of a stop's fence
+            return [self._set(False, cand.time, self._prev if self._prev is not None else cand)]
         return []
 
     def next_timer(self) -> datetime | None:
@@ -122,7 +147,7 @@ class MotionTracker:
 
     def _set(self, moving: bool, since: datetime, where: CheckedFix) -> MotionChange:
         self.moving, self.since = moving, since
-        self._candidate, self._left_at = None, None
+        self._candidate, self._left_at, self._shift = None, None, None
         if moving:
             self.anchor = None
             self._fast_run, self._fast_since = 0, None

@@ -309,10 +309,13 @@ class VehicleTrackers:
     def _on_fix(self, fix: CheckedFix) -> list[Event]:
         self.position = fix
         out: list[Event] = list(self.dwell.observe(fix))
+        anchor = self.motion.anchor
         changes = self.motion.update(fix)
         stop_events = self.geofence.update(fix)
         out += stop_events
         out += self._dwell_inputs(changes, stop_events)
+        if not changes and self.motion.anchor is not anchor:  # it crept on and stands elsewhere now
+            self._standing_away(None)
         if self.drift.corridor is not None:
             out += self.drift.update(fix, self.geofence.next_stop(), self._at_stop() is True)
         visit = self.geofence.visit
@@ -332,14 +335,36 @@ class VehicleTrackers:
     def _dwell_inputs(self, changes: list[MotionChange], stop_events: list[StopEvent]) -> list[Event]:
         out: list[Event] = []
         for change in changes:
-            at_stop = self.geofence.at_stop(change.lat, change.lon, change.h3_cell)
+            at_stop = self.geofence.stands_at_stop(change.lat, change.lon, change.h3_cell)
             out += self.dwell.on_motion(change, at_stop, self.geofence.next_stop() is not None, self.baseline)
         for event in stop_events:
             cell = self.active.index.cells.get(event.stop_id) if self.active is not None else None
             stops = self.active.plan.stops if self.active is not None else ()
             last = bool(stops) and stops[-1].id == event.stop_id  # the end of the shift: not timed
             out += self.dwell.on_stop_event(event, cell, self.baseline, timed=not last)
+            if event.kind == "departure":
+                self._standing_away(event.at)
         return out
+
+    def _standing_away(self, departed: datetime | None) -> None:
+        """A vehicle that stopped at a stop (no away dwell then) may stand away from every stop
+        later without a motion change: it departed (outside the fence plus margin long enough)
+        or crept on, still standing (a bus pulling out and waiting 60 m on: not far enough for a
+        start). Its away dwell starts when it stopped, or, if it stopped inside a stop's circle,
+        when it departed (the exit margin only held the visit open)."""
+        motion, fix = self.motion, self.position
+        if motion.moving is not False or motion.anchor is None or fix is None or self.dwell.away is not None:
+            return
+        geofence = self.geofence
+        if geofence.visit is not None or geofence.next_stop() is None:
+            return
+        if geofence.stands_at_stop(fix.lat, fix.lon, fix.h3_cell) is not False:
+            return
+        anchor = motion.anchor
+        since = anchor.time
+        if departed is not None and geofence.stands_at_stop(anchor.lat, anchor.lon, anchor.h3_cell):
+            since = max(since, departed)  # it stopped inside the circle: away from when it left it
+        self.dwell.stand_away(since, fix.lat, fix.lon, fix.h3_cell, self.baseline)
 
     def _at_stop(self) -> bool | None:
         if self.position is None:

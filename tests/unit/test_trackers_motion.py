@@ -70,3 +70,16 @@ def test_a_crawl_without_speed_counts_by_displacement() -> None:
     assert m.moving is False
     # no speed reported: 30 m per fix -> leaves the 50 m stop radius at 60 m, moving at 90 m (>= 80)
     assert feed(m, [fix(65 + 5 * i, 30.0 * (i + 1)) for i in range(3)]) == [(True, at(70))]
+
+
+def test_a_creep_to_a_new_spot_moves_the_anchor_and_the_start_dates_from_leaving_it() -> None:
+    m = MotionTracker(AnalyticsConfig())
+    assert feed(m, [fix(s, 0.0, speed=0.0) for s in range(0, 65, 5)]) == [(False, at(0))]
+    # pulls 60 m on at 0.5 m/s (slow, short of the 80 m start distance) and waits there 5 min
+    creep = [fix(s, 0.5 * (s - 60), speed=0.5) for s in range(65, 185, 5)]
+    wait = [fix(s, 60.0 + (s % 3), speed=0.0) for s in range(185, 485, 5)]
+    assert feed(m, creep + wait) == []  # it stood throughout: no transition
+    assert m.anchor is not None and m.anchor.time == at(165)  # the first slow fix beyond 50 m
+    # leaves at 9 m/s: moving since the first fast fix, not since the creep crossed 50 m
+    leave = [fix(s, 60.0 + 9.0 * (s - 480), speed=9.0) for s in range(485, 510, 5)]
+    assert feed(m, leave) == [(True, at(485))]
