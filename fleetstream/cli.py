@@ -21,7 +21,17 @@ def _services(settings: Settings, args: argparse.Namespace) -> int:
         services.up(settings)
     elif args.action == "down":
         services.down(settings)
-    print(json.dumps(services.status(settings), indent=2, default=str))
+    status = services.status(settings)
+    print(json.dumps(status, indent=2, default=str))
+    running = [s for s in ("postgres", "mosquitto") if status[s].get("running", not status[s]["embedded"])]
+    if args.action != "down" and len(running) == 2:
+        from fleetstream.connection import connection_commands, format_commands
+
+        print(
+            format_commands(
+                connection_commands(settings, args.tenant or settings.tenant), args.tenant or settings.tenant
+            )
+        )
     return 0
 
 
@@ -164,12 +174,46 @@ def _gateway(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _flow(settings: Settings, args: argparse.Namespace) -> int:
+    """Run the dataflow until SIGINT or SIGTERM, which end it without a panic or traceback in its log.
+
+    Bytewax ends a run on a signal by panicking in Rust (a backtrace on stderr) and raising
+    ``BytewaxRuntimeError``. So the handler logs the stop, points stderr (fd 2: the engine's
+    log file) at /dev/null while that unwinds, and raises ``KeyboardInterrupt`` (what Bytewax
+    expects from a signal); stderr comes back for the closing line. Snapshots are unchanged:
+    the next run resumes from the last completed epoch, as after any stop."""
+    import signal
+
+    from bytewax.errors import BytewaxRuntimeError
+
     from pipelines.run import run_flow
 
+    log = logging.getLogger("fleetstream.flow")
+    saved_stderr = os.dup(2)
+    stopping: list[str] = []
+
+    def stop(signum: int, _frame: object) -> None:
+        if stopping:
+            return
+        stopping.append(signal.Signals(signum).name)
+        log.info("flow: %s received; stopping", stopping[0])
+        sys.stderr.flush()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
     try:
         run_flow(settings)
-    except KeyboardInterrupt:
-        pass
+    except (KeyboardInterrupt, BytewaxRuntimeError):
+        if not stopping:
+            raise
+    finally:
+        os.dup2(saved_stderr, 2)
+        os.close(saved_stderr)
+    if stopping:
+        log.info("flow: stopped (%s)", stopping[0])
     return 0
 
 
@@ -335,8 +379,14 @@ def _evaluate(settings: Settings, args: argparse.Namespace) -> int:
         sim_speedup=args.speedup,
         sim_anomaly_probability=args.probability,
     )
-    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [settings.sim_seed]
-    _, missed = run_evaluations(chosen, args.scenario, seeds, args.repeats)
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [settings.sim_seed]
+    except ValueError:
+        raise _UsageError(f"--seeds: {args.seeds!r} is not a comma-separated list of integers") from None
+    from fleetstream.state import exclusive_use
+
+    with exclusive_use(chosen, "fleetstream evaluate"):
+        _, missed = run_evaluations(chosen, args.scenario, seeds, args.repeats)
     return 1 if missed else 0
 
 
@@ -378,6 +428,7 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("services", help="start, stop or show the embedded Mosquitto and TimescaleDB")
     p.add_argument("action", choices=["up", "down", "status"])
+    p.add_argument("--tenant", help="whose connection commands to print (default: settings.tenant, demo)")
     p.set_defaults(func=_services)
 
     p = sub.add_parser(
@@ -592,10 +643,32 @@ def main(argv: list[str] | None = None) -> int:
         "sim_protocols": getattr(args, "protocol", None),
         "sim_protocol_share": getattr(args, "protocol_share", None),
     }
-    settings = load_settings(**overrides)
-    if args.command in _ENGINE_PROCESSES:
-        _metrics_dir(settings)
-    return int(args.func(settings, args) or 0)
+    from core.settings import SettingsError
+    from fleetstream.state import StateBusy
+
+    try:
+        settings = load_settings(**overrides)
+        if args.command in _ENGINE_PROCESSES:
+            _metrics_dir(settings)
+        return int(args.func(settings, args) or 0)
+    except (SettingsError, _UsageError) as exc:  # a bad argument or setting: one line, no traceback
+        print(f"fleetstream {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except StateBusy as exc:
+        print(f"fleetstream {args.command}: refused: {exc}", file=sys.stderr)
+        return 1
+    except ValueError as exc:  # what a command refuses (an invalid id, a bad file): -v shows where
+        if args.verbose:
+            raise
+        print(f"fleetstream {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # Ctrl-C before a command installed its own handler
+        print(f"fleetstream {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+class _UsageError(ValueError):
+    """A bad command-line argument the parser could not catch; the message says what to give."""
 
 
 # the commands the engine runs: they report Prometheus metrics to <state_dir>/metrics

@@ -184,7 +184,17 @@ class Engine:
 
 
 def run_engine(settings: Settings, with_flow: bool = True) -> None:
-    """Foreground entry point: run until SIGTERM or Ctrl-C; SIGHUP reloads the ETA models."""
+    """Foreground entry point: run until SIGTERM or Ctrl-C; SIGHUP reloads the ETA models.
+
+    Holds the state folder: a second engine, demo or test session on it is refused at once
+    (:class:`fleetstream.state.StateBusy`)."""
+    from fleetstream.state import exclusive_use
+
+    with exclusive_use(settings, "fleetstream engine"):
+        _run_engine(settings, with_flow)
+
+
+def _run_engine(settings: Settings, with_flow: bool) -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
