@@ -149,6 +149,24 @@ def _device(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def _edge(settings: Settings, args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fleetstream.edge_bundle import build_bundle
+
+    archive = build_bundle(settings, args.tenant, args.vehicle, Path(args.out).resolve(), args.host)
+    name = archive.name.removesuffix(".tar.gz")
+    print(f"{archive}")
+    print(
+        f"on the Pi (Debian 12 / Raspberry Pi OS, as root, no network needed):\n"
+        f"  tar xzf {archive.name} && sh {name}/install.sh\n"
+        f"or by hand: python3 -m venv venv && venv/bin/pip install --no-index --find-links {name}/wheels "
+        f"fleetstream-edge && venv/bin/fleetstream-edge --config {name}/edge.toml --check",
+        file=sys.stderr,
+    )
+    return 0
+
+
 def _engine(settings: Settings, args: argparse.Namespace) -> int:
     from fleetstream.engine import run_engine
 
@@ -473,6 +491,25 @@ def main(argv: list[str] | None = None) -> int:
         help="teltonika: a digital input that is a door, e.g. 1=rear (repeatable)",
     )
     p.set_defaults(func=_device)
+
+    p = sub.add_parser(
+        "edge",
+        help="the edge agent for a vehicle's Raspberry Pi: bundle writes one archive to install it offline",
+        description="bundle: provision TENANT/VEHICLE's device account and write fleetstream-edge-T-V.tar.gz: "
+        "wheels of the agent and of paho-mqtt (pip install --no-index), edge.toml filled in (the broker's "
+        "address and TLS port, its CA, a password file), the systemd unit and install.sh",
+        epilog="example: fleetstream edge bundle --tenant demo --vehicle van-007 --out /tmp/bundle",
+    )
+    p.add_argument("action", choices=["bundle"])
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--vehicle", required=True)
+    p.add_argument("--out", default=".", help="the folder for the archive (default: here)")
+    p.add_argument(
+        "--host",
+        help="the broker's address as the van reaches it (default: the first mqtt_also_listen address, "
+        "else mqtt_host); the broker's certificate must name it",
+    )
+    p.set_defaults(func=_edge)
 
     p = sub.add_parser("engine", help="run the gateway shards and the dataflow (foreground)")
     p.add_argument("--no-flow", action="store_true", help="gateway only")
