@@ -681,6 +681,7 @@ def main(argv: list[str] | None = None) -> int:
         "sim_protocol_share": getattr(args, "protocol_share", None),
     }
     from core.settings import SettingsError
+    from fleetstream.credentials import CredentialsError
     from fleetstream.state import StateBusy
 
     try:
@@ -693,6 +694,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except StateBusy as exc:
         print(f"fleetstream {args.command}: refused: {exc}", file=sys.stderr)
+        return 1
+    except CredentialsError as exc:  # e.g. the broker is down: say so and how to start it
+        print(f"fleetstream {args.command}: error: {exc} (is it running? fleetstream services status)", file=sys.stderr)
         return 1
     except ValueError as exc:  # what a command refuses (an invalid id, a bad file): -v shows where
         if args.verbose:
