@@ -440,8 +440,8 @@ def _train(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fleetstream", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser = argparse.ArgumentParser(prog="fleetstream", description=__doc__, formatter_class=_Help)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging; tracebacks of errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("services", help="start, stop or show the embedded Mosquitto and TimescaleDB")
@@ -511,7 +511,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.set_defaults(func=_edge)
 
-    p = sub.add_parser("engine", help="run the gateway shards and the dataflow (foreground)")
+    p = sub.add_parser(
+        "engine",
+        help="run the engine in the foreground: gateway shards, tracker listeners, the dataflow, dispatch, "
+        "delivery and the API, each restarted when it dies; refused while another engine, demo or test "
+        "session uses the state folder",
+    )
     p.add_argument("--no-flow", action="store_true", help="gateway only")
     p.set_defaults(func=_engine)
 
@@ -527,14 +532,27 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_flow)
 
     for name, func, text in (
-        ("simulate", _simulate, "publish a simulated fleet to the broker"),
-        ("demo", _demo, "services + engine + simulated fleet, with live progress"),
+        (
+            "simulate",
+            _simulate,
+            "publish a simulated fleet to the broker (a running engine stores it); each run drives fresh "
+            "vehicle ids r<n>-veh-001 ... (sim_fresh_ids)",
+        ),
+        (
+            "demo",
+            _demo,
+            "services + engine + simulated fleet, with live progress, a summary from TimescaleDB and the "
+            "commands to connect; fresh vehicle ids each run; refused while another demo, engine or test "
+            "session uses the state folder",
+        ),
     ):
         p = sub.add_parser(name, help=text)
         p.add_argument("--vehicles", type=int, help="default: settings.sim_vehicles (50)")
-        p.add_argument("--minutes", type=float, help="wall-clock minutes (default: settings.sim_minutes)")
-        p.add_argument("--speedup", type=float, help="simulated seconds per wall second")
-        p.add_argument("--seed", type=int)
+        p.add_argument("--minutes", type=float, help="wall-clock minutes (default: settings.sim_minutes, 3)")
+        p.add_argument(
+            "--speedup", type=float, help="simulated seconds per wall second (default: settings.sim_speedup, 10)"
+        )
+        p.add_argument("--seed", type=int, help="same seed, same fleet (default: settings.sim_seed, 7)")
         p.add_argument(
             "--protocol",
             help="comma-separated tracker protocols (teltonika, gt06, osmand, owntracks) that some vans speak "
@@ -668,6 +686,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--until", help="eta: arrivals before this ISO time (with zone)")
     p.set_defaults(func=_train)
 
+    _document(parser, sub)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s"
@@ -710,6 +729,59 @@ def main(argv: list[str] | None = None) -> int:
 
 class _UsageError(ValueError):
     """A bad command-line argument the parser could not catch; the message says what to give."""
+
+
+# one example per command, shown under its --help (a test checks that every command has one)
+EXAMPLES = {
+    "services": "fleetstream services status --tenant demo   # where they listen, and the commands to connect",
+    "db": "psql \"$(fleetstream db reader demo)\" -c 'SELECT * FROM vehicle_current LIMIT 5'",
+    "account": "fleetstream account add demo alice --role manager   # prints its password and topics",
+    "device": "fleetstream device add demo van-007   # prints the device's username, password and topics",
+    "edge": "fleetstream edge bundle --tenant demo --vehicle van-007 --out /tmp/bundle",
+    "engine": "fleetstream engine   # until Ctrl-C; logs in <state_dir>/logs",
+    "listen": "fleetstream listen teltonika   # on teltonika_port (5027)",
+    "gateway": "fleetstream gateway --shard 0",
+    "flow": "fleetstream flow",
+    "simulate": "fleetstream simulate --vehicles 10 --minutes 1   # beside a running engine",
+    "demo": "fleetstream demo --vehicles 10 --minutes 1",
+    "bench": "fleetstream bench --quick",
+    "plan": "fleetstream plan publish plans.json && fleetstream plan show demo van-007",
+    "dispatch": "fleetstream dispatch",
+    "deliver": "fleetstream deliver",
+    "api": "fleetstream api   # http://127.0.0.1:18880/?token=... (fleetstream token add demo)",
+    "token": "fleetstream token add demo --role dispatcher --name alice",
+    "evaluate": "fleetstream evaluate --scenario sparse --vehicles 20 --minutes 2",
+    "train": "fleetstream train eta --tenant demo",
+}
+
+
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Shows an option's default when its help does not already say it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.option_strings and action.default not in (None, False, argparse.SUPPRESS) and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+def _document(parser: argparse.ArgumentParser, sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Every command's --help: what it does (its one-line help), its options' defaults, an example."""
+    said = {a.dest: a.help or "" for a in sub._choices_actions}
+    for name, command in sub.choices.items():
+        command.formatter_class = _Help
+        command.description = command.description or said.get(name, "")
+        command.epilog = f"example:\n  {EXAMPLES[name]}"
+        for action in command._actions:  # nested commands (plan load, token add, ...)
+            if isinstance(action, argparse._SubParsersAction):
+                nested = {a.dest: a.help or "" for a in action._choices_actions}
+                for child_name, child in action.choices.items():
+                    child.formatter_class = _Help
+                    child.description = child.description or nested.get(child_name, "")
+                    child.epilog = f"example:\n  {EXAMPLES[name]}"
+    parser.epilog = (
+        "how to call it: .venv/bin/fleetstream, or ./run fleetstream (sets up first); COMMAND --help for more"
+    )
 
 
 # the commands the engine runs: they report Prometheus metrics to <state_dir>/metrics
