@@ -81,17 +81,12 @@ def _account(settings: Settings, args: argparse.Namespace) -> int:
 
 def _account_facts(settings: Settings, username: str, password: str, tenant: str, role: str) -> dict[str, Any]:
     """What a tenant account's holder needs: login, client id, what it may do, where to connect."""
-    from fleetstream import tls
-
-    host, port = settings.mqtt_endpoint()
     facts: dict[str, Any] = {"username": username, "password": password, "client_id": username, "role": role}
     if role == "manager":
         facts["subscribe"] = [f"{kind}/{tenant}/#" for kind in ("alerts", "stops", "etas")]
     else:
         facts["publish"] = f"dispatch/{tenant}/plan"
-    if settings.embedded_mqtt and settings.mqtt_tls_port:
-        facts["tls"] = {"port": settings.mqtt_tls_port, "ca_file": str(tls.ca_file(settings))}
-    facts["plain"] = {"host": host, "port": port}
+    facts.update(_where_to_connect(settings))
     return facts
 
 
@@ -136,17 +131,33 @@ def _device(settings: Settings, args: argparse.Namespace) -> int:
         return 0
     password = credentials.add_device(settings, args.tenant, args.vehicle, args.password)
     username = device_username(args.tenant, args.vehicle)
-    print(
-        json.dumps(
-            {
-                "username": username,
-                "password": password,
-                "client_id": username,
-                "publish_to": f"fleet/{args.tenant}/{args.vehicle}/#",
-            }
+    facts: dict[str, Any] = {
+        "username": username,
+        "password": password,
+        "client_id": username,
+        "publish_to": f"fleet/{args.tenant}/{args.vehicle}/#",
+    }
+    facts.update(_where_to_connect(settings))
+    print(json.dumps(facts))
+    if settings.embedded_mqtt:
+        print(
+            "readings are stored while an engine runs (fleetstream engine); a Pi: fleetstream edge bundle "
+            f"--tenant {args.tenant} --vehicle {args.vehicle}",
+            file=sys.stderr,
         )
-    )
     return 0
+
+
+def _where_to_connect(settings: Settings) -> dict[str, Any]:
+    """The broker's TLS port and CA (the embedded broker's) and its plaintext address."""
+    from fleetstream import tls
+
+    host, port = settings.mqtt_endpoint()
+    out: dict[str, Any] = {}
+    if settings.embedded_mqtt and settings.mqtt_tls_port:
+        out["tls"] = {"port": settings.mqtt_tls_port, "ca_file": str(tls.ca_file(settings))}
+    out["plain"] = {"host": host, "port": port}
+    return out
 
 
 def _edge(settings: Settings, args: argparse.Namespace) -> int:
