@@ -293,6 +293,9 @@ def _run_demo(settings: Settings, batch: bool) -> int:
     migrate(settings.dsn())
     run = next_run(settings)
     print(f"services and schema ready in {time.monotonic() - started:.1f} s", flush=True)
+    if stop.is_set():  # Ctrl-C during set-up: nothing runs yet
+        print("interrupted during set-up; services still running", flush=True)
+        return 130
     _step(f"starting the engine ({settings.gateway_workers} gateway shards, the dataflow, delivery, the API)")
     engine = Engine(settings)
     engine.start()
