@@ -44,7 +44,10 @@ def connection_commands(settings: Settings, tenant: str) -> dict[str, str]:
 
     out: dict[str, str] = {"cli": cli_command()}
     if settings.embedded_pg:
-        out["psql"] = "psql " + shlex.quote(database.reader_dsn(settings, tenant))
+        try:
+            out["psql"] = "psql " + shlex.quote(database.reader_dsn(settings, tenant))
+        except ValueError as exc:  # e.g. right after `services up`: no schema yet
+            out["psql"] = f"# not yet: {exc}"
     if settings.embedded_mqtt:
         user, password = credentials.add_account(settings, tenant, MANAGER_NAME, "manager")
         if settings.mqtt_tls_port and tls.ca_file(settings).exists():
