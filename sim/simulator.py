@@ -115,9 +115,10 @@ def congestion_factor(local_hour: float, lat: float, lon: float, limit_kmh: floa
     return 1.0 - rush * (0.15 + (0.15 if limit_kmh >= 40.0 else 0.0) + 0.25 * centre)
 
 
-def vehicle_ids(count: int) -> list[str]:
-    """The vehicle ids a fleet of ``count`` uses: ``veh-001`` ... (valid contract ids)."""
-    return [f"veh-{i:03d}" for i in range(1, count + 1)]
+def vehicle_ids(count: int, run: str = "") -> list[str]:
+    """The vehicle ids a fleet of ``count`` uses: ``veh-001`` ... (valid contract ids), each
+    after ``run`` (a run id such as ``r3-``, so that a new run never continues a stored one)."""
+    return [f"{run}veh-{i:03d}" for i in range(1, count + 1)]
 
 
 @dataclass(frozen=True)
@@ -295,6 +296,7 @@ class FleetSimulator:
         stagger_s: float = 300.0,
         depots: int = 3,
         realism: Realism | None = None,
+        run: str = "",
     ) -> None:
         if start.tzinfo is None:
             raise ValueError("start must be timezone-aware (UTC)")
@@ -311,7 +313,7 @@ class FleetSimulator:
         self.stagger_s = stagger_s
         fleet_rng = random.Random(f"{seed}:fleet")
         self.depots = self._pick_spread(fleet_rng, depots, min_gap_m=400.0, avoid=[])
-        self.vehicle_ids = vehicle_ids(vehicles)
+        self.vehicle_ids = vehicle_ids(vehicles, run)
         self._vehicles = [self._build_vehicle(i, vid) for i, vid in enumerate(self.vehicle_ids)]
 
     # ------------------------------------------------------------ public

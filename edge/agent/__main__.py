@@ -26,7 +26,12 @@ def main(argv: list[str] | None = None) -> int:
         prog="fleetstream-edge", description="fleetstream edge agent: sensors -> durable outbox -> MQTT"
     )
     parser.add_argument("--config", required=True, type=Path, help="the agent's TOML file")
-    parser.add_argument("--check", action="store_true", help="check the configuration and exit")
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="check the set-up and exit: the config, the broker (reached, the login accepted, TLS verified), "
+        "gpsd, the 1-Wire probes and the GPIO door lines; each failure says what to fix (exit 2)",
+    )
     args = parser.parse_args(argv)
     try:
         config = load_config(args.config)
@@ -34,8 +39,14 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fleetstream-edge: {exc}", file=sys.stderr)
         return 2
     if args.check:
-        print(f"fleetstream-edge: {args.config} is valid ({config.device.tenant}/{config.device.vehicle})")
-        return 0
+        from edge.agent.check import check_all, format_findings
+
+        print(f"ok   config: {args.config} ({config.device.tenant}/{config.device.vehicle})")
+        findings = check_all(config)
+        print(format_findings(findings))
+        failed = [f.name for f in findings if not f.ok]
+        print(f"fleetstream-edge: {'ready' if not failed else 'not ready: ' + ', '.join(failed)}")
+        return 2 if failed else 0
     logging.basicConfig(
         level=config.log_level, stream=sys.stderr, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )

@@ -55,7 +55,7 @@ class BrokerConfig:
     certificate the agent presents (for a broker that asks for one)."""
 
     host: str = "127.0.0.1"
-    port: int = 1883
+    port: int = 18830  # the embedded broker's plaintext port (loopback); from a van: its TLS port
     username: str = ""  # empty: "<tenant>.<vehicle>"
     password: str = field(default="", repr=False)
     ca_file: Path | None = None

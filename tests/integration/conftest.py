@@ -28,6 +28,7 @@ import pytest
 
 from core.settings import Settings, load_settings
 from fleetstream import services as fs_services
+from fleetstream.state import StateBusy, exclusive_use
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 # overridable so that two test sessions on one machine do not share services
@@ -71,11 +72,21 @@ def integration_settings() -> Settings:
 @pytest.fixture(scope="session")
 def services() -> Iterator[Settings]:
     settings = integration_settings()
-    fs_services.up(settings)
+    # a second test session on this state folder is refused at once (its services would be ours);
+    # the demos and engines this session starts nest under it (fleetstream/state.py)
     try:
-        yield settings
+        hold = exclusive_use(settings, "a test session")
+        hold.__enter__()
+    except StateBusy as exc:
+        pytest.exit(f"refused: {exc} (FLEETSTREAM_TEST_STATE_DIR and the test ports move this session)", 2)
+    try:
+        fs_services.up(settings)
+        try:
+            yield settings
+        finally:
+            fs_services.down(settings)
     finally:
-        fs_services.down(settings)
+        hold.__exit__(None, None, None)
 
 
 @pytest.fixture(scope="session")

@@ -154,7 +154,8 @@ def test_train_eta_from_a_history_without_device_speed(services_settings: Settin
     sparse = Realism(period_jitter=0.3, no_speed_share=1.0, gaps_per_hour=1.0, depot_stop=True)
     history = simulated_history(network, days, 4, tenant=t, stagger_s=3600.0, gps_period_s=30.0, realism=sparse)
     assert history.positions["speed_mps"].is_null().all()
-    settings = replace(services_settings, state_dir=tmp_path)
+    # the models go to tmp_path; the database stays the suite's (its owner's login), as above
+    settings = replace(services_settings, state_dir=tmp_path, pg_dsn=services_settings.dsn("migrate"))
     with connect(settings.dsn(), autocommit=True) as conn:
         load_history(conn, history)
     said: list[str] = []

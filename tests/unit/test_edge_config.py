@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -37,7 +39,7 @@ def test_the_shipped_example_loads() -> None:
 def test_only_the_identity_is_required_and_defaults_work(tmp_path: Path) -> None:
     config = load_config(write(tmp_path, MINIMAL))
     assert isinstance(config, AgentConfig)
-    assert config.broker.host == "127.0.0.1" and config.broker.port == 1883 and config.broker.ca_file is None
+    assert config.broker.host == "127.0.0.1" and config.broker.port == 18830 and config.broker.ca_file is None
     assert config.outbox.drop_order == DEFAULT_DROP_ORDER == ("gps", "temp")
     assert config.outbox.max_bytes == 64_000_000
     assert config.gps_sampling == GpsPolicy() and config.temp_sampling == TemperaturePolicy()
@@ -154,20 +156,68 @@ def test_unreadable_files(tmp_path: Path) -> None:
         load_config(write(tmp_path, MINIMAL + '[broker]\npassword_file = "nope"\n'))
 
 
-def test_the_command_line_checks_a_file(tmp_path: Path) -> None:
-    ok = subprocess.run(
-        [sys.executable, "-m", "edge.agent", "--config", str(EXAMPLE), "--check"],
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _check(config: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "edge.agent", "--config", str(config), "--check"],
         cwd=REPO,
         capture_output=True,
         text=True,
         check=False,
+        timeout=60,
     )
-    assert ok.returncode == 0, ok.stderr
-    bad = subprocess.run(
-        [sys.executable, "-m", "edge.agent", "--config", str(write(tmp_path, "")), "--check"],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        check=False,
+
+
+def test_check_reports_each_missing_piece_with_its_fix(tmp_path: Path) -> None:
+    """Nothing listening, no password, no probes, no GPIO chip: each is a FAIL line with a fix."""
+    (tmp_path / "w1").mkdir()
+    config = write(
+        tmp_path,
+        MINIMAL + f"[broker]\nport = {_free_port()}\n[sensors.gps]\nport = {_free_port()}\n"
+        f'[sensors.temp]\ndevices_dir = "{tmp_path / "w1"}"\n'
+        f'[[sensors.doors]]\nname = "rear"\nchip = "{tmp_path / "gpiochip9"}"\n',
     )
+    done = _check(config)
+    assert done.returncode == 2, done.stdout + done.stderr
+    out = done.stdout
+    assert "FAIL broker: cannot reach 127.0.0.1:" in out and "services status" in out
+    assert "FAIL gpsd: no gpsd on 127.0.0.1:" in out and "apt install gpsd" in out
+    assert f"FAIL 1-wire: no DS18B20 probe (28-*) under {tmp_path / 'w1'}" in out and "dtoverlay=w1-gpio" in out
+    assert f"FAIL door rear: {tmp_path / 'gpiochip9'} does not exist" in out
+    assert out.count("     fix: ") == 4
+    assert "not ready: broker, gpsd, 1-wire, door rear" in out
+    bad = _check(write(tmp_path, ""))
     assert bad.returncode == 2 and "tenant is required" in bad.stderr
+
+
+def test_check_passes_what_is_there(tmp_path: Path) -> None:
+    """A gpsd that greets, the named probe present: ok lines (the broker is the integration test's)."""
+    (tmp_path / "w1" / "28-0000075565c2").mkdir(parents=True)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+
+        def greet() -> None:
+            conn, _ = server.accept()
+            with conn:
+                conn.sendall(b'{"class":"VERSION","release":"3.25","proto_major":3,"proto_minor":15}\r\n')
+
+        thread = threading.Thread(target=greet, daemon=True)
+        thread.start()
+        config = write(
+            tmp_path,
+            MINIMAL + f"[broker]\nport = {_free_port()}\n[sensors.gps]\nport = {port}\n"
+            f'[sensors.temp]\ndevices_dir = "{tmp_path / "w1"}"\n[sensors.temp.names]\n"28-0000075565c2" = "reefer"\n',
+        )
+        done = _check(config)
+        thread.join(5)
+    out = done.stdout
+    assert f"ok   gpsd: 127.0.0.1:{port} answers (gpsd 3.25)" in out
+    assert "ok   1-wire: 1 probe(s)" in out and "28-0000075565c2" in out
+    assert done.returncode == 2 and "not ready: broker" in out  # no broker here

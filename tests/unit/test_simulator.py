@@ -118,6 +118,7 @@ def test_readings_survive_the_wire_format(clean: tuple[FleetSimulator, list[SimE
 
 def test_vehicle_ids_are_contract_ids() -> None:
     assert vehicle_ids(3) == ["veh-001", "veh-002", "veh-003"]
+    assert vehicle_ids(2, "r3-") == ["r3-veh-001", "r3-veh-002"]  # a run id: never a stored vehicle again
 
 
 # ---------------------------------------------------------------- realism
