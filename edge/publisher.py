@@ -214,6 +214,14 @@ class DevicePublisher:
         with self._cond:
             return self._connected
 
+    @property
+    def generation(self) -> int:
+        """Connections made so far (one per accepted CONNACK): a PUBACK heard while it reads
+        ``n`` came on connection ``n``. Read it in ``on_settled`` to know which connection
+        a PUBACK came on."""
+        with self._cond:
+            return self._generation
+
     # ------------------------------------------------------------ verbs
 
     def subscribe(self, topic: str, on_message: Callable[[bytes], None]) -> None:

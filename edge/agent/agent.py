@@ -10,8 +10,8 @@ Threads, one concern each::
         the gateway's receipt on ``fleet/<tenant>/<vehicle>/cmd/stored`` says the
         database holds them (or refused them as dead letters). The broker's PUBACK is
         flow control only: what no receipt covered ``receipt_timeout_s`` after its
-        PUBACK, or at a reconnect, is sent again (a repeat is a duplicate the server
-        drops). A PUBACK 0x10 ("no matching subscribers": the broker dropped it) is
+        PUBACK, or, at a reconnect, what the broker took on an earlier connection, is
+        sent again (a repeat is a duplicate the server drops). A PUBACK 0x10 ("no matching subscribers": the broker dropped it) is
         never a delivery; the publisher sends it again. With ``receipts = false`` the
         PUBACK deletes, for servers without receipts. It publishes an ``online``
         status on every connect and a ``heartbeat`` every ``status_interval_s``. The
@@ -217,6 +217,7 @@ class _Flight:
 
     seqs: set[int]
     acked_at: float | None = None  # monotonic time of its PUBACK
+    acked_on: int = 0  # the publisher's connection generation its PUBACK came on
 
 
 # ---------------------------------------------------------------- the agent
@@ -256,7 +257,7 @@ class Agent:
             tls_key_file=None if config.broker.key_file is None else str(config.broker.key_file),
         )
         self._samples: queue.Queue[Sample] = queue.Queue(maxsize=10_000)
-        self._settled: queue.SimpleQueue[tuple[Hashable, bool]] = queue.SimpleQueue()
+        self._settled: queue.SimpleQueue[tuple[Hashable, bool, int]] = queue.SimpleQueue()
         self._receipts: queue.SimpleQueue[Receipt] = queue.SimpleQueue()
         self._wake = threading.Event()
         self._stop_sensors = threading.Event()
@@ -265,6 +266,7 @@ class Agent:
         self._inflight: dict[int, _Flight] = {}  # message key -> its flight; sender thread only
         self._flight_of: dict[int, int] = {}  # seq -> key of the flight carrying it; sender thread only
         self._next_key = 0
+        self._generation = 0  # the publisher's connection the sender last saw; sender thread only
         self._status_n = 0
         self._refused_until = 0.0
         self._threads: list[threading.Thread] = []
@@ -394,8 +396,9 @@ class Agent:
     # ------------------------------------------------------------ sending
 
     def _on_settled(self, key: Hashable, ok: bool) -> None:
-        """From the publisher (paho's thread): hand over to the sender thread."""
-        self._settled.put((key, ok))
+        """From the publisher (paho's thread, which also runs its connects: the generation read
+        here is the connection the PUBACK came on): hand over to the sender thread."""
+        self._settled.put((key, ok, self.publisher.generation))
         self._wake.set()
 
     def _on_receipt(self, payload: bytes) -> None:
@@ -415,7 +418,7 @@ class Agent:
         delete: list[int] = []
         while True:
             try:
-                key, ok = self._settled.get_nowait()
+                key, ok, generation = self._settled.get_nowait()
             except queue.Empty:
                 break
             flight = self._inflight.get(key) if isinstance(key, int) else None
@@ -425,7 +428,7 @@ class Agent:
                 self.counters.published_messages += 1
                 self.counters.last_publish_at = datetime.now(UTC)
                 if receipts:  # flow control only: the receipt deletes
-                    flight.acked_at = time.monotonic()
+                    flight.acked_at, flight.acked_on = time.monotonic(), generation
                     continue
                 delete.extend(flight.seqs)
                 self.counters.published_readings += len(flight.seqs)
@@ -477,14 +480,21 @@ class Agent:
         if release and flight.seqs:
             self.outbox.release(flight.seqs)
 
-    def _expire(self, everything: bool = False) -> None:
-        """Send again what no receipt covered ``receipt_timeout_s`` after its PUBACK (``everything``:
-        every flight the broker took, as after a reconnect: a broker that crashed may have lost it)."""
+    def _expire(self, acked_before: int | None = None) -> None:
+        """Send again what no receipt covered ``receipt_timeout_s`` after its PUBACK; with
+        ``acked_before`` (a connection generation), also every flight the broker took on an
+        earlier connection, as after a reconnect: a broker that crashed may have lost it.
+
+        Never what the broker took on the current connection: its receipt is on the way, and
+        a second copy, sent after newer readings, could reach a faster gateway shard first
+        and be the one stored (with the later ``device_time``)."""
         limit = time.monotonic() - self.config.sender.receipt_timeout_s
         late = [
             key
             for key, f in self._inflight.items()
-            if f.acked_at is not None and (everything or f.acked_at < limit) and f.seqs
+            if f.acked_at is not None
+            and f.seqs
+            and (f.acked_at < limit or (acked_before is not None and f.acked_on < acked_before))
         ]
         for key in late:
             self.counters.receipt_timeouts += 1
@@ -501,17 +511,12 @@ class Agent:
             self._wake.clear()
             self._drain_settled()
             connected = self.publisher.connected
+            generation = self.publisher.generation
             now = time.monotonic()
-            if connected and not was_connected:
-                log.info(
-                    "broker %s:%s: connected as %s",
-                    self.config.broker.host,
-                    self.config.broker.port,
-                    self.config.username,
-                )
-                if s.receipts:  # a broker that restarted may have lost what it took before
-                    self._expire(everything=True)
-                self._publish_status("online")
+            # a new connection, by generation: the loop may sleep through a drop and a reconnect,
+            # and PUBACKs of the new connection may be drained before it is noticed here
+            if connected and generation != self._generation:
+                self._connected(generation)
                 next_status = now + s.status_interval_s
             elif was_connected and not connected:
                 log.warning(
@@ -530,6 +535,17 @@ class Agent:
                 continue
             self._wake.wait(1.0)  # woken at once by new readings and PUBACKs
         self._drain_settled()
+
+    def _connected(self, generation: int) -> None:
+        """The publisher's connection ``generation`` is up: send again what the broker took
+        before it (a broker that restarted may have lost it) and say ``online``."""
+        self._generation = generation
+        log.info(
+            "broker %s:%s: connected as %s", self.config.broker.host, self.config.broker.port, self.config.username
+        )
+        if self.config.sender.receipts:
+            self._expire(acked_before=generation)
+        self._publish_status("online")
 
     def _send_batch(self) -> bool:
         """Lease and publish one batch when there is room in flight; True when it did."""
@@ -551,7 +567,7 @@ class Agent:
                 undeliverable[:10],
             )
             self.outbox.ack(undeliverable)
-        for payload, seqs in messages:
+        for i, (payload, seqs) in enumerate(messages):
             key = self._next_key
             self._next_key += 1
             self._inflight[key] = _Flight(set(seqs))  # before publish: its PUBACK may come back at once
@@ -560,6 +576,9 @@ class Agent:
                 self.publisher.publish(self.batch_topic, payload, key=key)
             except (ValueError, TimeoutError) as exc:
                 self._land(key, release=True)
+                # the lease's later messages were never published: they go back too, or stay
+                # leased (unsent) until a restart
+                self.outbox.release(seq for _, rest in messages[i + 1 :] for seq in rest)
                 log.warning("publish of %d readings failed: %s; kept", len(seqs), exc)
                 return False
         return True

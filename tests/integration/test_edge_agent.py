@@ -449,6 +449,9 @@ def test_a_link_cut_for_minutes_delays_but_loses_nothing_and_the_backlog_is_late
         broker_host=agent_link.host_addr,
         broker_port=settings.mqtt_tls_port,
         broker_extra=f'ca_file = "{tls.ca_file(settings)}"',
+        # the shipped timeout: the order asserted below is the order of first sendings, and a copy
+        # sent again after a short timeout can overtake its first sending through another shard
+        receipt_timeout_s=30.0,
     )
     agent = AgentProcess(config, agent_link.prefix).start()
     try:
@@ -509,8 +512,10 @@ def test_a_link_cut_for_minutes_delays_but_loses_nothing_and_the_backlog_is_late
 
     # sent oldest first: the backlog's batch messages, in the order the device sent them (their
     # device_time), carry ascending seqs, and ascending seqs carry ascending fix times. (A message in
-    # flight at the cut is sent again first, with its first device_time. A gateway shard's shard_seq
-    # numbers a commit's rows table by table, so it does not show the order of messages.)
+    # flight at the cut is sent again first, with its first device_time; a reading is sent in a new
+    # message only when no receipt came, and the first copy committed is the one stored. A gateway
+    # shard's shard_seq numbers a commit's rows table by table, so it does not show the order of
+    # messages.)
     first_backlog = before["last_seq"] + 1
     backlog = _rows(db, tenant, vehicle, first_backlog, mark)
     assert len(backlog) == mark - first_backlog + 1

@@ -154,3 +154,49 @@ def test_agent_life_cycle_speaks_to_systemd(tmp_path: Path, monkeypatch) -> None
     assert set(rest) <= {b"WATCHDOG=1", b"STOPPING=1"}
     assert result == [0]
     sock.close()
+
+
+class _Publisher:
+    """Stands in for the agent's ``DevicePublisher``: records publishes; the test plays the broker."""
+
+    def __init__(self) -> None:
+        self.connected, self.generation, self.unrouted = True, 1, 0
+        self.batches: list[list[int]] = []
+
+    def publish(self, topic: str, payload: bytes, key: object = None, timeout: float | None = None) -> object:
+        if topic.endswith("/batch"):
+            self.batches.append([r["seq"] for r in json.loads(payload)["readings"]])
+        return key
+
+
+def test_a_reconnect_sends_again_only_what_the_broker_took_on_an_earlier_connection(tmp_path: Path) -> None:
+    config = parse_config(
+        {
+            "device": {"tenant": "acme", "vehicle": "van-7"},
+            "outbox": {"path": str(tmp_path / "o.sqlite3")},
+            "sender": {"batch_max_readings": 2},
+        }
+    )
+    agent = Agent(config, sources={})  # never started: the test plays the broker
+    publisher = _Publisher()
+    agent.publisher = publisher  # type: ignore[assignment]
+    try:
+        seqs = [agent.record(DoorSample(T0 + timedelta(seconds=i), "rear", i % 2 == 0)) for i in range(4)]
+        assert agent._send_batch() and agent._send_batch()
+        assert publisher.batches == [seqs[:2], seqs[2:]]
+        agent._on_settled(0, True)  # the broker took the first on connection 1; its receipt is lost in a link cut
+        agent._drain_settled()
+        # connection 2: the publisher sends the second again, and its PUBACK is drained before the
+        # sender notices the new connection
+        publisher.generation = 2
+        agent._on_settled(1, True)
+        agent._drain_settled()
+        agent._connected(2)
+        assert agent._send_batch()
+        # only the first goes again: the second's receipt is on its way, and a copy sent now,
+        # after newer readings, could be the one a faster gateway shard stores first
+        assert publisher.batches[2:] == [seqs[:2]]
+        assert not agent._send_batch()
+        assert agent.counters.receipt_timeouts == 1
+    finally:
+        agent.outbox.close()

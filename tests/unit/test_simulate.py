@@ -35,6 +35,7 @@ class FakePublisher:
         self.acked = self.resent = self.refused = self.pending = self.unrouted = 0
         self.refusals: list[Any] = []
         self.connected = False
+        self.generation = 0  # connections made
         self.receipts: dict[str, Any] = {}
         FakePublisher.instances.append(self)
 
@@ -43,6 +44,7 @@ class FakePublisher:
 
     def connect(self, timeout: float | None = 10.0) -> None:
         self.connected = True
+        self.generation += 1
 
     def publish(
         self, topic: str, payload: bytes | str, key: Hashable | None = None, timeout: float | None = None
