@@ -229,6 +229,7 @@ class RouteDriftTracker:
                     "lat": off.lat,
                     "lon": off.lon,
                     "offset_m": round(self._left_offset_m, 1),
+                    "max_offset_m": round(self._max_offset_m, 1),  # the furthest so far (the last fix's, or more)
                     "limit_m": cfg.drift_distance_m,
                 },
             )
