@@ -265,3 +265,73 @@ def test_published_alerts_carry_the_same_and_a_late_manager_gets_the_open_ones(
         _check(excursion, "van-1", ("S-114", "Bakery"), versions["van-1"], BAKERY)
     finally:
         late.close()
+
+
+# ------------------------------------------------------------------ views that answer the common questions
+
+
+def test_vehicle_current_says_off_duty_or_idle_instead_of_a_stale_eta(services_settings: Settings, db: Any) -> None:
+    migrate(services_settings.dsn())
+    tenant = f"vc{uuid.uuid4().hex[:8]}"
+    t = datetime(2026, 11, 23, 9, 0, tzinfo=UTC)
+    cell = h3.str_to_int(h3.latlng_to_cell(LAT, LON, 9))
+    # (vehicle, on_duty, motion, plan_version, stops_remaining): as the dataflow writes vehicle_state
+    for vehicle, on_duty, motion, version, remaining in (
+        ("done", False, "stopped", 1, 1),  # parked at its last stop: the shift is over
+        ("spare", True, "stopped", None, None),  # no plan
+        ("finished", True, "stopped", 1, 0),  # every stop done, not yet judged off duty
+        ("driving", True, "moving", 1, 2),
+        ("waiting", True, "stopped", 1, 2),
+    ):
+        db.execute(
+            "INSERT INTO vehicle_state (tenant, vehicle_id, last_fix_time, h3_cell, gps_count, temp_count, "
+            "door_count, motion, plan_version, next_stop_id, stops_remaining, on_duty) "
+            "VALUES (%s, %s, %s, %s, 1, 0, 0, %s, %s, %s, %s, %s)",
+            (tenant, vehicle, t, cell, motion, version, "a" if remaining else None, remaining, on_duty),
+        )
+        db.execute(
+            "INSERT INTO eta_updates (at, id, tenant, vehicle_id, stop_id, plan_version, eta, detected_at) "
+            "VALUES (%s, %s, %s, %s, 'a', 1, %s, %s)",
+            (t, uuid.uuid4(), tenant, vehicle, t + timedelta(minutes=20), t),
+        )
+    rows = db.execute(
+        "SELECT vehicle_id, activity, next_stop_id, next_stop_eta, h3_cell FROM vehicle_current WHERE tenant = %s",
+        (tenant,),
+    ).fetchall()
+    eta = t + timedelta(minutes=20)
+    hexcell = h3.int_to_str(cell)
+    assert sorted(rows) == [
+        ("done", "off_duty", None, None, hexcell),
+        ("driving", "moving", "a", eta, hexcell),
+        ("finished", "idle", None, None, hexcell),
+        ("spare", "idle", None, None, hexcell),
+        ("waiting", "stopped", "a", eta, hexcell),
+    ]
+
+
+def test_dwell_by_zone_has_a_row_per_zone_and_day(services_settings: Settings, db: Any) -> None:
+    migrate(services_settings.dsn())
+    tenant = f"dz{uuid.uuid4().hex[:8]}"
+    cell = h3.str_to_int(h3.latlng_to_cell(LAT, LON, 9))
+    day1, day2 = datetime(2026, 11, 23, tzinfo=UTC), datetime(2026, 11, 24, tzinfo=UTC)
+    for at, service in ((day1 + timedelta(hours=9), 300.0), (day1 + timedelta(hours=15), 500.0), (day2, 120.0)):
+        db.execute(
+            "INSERT INTO stop_events (id, kind, tenant, vehicle_id, stop_id, plan_version, visit, at, h3_cell, "
+            "service_s, detected_at) VALUES (%s, 'departure', %s, 'van-1', 'a', 1, 1, %s, %s, %s, %s)",
+            (uuid.uuid4(), tenant, at, cell, service, at),
+        )
+    db.execute(
+        "INSERT INTO cell_minutes (tenant, h3_cell, vehicle_id, minute, fixes, speed_sum, speed_n, stopped_s) "
+        "VALUES (%s, %s, 'van-1', %s, 12, 0, 12, 60)",
+        (tenant, cell, day1 + timedelta(hours=9)),
+    )
+    rows = db.execute(
+        "SELECT h3_cell, day, departures, mean_service_s, stopped_minutes FROM dwell_by_zone WHERE tenant = %s "
+        "ORDER BY day",
+        (tenant,),
+    ).fetchall()
+    hexcell = h3.int_to_str(cell)
+    assert [(r[0], r[1], r[2], float(r[3]), float(r[4])) for r in rows] == [
+        (hexcell, day1, 2, 400.0, 1.0),
+        (hexcell, day2, 1, 120.0, 0.0),
+    ]
