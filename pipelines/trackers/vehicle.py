@@ -6,6 +6,7 @@ Pipeline (per reading, in fix-time order)::
     reorder buffer -> quality -> dwell (time seen) -> motion -> geofence -> dwell -> drift
                    -> (ETA hook -> predicted late) -> door (placing an opening) ;  cold chain, door (heard)
     offline: on arrival, the fleet clock, while on duty (``duty_at``: not once the shift has ended)
+    every alert and stop event out: in context (``context.py``: place, stop, plan, values, summary)
 
 Time
     Trackers live on the event-time axis (UTC fix times). ``update(item, now)`` and
