@@ -376,12 +376,13 @@ _STOP_EVENT_SELECT = (
     + ", ".join(c for _, c in _STOP_EVENT_FIELDS)
     + " FROM stop_events WHERE rev > %s ORDER BY rev LIMIT %s"
 )
+# one query per page: the open alerts of the vehicles given as two arrays (tenants, vehicles), or of all
 _OPEN_ALERTS_SELECT = (
     "SELECT 'alerts' AS \"table\", id, rev, tenant, vehicle_id, "
     + ", ".join(c for _, c in _ALERT_FIELDS)
-    + " FROM alerts WHERE tenant = %s AND vehicle_id = %s AND status = 'open'"
+    + " FROM alerts WHERE status = 'open' AND (%(all)s OR (tenant, vehicle_id) IN"
+    " (SELECT * FROM unnest(%(tenants)s::text[], %(vehicles)s::text[])))"
 )
-_VEHICLES_WITH_OPEN_ALERTS = "SELECT DISTINCT tenant, vehicle_id FROM alerts WHERE status = 'open'"
 _ETA_SELECT = (
     "SELECT 'eta_updates' AS \"table\", id, rev, tenant, vehicle_id, "
     + ", ".join(c for _, c in _ETA_FIELDS)
@@ -442,10 +443,13 @@ class ChangeFeed:
         """The open alerts of each (tenant, vehicle), as stored now; ``None``: of every vehicle
         that has any."""
         conn = self._connection()
+        wanted = list(vehicles or ())
+        args = {"all": vehicles is None, "tenants": [t for t, _ in wanted], "vehicles": [v for _, v in wanted]}
+        found: dict[tuple[str, str], list[dict[str, Any]]] = {v: [] for v in wanted}
         with conn.cursor(row_factory=dict_row) as cur:
-            if vehicles is None:
-                vehicles = [(r["tenant"], r["vehicle_id"]) for r in cur.execute(_VEHICLES_WITH_OPEN_ALERTS)]
-            return {v: cur.execute(_OPEN_ALERTS_SELECT, v).fetchall() for v in vehicles}
+            for row in cur.execute(_OPEN_ALERTS_SELECT, args):
+                found.setdefault((row["tenant"], row["vehicle_id"]), []).append(row)
+        return found
 
     def advance(self, rev: int, delivered: int, failures: Sequence[Failure] = (), unheard: int = 0) -> None:
         """Store the cursor at ``rev`` with ``delivered`` more deliveries, ``unheard`` more changes nobody

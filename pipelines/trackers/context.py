@@ -130,7 +130,7 @@ def alert_summary(alert: Alert, place: Place) -> str:
         reading = f" ({v})" if value is not None else ""
         text = f"probe {d.get('sensor', '?')} fault: {str(d.get('reason', '?')).replace('_', ' ')}{reading}"
     elif kind == "long_dwell":
-        text = f"stopped {v} at the stop, limit {limit}"
+        text = f"stopped {v}, limit {limit}"  # where: the stop, below
     elif kind == "unplanned_dwell":
         text = f"stopped {v} away from any planned stop, limit {limit}"
     elif kind == "route_drift":

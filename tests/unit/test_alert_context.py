@@ -59,13 +59,13 @@ CASES: list[tuple[Alert, Place, tuple[float | None, float | None, str], str]] = 
         alert("long_dwell", {"threshold_s": 1800.0, "baseline_s": None}, stop_id="S-114"),
         AT_S114,
         (30.0, 30.0, "min"),
-        "van-007: stopped 30 min at the stop, limit 30 min, at stop S-114 (Bakery)",
+        "van-007: stopped 30 min, limit 30 min, at stop S-114 (Bakery)",
     ),
     (
         alert("long_dwell", {"threshold_s": 1800.0}, stop_id="S-114", minutes=42.5),
         AT_S114,
         (42.5, 30.0, "min"),
-        "van-007: stopped 42.5 min at the stop, limit 30 min, at stop S-114 (Bakery); resolved after 42.5 min",
+        "van-007: stopped 42.5 min, limit 30 min, at stop S-114 (Bakery); resolved after 42.5 min",
     ),
     (
         alert("unplanned_dwell", {"threshold_s": 600.0, "lat": 60.2, "lon": 25.0}),
