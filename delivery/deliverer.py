@@ -664,10 +664,15 @@ class MqttChannel:
         if errors:
             raise errors[0] if isinstance(errors[0], aiomqtt.MqttError) else aiomqtt.MqttError(repr(errors[0]))
         if client.refused:
-            raise _Refused(
-                f"broker refused {len(client.refused)} open-alerts publishes (reason codes "
-                f"{sorted(set(client.refused))}); check the ACL of the alerts account (open_alerts/#)"
+            # the retained summary is a convenience: a broker whose ACL predates open_alerts/# (it
+            # regenerates it when restarted) must not stall the alerts themselves
+            log.error(
+                "delivery mqtt: broker refused %d open-alerts publishes (reason codes %s); restart the broker "
+                "or give the alerts account open_alerts/#",
+                len(client.refused),
+                sorted(set(client.refused)),
             )
+            client.refused.clear()
         return True
 
     async def _send(self, client: _PublishClient, messages: Sequence[tuple[str, bytes]]) -> list[int]:
