@@ -144,7 +144,8 @@ def _time(text: Any) -> datetime | None:
 
 _ALERT_COLUMNS = (
     "id, vehicle_id, type, severity, status, stop_id, h3_cell, start_time, end_time, details, detected_at, "
-    "updated_at, rev, acknowledged_at, acknowledged_by, owner, closed_at, closed_by, comments"
+    "updated_at, rev, acknowledged_at, acknowledged_by, owner, closed_at, closed_by, comments, "
+    "summary, lat, lon, stop_name, plan_version"
 )
 ALERTS_SQL = f"""
 SELECT {_ALERT_COLUMNS} FROM alerts
@@ -281,7 +282,7 @@ async def alert_action(
 
 STOP_EVENTS_SQL = """
 SELECT id, kind, vehicle_id, stop_id, plan_version, visit, at, h3_cell, window_start, window_end, on_time,
-       service_s, details, detected_at, rev
+       service_s, details, detected_at, rev, summary, lat, lon, stop_name
   FROM stop_events
  WHERE tenant = %(tenant)s AND NOT retracted
    AND (%(kind)s::text IS NULL OR kind = %(kind)s)

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import UTC, datetime
 from typing import Any
 
@@ -103,7 +103,8 @@ def _no_extra(obj: dict[str, Any], allowed: set[str], path: str) -> None:
 @dataclass(frozen=True, slots=True)
 class Stop:
     """A planned stop: a circle (centre in degrees, ``radius_m`` metres), an optional UTC
-    time window, and the planned service time ``service_s`` in seconds."""
+    time window, the planned service time ``service_s`` in seconds, and an optional
+    ``name`` people know it by ("" when the plan gives none)."""
 
     id: str
     lat: float
@@ -112,6 +113,14 @@ class Stop:
     window_start: datetime | None = None
     window_end: datetime | None = None
     service_s: float = 0.0
+    name: str = ""
+
+    def __setstate__(self, state: Any) -> None:
+        # slots pickle their fields as a list in field order; stops pickled before ``name``
+        # existed have one fewer (later fields take their defaults)
+        values = dict(zip((f.name for f in fields(self)), state, strict=False))
+        for f in fields(self):
+            object.__setattr__(self, f.name, values.get(f.name, f.default))
 
     def __post_init__(self) -> None:
         if not 0 < len(self.id) <= 128:
@@ -135,7 +144,7 @@ class Stop:
         if not isinstance(obj, dict):
             raise PlanError(f"{path or 'stop'}: must be an object")
         prefix = f"{path}." if path else ""
-        _no_extra(obj, {"id", "lat", "lon", "radius_m", "window_start", "window_end", "service_s"}, path)
+        _no_extra(obj, {"id", "name", "lat", "lon", "radius_m", "window_start", "window_end", "service_s"}, path)
         return cls(
             _text(obj, "id", prefix),
             _number(obj, "lat", prefix, -90, 90),
@@ -144,6 +153,7 @@ class Stop:
             _time(obj, "window_start", prefix),
             _time(obj, "window_end", prefix),
             _number(obj, "service_s", prefix, 0, 86_400, default=0.0),
+            _text(obj, "name", prefix) if obj.get("name") is not None else "",
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -155,6 +165,8 @@ class Stop:
             "radius_m": self.radius_m,
             "service_s": self.service_s,
         }
+        if self.name:
+            out["name"] = self.name
         if self.window_start is not None:
             out["window_start"] = format_time(self.window_start)
         if self.window_end is not None:

@@ -17,6 +17,12 @@ never delays another channel:
     ``delivery_failures`` and skipped: one undeliverable change never stalls the channel. A
     PUBACK 0x10 (no matching subscribers: nobody listens on that topic, the broker dropped
     it) is not a delivery: counted in ``delivery_cursors.unheard``, not in ``delivered``.
+    For a late subscriber, each vehicle's open alerts: after a page with alert changes (and
+    for every vehicle with open alerts when the channel connects), the deliverer publishes the
+    vehicle's alerts still open, as stored then, retained, QoS 1, to
+    ``open_alerts/<tenant>/<vehicle>`` (:func:`open_alerts_payload`); an empty retained
+    message clears it when nothing is open. A manager who subscribes to
+    ``open_alerts/<tenant>/+`` gets at once one message per vehicle with something open.
 ``webhook:<url>``
     Every *alert* change (not stop events) as a signed HTTP POST. 2xx is delivered; anything
     else (other status, redirect, timeout, refused connection) is retried after
@@ -91,6 +97,8 @@ __all__ = [
     "encode_body",
     "event_payload",
     "event_topic",
+    "open_alerts_payload",
+    "open_alerts_topic",
     "merge_pages",
     "retry_delay",
     "retry_schedule",
@@ -128,6 +136,12 @@ _ALERT_FIELDS: tuple[tuple[str, str], ...] = tuple(
         "details",
         "detected_at",
         "updated_at",
+        # the context (pipelines/trackers/context.py): where, which stop, which plan, in one line
+        "summary",
+        "lat",
+        "lon",
+        "stop_name",
+        "plan_version",
         # what people did about it (the API's alert actions)
         "acknowledged_at",
         "acknowledged_by",
@@ -153,6 +167,10 @@ _STOP_EVENT_FIELDS: tuple[tuple[str, str], ...] = (("type", "kind"),) + tuple(
         "retracted",
         "detected_at",
         "updated_at",
+        "summary",
+        "lat",
+        "lon",
+        "stop_name",
     )
 )
 _ETA_FIELDS: tuple[tuple[str, str], ...] = tuple(
@@ -178,6 +196,8 @@ _TABLES: dict[str, tuple[str, tuple[tuple[str, str], ...]]] = {
     "eta_updates": ("eta", _ETA_FIELDS),
 }
 _TOPIC_ROOT = {"alert": "alerts", "stop_event": "stops", "eta": "etas"}
+OPEN_ALERTS_ROOT = "open_alerts"
+OPEN_ALERTS_CAP = 100  # alerts listed in one vehicle's open-alerts message (newest first); count says how many
 
 
 class DeliveryConfigError(ValueError):
@@ -241,6 +261,33 @@ def event_topic(payload: Mapping[str, Any]) -> str:
         if not isinstance(value, str) or not _ID.match(value):
             raise ValueError(f"{what} id {value!r} is not a valid topic level")
     return f"{_TOPIC_ROOT[payload['kind']]}/{tenant}/{vehicle}"
+
+
+def open_alerts_topic(tenant: str, vehicle: str) -> str:
+    """``open_alerts/<tenant>/<vehicle>``; raises ``ValueError`` for an id no topic level can hold."""
+    return event_topic({"kind": "alert", "tenant": tenant, "vehicle": vehicle}).replace("alerts/", "open_alerts/", 1)
+
+
+def open_alerts_payload(tenant: str, vehicle: str, rows: Sequence[Mapping[str, Any]], as_of_rev: int) -> bytes:
+    """The retained message of one vehicle's open alerts: empty (clears the retained message)
+    when ``rows`` is empty, else ``{"v": 1, "kind": "open_alerts", "tenant", "vehicle", "rev":
+    as_of_rev, "count", "alerts": [...]}`` with the newest ``OPEN_ALERTS_CAP`` alerts, each the
+    document :func:`event_payload` makes. ``rev``: the change log position it was read after
+    (a higher one supersedes)."""
+    if not rows:
+        return b""
+    newest = sorted(rows, key=lambda r: (r["start_time"], r["rev"]), reverse=True)[:OPEN_ALERTS_CAP]
+    return encode_body(
+        {
+            "v": PAYLOAD_VERSION,
+            "kind": "open_alerts",
+            "tenant": tenant,
+            "vehicle": vehicle,
+            "rev": as_of_rev,
+            "count": len(rows),
+            "alerts": [event_payload(r) for r in newest],
+        }
+    )
 
 
 def encode_body(payload: Mapping[str, Any]) -> bytes:
@@ -329,6 +376,13 @@ _STOP_EVENT_SELECT = (
     + ", ".join(c for _, c in _STOP_EVENT_FIELDS)
     + " FROM stop_events WHERE rev > %s ORDER BY rev LIMIT %s"
 )
+# one query per page: the open alerts of the vehicles given as two arrays (tenants, vehicles), or of all
+_OPEN_ALERTS_SELECT = (
+    "SELECT 'alerts' AS \"table\", id, rev, tenant, vehicle_id, "
+    + ", ".join(c for _, c in _ALERT_FIELDS)
+    + " FROM alerts WHERE status = 'open' AND (%(all)s OR (tenant, vehicle_id) IN"
+    " (SELECT * FROM unnest(%(tenants)s::text[], %(vehicles)s::text[])))"
+)
 _ETA_SELECT = (
     "SELECT 'eta_updates' AS \"table\", id, rev, tenant, vehicle_id, "
     + ", ".join(c for _, c in _ETA_FIELDS)
@@ -384,6 +438,18 @@ class ChangeFeed:
         lag = (datetime.now(UTC) - oldest).total_seconds() if oldest is not None else 0.0
         DELIVERY_LAG.labels(self.channel).set(max(0.0, lag))
         return rows
+
+    def open_alerts(self, vehicles: Sequence[tuple[str, str]] | None) -> dict[tuple[str, str], list[dict[str, Any]]]:
+        """The open alerts of each (tenant, vehicle), as stored now; ``None``: of every vehicle
+        that has any."""
+        conn = self._connection()
+        wanted = list(vehicles or ())
+        args = {"all": vehicles is None, "tenants": [t for t, _ in wanted], "vehicles": [v for _, v in wanted]}
+        found: dict[tuple[str, str], list[dict[str, Any]]] = {v: [] for v in wanted}
+        with conn.cursor(row_factory=dict_row) as cur:
+            for row in cur.execute(_OPEN_ALERTS_SELECT, args):
+                found.setdefault((row["tenant"], row["vehicle_id"]), []).append(row)
+        return found
 
     def advance(self, rev: int, delivered: int, failures: Sequence[Failure] = (), unheard: int = 0) -> None:
         """Store the cursor at ``rev`` with ``delivered`` more deliveries, ``unheard`` more changes nobody
@@ -503,6 +569,7 @@ class MqttChannel:
         async with client:
             log.info("delivery mqtt: connected to %s:%d as %s", host, port, username)
             db_outages = 0
+            everyone = True  # a broker that restarted may have lost its retained messages
             while not self.stop.is_set():
                 try:
                     rows = self.feed.changes()
@@ -513,6 +580,11 @@ class MqttChannel:
                     db_outages += 1
                     continue
                 db_outages = 0
+                if everyone:
+                    if await self._publish_open(client, None, self.feed.last_rev or 0):
+                        everyone = False
+                    else:
+                        continue
                 if not rows:
                     self._outages = 0  # healthy (reset here, not on connect: a refusing broker accepts connects)
                     await self._pause(self.settings.delivery_poll_ms / 1000.0)
@@ -520,9 +592,14 @@ class MqttChannel:
                 client.unheard = 0
                 failures = await self._publish(client, rows)
                 self._outages = 0
-                delivered = len(rows) - len(failures) - client.unheard
+                unheard = client.unheard
+                delivered = len(rows) - len(failures) - unheard
+                touched = sorted({(r["tenant"], r["vehicle_id"]) for r in rows if r["table"] == "alerts"})
+                # before the cursor moves: a crash in between sends the page and these again
+                if touched and not await self._publish_open(client, touched, int(rows[-1]["rev"])):
+                    continue
                 try:
-                    self.feed.advance(rows[-1]["rev"], delivered, failures, client.unheard)
+                    self.feed.advance(rows[-1]["rev"], delivered, failures, unheard)
                 except psycopg.Error as exc:  # the page is sent again: at least once
                     self.feed.reset()
                     log.warning("delivery mqtt: could not save the cursor (%s); retrying", exc)
@@ -562,6 +639,41 @@ class MqttChannel:
                 log.error("delivery mqtt: rev %d: %s; recorded in delivery_failures", row["rev"], why)
                 failures.append(Failure(int(row["rev"]), str(row["id"]), 1, why))
         return sorted(failures, key=lambda f: f.rev)
+
+    async def _publish_open(self, client: _PublishClient, vehicles: Sequence[tuple[str, str]] | None, rev: int) -> bool:
+        """Publish, retained, the open alerts of ``vehicles`` (None: of every vehicle with any);
+        False when the database failed (the caller goes round again)."""
+        try:
+            found = self.feed.open_alerts(vehicles)
+        except psycopg.Error as exc:
+            self.feed.reset()
+            log.warning("delivery mqtt: database unavailable (%s); retrying", exc)
+            await self._pause(_outage_delay(0))
+            return False
+        publishes = []
+        for (tenant, vehicle), rows in found.items():
+            try:
+                publishes.append((open_alerts_topic(tenant, vehicle), open_alerts_payload(tenant, vehicle, rows, rev)))
+            except (ValueError, TypeError) as exc:  # ids no topic can hold: their changes are failures already
+                log.error("delivery mqtt: open alerts of %s/%s: %s", tenant, vehicle, exc)
+        client.refused.clear()
+        results = await asyncio.gather(
+            *(client.publish(topic, body, qos=1, retain=True) for topic, body in publishes), return_exceptions=True
+        )
+        errors = [r for r in results if isinstance(r, BaseException)]
+        if errors:
+            raise errors[0] if isinstance(errors[0], aiomqtt.MqttError) else aiomqtt.MqttError(repr(errors[0]))
+        if client.refused:
+            # the retained summary is a convenience: a broker whose ACL predates open_alerts/# (it
+            # regenerates it when restarted) must not stall the alerts themselves
+            log.error(
+                "delivery mqtt: broker refused %d open-alerts publishes (reason codes %s); restart the broker "
+                "or give the alerts account open_alerts/#",
+                len(client.refused),
+                sorted(set(client.refused)),
+            )
+            client.refused.clear()
+        return True
 
     async def _send(self, client: _PublishClient, messages: Sequence[tuple[str, bytes]]) -> list[int]:
         """Publish and wait for every PUBACK; the failure reason codes (raises if the broker went away)."""

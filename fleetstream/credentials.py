@@ -11,11 +11,11 @@ Usernames (ids are ``[A-Za-z0-9_-]``, so the kinds cannot collide):
 ``<role>`` (no dot): a service role, held by the engine's processes and tools
     ``gateway``   subscribes ``$share/<group>/fleet/+/+/+``, ``$share/<group>/owntracks/#`` and
                   ``dispatch/+/plan``; receives those; publishes stored receipts ``fleet/+/+/cmd/#``
-    ``alerts``    publishes ``alerts/#``, ``stops/#``, ``etas/#`` (the deliverer)
+    ``alerts``    publishes ``alerts/#``, ``stops/#``, ``etas/#``, ``open_alerts/#`` (the deliverer)
     ``dispatch``  publishes ``dispatch/+/plan`` (``fleetstream plan publish``)
     ``simulator`` publishes ``fleet/#``; subscribes and receives ``fleet/+/+/cmd/#``
     ``bench``     publishes, subscribes and receives ``fleet/#``
-    ``monitor``   read only, for operators: ``fleet/#``, ``alerts/#``, ``stops/#``, ``etas/#``,
+    ``monitor``   read only, for operators: ``fleet/#``, ``alerts/#``, ``stops/#``, ``etas/#``, ``open_alerts/#``,
                   ``dispatch/#``, ``owntracks/#``, ``$SYS/#``
     ``control``, ``sessions``: the broker's own administration (plugin commands; ending the
                   sessions of a removed account)
@@ -24,8 +24,9 @@ Usernames (ids are ``[A-Za-z0-9_-]``, so the kinds cannot collide):
     receives only ``fleet/<tenant>/<vehicle>/cmd/#``. Client id: its username, nothing else.
 ``ot.<tenant>.<vehicle>``: a vehicle's OwnTracks phone: publishes, subscribes and receives only
     under ``owntracks/<username>/``. Client id: its username.
-``manager.<tenant>.<name>``: subscribes and receives ``alerts/<tenant>/#``, ``stops/<tenant>/#``
-    and ``etas/<tenant>/#``. Client id: its username.
+``manager.<tenant>.<name>``: subscribes and receives ``alerts/<tenant>/#``, ``stops/<tenant>/#``,
+    ``etas/<tenant>/#`` and ``open_alerts/<tenant>/#`` (each vehicle's open alerts, retained).
+    Client id: its username.
 ``dispatcher.<tenant>.<name>``: publishes ``dispatch/<tenant>/plan`` (the dispatch listener also
     refuses a plan whose tenant is not the topic's). Client id: its username.
 
@@ -116,13 +117,22 @@ SERVICE_ROLES: dict[str, tuple[Acl, ...]] = {
         _receive("dispatch/#"),
         _send("fleet/+/+/cmd/#"),  # stored receipts
     ),
-    "alerts": (_send("alerts/#"), _send("stops/#"), _send("etas/#")),
+    "alerts": (_send("alerts/#"), _send("stops/#"), _send("etas/#"), _send("open_alerts/#")),
     "dispatch": (_send(PLAN_FILTER),),
     "simulator": (_send("fleet/#"), *_read("fleet/+/+/cmd/#")),
     "bench": (_send("fleet/#"), *_read("fleet/#")),
     "monitor": tuple(
         acl
-        for topic in ("fleet/#", "alerts/#", "stops/#", "etas/#", "dispatch/#", OWNTRACKS_FILTER, "$SYS/#")
+        for topic in (
+            "fleet/#",
+            "alerts/#",
+            "stops/#",
+            "etas/#",
+            "open_alerts/#",
+            "dispatch/#",
+            OWNTRACKS_FILTER,
+            "$SYS/#",
+        )
         for acl in _read(topic)
     ),
     "control": (_send(f"{dynsec.CONTROL_TOPIC}"), *_read(f"{dynsec.CONTROL_TOPIC}/#")),
@@ -256,7 +266,8 @@ def _device_account(username: str, dev: dict[str, Any]) -> BrokerAccount:
 def _tenant_account(username: str, acct: dict[str, Any]) -> BrokerAccount:
     tenant = acct["tenant"]
     if acct["role"] == "manager":
-        acls: tuple[Acl, ...] = tuple(a for kind in ("alerts", "stops", "etas") for a in _read(f"{kind}/{tenant}/#"))
+        kinds = ("alerts", "stops", "etas", "open_alerts")
+        acls: tuple[Acl, ...] = tuple(a for kind in kinds for a in _read(f"{kind}/{tenant}/#"))
     else:
         acls = (_send(plan_topic(tenant)),)
     return BrokerAccount(username, acct["password"], acls, client_id=username)
@@ -496,8 +507,8 @@ def tenant_account_username(tenant: str, name: str, role: str) -> str:
 
 
 def add_account(settings: Settings, tenant: str, name: str, role: str, password: str | None = None) -> tuple[str, str]:
-    """Create (or return) a tenant account: a ``manager`` reads ``alerts/``, ``stops/`` and
-    ``etas/`` of ``tenant``; a ``dispatcher`` publishes its plans. (username, password);
+    """Create (or return) a tenant account: a ``manager`` reads ``alerts/``, ``stops/``, ``etas/``
+    and ``open_alerts/`` of ``tenant``; a ``dispatcher`` publishes its plans. (username, password);
     idempotent like ``add_device``."""
     username = tenant_account_username(tenant, name, role)
     with _store(settings) as store:

@@ -158,6 +158,7 @@ class VehicleEngine:
             too_late_readings=late.too_late_readings,
             corrections=late.corrections,
             max_lateness_s=late.max_lateness_s,
+            on_duty=self.analytics.on_duty,
         )
 
     def _events(self, events: list[Event], now: datetime) -> list[EventOut]:

@@ -321,13 +321,16 @@ _STATE_UPSERT = _upsert("vehicle_state", _STATE_FIELDS, ("tenant", "vehicle_id")
 # A change bumps rev (the delivery order); an identical re-write (a replay) changes nothing.
 _ALERT_UPSERT = """
     INSERT INTO alerts (start_second, id, tenant, vehicle_id, type, severity, status, stop_id, h3_cell,
-        start_time, end_time, details, detected_at)
+        start_time, end_time, details, detected_at, lat, lon, stop_name, plan_version, summary)
     VALUES (date_trunc('second', %(start)s::timestamptz), %(id)s, %(tenant)s, %(vehicle)s, %(type)s, %(severity)s,
-        %(status)s, %(stop_id)s, %(h3_cell)s, %(start)s, %(end)s, %(details)s, %(detected_at)s)
+        %(status)s, %(stop_id)s, %(h3_cell)s, %(start)s, %(end)s, %(details)s, %(detected_at)s, %(lat)s, %(lon)s,
+        %(stop_name)s, %(plan_version)s, %(summary)s)
     ON CONFLICT (id, start_second) DO UPDATE SET
         status = EXCLUDED.status, severity = EXCLUDED.severity, stop_id = EXCLUDED.stop_id,
         h3_cell = EXCLUDED.h3_cell, start_time = EXCLUDED.start_time, end_time = EXCLUDED.end_time,
-        details = EXCLUDED.details, updated_at = clock_timestamp(), rev = nextval('event_rev')
+        details = EXCLUDED.details, lat = EXCLUDED.lat, lon = EXCLUDED.lon, stop_name = EXCLUDED.stop_name,
+        plan_version = EXCLUDED.plan_version, summary = EXCLUDED.summary,
+        updated_at = clock_timestamp(), rev = nextval('event_rev')
     WHERE (alerts.status, alerts.end_time, alerts.details, alerts.start_time, alerts.h3_cell)
           IS DISTINCT FROM (EXCLUDED.status, EXCLUDED.end_time, EXCLUDED.details, EXCLUDED.start_time,
                             EXCLUDED.h3_cell)
@@ -335,12 +338,13 @@ _ALERT_UPSERT = """
 """
 _STOP_UPSERT = """
     INSERT INTO stop_events (id, kind, tenant, vehicle_id, stop_id, plan_version, visit, at, h3_cell,
-        window_start, window_end, on_time, service_s, details, retracted, detected_at)
+        window_start, window_end, on_time, service_s, details, retracted, detected_at, lat, lon, stop_name, summary)
     VALUES (%(id)s, %(kind)s, %(tenant)s, %(vehicle)s, %(stop_id)s, %(plan_version)s, %(visit)s, %(at)s,
         %(h3_cell)s, %(window_start)s, %(window_end)s, %(on_time)s, %(service_s)s, %(details)s, %(retracted)s,
-        %(detected_at)s)
+        %(detected_at)s, %(lat)s, %(lon)s, %(stop_name)s, %(summary)s)
     ON CONFLICT (id) DO UPDATE SET
         at = EXCLUDED.at, on_time = EXCLUDED.on_time, service_s = EXCLUDED.service_s, details = EXCLUDED.details,
+        lat = EXCLUDED.lat, lon = EXCLUDED.lon, stop_name = EXCLUDED.stop_name, summary = EXCLUDED.summary,
         retracted = EXCLUDED.retracted, h3_cell = EXCLUDED.h3_cell, window_start = EXCLUDED.window_start,
         window_end = EXCLUDED.window_end, updated_at = clock_timestamp(), rev = nextval('event_rev')
     WHERE (stop_events.at, stop_events.details, stop_events.retracted)
@@ -393,6 +397,12 @@ def _alert_row(a: Alert, detected_at: datetime) -> dict[str, Any]:
         "end": a.end,
         "details": Jsonb(a.details),
         "detected_at": detected_at,
+        # the context (pipelines/trackers/context.py) as columns too: what people filter on
+        "lat": a.details.get("lat"),
+        "lon": a.details.get("lon"),
+        "stop_name": a.details.get("stop_name"),
+        "plan_version": a.details.get("plan_version"),
+        "summary": a.details.get("summary"),
     }
 
 
@@ -417,6 +427,10 @@ def _stop_row(e: StopEvent, detected_at: datetime, stop: dict[str, Any] | None) 
         "details": Jsonb(d),
         "retracted": e.retracted,
         "detected_at": detected_at,
+        "lat": d.get("lat"),
+        "lon": d.get("lon"),
+        "stop_name": d.get("stop_name"),
+        "summary": d.get("summary"),
     }
 
 

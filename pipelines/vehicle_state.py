@@ -52,6 +52,7 @@ class VehicleSummary:
     too_late_readings: int = 0
     corrections: int = 0
     max_lateness_s: float = 0.0
+    on_duty: bool | None = None  # see VehicleAnalytics.duty_at; None: not known (the basic flow)
 
 
 @dataclass

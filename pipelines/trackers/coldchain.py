@@ -57,6 +57,8 @@ class _Probe:
     out_cell: int | None = None
     side: str = ""
     peak_c: float = 0.0
+    limit_c: float | None = None  # the limit crossed (°C), and the load's range, when it went out
+    range_c: tuple[float, float] | None = None
     excursion: Alert | None = None
     faults: dict[str, Alert] = field(default_factory=dict)  # reason -> open sensor_fault
     quiet_from: datetime | None = None  # its silence counts from here (last_time, moved past vehicle silences)
@@ -153,6 +155,7 @@ class ColdChainTracker:
         side = "high" if c > high else "low"
         if probe.out_since is None or side != probe.side:
             probe.out_since, probe.out_cell, probe.side, probe.peak_c = t, h3_cell, side, c
+            probe.limit_c, probe.range_c = (high if side == "high" else low), temp_range
         probe.peak_c = max(probe.peak_c, c) if side == "high" else min(probe.peak_c, c)
         out += self._check_excursion(reading.sensor, probe, t)
         return out
@@ -194,7 +197,16 @@ class ColdChainTracker:
         assert probe.out_since is not None
         if probe.excursion is not None or now - probe.out_since < timedelta(seconds=self.config.excursion_min_s):
             return []
-        details: dict[str, object] = {"sensor": sensor, "side": probe.side}
+        # the values that triggered it: the latest reading, the worst so far, the limit crossed
+        details: dict[str, object] = {
+            "sensor": sensor,
+            "side": probe.side,
+            "celsius": probe.good_c,
+            "peak_c": probe.peak_c,
+            "limit_c": probe.limit_c,
+            "range_c": list(probe.range_c) if probe.range_c is not None else None,
+            "confirmed_after_s": (now - probe.out_since).total_seconds(),
+        }
         probe.excursion = new_alert(
             "temp_excursion",
             self.tenant,

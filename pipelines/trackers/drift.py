@@ -225,7 +225,13 @@ class RouteDriftTracker:
                 off.time,
                 stop_id=self._next_stop_id,
                 h3_cell=off.h3_cell,
-                details={"lat": off.lat, "lon": off.lon, "offset_m": round(self._left_offset_m, 1)},
+                details={
+                    "lat": off.lat,
+                    "lon": off.lon,
+                    "offset_m": round(self._left_offset_m, 1),
+                    "max_offset_m": round(self._max_offset_m, 1),  # the furthest so far (the last fix's, or more)
+                    "limit_m": cfg.drift_distance_m,
+                },
             )
             return [self.alert]
         on_since = self._on_since

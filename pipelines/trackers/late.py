@@ -77,6 +77,7 @@ class PredictedLateTracker:
                         "window_end": format_time(stop.window_end),
                         "late_s": late_s,
                         "plan_version": u.plan_version,
+                        "margin_s": self.margin_s,
                     },
                 )
                 self.open[u.stop_id] = (alert, stop.window_end)

@@ -195,7 +195,12 @@ class GpsQualityFilter:
                 self.vehicle,
                 checked.time,
                 h3_cell=checked.h3_cell,
-                details={"lat": checked.lat, "lon": checked.lon, "implied_speed_mps": round(implied_mps, 1)},
+                details={
+                    "lat": checked.lat,
+                    "lon": checked.lon,
+                    "implied_speed_mps": round(implied_mps, 1),
+                    "limit_mps": cfg.max_speed_mps,
+                },
             )
             events.append(self.alert)
         if self._jump_run >= cfg.jump_confirm_fixes:

@@ -6,6 +6,7 @@ Pipeline (per reading, in fix-time order)::
     reorder buffer -> quality -> dwell (time seen) -> motion -> geofence -> dwell -> drift
                    -> (ETA hook -> predicted late) -> door (placing an opening) ;  cold chain, door (heard)
     offline: on arrival, the fleet clock, while on duty (``duty_at``: not once the shift has ended)
+    every alert and stop event out: in context (``context.py``: place, stop, plan, values, summary)
 
 Time
     Trackers live on the event-time axis (UTC fix times). ``update(item, now)`` and
@@ -50,6 +51,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from functools import partial
 from typing import Any, Protocol
 
 import h3.api.basic_int as h3
@@ -59,11 +61,12 @@ from core.geo import haversine_m
 from core.plan import Plan, Stop
 from core.thresholds import AnalyticsConfig
 from pipelines.trackers.coldchain import ColdChainTracker
+from pipelines.trackers.context import Contexts, Place, with_stop_context
 from pipelines.trackers.correction import Corrector, Row, at_us, us
 from pipelines.trackers.door import DoorTracker
 from pipelines.trackers.drift import RouteCorridor, RouteDriftTracker
 from pipelines.trackers.dwell import Baseline, DwellTracker
-from pipelines.trackers.events import EtaUpdate, Event, StopEvent
+from pipelines.trackers.events import Alert, EtaUpdate, Event, StopEvent
 from pipelines.trackers.geofence import GeofenceTracker, StopIndex
 from pipelines.trackers.late import PredictedLateTracker
 from pipelines.trackers.motion import MotionChange, MotionTracker
@@ -215,14 +218,17 @@ class VehicleTrackers:
 
     def step(self, row: Row, reading: Reading | None = None) -> list[Event]:
         """Fire the timers due by the row's time, then apply the row (a reading, or a plan
-        change); ``reading`` is the row's reading when the caller has it already."""
+        change); ``reading`` is the row's reading when the caller has it already. Every
+        alert and stop event comes out with its context (``context.py``)."""
         t = reading.fix_time if reading is not None else at_us(row[0])
-        events = self.advance(t)
+        events = self._advance(t)
         if row[1] == _PLAN:
-            return events + self.set_plan(row[2], t)
-        if reading is None:
-            reading = _decode(row, self.tenant, self.vehicle)
-        return events + self.apply(reading, row[9] if row[1] == _GPS else None)
+            events += self.set_plan(row[2], t)
+        else:
+            if reading is None:
+                reading = _decode(row, self.tenant, self.vehicle)
+            events += self.apply(reading, row[9] if row[1] == _GPS else None)
+        return self.in_context(events)
 
     def shared(self) -> dict[str, Any]:
         """The config and the plan's parts: immutable, so checkpoints name them instead of copying."""
@@ -268,7 +274,10 @@ class VehicleTrackers:
         return out
 
     def advance(self, t: datetime) -> list[Event]:
-        """Fire, in order, every timer due at or before fix time ``t``."""
+        """Fire, in order, every timer due at or before fix time ``t`` (events in context)."""
+        return self.in_context(self._advance(t))
+
+    def _advance(self, t: datetime) -> list[Event]:
         out: list[Event] = []
         last_due: datetime | None = None
         while (due := self.next_timer()) is not None and due <= t:
@@ -297,6 +306,51 @@ class VehicleTrackers:
             if due is not None and (best is None or due < best):
                 best = due
         return best
+
+    # ---------------------------------------------------------------- context
+
+    _contexts: Contexts | None = None  # class default: state pickled before it existed still loads
+
+    def in_context(self, events: list[Event]) -> list[Event]:
+        """Alerts with the place, stop and plan of where they opened, values and a summary;
+        stop events with the vehicle's position, the stop's name and a summary."""
+        if self._contexts is None:
+            self._contexts = Contexts()
+        contexts, out = self._contexts, list[Event]()
+        for e in events:
+            if isinstance(e, Alert):
+                out.append(contexts.alert(e, partial(self.place, e.stop_id, e.type == "predicted_late")))
+            elif isinstance(e, StopEvent):
+                place = self.place(e.stop_id)
+                out.append(with_stop_context(e, place.lat, place.lon, place.stop_name))
+            else:
+                out.append(e)
+        return out
+
+    def place(self, stop_id: str | None = None, late: bool = False) -> Place:
+        """Where the vehicle is now: its last usable fix, and the stop it concerns: ``stop_id``
+        when given (``late_for`` with ``late``, else ``at`` while visiting it, else
+        ``heading_to``), else the stop it is inside (``at``), else its plan's next stop."""
+        fix = self.position
+        lat, lon = (fix.lat, fix.lon) if fix is not None else (None, None)
+        if self.active is None:
+            return Place(lat, lon, stop_id, "", "", None)
+        plan, visit = self.active.plan, self.geofence.visit
+        if stop_id is not None:
+            name = next((s.name for s in plan.stops if s.id == stop_id), "")
+            visiting = visit is not None and visit.stop.id == stop_id
+            return Place(
+                lat, lon, stop_id, name, "late_for" if late else "at" if visiting else "heading_to", plan.version
+            )
+        stop = visit.stop if visit is not None else None
+        if stop is None and fix is not None:
+            stop = self.active.index.containing(fix.lat, fix.lon, fix.h3_cell)
+        if stop is not None:
+            return Place(lat, lon, stop.id, stop.name, "at", plan.version)
+        ahead = self.geofence.next_stop()
+        if ahead is not None:
+            return Place(lat, lon, ahead.id, ahead.name, "heading_to", plan.version)
+        return Place(lat, lon, None, "", "", plan.version)
 
     # ---------------------------------------------------------------- helpers
 
@@ -421,8 +475,8 @@ class VehicleAnalytics:
             raise ValueError(f"reading of {reading.tenant}/{reading.vehicle} fed to {self.tenant}/{self.vehicle}")
         cell = self._cell(item)
         # a gap the clock jumped over in one go (a replay, a drained backlog) was still a gap
-        out: list[Event] = list(self._offline.on_timer(now)) if self._duty(now) else []
-        out += self._offline.update(now, reading.fix_time, cell)
+        out: list[Event] = self._in_context(self._offline.on_timer(now)) if self._duty(now) else []
+        out += self._in_context(self._offline.update(now, reading.fix_time, cell))
         # the clock moves the watermark first, as a wake-up would have: a reading whose fix time
         # the fleet clock passed more than reorder_max_delay_s ago is late, whether or not a
         # timer happened to wake this vehicle while it was silent (a link cut, an outbox burst)
@@ -435,7 +489,7 @@ class VehicleAnalytics:
 
     def on_timer(self, now: datetime) -> list[Event]:
         """Run what is due at fleet-clock time ``now``: corrections, buffer flush, timers, offline."""
-        out: list[Event] = list(self._offline.on_timer(now)) if self._duty(now) else []
+        out: list[Event] = self._in_context(self._offline.on_timer(now)) if self._duty(now) else []
         if self._corrector.pending_us is not None:
             corrected, replayed = self._corrector.correct()
             out += corrected
@@ -566,6 +620,16 @@ class VehicleAnalytics:
         return self._corrector.history_size
 
     # ---------------------------------------------------------------- internals
+
+    _offline_contexts: Contexts | None = None  # class default: state pickled before it existed still loads
+
+    def _in_context(self, alerts: list[Alert]) -> list[Event]:
+        """Offline alerts (outside the replayable trackers) with the place the vehicle was last heard."""
+        if not alerts:
+            return []
+        if self._offline_contexts is None:
+            self._offline_contexts = Contexts()
+        return [self._offline_contexts.alert(a, self.trackers.place) for a in alerts]
 
     def _own(self, plan: Plan) -> Plan:
         if (plan.tenant, plan.vehicle) != (self.tenant, self.vehicle):

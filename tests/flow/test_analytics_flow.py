@@ -155,7 +155,8 @@ def test_live_etas_and_a_predicted_late_alert_from_the_stream() -> None:
             T0 + timedelta(seconds=692.5),
         ),
     ]
-    assert alerts[1].event.details == {
+    details = alerts[1].event.details
+    assert {k: details[k] for k in ("eta", "window_end", "late_s", "plan_version", "reason", "arrived_late")} == {
         "eta": "2026-11-23T08:11:30.000Z",
         "window_end": "2026-11-23T08:10:00.000Z",
         "late_s": 90.0,
@@ -163,4 +164,14 @@ def test_live_etas_and_a_predicted_late_alert_from_the_stream() -> None:
         "reason": "arrived",
         "arrived_late": True,
     }
+    # the context (pipelines/trackers/context.py): minutes late against the margin, one line
+    assert (details["value"], details["threshold"], details["unit"], details["stop_relation"]) == (
+        1.5,
+        1.0,
+        "min",
+        "late_for",
+    )
+    assert details["summary"] == (
+        "van-1: predicted 1.5 min late at stop s2 (window ends 08:10 UTC); resolved after 6.3 min"
+    )
     assert alerts[0].detected_at == T0 + timedelta(seconds=325)  # the reorder wait after the fix

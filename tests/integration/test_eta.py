@@ -136,15 +136,16 @@ def test_eta_accuracy_scores_the_eta_in_force_at_each_horizon(services_settings:
         (tenant,),
     ).fetchall()
     assert rows == [
+        # cells as hex text, as on MQTT and in the API (111 = 0x6f, 222 = 0xde)
         ("all", None, None, 5, 2, 330.0, 270.0),
         ("all", None, None, 15, 2, 390.0, 390.0),
         ("all", None, None, 30, 2, 360.0, 240.0),
-        ("h3_cell", None, 111, 5, 1, 60.0, -60.0),
-        ("h3_cell", None, 111, 15, 1, 180.0, 180.0),
-        ("h3_cell", None, 111, 30, 1, 120.0, -120.0),
-        ("h3_cell", None, 222, 5, 1, 600.0, 600.0),
-        ("h3_cell", None, 222, 15, 1, 600.0, 600.0),
-        ("h3_cell", None, 222, 30, 1, 600.0, 600.0),
+        ("h3_cell", None, "6f", 5, 1, 60.0, -60.0),
+        ("h3_cell", None, "6f", 15, 1, 180.0, 180.0),
+        ("h3_cell", None, "6f", 30, 1, 120.0, -120.0),
+        ("h3_cell", None, "de", 5, 1, 600.0, 600.0),
+        ("h3_cell", None, "de", 15, 1, 600.0, 600.0),
+        ("h3_cell", None, "de", 30, 1, 600.0, 600.0),
         ("vehicle", "van-1", None, 5, 1, 60.0, -60.0),
         ("vehicle", "van-1", None, 15, 1, 180.0, 180.0),
         ("vehicle", "van-1", None, 30, 1, 120.0, -120.0),

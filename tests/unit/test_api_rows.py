@@ -203,6 +203,11 @@ def test_change_of_a_vehicle_row_and_an_alert_row() -> None:
         "closed_at": None,
         "closed_by": None,
         "comments": 2,
+        "summary": "van-1: silent for 5 min, limit 5 min",
+        "lat": 60.17,
+        "lon": 24.94,
+        "stop_name": None,
+        "plan_version": None,
     }
     a = change_of(row)
     assert (a.kind, a.rev) == ("alert", 6)

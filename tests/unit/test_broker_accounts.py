@@ -58,7 +58,12 @@ def test_the_plugin_file_refuses_by_default_and_hashes_every_password(tmp_path: 
         ("publishClientReceive", "fleet/acme/van-1/cmd/#"),
     }
     manager = next(r for r in doc["roles"] if r["rolename"] == "acct:manager.acme.desk")
-    assert {a["topic"] for a in manager["acls"]} == {"alerts/acme/#", "stops/acme/#", "etas/acme/#"}
+    assert {a["topic"] for a in manager["acls"]} == {
+        "alerts/acme/#",
+        "stops/acme/#",
+        "etas/acme/#",
+        "open_alerts/acme/#",
+    }
     assert not any(a["acltype"] == "publishClientSend" for a in manager["acls"])
 
 

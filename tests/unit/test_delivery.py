@@ -20,6 +20,8 @@ from delivery.deliverer import (
     event_payload,
     event_topic,
     merge_pages,
+    open_alerts_payload,
+    open_alerts_topic,
     retry_delay,
     retry_schedule,
     run_delivery,
@@ -60,6 +62,11 @@ def alert_row(**changes: object) -> dict[str, object]:
         "closed_at": None,
         "closed_by": None,
         "comments": 1,
+        "summary": "van-7: stopped 40 min, limit 30 min, at stop s3 (Bakery); resolved after 40 min",
+        "lat": 60.17,
+        "lon": 24.94,
+        "stop_name": "Bakery",
+        "plan_version": 2,
     }
     row.update(changes)
     return row
@@ -86,6 +93,10 @@ def stop_row(**changes: object) -> dict[str, object]:
         "retracted": False,
         "detected_at": START,
         "updated_at": START,
+        "summary": "van-7: departed stop s3 at 05:00 UTC after 5.2 min",
+        "lat": 60.17,
+        "lon": 24.94,
+        "stop_name": None,
     }
     row.update(changes)
     return row
@@ -115,6 +126,11 @@ def test_alert_payload_is_every_column_in_json_form() -> None:
         "closed_at": None,
         "closed_by": None,
         "comments": 1,
+        "summary": "van-7: stopped 40 min, limit 30 min, at stop s3 (Bakery); resolved after 40 min",
+        "lat": 60.17,
+        "lon": 24.94,
+        "stop_name": "Bakery",
+        "plan_version": 2,
     }
     assert list(event_payload(alert_row()))[:6] == ["v", "kind", "id", "rev", "tenant", "vehicle"]
 
@@ -148,8 +164,37 @@ def test_stop_event_payload_names_its_kind_type() -> None:
         "retracted": False,
         "detected_at": "2026-11-22T05:00:00.250Z",
         "updated_at": "2026-11-22T05:00:00.250Z",
+        "summary": "van-7: departed stop s3 at 05:00 UTC after 5.2 min",
+        "lat": 60.17,
+        "lon": 24.94,
+        "stop_name": None,
     }
     assert event_payload(stop_row())["window_start"] is None
+
+
+def test_open_alerts_message_lists_a_vehicles_open_alerts_newest_first_and_is_empty_when_none() -> None:
+    older = alert_row(status="open", end_time=None)
+    newer = alert_row(
+        status="open",
+        end_time=None,
+        id="1b9a6d1e-4c1f-5a57-9e0a-3f2b1c4d5e6f",
+        rev=44,
+        start_time=START + timedelta(minutes=5),
+    )
+    doc = json.loads(open_alerts_payload("acme", "van-7", [older, newer], 45))
+    assert {k: doc[k] for k in ("v", "kind", "tenant", "vehicle", "rev", "count")} == {
+        "v": 1,
+        "kind": "open_alerts",
+        "tenant": "acme",
+        "vehicle": "van-7",
+        "rev": 45,
+        "count": 2,
+    }
+    assert doc["alerts"] == [event_payload(newer), event_payload(older)]
+    assert open_alerts_payload("acme", "van-7", [], 46) == b""  # an empty retained message clears it
+    assert open_alerts_topic("acme", "van-7") == "open_alerts/acme/van-7"
+    with pytest.raises(ValueError):
+        open_alerts_topic("acme", "van/7")
 
 
 def test_payload_refuses_naive_times_and_unknown_tables() -> None:
@@ -160,7 +205,7 @@ def test_payload_refuses_naive_times_and_unknown_tables() -> None:
 
 
 def test_body_is_compact_json_of_the_payload() -> None:
-    doc = event_payload(alert_row(details={"note": "Töölö"}))
+    doc = event_payload(alert_row(details={"note": "Töölö"}, summary=None))  # a summary holds ", " itself
     body = encode_body(doc)
     assert json.loads(body) == doc
     assert b", " not in body and "Töölö".encode() in body

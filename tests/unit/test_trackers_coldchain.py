@@ -46,7 +46,20 @@ def test_excursion_details_and_id() -> None:
     events = [a for r in [temp(0, 1.0), temp(150, 0.5), temp(300, -0.5), temp(330, 3.0)] for a in c.update(r, RANGE, 7)]
     opened, resolved = events
     assert opened.id == alert_id("acme", "van-1", "temp_excursion", at(0), subject="p1")
-    assert (opened.severity, opened.h3_cell, opened.details) == ("critical", 7, {"sensor": "p1", "side": "low"})
+    # the values that triggered it: the reading that confirmed it, the worst, the limit crossed
+    assert (opened.severity, opened.h3_cell, opened.details) == (
+        "critical",
+        7,
+        {
+            "sensor": "p1",
+            "side": "low",
+            "celsius": -0.5,
+            "peak_c": -0.5,
+            "limit_c": 2.0,
+            "range_c": [2.0, 8.0],
+            "confirmed_after_s": 300.0,
+        },
+    )
     assert (resolved.end, resolved.details["peak_c"]) == (at(330), -0.5)
 
 

@@ -47,6 +47,7 @@ def test_late_eta_opens_one_alert_and_an_eta_back_inside_resolves_it() -> None:
                 "window_end": "2026-11-23T08:30:00.000Z",
                 "late_s": 60.0,
                 "plan_version": 1,
+                "margin_s": 0.0,
             },
         )
     ]

@@ -50,7 +50,12 @@ def test_a_single_jump_is_flagged_and_raises_one_alert_resolved_by_the_next_good
         None,
         612345,
     )
-    assert opened.details == {"lat": fixes[3].lat, "lon": fixes[3].lon, "implied_speed_mps": implied}
+    assert opened.details == {
+        "lat": fixes[3].lat,
+        "lon": fixes[3].lon,
+        "implied_speed_mps": implied,
+        "limit_mps": 60.0,
+    }
     assert (resolved.status, resolved.end) == ("resolved", at(20))
     assert resolved.details == {**opened.details, "relocated": False, "max_implied_speed_mps": implied}
 

@@ -262,9 +262,10 @@ def test_offline_then_a_late_burst_raises_no_dwell_from_the_silence() -> None:
     va = VehicleAnalytics("acme", "van-1", plan=PLAN)
     out = run(va, sim.items, timer_every=10) + drain(va, 1100)
     assert brief(out) == [
-        (421.0, "offline", "open", None, 120.0, None),  # nothing received since 121 s (the 120 s fix)
+        # nothing received since 121 s (the 120 s fix); last heard on the way to s1
+        (421.0, "offline", "open", "s1", 120.0, None),
         # seen standing 65 s (55..120 s): the silence is no unplanned dwell (it stood 3 minutes)
-        (900.0, "offline", "resolved", None, 120.0, 900.0),  # the burst arrives
+        (900.0, "offline", "resolved", "s1", 120.0, 900.0),  # the burst arrives
         (900.0, "arrival", "ok", "s1", 292.5, None),
         (900.0, "departure", "ok", "s1", 607.5, None),
     ]
