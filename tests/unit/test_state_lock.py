@@ -51,6 +51,7 @@ def test_a_second_user_is_refused_at_once_naming_the_first(tmp_path: Path) -> No
 
 def test_what_the_holder_starts_nests_and_nested_runs_exclude_each_other(tmp_path: Path) -> None:
     settings = load_settings(state_dir=tmp_path)
+    outer = os.environ.get("FLEETSTREAM_STATE_HOLDER")  # the integration session's own, when the suite runs
     with exclusive_use(settings, "a test session"):
         env = dict(os.environ)  # FLEETSTREAM_STATE_HOLDER names this process now
         assert env["FLEETSTREAM_STATE_HOLDER"] == f"{os.getpid()}@{tmp_path.resolve()}"
@@ -68,4 +69,4 @@ def test_what_the_holder_starts_nests_and_nested_runs_exclude_each_other(tmp_pat
         finally:
             demo.kill()
             demo.wait()
-    assert "FLEETSTREAM_STATE_HOLDER" not in os.environ
+    assert os.environ.get("FLEETSTREAM_STATE_HOLDER") == outer  # the holder before it, restored
