@@ -161,19 +161,23 @@ class CompiledTrees:
                 missing_left[t, h] = nodes["missing_go_to_left"][i]
                 stack += [(int(nodes["left"][i]), 2 * h + 1, d + 1), (int(nodes["right"][i]), 2 * h + 2, d + 1)]
         self.trees, self.inner = n, inner
-        # per heap node h: the 7 nodes of the 3-level subtree under it (rows of (n * inner, 7) tables;
-        # only nodes at depths 0, 3, 6, ... are ever read, the others hold clipped copies)
-        sub = 2**_LEVELS - 1
-        heap = np.arange(max(inner, 1))
-        at = np.stack([np.minimum(_subtree_heap(heap, j), max(inner, 1) - 1) for j in range(sub)], axis=1)
+        # per tree, the roots of its 3-level subtrees (the nodes at depths 0, 3, 6, ...: 1, 8, 64, ...
+        # of them), level after level, each with its 7 nodes: (trees x roots, 7) tables, small enough
+        # to stay in the CPU's caches between calls (one row per heap node would be seven times larger)
+        sub, steps = 2**_LEVELS - 1, self.depth // _LEVELS
+        starts = [sum(2 ** (_LEVELS * i) for i in range(k)) for k in range(steps + 1)]
+        heap = np.concatenate([2 ** (_LEVELS * k) - 1 + np.arange(2 ** (_LEVELS * k)) for k in range(steps)] or [[0]])
+        at = np.stack([_subtree_heap(heap, j) for j in range(sub)], axis=1)
+        at = np.minimum(at, max(inner, 1) - 1)  # no steps (single-leaf trees): a row that is never read
+        roots = len(heap)
         self._feature = feature[:, at].reshape(-1, sub)
         self._threshold = threshold[:, at].reshape(-1, sub)
         self._missing_right = ~missing_left[:, at].reshape(-1, sub)
         self._bits = 2 ** np.arange(sub)
         self._step = _step_table(_LEVELS)
         self._leaves = leaves.ravel()
-        self._node_base = (np.arange(n) * max(inner, 1))[None, :]
-        self._leaf_base = (np.arange(n) * 2**self.depth - inner)[None, :]
+        self._step_base = [(np.arange(n) * roots + starts[k])[None, :] for k in range(steps)]
+        self._leaf_base = (np.arange(n) * 2**self.depth)[None, :]
         self.baseline = float(np.ravel(regressor._baseline_prediction)[0])
 
     def predict(self, X: np.ndarray) -> np.ndarray:
@@ -181,18 +185,17 @@ class CompiledTrees:
         rows, columns = X.shape
         flat_x = np.ascontiguousarray(X, dtype=float).ravel()
         row_base = (np.arange(rows) * columns)[:, None, None]
-        node = np.zeros((rows, self.trees), dtype=np.intp)
+        pos = np.zeros((rows, self.trees), dtype=np.intp)  # each row's node in each tree, within its level
         missing = math.isnan(flat_x.sum())  # only an unknown speed is ever missing: mostly none
-        for _ in range(self.depth // _LEVELS):
-            at = node + self._node_base
+        for base in self._step_base:
+            at = pos + base
             x = flat_x.take(self._feature.take(at, axis=0) + row_base)
             right = x > self._threshold.take(at, axis=0)
             if missing:
                 right |= np.isnan(x) & self._missing_right.take(at, axis=0)
-            node *= 2**_LEVELS
-            node += 2**_LEVELS - 1
-            node += self._step.take(right @ self._bits)
-        out: np.ndarray = self.baseline + self._leaves.take(node + self._leaf_base).sum(axis=1)
+            pos *= 2**_LEVELS
+            pos += self._step.take(right @ self._bits)
+        out: np.ndarray = self.baseline + self._leaves.take(pos + self._leaf_base).sum(axis=1)
         return out
 
 
