@@ -247,12 +247,14 @@ class RouteGeometry:
         # where a route passes one street twice, GPS noise must not decide which pass the vehicle
         # is on (a leap ahead is for good): of the runs of segments about as near as the nearest
         # (within SAME_PLACE_M), take the first run, and its nearest point
-        near = math.sqrt(float(dist2.min())) + SAME_PLACE_M
+        # (array methods and ufunc reductions: np.min, np.argmax... add a Python wrapper per call)
+        near = math.sqrt(float(np.minimum.reduce(dist2))) + SAME_PLACE_M
         candidate = dist2 <= near * near
-        first = int(np.argmax(candidate))
+        first = int(candidate.argmax())
         rest = candidate[first:]
-        end = first + (int(np.argmin(rest)) if not rest.all() else len(rest))
-        i = first + int(np.argmin(dist2[first:end]))
+        k = int(rest.argmin())  # the first segment of the run that is not near (none if it is near)
+        end = first + (len(rest) if rest[k] else k)
+        i = first + int(dist2[first:end].argmin())
         seg = lo + i
         along = cum[seg] + float(f[i]) * float(self._seg_m[seg])
         return Projection(max(along, min(min_progress_m, cum[-1])), math.sqrt(float(dist2[i])), seg)
