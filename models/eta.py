@@ -25,9 +25,9 @@ service_before_s   planned service seconds before this stop (included in profile
 Serving: ``predict_log_ratio`` does not call scikit-learn, whose per-tree predictor costs
 milliseconds a call (more on a busy machine: it starts its OpenMP threads for a few rows).
 ``CompiledTrees`` lays the fitted trees out once as flat arrays, each padded to a complete
-tree of the ensemble's depth (``max_depth``, 6 by default), and walks every tree for every
-row together in numpy, one level at a time: the same numbers (to rounding) in tens of
-microseconds.
+tree of the ensemble's depth (``max_depth``, 6 by default; rounded up to a multiple of 3),
+and walks every tree for every row together in numpy, three levels a step: the same
+numbers (to rounding) in tens of microseconds.
 
 Persistence: ``save(path)`` writes the regressor with joblib at ``path`` and a JSON
 sidecar at ``path`` + ``.json`` with format, version, features, target, training
