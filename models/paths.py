@@ -209,6 +209,9 @@ class RouteGeometry:
         self._ax, self._ay = x[:-1], y[:-1]
         self._dx, self._dy = np.diff(x), np.diff(y)
         self._len2 = self._dx * self._dx + self._dy * self._dy
+        # 1 / squared length (0 for a zero-length segment: its nearest point is its start), so a
+        # projection needs no division, no np.where and no np.errstate (a few microseconds each)
+        self._inv_len2 = np.divide(1.0, self._len2, out=np.zeros_like(self._len2), where=self._len2 > 0)
         self._seg_m = np.diff(self.cum)
         self.sampled = sample_path(self.points, resolution, sample_m)
 
@@ -231,22 +234,27 @@ class RouteGeometry:
         hi = n if max_progress_m is None else min(n, max(lo + 1, bisect_right(cum, max_progress_m)))
         px, py = lon * self._kx, lat * _M_PER_DEG
         ax, ay = self._ax[lo:hi] - px, self._ay[lo:hi] - py
-        dx, dy, len2 = self._dx[lo:hi], self._dy[lo:hi], self._len2[lo:hi]
-        with np.errstate(invalid="ignore", divide="ignore"):
-            f = np.where(len2 > 0, -(ax * dx + ay * dy) / len2, 0.0)
-        np.clip(f, 0.0, 1.0, out=f)
+        dx, dy = self._dx[lo:hi], self._dy[lo:hi]
+        f = ax * dx
+        f += ay * dy
+        f *= self._inv_len2[lo:hi]
+        np.negative(f, out=f)
+        np.maximum(f, 0.0, out=f)  # as np.clip(f, 0, 1), without its Python-level wrapper
+        np.minimum(f, 1.0, out=f)
         if min_progress_m > cum[lo] and self._seg_m[lo] > 0:
             f[0] = max(f[0], min(1.0, (min_progress_m - cum[lo]) / self._seg_m[lo]))
         dist2 = (ax + f * dx) ** 2 + (ay + f * dy) ** 2
         # where a route passes one street twice, GPS noise must not decide which pass the vehicle
         # is on (a leap ahead is for good): of the runs of segments about as near as the nearest
         # (within SAME_PLACE_M), take the first run, and its nearest point
-        near = math.sqrt(float(dist2.min())) + SAME_PLACE_M
+        # (array methods and ufunc reductions: np.min, np.argmax... add a Python wrapper per call)
+        near = math.sqrt(float(np.minimum.reduce(dist2))) + SAME_PLACE_M
         candidate = dist2 <= near * near
-        first = int(np.argmax(candidate))
+        first = int(candidate.argmax())
         rest = candidate[first:]
-        end = first + (int(np.argmin(rest)) if not rest.all() else len(rest))
-        i = first + int(np.argmin(dist2[first:end]))
+        k = int(rest.argmin())  # the first segment of the run that is not near (none if it is near)
+        end = first + (len(rest) if rest[k] else k)
+        i = first + int(dist2[first:end].argmin())
         seg = lo + i
         along = cum[seg] + float(f[i]) * float(self._seg_m[seg])
         return Projection(max(along, min(min_progress_m, cum[-1])), math.sqrt(float(dist2[i])), seg)

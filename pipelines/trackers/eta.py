@@ -64,7 +64,7 @@ from core.geo import haversine_m
 from core.plan import Plan, Stop
 from core.thresholds import EtaConfig
 from models import registry
-from models.eta import FEATURES, features
+from models.eta import features
 from models.paths import Projection, RouteGeometry, SampledPath, route_geometry, sample_path
 from models.profiles import SpeedProfiles
 from pipelines.trackers.events import EtaUpdate, Event, eta_update_id
@@ -179,10 +179,12 @@ class EtaTracker:
         every = self.config.estimate_every_s
         if every > 0 and self.estimated_at is not None and self.plan is not None and remaining:
             t_s = fix.time.timestamp()
-            if t_s - self.estimated_at < every and self.prev_ids == tuple(s.id for s in remaining):
-                self._motion(fix, t_s)
-                self._stop_service(fix, remaining, t_s, visit)
-                return []
+            if t_s - self.estimated_at < every:
+                ids = tuple(s.id for s in remaining)
+                if self.prev_ids == ids:
+                    self._motion(fix, t_s)
+                    self._stop_service(fix, remaining, t_s, visit, ids)
+                    return []
         self.estimated_at = fix.time.timestamp()
         estimates = self.observe(fix, remaining, visit, feature_rows=False)
         plan = self.plan
@@ -333,17 +335,18 @@ class EtaTracker:
             if feature_rows
             else None
         )
-        if due:  # the model's rows in FEATURES order, column by column (as features() would build them)
-            X = np.empty((len(rows), len(FEATURES)))
-            X[:, 0] = [r[1] for r in rows]
-            X[:, 1] = [r[2] for r in rows]
-            X[:, 2] = math.nan if smoothed is None else smoothed
-            X[:, 3] = np.arange(len(rows))
-            X[:, 4] = hour
-            X[:, 5] = standing_s
-            X[:, 6] = cross_m
-            X[:, 7] = [r[3] for r in rows]
-        ratios = self._model_ratios(model, rows, X if due else None, t_s)
+        X = None
+        if due:
+            # the model knows the times ahead it was trained on (model_max_ahead_s): it is asked about
+            # the stops within them only (the others keep the correction of the last one within)
+            ahead = cfg.model_max_ahead_s
+            near = [i for i, r in enumerate(rows) if r[2] <= ahead] or [0]
+            speed = math.nan if smoothed is None else smoothed
+            # the model's rows in FEATURES order (as features() would build them), in one go
+            X = np.array(
+                [(rows[i][1], rows[i][2], speed, i, hour, standing_s, cross_m, rows[i][3]) for i in near], dtype=float
+            )
+        ratios = self._model_ratios(model, rows, near if due else [], X, t_s)
         passed_ids = {s.id for s in passed}
         pace = detour / (models.mean_speed_mps or cfg.default_speed_mps)
         straight: dict[str, float] = {}
@@ -400,11 +403,17 @@ class EtaTracker:
         return speed, dt
 
     def _stop_service(
-        self, fix: CheckedFix, remaining: tuple[Stop, ...], t_s: float, visit: tuple[Stop, datetime] | None
+        self,
+        fix: CheckedFix,
+        remaining: tuple[Stop, ...],
+        t_s: float,
+        visit: tuple[Stop, datetime] | None,
+        ids: tuple[str, ...] | None = None,
     ) -> float:
         """Seconds of planned service left at the stop being visited (``visit``, else the one that
         just left the remaining list: training replays know arrivals only), 0 once the vehicle left it."""
-        ids = tuple(s.id for s in remaining)
+        if ids is None:
+            ids = tuple(s.id for s in remaining)
         if visit is not None:
             stop, arrived = visit
             self.at_stop = (stop.id, stop.lat, stop.lon, stop.radius_m, stop.service_s, arrived.timestamp())
@@ -493,18 +502,22 @@ class EtaTracker:
         )
 
     def _model_ratios(
-        self, model: Any, rows: list[tuple[Stop, float, float, float]], X: np.ndarray | None, t_s: float
+        self,
+        model: Any,
+        rows: list[tuple[Stop, float, float, float]],
+        near: list[int],
+        X: np.ndarray | None,
+        t_s: float,
     ) -> dict[str, float] | None:
+        """The model's log ratio per stop: predicted now for the rows ``near`` (``X``, when the
+        model is due), else the last ones; stops beyond ``near`` take the last prediction."""
         if model is None:
             self.model_at, self.model_ratio = None, {}
             return None
         if X is not None:
-            # the model knows the times ahead it was trained on (model_max_ahead_s): stops further
-            # ahead keep the correction of the last one within them
-            near = [i for i, r in enumerate(rows) if r[2] <= self.config.model_max_ahead_s] or [0]
-            predicted = model.predict_log_ratio(X if len(near) == len(rows) else X[near])
-            ratio = {rows[i][0].id: float(v) for i, v in zip(near, predicted, strict=True)}
-            last = float(predicted[-1])
+            predicted = model.predict_log_ratio(X).tolist()
+            ratio = {rows[i][0].id: v for i, v in zip(near, predicted, strict=True)}
+            last = predicted[-1]
             self.model_ratio = {r[0].id: ratio.get(r[0].id, last) for r in rows}
             self.model_at = t_s
         return self.model_ratio

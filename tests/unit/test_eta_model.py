@@ -129,8 +129,14 @@ def test_compiled_trees_predict_what_scikit_learn_predicts_without_calling_it() 
     y = np.nansum(X[:, :3], axis=1) + np.sin(np.nan_to_num(X[:, 3]))
     regressor = HistGradientBoostingRegressor(max_iter=40, max_depth=5, early_stopping=False).fit(X, y)
     compiled = CompiledTrees(regressor)
-    assert compiled.depth <= 5 and compiled.trees == 40
+    assert compiled.depth == 6 and compiled.trees == 40  # 5 levels padded to two steps of three
     assert np.allclose(compiled.predict(X[:500]), regressor.predict(X[:500]))
+    for depth in (1, 2, 4, 7):  # every padding: to 3, 3, 6 and 9 levels
+        shallow = HistGradientBoostingRegressor(max_iter=5, max_depth=depth, early_stopping=False).fit(X, y)
+        walked = CompiledTrees(shallow)
+        assert walked.depth == -(-depth // 3) * 3
+        for rows in (X[:1], X[:7], X[:300]):  # one stop, a few, many
+            assert np.allclose(walked.predict(rows), shallow.predict(rows))
     # too deep to pad: refused (the model then serves through scikit-learn)
     deep = HistGradientBoostingRegressor(max_iter=3, max_leaf_nodes=200, early_stopping=False).fit(X, y)
     if max(int(t[0].nodes["depth"].max()) for t in deep._predictors) > 12:

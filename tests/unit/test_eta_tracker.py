@@ -278,3 +278,25 @@ def test_a_fix_estimates_at_most_max_stops_stops() -> None:
     tracker.set_plan(plan)
     updates = tracker.update(fix(0, 60.0), stops)
     assert [u.stop_id for u in updates] == [f"s{i}" for i in range(25)]
+
+
+def test_event_ids_are_uuid5_of_their_names() -> None:
+    """The ids are built without ``uuid.UUID`` (cost per ETA update): still exactly uuid5."""
+    import uuid
+    from datetime import UTC, datetime, timedelta
+
+    from pipelines.trackers.events import _NAMESPACE, alert_id, eta_update_id, stop_event_id
+
+    at = datetime(2026, 11, 30, 8, 0, 0, 123000, tzinfo=UTC)
+    for k in range(200):
+        t = at + timedelta(milliseconds=137 * k)
+        vehicle, stop = f"van-{k}", f"stöp-{k % 7}"
+        ms = round(t.timestamp() * 1000)
+        expected = uuid.uuid5(_NAMESPACE, f"eta|acme|{vehicle}|{stop}|{k}|{ms}")
+        assert eta_update_id("acme", vehicle, stop, k, t) == str(expected)
+        assert stop_event_id("acme", vehicle, "arrival", stop, k, 2) == str(
+            uuid.uuid5(_NAMESPACE, f"stop|acme|{vehicle}|arrival|{stop}|{k}|2")
+        )
+        assert alert_id("acme", vehicle, "late", t, stop, "x") == str(
+            uuid.uuid5(_NAMESPACE, f"alert|acme|{vehicle}|late|{stop}|x|{int(t.timestamp() // 1)}")
+        )
