@@ -31,7 +31,7 @@ from bytewax.outputs import Sink
 
 from core.metrics import FLEET_CLOCK_LAG, LATE_READINGS, REPLAYS, TOO_LATE_READINGS
 from core.thresholds import AnalyticsConfig, EtaConfig
-from pipelines.analytics import Output, PlanUpdate, VehicleEngine
+from pipelines.analytics import Output, PlanUpdate, Resynced, VehicleEngine
 from pipelines.clock import FleetClock
 from pipelines.meter import METER
 from pipelines.vehicle_state import StoredReading, VehicleState, VehicleSummary
@@ -135,11 +135,15 @@ class _VehicleLogic(StatefulBatchLogic[Stamped, list[Output], bytes]):
         tick: timedelta,
         wall: Wall,
         eta: EtaConfig | None = None,
+        resumed: bool = False,
     ) -> None:
         self.engine, self.config, self.clock, self.tick, self.wall = engine, config, clock, tick, wall
         self.eta = eta
         self._wake: datetime | None = None
         self._resync = engine is not None  # resumed from a snapshot: rewrite its results once
+        # a vehicle with no snapshot in a resumed execution (the crash came before its first
+        # snapshot): the crashed run may have stored results for it all the same
+        self._claim = engine is None and resumed
 
     def on_batch(self, values: list[Stamped]) -> tuple[Iterable[list[Output]], bool]:
         with METER.phase("step"):
@@ -166,6 +170,8 @@ class _VehicleLogic(StatefulBatchLogic[Stamped, list[Output], bytes]):
             out += due
             if not (due and isinstance(due[-1], VehicleSummary)):
                 out.append(self.engine.summary())  # one per batch: the store keeps the last anyway
+            if self._claim:
+                out.insert(0, self._fresh_claim(self.engine, values))
         after = self._replays()
         _count_lateness(before, _lateness(self.engine))
         METER.count(
@@ -181,6 +187,18 @@ class _VehicleLogic(StatefulBatchLogic[Stamped, list[Output], bytes]):
             return 0, 0
         stats = self.engine.analytics.lateness
         return stats.corrections, stats.replayed_entries
+
+    def _fresh_claim(self, engine: VehicleEngine, values: list[Stamped]) -> Resynced:
+        """The claim of a vehicle first seen in a resumed execution, ahead of its first batch with
+        readings: of its results stored with an event time from one correction window (seconds)
+        before those readings on, and of its open ones, only what this state emitted is its own.
+        The crashed run started the vehicle afresh from the same source position, so what it
+        stored came from these readings and later ones; older history is left as it is."""
+        self._claim = False
+        first = min(item.reading.fix_time for item, _ in values if isinstance(item, StoredReading))
+        ids = tuple(e.id for e in engine.analytics.emitted())
+        horizon = first - timedelta(seconds=self.config.correction_window_s)
+        return Resynced(engine.basic.tenant, engine.basic.vehicle, ids, horizon)
 
     def _resynced(self, wall: datetime) -> list[Output]:
         if not self._resync or self.engine is None:
@@ -238,12 +256,16 @@ def build_analytics_flow(
     wall: Wall = _wall,
     flow_id: str = "fleetstream",
     eta: EtaConfig | None = EtaConfig(),
+    resumed: bool = False,
 ) -> Dataflow:
     """plans and readings → key by vehicle → vehicle analytics → flatten → analytics store.
 
     ``wall`` is the wall clock (tests pass their own); the fleet clock shared by every
     vehicle of this flow is built here (one worker: every key lives in this process).
     ``eta``: live ETAs per remaining stop and ``predicted_late`` (None: off).
+    ``resumed``: this execution restarts one that ran on the same recovery store, which may
+    have crashed before it snapshotted a vehicle (then that vehicle starts afresh here, and
+    disowns what the crashed run stored for it: see ``_VehicleLogic._fresh_claim``).
     """
     clock = FleetClock(idle_grace_s)
     tick = timedelta(seconds=tick_s)
@@ -254,7 +276,7 @@ def build_analytics_flow(
     outputs = op.stateful_batch(
         "vehicle_analytics",
         by_vehicle,
-        lambda resume: _VehicleLogic(_resumed(resume), config, clock, tick, wall, eta),
+        lambda resume: _VehicleLogic(_resumed(resume), config, clock, tick, wall, eta, resumed),
     )
     rows = op.flat_map("flatten", outputs, lambda kv: kv[1])
     op.output("analytics_store", rows, store)

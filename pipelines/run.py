@@ -131,8 +131,9 @@ def load_baselines(settings: Settings) -> int:
     return set_dwell_baselines(rows, settings.baseline_min_samples)
 
 
-def build_engine_flow(settings: Settings) -> Dataflow:
-    """The dataflow the engine runs: analytics (default) or basic per-vehicle state."""
+def build_engine_flow(settings: Settings, resumed: bool = False) -> Dataflow:
+    """The dataflow the engine runs: analytics (default) or basic per-vehicle state; ``resumed``:
+    it restarts an execution on the same recovery store (see ``build_analytics_flow``)."""
     dsn, poll_s = settings.dsn("flow"), settings.flow_poll_ms / 1000
     source = CommittedReadings(
         dsn,
@@ -151,6 +152,7 @@ def build_engine_flow(settings: Settings) -> Dataflow:
         tick_s=settings.flow_tick_ms / 1000,
         idle_grace_s=settings.fleet_idle_grace_s,
         eta=eta_config(settings),
+        resumed=resumed,
     )
 
 
@@ -160,7 +162,10 @@ def run_flow(settings: Settings) -> None:
     # the snapshots hold every vehicle's state and pending results: for this process's user only
     recovery.mkdir(mode=0o700, parents=True, exist_ok=True)
     recovery.chmod(0o700)
-    if not any(recovery.glob("*.sqlite3")):
+    # an existing store means an earlier execution ran on it, and it may have crashed before
+    # it snapshotted anything: a vehicle with no snapshot then still has results stored
+    resumed = any(recovery.glob("*.sqlite3"))
+    if not resumed:
         init_db_dir(recovery, 1)
         log.info("flow: initialised recovery store in %s", recovery)
     if settings.flow_analytics:
@@ -172,7 +177,7 @@ def run_flow(settings: Settings) -> None:
         # SIGHUP (the engine forwards its own): reload the ETA set, e.g. after `fleetstream train eta`
         signal.signal(signal.SIGHUP, lambda *_: load_eta_models(models, keep_current=True, network=network))
     cli_main(
-        build_engine_flow(settings),
+        build_engine_flow(settings, resumed),
         workers_per_process=1,
         epoch_interval=timedelta(seconds=settings.flow_epoch_s),
         recovery_config=RecoveryConfig(str(recovery)),

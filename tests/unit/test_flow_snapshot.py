@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 from core.contract import GpsFix
 from core.thresholds import AnalyticsConfig
-from pipelines.analytics import VehicleEngine
+from pipelines.analytics import Resynced, VehicleEngine
 from pipelines.clock import FleetClock
 from pipelines.flow import _resumed, _VehicleLogic
 from pipelines.vehicle_state import StoredReading
@@ -36,3 +36,26 @@ def test_a_recovery_store_written_before_still_resumes() -> None:
     assert _resumed(engine) is engine
     assert _resumed(None) is None
     assert isinstance(_resumed(pickle.dumps(engine)), VehicleEngine)
+
+
+def test_a_vehicle_new_to_a_resumed_execution_disowns_what_the_crashed_run_stored() -> None:
+    # the crash came before the vehicle's first snapshot: it starts afresh, and the crashed run may
+    # have stored results for it from the same readings on
+    config = AnalyticsConfig()
+    logic = _VehicleLogic(None, config, FleetClock(), timedelta(seconds=1), lambda: T0, None, resumed=True)
+    first = logic.on_batch([(stored(5), T0 + timedelta(seconds=5)), (stored(4), T0 + timedelta(seconds=5))])
+    [out], _ = first
+    claim = out[0]
+    assert isinstance(claim, Resynced)
+    assert (claim.tenant, claim.vehicle) == ("acme", "van-1")
+    assert logic.engine is not None
+    assert set(claim.ids) == {e.id for e in logic.engine.analytics.emitted()}
+    assert claim.horizon == T0 + timedelta(seconds=4) - timedelta(seconds=config.correction_window_s)
+    [later], _ = logic.on_batch([(stored(6), T0 + timedelta(seconds=6))])
+    assert not any(isinstance(o, Resynced) for o in later)  # once
+
+
+def test_a_vehicle_new_to_a_first_execution_claims_nothing() -> None:
+    logic = _VehicleLogic(None, AnalyticsConfig(), FleetClock(), timedelta(seconds=1), lambda: T0, None)
+    [out], _ = logic.on_batch([(stored(1), T0 + timedelta(seconds=1))])
+    assert not any(isinstance(o, Resynced) for o in out)
