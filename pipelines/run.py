@@ -21,6 +21,7 @@ from pipelines.baselines import set_dwell_baselines
 from pipelines.connectors import AnalyticsStore, CommittedReadings, VehicleStateSink
 from pipelines.flow import build_analytics_flow, build_flow
 from pipelines.meter import METER
+from pipelines.replay_history import StoreHistory
 from store.db import connect
 
 __all__ = [
@@ -153,6 +154,7 @@ def build_engine_flow(settings: Settings, resumed: bool = False) -> Dataflow:
         idle_grace_s=settings.fleet_idle_grace_s,
         eta=eta_config(settings),
         resumed=resumed,
+        history=StoreHistory(dsn) if resumed else None,
     )
 
 

@@ -32,6 +32,17 @@ Checkpoints are pickled once, when taken, into bytes that name the shared immuta
 parts (``Replayable.shared()``: the config, the plan) instead of copying them. History,
 checkpoints and settled ledger entries older than ``window_s`` behind the frontier are
 forgotten.
+
+Snapshot
+    A pickled ``Corrector`` holds the live state, the ledger, the oldest checkpoint (the one
+    a replay of the whole window starts from) and the plan-change rows, but neither the
+    history's readings nor the later checkpoints: the store holds every reading, and a
+    replay rebuilds checkpoints as it goes. Unpickled, the readings from the oldest
+    checkpoint to the frontier are a *gap*: the first replay that needs them asks
+    ``loader(from_us, to_us)`` for them (the rows this corrector had taken in, as they were)
+    and merges them in. Until then a checkpoint of the live state, taken on unpickling, serves
+    replays of rows not behind it. Without a loader a row behind that checkpoint cannot be
+    replayed: ``defer`` drops it, as it does a row older than the oldest checkpoint.
 """
 
 from __future__ import annotations
@@ -39,13 +50,16 @@ from __future__ import annotations
 import io
 import pickle
 from bisect import bisect_left, bisect_right, insort_right
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from operator import itemgetter
 from typing import Any, Generic, NamedTuple, Protocol, Self, TypeVar
 
-__all__ = ["Corrector", "Replayable", "Result", "Row", "at_us", "us"]
+__all__ = ["Corrector", "HistoryLoader", "Replayable", "Result", "Row", "at_us", "us"]
 
 Row = tuple[Any, ...]  # (time in µs since 1970 UTC, ...)
+# the history rows (not plan changes) a snapshot left out, with times in [from_us, to_us]
+HistoryLoader = Callable[[int, int], list[Row]]
 _row_time = itemgetter(0)
 _EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 _MICROSECOND = timedelta(microseconds=1)
@@ -111,6 +125,10 @@ class Replayable(Protocol[R]):
         """Immutable parts by name, which checkpoints refer to instead of copying."""
         ...
 
+    def kept(self, row: Row) -> bool:
+        """Whether a snapshot keeps ``row`` (a plan change: the store does not hold it)."""
+        ...
+
 
 S = TypeVar("S", bound=Replayable[Any])
 
@@ -157,6 +175,50 @@ class Corrector(Generic[S, R]):
         self._checkpoints = [self._checkpoint(GENESIS_US, state, {})]
         self._ledger: dict[str, R] = {}  # ledger key -> last version emitted
         self.pending_us: int | None = None  # earliest row time a correction must replay from
+        # unpickled: (from_us, to_us, kept rows) of the history left in the store, until loaded
+        self._gap: tuple[int, int, list[Row]] | None = None
+        self.loader: HistoryLoader | None = None  # set by the owner after unpickling
+        self.unreplayed = 0  # corrections dropped: pending in a snapshot resumed without a loader
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The snapshot: the live state, its ledger, the oldest checkpoint and the kept rows
+        from it on (see the module docstring); not the rest of the history or checkpoints."""
+        base = self._checkpoints[0]
+        gap_from = base.us
+        gap_to = self._history[-1][0] if self._history else GENESIS_US
+        kept = [row for row in self._history if self.state.kept(row)]
+        if self._gap is not None:  # never loaded since the last restore: still in the store
+            gap_to = max(gap_to, self._gap[1])
+            kept = sorted([*(r for r in self._gap[2] if r[0] >= gap_from), *kept], key=_row_time)
+        return {
+            "state": self.state,
+            "checkpoint_us": self._checkpoint_us,
+            "window_us": self._window_us,
+            "base": base,
+            "ledger": self._ledger,
+            "pending_us": self.pending_us,
+            "gap": (gap_from, gap_to, kept) if gap_to >= gap_from else None,
+        }
+
+    def __setstate__(self, snap: dict[str, Any]) -> None:
+        if "base" not in snap:  # pickled whole, before snapshots left the history out
+            self.__dict__.update(snap)
+            self._gap, self.loader, self.unreplayed = None, None, 0
+            return
+        self.state = snap["state"]
+        self._checkpoint_us, self._window_us = snap["checkpoint_us"], snap["window_us"]
+        self._ledger = snap["ledger"]
+        self.pending_us = snap["pending_us"]
+        self._gap = snap["gap"]
+        self.loader = None
+        self.unreplayed = 0
+        self._history = []
+        self._checkpoints = [snap["base"]]
+        if self._gap is not None:
+            # rows taken in from now on are not behind this one (or they load the gap first)
+            frontier = self.state.time
+            at = us(frontier) if frontier is not None else self._gap[1]
+            self._checkpoints.append(self._checkpoint(max(at, self._gap[1]), self.state, self._ledger))
 
     # ---------------------------------------------------------------- verbs
 
@@ -179,6 +241,8 @@ class Corrector(Generic[S, R]):
         the oldest checkpoint, so no replay can take it."""
         if row[0] < self._checkpoints[0].us:
             return False
+        if self._gap is not None and row[0] < self._checkpoints[1].us and not self._load():
+            return False  # behind the restore, and the store's readings are out of reach
         insort_right(self._history, row, key=_row_time)
         if self.pending_us is None or row[0] < self.pending_us:
             self.pending_us = row[0]
@@ -193,6 +257,11 @@ class Corrector(Generic[S, R]):
         Returns those and how many history rows the replay re-processed."""
         assert self.pending_us is not None
         pending_us = self.pending_us
+        if self._gap is not None and pending_us < self._checkpoints[1].us and not self._load():
+            # pending when snapshotted, and the store's readings are out of reach
+            self.pending_us = None
+            self.unreplayed += 1
+            return [], 0
         cps = self._checkpoints
         i = max(0, bisect_right(cps, pending_us, key=_checkpoint_time) - 1)
         cp = cps[i]
@@ -262,6 +331,21 @@ class Corrector(Generic[S, R]):
 
     # ---------------------------------------------------------------- internals
 
+    def _load(self) -> bool:
+        """Merge the history a snapshot left in the store back in (False: no loader). Only the
+        oldest checkpoint stays: the ones after it, taken with the gap missing, are replaced by
+        those the next replay takes."""
+        assert self._gap is not None
+        if self.loader is None:
+            return False
+        gap_from, gap_to, kept = self._gap
+        rows = [*self.loader(gap_from, gap_to), *kept]
+        rows.sort(key=_row_time)  # stable: at equal times the store's rows before the kept ones
+        self._history = [*rows, *self._history]  # the rows taken in since are not behind them
+        del self._checkpoints[1:]
+        self._gap = None
+        return True
+
     def _checkpoint(self, at: int, state: S, ledger: dict[str, R]) -> _Checkpoint:
         shared = state.shared()
         buffer = io.BytesIO()
@@ -301,6 +385,8 @@ class Corrector(Generic[S, R]):
         while i + 1 < len(cps) and cps[i + 1].us <= horizon_us:
             i += 1
         del cps[:i]
+        if self._gap is not None:
+            self._gap = None  # its rows were behind the checkpoint just dropped: no replay needs them
         del self._history[: bisect_left(self._history, cps[0].us, key=_row_time)]
         horizon = at_us(horizon_us)
         for key in [k for k, r in self._ledger.items() if r.settled and r.time < horizon]:

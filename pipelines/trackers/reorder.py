@@ -63,6 +63,10 @@ class ReorderBuffer(Generic[T]):
         """Server time at which ``on_timer`` releases the oldest held item, None when empty."""
         return self._heap[0][0] + self.max_delay if self._heap else None
 
+    def held(self) -> list[T]:
+        """The items held, in no particular order."""
+        return [item for _, _, item in self._heap]
+
     def flush(self) -> list[Released[T]]:
         """Release everything held."""
         return self._release_until(self._heap[-1][0] if self._heap else None, everything=True)

@@ -49,6 +49,8 @@ State size
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
@@ -75,7 +77,11 @@ from pipelines.trackers.quality import CheckedFix, GpsQualityFilter
 from pipelines.trackers.reorder import Released, ReorderBuffer
 from pipelines.vehicle_state import StoredReading
 
-__all__ = ["ActivePlan", "EtaHook", "LatenessStats", "NoEta", "VehicleAnalytics", "VehicleTrackers"]
+__all__ = ["ActivePlan", "EtaHook", "LatenessStats", "NoEta", "StoreReadings", "VehicleAnalytics", "VehicleTrackers"]
+
+# The store's readings of one vehicle (tenant, vehicle) with fix times in [start, end] (UTC,
+# inclusive), in any order: what a resumed vehicle's first replay reloads (``attach_history``).
+StoreReadings = Callable[[str, str, datetime, datetime], Iterable[StoredReading]]
 
 
 class EtaHook(Protocol):
@@ -233,6 +239,10 @@ class VehicleTrackers:
     def shared(self) -> dict[str, Any]:
         """The config and the plan's parts: immutable, so checkpoints name them instead of copying."""
         return {"config": self.config, **(self.active.shared() if self.active is not None else {})}
+
+    def kept(self, row: Row) -> bool:
+        """A snapshot keeps plan changes; readings it leaves to the store."""
+        return bool(row[1] == _PLAN)
 
     def apply(self, reading: Reading, h3_cell: int | None) -> list[Event]:
         """Apply one reading (call ``advance(reading.fix_time)`` first); ``h3_cell`` of a GPS fix."""
@@ -441,6 +451,7 @@ class VehicleAnalytics:
     """
 
     _on_duty = True  # class default: state pickled before it existed still loads
+    _seen: dict[int, int] | None = None  # class default: state pickled before it existed still loads
 
     def __init__(
         self,
@@ -465,6 +476,7 @@ class VehicleAnalytics:
         )
         self._pending_since: datetime | None = None  # clock time a correction became pending
         self._on_duty = True  # as last judged (off -> on restarts the offline clock)
+        self._seen: dict[int, int] | None = {}  # shard -> the last shard_seq taken in (see attach_history)
 
     # ---------------------------------------------------------------- the four verbs
 
@@ -474,6 +486,11 @@ class VehicleAnalytics:
         if reading.tenant != self.tenant or reading.vehicle != self.vehicle:
             raise ValueError(f"reading of {reading.tenant}/{reading.vehicle} fed to {self.tenant}/{self.vehicle}")
         cell = self._cell(item)
+        seen = self._seen
+        if seen is None:
+            seen = self._seen = {}
+        if item.shard_seq > seen.get(item.shard, -1):
+            seen[item.shard] = item.shard_seq
         # a gap the clock jumped over in one go (a replay, a drained backlog) was still a gap
         out: list[Event] = self._in_context(self._offline.on_timer(now)) if self._duty(now) else []
         out += self._in_context(self._offline.update(now, reading.fix_time, cell))
@@ -492,6 +509,8 @@ class VehicleAnalytics:
         out: list[Event] = self._in_context(self._offline.on_timer(now)) if self._duty(now) else []
         if self._corrector.pending_us is not None:
             corrected, replayed = self._corrector.correct()
+            self.lateness.too_late_readings += self._corrector.unreplayed
+            self._corrector.unreplayed = 0
             out += corrected
             self.lateness.corrections += 1
             self.lateness.replayed_entries += replayed
@@ -532,6 +551,35 @@ class VehicleAnalytics:
         out += self._corrector.process((us(t), _PLAN, active))
         self._duty(now)
         return out
+
+    def attach_history(self, readings: StoreReadings) -> None:
+        """Call right after unpickling: where the first replay that reaches behind the snapshot
+        reloads the readings it left out (``correction.py``, Snapshot). Of the store's readings
+        in the gap, those this state had taken in: up to the last ``shard_seq`` of each shard
+        it saw, less those still in its reorder buffer (they are released later, as live)."""
+        seen = dict(self._seen or {})
+        held = Counter(_encode(reading, cell) for reading, cell in self._buffer.held())
+        tenant, vehicle = self.tenant, self.vehicle
+
+        def load(from_us: int, to_us: int) -> list[Row]:
+            items = [
+                i
+                for i in readings(
+                    tenant, vehicle, at_us(max(from_us, 0)), at_us(to_us)
+                )  # from the genesis checkpoint: 1970
+                if i.shard_seq <= seen.get(i.shard, -1)
+            ]
+            items.sort(key=lambda i: (i.shard, i.shard_seq))  # the order they were taken in
+            rows, skip = [], Counter(held)
+            for item in items:
+                row = _encode(item.reading, self._cell(item))
+                if skip[row] > 0:
+                    skip[row] -= 1
+                else:
+                    rows.append(row)
+            return rows
+
+        self._corrector.loader = load
 
     # ---------------------------------------------------------------- read-only views
 
