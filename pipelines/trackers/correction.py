@@ -47,6 +47,7 @@ Snapshot
 
 from __future__ import annotations
 
+import hashlib
 import io
 import pickle
 from bisect import bisect_left, bisect_right, insort_right
@@ -282,7 +283,9 @@ class Corrector(Generic[S, R]):
         out: list[R] = []
         live = self._ledger
         for key, old in live.items():
-            if key not in ledger:  # emitted since the checkpoint, no longer holds
+            if isinstance(ledger.get(key), _Gone):  # final at the checkpoint: older than the window
+                ledger[key] = old
+            elif key not in ledger:  # emitted since the checkpoint, no longer holds
                 if not old.is_retracted:
                     old = old.retract()
                     out.append(old)
@@ -389,8 +392,47 @@ class Corrector(Generic[S, R]):
             self._gap = None  # its rows were behind the checkpoint just dropped: no replay needs them
         del self._history[: bisect_left(self._history, cps[0].us, key=_row_time)]
         horizon = at_us(horizon_us)
-        for key in [k for k, r in self._ledger.items() if r.settled and r.time < horizon]:
-            del self._ledger[key]
+        live = self._ledger
+        for key in [k for k, r in live.items() if r.settled and r.time < horizon]:
+            del live[key]
+        # what the checkpoints' ledgers hold of the forgotten results: only enough to tell a replay
+        # that makes one again (unchanged) that it was emitted
+        gone: dict[int, _Gone] = {}
+        for cp in cps:
+            for key, result in cp.ledger.items():
+                if key not in live and not isinstance(result, _Gone):
+                    stand_in = gone.get(id(result))
+                    if stand_in is None:
+                        stand_in = gone[id(result)] = _Gone(result)
+                    cp.ledger[key] = stand_in
+
+
+class _Gone:
+    """A result the live ledger forgot (settled, older than the window), as a checkpoint's
+    ledger keeps it: equal to a result that pickles to the same bytes (its digest)."""
+
+    __slots__ = ("digest",)
+
+    def __init__(self, result: Any) -> None:
+        self.digest = _digest(result)
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, _Gone):
+            return self.digest == other.digest
+        return self.digest == _digest(other)
+
+    def __hash__(self) -> int:
+        return hash(self.digest)
+
+    def __getstate__(self) -> bytes:
+        return self.digest
+
+    def __setstate__(self, digest: bytes) -> None:
+        self.digest = digest
+
+
+def _digest(result: Any) -> bytes:
+    return hashlib.blake2b(pickle.dumps(result, pickle.HIGHEST_PROTOCOL), digest_size=8).digest()
 
 
 def _is_prediction(result: Result) -> bool:
