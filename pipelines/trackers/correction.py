@@ -31,7 +31,7 @@ Results
 Checkpoints are pickled once, when taken, into bytes that name the shared immutable
 parts (``Replayable.shared()``: the config, the plan) instead of copying them. History,
 checkpoints and settled ledger entries older than ``window_s`` behind the frontier are
-forgotten.
+forgotten (by the checkpoints' ledgers too).
 
 Snapshot
     A pickled ``Corrector`` holds the live state, the ledger, the oldest checkpoint (the one
@@ -47,7 +47,6 @@ Snapshot
 
 from __future__ import annotations
 
-import hashlib
 import io
 import pickle
 from bisect import bisect_left, bisect_right, insort_right
@@ -198,7 +197,7 @@ class Corrector(Generic[S, R]):
             "base": base,
             "ledger": self._ledger,
             "pending_us": self.pending_us,
-            "gap": (gap_from, gap_to, kept) if gap_to >= gap_from else None,
+            "gap": (gap_from, gap_to, kept) if self._history or self._gap is not None else None,
         }
 
     def __setstate__(self, snap: dict[str, Any]) -> None:
@@ -283,9 +282,7 @@ class Corrector(Generic[S, R]):
         out: list[R] = []
         live = self._ledger
         for key, old in live.items():
-            if isinstance(ledger.get(key), _Gone):  # final at the checkpoint: older than the window
-                ledger[key] = old
-            elif key not in ledger:  # emitted since the checkpoint, no longer holds
+            if key not in ledger:  # emitted since the checkpoint, no longer holds
                 if not old.is_retracted:
                     old = old.retract()
                     out.append(old)
@@ -395,44 +392,12 @@ class Corrector(Generic[S, R]):
         live = self._ledger
         for key in [k for k, r in live.items() if r.settled and r.time < horizon]:
             del live[key]
-        # what the checkpoints' ledgers hold of the forgotten results: only enough to tell a replay
-        # that makes one again (unchanged) that it was emitted
-        gone: dict[int, _Gone] = {}
+        # nor do the checkpoints' ledgers keep them: a replay from a checkpoint does not make again
+        # what the trackers had already emitted by then (they emit on changes); if one did, it
+        # would be re-emitted as new, an unchanged row rewritten
         for cp in cps:
-            for key, result in cp.ledger.items():
-                if key not in live and not isinstance(result, _Gone):
-                    stand_in = gone.get(id(result))
-                    if stand_in is None:
-                        stand_in = gone[id(result)] = _Gone(result)
-                    cp.ledger[key] = stand_in
-
-
-class _Gone:
-    """A result the live ledger forgot (settled, older than the window), as a checkpoint's
-    ledger keeps it: equal to a result that pickles to the same bytes (its digest)."""
-
-    __slots__ = ("digest",)
-
-    def __init__(self, result: Any) -> None:
-        self.digest = _digest(result)
-
-    def __eq__(self, other: object) -> bool:
-        if isinstance(other, _Gone):
-            return self.digest == other.digest
-        return self.digest == _digest(other)
-
-    def __hash__(self) -> int:
-        return hash(self.digest)
-
-    def __getstate__(self) -> bytes:
-        return self.digest
-
-    def __setstate__(self, digest: bytes) -> None:
-        self.digest = digest
-
-
-def _digest(result: Any) -> bytes:
-    return hashlib.blake2b(pickle.dumps(result, pickle.HIGHEST_PROTOCOL), digest_size=8).digest()
+            for key in [k for k in cp.ledger if k not in live]:
+                del cp.ledger[key]
 
 
 def _is_prediction(result: Result) -> bool:

@@ -271,3 +271,35 @@ def test_without_the_store_a_reading_behind_the_restore_is_counted_too_late() ->
     feed_until(restored, [i for i in feed.items if i.received_at > at(cut)], [])
     assert restored.analytics.lateness.too_late_readings == 1
     assert restored.analytics.lateness.corrections == 0
+
+
+def test_two_restores_before_the_late_reading_still_replay_identically() -> None:
+    """Resumed, snapshotted again before any replay needed the store, resumed again: the second
+    snapshot's gap spans readings from before and after the first restore."""
+    van = Van("van-00042", 42)
+    first, second = 1.5 * 3600.0, 2.0 * 3600.0
+    parked = [(rx, r) for rx, r in van.readings if isinstance(r, GpsFix) and r.speed_mps == 0.0 and rx < second - 1200]
+    late = [(second + 30.0, DoorEvent("acme", van.name, 0, parked[-40][1].fix_time, "side", True))]
+    feed = Feed(van, late)
+    upto_first = [i for i in feed.items if i.received_at <= at(first)]
+    between = [i for i in feed.items if at(first) < i.received_at <= at(second)]
+    after = [i for i in feed.items if i.received_at > at(second)]
+
+    straight = engine_for(feed)
+    feed_until(straight, upto_first + between, [])
+    a_after: list[Output] = []
+    feed_until(straight, after, a_after)
+
+    resumed = engine_for(feed)
+    feed_until(resumed, upto_first, [])
+    once = _resumed(logic(resumed).snapshot())
+    assert once is not None
+    once.analytics.attach_history(feed.store)
+    feed_until(once, between, [])
+    twice = _resumed(logic(once).snapshot())
+    assert twice is not None
+    twice.analytics.attach_history(feed.store)
+    b_after: list[Output] = []
+    feed_until(twice, after, b_after)
+    assert a_after == b_after
+    assert twice.analytics.lateness.corrections >= 1 and twice.analytics.lateness.too_late_readings == 0
