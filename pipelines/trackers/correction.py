@@ -125,8 +125,8 @@ class Replayable(Protocol[R]):
         """Immutable parts by name, which checkpoints refer to instead of copying."""
         ...
 
-    def kept(self, row: Row) -> bool:
-        """Whether a snapshot keeps ``row`` (a plan change: the store does not hold it)."""
+    def kept(self, rows: list[Row]) -> list[Row]:
+        """The ``rows`` a snapshot keeps (plan changes: the store does not hold them), in order."""
         ...
 
 
@@ -186,7 +186,7 @@ class Corrector(Generic[S, R]):
         base = self._checkpoints[0]
         gap_from = base.us
         gap_to = self._history[-1][0] if self._history else GENESIS_US
-        kept = [row for row in self._history if self.state.kept(row)]
+        kept = self.state.kept(self._history)
         if self._gap is not None:  # never loaded since the last restore: still in the store
             gap_to = max(gap_to, self._gap[1])
             kept = sorted([*(r for r in self._gap[2] if r[0] >= gap_from), *kept], key=_row_time)

@@ -243,9 +243,9 @@ class VehicleTrackers:
         """The config and the plan's parts: immutable, so checkpoints name them instead of copying."""
         return {"config": self.config, **(self.active.shared() if self.active is not None else {})}
 
-    def kept(self, row: Row) -> bool:
+    def kept(self, rows: list[Row]) -> list[Row]:
         """A snapshot keeps plan changes; readings it leaves to the store."""
-        return bool(row[1] == _PLAN)
+        return [row for row in rows if row[1] == _PLAN]
 
     def apply(self, reading: Reading, h3_cell: int | None) -> list[Event]:
         """Apply one reading (call ``advance(reading.fix_time)`` first); ``h3_cell`` of a GPS fix."""

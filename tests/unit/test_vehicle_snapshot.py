@@ -27,7 +27,7 @@ from pipelines.vehicle_state import StoredReading
 T0 = datetime(2026, 11, 23, 7, 0, tzinfo=UTC)
 CONFIG = AnalyticsConfig(temp_range_c=(2.0, 8.0))
 # the target of issue 16 is 4 KB; what the snapshot holds today is bounded by this (docs/analytics.md)
-MAX_SNAPSHOT_BYTES = 12_000
+MAX_SNAPSHOT_BYTES = 13_000
 VANS = int(os.environ.get("FLEETSTREAM_TEST_SNAPSHOT_VANS", "12"))  # knob: a larger fleet
 HOURS = (0.5, 1.0, 2.0, 3.0, 4.0)  # snapshot points
 
