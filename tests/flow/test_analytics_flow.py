@@ -7,11 +7,11 @@ from datetime import UTC, datetime, timedelta
 
 from bytewax.testing import TestingSink, TestingSource, run_main
 
-from core.thresholds import EtaConfig
+from core.thresholds import AnalyticsConfig, EtaConfig
 from pipelines.analytics import EventOut, PlanUpdate
 from pipelines.cells import CellMinute
 from pipelines.flow import build_analytics_flow
-from pipelines.trackers.events import StopEvent
+from pipelines.trackers.events import Alert, StopEvent
 from pipelines.vehicle_state import StoredReading, VehicleSummary
 from tests.unit.test_trackers_vehicle import PLAN, T0, delivery_day
 
@@ -175,3 +175,70 @@ def test_live_etas_and_a_predicted_late_alert_from_the_stream() -> None:
         "van-1: predicted 1.5 min late at stop s2 (window ends 08:10 UTC); resolved after 6.3 min"
     )
     assert alerts[0].detected_at == T0 + timedelta(seconds=325)  # the reorder wait after the fix
+
+
+def _final_results(out: list[object]) -> dict[str, tuple[object, ...]]:
+    """The last version of each alert and stop event by id, as a sink upserting on the id keeps it."""
+    last: dict[str, tuple[object, ...]] = {}
+    for o in out:
+        if isinstance(o, EventOut) and isinstance(o.event, (Alert, StopEvent)):
+            e = o.event
+            last[e.id] = (e.status, e.start, e.end) if isinstance(e, Alert) else (e.kind, e.at, e.retracted)
+    return last
+
+
+def test_a_late_reading_behind_the_snapshot_is_replayed_with_the_store_s_readings(tmp_path) -> None:
+    """After an abort, a door opening from before the snapshot (at the first stop) arrives: the resumed vehicle
+    reloads the readings its snapshot left out (``history``) and replays; the results are the
+    uninterrupted run's. Without the store the reading is counted too late, not analysed."""
+    from bytewax.recovery import RecoveryConfig, init_db_dir
+
+    from core.contract import DoorEvent
+
+    items = with_cells(delivery_day().items)
+    half = len(items) // 2
+    last = items[-1]
+    late = StoredReading(
+        DoorEvent("acme", "van-1", 9999, T0 + timedelta(seconds=100), "rear", True),
+        None,
+        last.received_at + timedelta(seconds=1),
+        0,
+        last.shard_seq + 1,
+    )
+    everything = [*items, late]
+    plans = [PlanUpdate(PLAN, 1, T0)]
+    cold = AnalyticsConfig(temp_range_c=(2.0, 8.0))  # a refrigerated load: its doors are watched
+
+    def store(tenant: str, vehicle: str, start: datetime, end: datetime) -> list[StoredReading]:
+        return [i for i in everything if start <= i.reading.fix_time <= end]
+
+    def resumed(history: object, folder: str) -> list[object]:
+        (tmp_path / folder).mkdir()
+        init_db_dir(tmp_path / folder, 1)
+        out: list[object] = []
+        flow = build_analytics_flow(
+            TestingSource([*plans, *items[:half], TestingSource.ABORT(), *items[half:], late]),
+            TestingSink(out),
+            cold,
+            wall=fixed_wall,
+            history=history,  # type: ignore[arg-type]
+        )
+        config = RecoveryConfig(str(tmp_path / folder))
+        run_main(flow, epoch_interval=timedelta(0), recovery_config=config)
+        run_main(flow, epoch_interval=timedelta(0), recovery_config=config)
+        return out
+
+    straight: list[object] = []
+    run_main(build_analytics_flow(TestingSource([*plans, *everything]), TestingSink(straight), cold, wall=fixed_wall))
+    expected = _final_results(straight)
+    assert any(v[0] == "open" for v in expected.values()), "the late door opening raises an alert"
+
+    with_store = resumed(store, "with")
+    assert _final_results(with_store) == expected
+    final = [o for o in with_store if isinstance(o, VehicleSummary)][-1]
+    assert final.too_late_readings == 0 and final.corrections >= 1
+
+    without = resumed(None, "without")
+    final = [o for o in without if isinstance(o, VehicleSummary)][-1]
+    assert final.too_late_readings == 1
+    assert _final_results(without) != expected
