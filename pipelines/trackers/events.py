@@ -20,6 +20,8 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
+from pipelines.trackers.state import fast_getstate
+
 __all__ = [
     "ALERT_TYPES",
     "SEVERITY",
@@ -73,6 +75,7 @@ def stop_event_id(tenant: str, vehicle: str, kind: str, stop_id: str, plan_versi
     return _uuid5(f"stop|{tenant}|{vehicle}|{kind}|{stop_id}|{plan_version}|{visit}")
 
 
+@fast_getstate
 @dataclass(frozen=True, slots=True)
 class Alert:
     """An anomaly over a time span [start, end) in UTC; ``end`` is None while open.
@@ -125,6 +128,7 @@ class Alert:
         return self.status != "open"
 
 
+@fast_getstate
 @dataclass(frozen=True, slots=True)
 class StopEvent:
     """An arrival at or a departure from a planned stop at ``at`` (UTC fix time).
@@ -182,6 +186,7 @@ def _uuid5(name: str) -> str:
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
+@fast_getstate
 @dataclass(frozen=True, slots=True)
 class EtaUpdate:
     """A new ETA for one remaining stop, predicted at fix time ``at`` (UTC).

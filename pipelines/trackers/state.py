@@ -12,9 +12,33 @@ pickled, or from a dict), and gives the fields the old state lacks their default
 from __future__ import annotations
 
 from dataclasses import MISSING, fields
-from typing import Any
+from operator import attrgetter
+from typing import Any, TypeVar
 
-__all__ = ["restore_fields"]
+__all__ = ["fast_getstate", "restore_fields"]
+
+C = TypeVar("C", bound=type)
+
+
+def fast_getstate(cls: C) -> C:
+    """Class decorator (above ``@dataclass(slots=True)``): the same ``__getstate__`` as the
+    dataclass's (its field values as a list, in field order), without calling ``fields()``
+    for every object pickled (half of a vehicle snapshot's time went there)."""
+    names = tuple(f.name for f in fields(cls))
+    get = attrgetter(*names)
+    if len(names) == 1:
+
+        def one(self: Any) -> list[Any]:
+            return [get(self)]
+
+        setattr(cls, "__getstate__", one)  # noqa: B010 (mypy: a method assigned to a class)
+    else:
+
+        def many(self: Any) -> list[Any]:
+            return list(get(self))
+
+        setattr(cls, "__getstate__", many)  # noqa: B010 (mypy: a method assigned to a class)
+    return cls
 
 
 def restore_fields(obj: Any, state: Any, old_order: tuple[str, ...] = ()) -> None:
