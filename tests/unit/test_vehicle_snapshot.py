@@ -12,7 +12,8 @@ import random
 import statistics
 import time
 import zlib
-from dataclasses import dataclass, field
+from collections.abc import Sequence
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 
 from core.contract import DoorEvent, GpsFix, Reading, TemperatureReading
@@ -116,7 +117,7 @@ class Van:
 class Feed:
     """A van's readings as the store commits them: numbered (device seq, shard_seq) in arrival order."""
 
-    def __init__(self, van: Van, late: list[tuple[float, Reading]] = ()) -> None:  # type: ignore[assignment]
+    def __init__(self, van: Van, late: Sequence[tuple[float, Reading]] = ()) -> None:
         items = sorted([*van.readings, *late], key=lambda r: r[0])
         self.items = [StoredReading(_numbered(r, n + 1), None, at(rx), 0, n + 1) for n, (rx, r) in enumerate(items)]
         self.plan = van.plan
@@ -127,8 +128,6 @@ class Feed:
 
 
 def _numbered(r: Reading, n: int) -> Reading:
-    from dataclasses import replace
-
     return replace(r, seq=n)
 
 
