@@ -177,8 +177,8 @@ class _VehicleLogic(StatefulBatchLogic[Group, list[Output], bytes]):
         for group in groups:
             out += self._on_group(group)
             readings += sum(1 for item, _ in group if not isinstance(item, PlanUpdate))
-        if readings and self.engine is not None and not (out and isinstance(out[-1], VehicleSummary)):
-            out.append(self.engine.summary())  # one per batch: the store keeps the last anyway
+        if readings and self.engine is not None:  # once per batch: the store keeps the last of each
+            out += self.engine.batch_end()
         after = self._replays()
         _count_lateness(before, _lateness(self.engine))
         METER.count(readings=readings, batches=1, corrections=after[0] - replays[0], replayed=after[1] - replays[1])
