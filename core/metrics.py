@@ -30,6 +30,7 @@ __all__ = [
     "FLOW_HEARTBEAT",
     "FLOW_LAG_READINGS",
     "FLOW_LAG_SECONDS",
+    "FLOW_VEHICLES",
     "LATE_READINGS",
     "MESSAGES",
     "READINGS_STORED",
@@ -63,6 +64,11 @@ FLOW_LAG_SECONDS = Gauge(
     "fleetstream_flow_lag_seconds",
     "Age of the oldest committed reading the dataflow has not read yet (0 when caught up)",
     multiprocess_mode="livemax",
+)
+FLOW_VEHICLES = Gauge(
+    "fleetstream_flow_vehicles",
+    "Vehicles whose analytics state this dataflow process holds (one value per process of a cluster)",
+    multiprocess_mode="all",
 )
 FLOW_HEARTBEAT = Gauge(
     "fleetstream_flow_last_poll_timestamp_seconds",

@@ -95,6 +95,9 @@ class Settings:
     flow_batch_rows: int = 20_000  # rows per source read (and shard): a poll is one input batch of the dataflow
     flow_analytics: int = 1  # 1 = the per-vehicle analytics trackers run in the dataflow; 0 = basic state only
     flow_tick_ms: int = 1000  # how often a vehicle with pending timers is woken (wall clock)
+    flow_processes: int = 1  # the dataflow as a Bytewax cluster of this many processes on this host
+    flow_port: int = 18890  # with flow_processes > 1: process i of the cluster listens on 127.0.0.1:flow_port + i
+    flow_addresses: str = ""  # host:port of every process of a cluster across hosts, comma separated (overrides both)
     fleet_idle_grace_s: float = 5.0  # with no data for this long, the fleet clock follows the wall clock
     flow_eta: int = 1  # 1 = live ETAs per remaining stop and predicted_late alerts in the analytics dataflow
     eta_reemit_s: float = _E.reemit_s  # a stop's ETA is re-emitted when it moved by more than this
@@ -253,6 +256,15 @@ class Settings:
         tracker front ends' (``FRONT_END_SHARDS``), whether their listeners run or not."""
         return [*range(self.gateway_workers), *FRONT_END_SHARDS.values()]
 
+    def flow_cluster(self) -> list[str]:
+        """The ``host:port`` of every process of the dataflow's Bytewax cluster, in process order;
+        empty for a single process (``flow_processes`` 1 and no ``flow_addresses``)."""
+        if self.flow_addresses.strip():
+            return [a.strip() for a in self.flow_addresses.split(",") if a.strip()]
+        if self.flow_processes > 1:
+            return [f"127.0.0.1:{self.flow_port + i}" for i in range(self.flow_processes)]
+        return []
+
     def listener_ports(self) -> dict[str, int]:
         """{protocol: port} of the tracker listeners that are on (port not 0)."""
         ports = {"teltonika": self.teltonika_port, "gt06": self.gt06_port, "osmand": self.osmand_port}
@@ -313,6 +325,8 @@ _RANGES: dict[str, tuple[float, float]] = {
     "flow_poll_ms": (1, 60_000),
     "flow_batch_rows": (1, 10_000_000),
     "flow_tick_ms": (1, 60_000),
+    "flow_processes": (1, 64),
+    "flow_port": (1, 65535),
     "webhook_timeout_s": (0.1, 600),
     "webhook_max_attempts": (1, 1000),
     "delivery_poll_ms": (1, 60_000),

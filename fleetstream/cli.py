@@ -234,7 +234,8 @@ def _flow(settings: Settings, args: argparse.Namespace) -> int:
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     try:
-        run_flow(settings)
+        resumed = None if args.resumed is None else args.resumed == "yes"
+        run_flow(settings, args.process, resumed)
     except (KeyboardInterrupt, BytewaxRuntimeError):
         if not stopping:
             raise
@@ -540,6 +541,18 @@ def main(argv: list[str] | None = None) -> int:
     p.set_defaults(func=_gateway)
 
     p = sub.add_parser("flow", help="run the dataflow (the engine starts it)")
+    p.add_argument(
+        "--process",
+        type=int,
+        default=0,
+        help="this process's place in the dataflow's cluster (flow_processes, flow_addresses; default: 0)",
+    )
+    p.add_argument(
+        "--resumed",
+        choices=("yes", "no"),
+        help="whether the run resumes an earlier one on the recovery store, as decided for the whole "
+        "cluster by whoever created the store (default: process 0 decides; the others wait for it)",
+    )
     p.set_defaults(func=_flow)
 
     for name, func, text in (

@@ -39,6 +39,11 @@ def _die_with_parent() -> None:
     ctypes.CDLL("libc.so.6", use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def _flow_name(process: int) -> str:
+    """``flow`` for the dataflow's (first) process, ``flow-<i>`` for the others of a cluster."""
+    return "flow" if process == 0 else f"flow-{process}"
+
+
 def settings_env(settings: Settings) -> dict[str, str]:
     """The environment that makes a child process load exactly these settings."""
     env = dict(os.environ)
@@ -53,6 +58,7 @@ class _Child:
     argv: list[str]
     shard: int | None = None
     protocol: str | None = None  # a tracker listener's
+    flow: int | None = None  # a dataflow process's place in its cluster
     proc: subprocess.Popen[bytes] | None = None
     restarts: int = 0
 
@@ -78,8 +84,16 @@ class Engine:
         # the tracker front ends whose port is not 0, one process each (its own writer shard)
         if with_listeners:
             self.children += [_Child(f"listen-{p}", [*cli, "listen", p], protocol=p) for p in settings.listener_ports()]
-        if with_flow:
-            self.children.append(_Child("flow", [*cli, "flow"]))
+        if with_flow:  # the dataflow: one process, or a Bytewax cluster of flow_processes on this host
+            cluster = settings.flow_cluster()
+            if settings.flow_addresses.strip():
+                raise ValueError(
+                    "flow_addresses names a cluster across hosts: run `fleetstream flow --process I` on each "
+                    "host and the engine without its dataflow (`fleetstream engine --no-flow`)"
+                )
+            self.children += [
+                _Child(_flow_name(i), [*cli, "flow", "--process", str(i)], flow=i) for i in range(max(1, len(cluster)))
+            ]
         # one dispatch listener per broker (its client id is fixed): plans over MQTT
         self.with_dispatch = with_dispatch
         if with_dispatch:
@@ -124,8 +138,24 @@ class Engine:
             private.chmod(0o700)
         for old in metrics.glob("*.db"):  # a new engine: counters start from zero
             old.unlink(missing_ok=True)
+        self._prepare_flow()
         for child in self.children:
             self._spawn(child)
+
+    def _flows(self) -> list[_Child]:
+        return [c for c in self.children if c.flow is not None]
+
+    def _prepare_flow(self) -> None:
+        """Create the recovery store once for all the dataflow's processes, and tell each whether
+        the run resumes an earlier one (each deciding alone would race with the one creating it)."""
+        flows = self._flows()
+        if not flows:
+            return
+        from pipelines.run import prepare_recovery
+
+        resumed = "yes" if prepare_recovery(self.settings) else "no"
+        for child in flows:
+            child.argv = [*child.argv[: child.argv.index("flow") + 3], "--resumed", resumed]
 
     def _exited(self, child: _Child) -> None:
         """A child is gone: its live gauges leave the metrics (prometheus-client multiprocess mode)."""
@@ -153,7 +183,8 @@ class Engine:
         return {c.name: c.proc.pid for c in self.children if c.proc is not None}
 
     def watch(self, stop: threading.Event) -> None:
-        """Restart children that exit until ``stop`` is set."""
+        """Restart children that exit until ``stop`` is set. The dataflow's processes restart
+        together: a Bytewax cluster that lost one process cannot go on, and resumes as a whole."""
         while not stop.wait(0.5):
             for child in self.children:
                 if child.proc is not None and child.proc.poll() is not None:
@@ -161,12 +192,28 @@ class Engine:
                     self._exited(child)
                     child.restarts += 1
                     time.sleep(min(5.0, 0.5 * child.restarts))
-                    self._spawn(child)
+                    if child.flow is not None and len(self._flows()) > 1:
+                        self._restart_flows()
+                    else:
+                        self._spawn(child)
+
+    def _restart_flows(self) -> None:
+        """Kill what is left of the dataflow's cluster (by pid: our own children) and start it again."""
+        flows = self._flows()
+        for child in flows:
+            if child.proc is not None and child.proc.poll() is None:
+                log.warning("engine: stopping %s (pid %d) to restart the cluster", child.name, child.proc.pid)
+                child.proc.kill()
+                child.proc.wait()
+                self._exited(child)
+        self._prepare_flow()
+        for child in flows:
+            self._spawn(child)
 
     def reload_models(self) -> None:
         """Make the dataflow reload its ETA models (SIGHUP; it logs what it loaded)."""
         for child in self.children:
-            if child.name == "flow" and child.proc is not None and child.proc.poll() is None:
+            if child.flow is not None and child.proc is not None and child.proc.poll() is None:
                 child.proc.send_signal(signal.SIGHUP)
                 log.info("engine: asked the flow (pid %d) to reload its ETA models", child.proc.pid)
 
@@ -174,7 +221,7 @@ class Engine:
         """SIGTERM every child (SIGINT for the dataflow), then SIGKILL what is left."""
         for child in self.children:
             if child.proc is not None and child.proc.poll() is None:
-                child.proc.send_signal(signal.SIGINT if child.name == "flow" else signal.SIGTERM)
+                child.proc.send_signal(signal.SIGINT if child.flow is not None else signal.SIGTERM)
         deadline = time.monotonic() + timeout_s
         for child in self.children:
             if child.proc is None:

@@ -90,22 +90,25 @@ class VehicleEngine:
         """One committed reading; ``now`` is the fleet clock. Runs the timers due by ``now`` too,
         unless ``run_due`` is False: then the caller runs ``on_timer`` after the rest of its
         input batch (a burst of late readings then costs one replay, not one per reading).
-        Ends with the vehicle's summary unless ``summarize`` is False: then the caller takes
-        ``summary()`` once after the rest of its input batch (the store keeps the last one)."""
+        Ends with the H3 minute rows the reading changed and the vehicle's summary unless
+        ``summarize`` is False: then the caller takes them once after the rest of its input
+        batch (``batch_end``; the store keeps the last of each)."""
         out: list[Output] = []
         r = item.reading
         if isinstance(r, GpsFix) and item.h3_cell is not None:
-            row = self.cells.add(r.fix_time, item.h3_cell, r.speed_mps)
-            if row is not None:
-                out.append(row)
-        self.basic.update(item)
+            self.cells.add(r.fix_time, item.h3_cell, r.speed_mps)
+        self.basic.observe(item)
         events = self.analytics.update(item, now)
         if run_due and (due := self.analytics.next_timer()) is not None and due <= now:
             events += self.analytics.on_timer(now)
         out += self._events(events, now)
         if summarize:
-            out.append(self.summary())
+            out += self.batch_end()
         return out
+
+    def batch_end(self) -> list[Output]:
+        """The H3 minute rows changed since the last call, each as it stands, and the summary."""
+        return [*self.cells.take_changed(), self.summary()]
 
     def on_plan(self, update: PlanUpdate, now: datetime | None) -> list[Output]:
         """A new plan revision (``now``: the fleet clock, None before the tenant's first reading)."""

@@ -36,7 +36,10 @@ class CellMinute(NamedTuple):
 
 
 class CellMinutes:
-    """Accumulates a vehicle's rows; ``add`` returns the row the fix changed."""
+    """Accumulates a vehicle's rows; ``add`` returns the row the fix changed, ``take_changed``
+    the rows changed since it was last called."""
+
+    _changed: set[tuple[int, int]] | None = None  # class default: state pickled before it existed still loads
 
     def __init__(
         self,
@@ -51,6 +54,7 @@ class CellMinutes:
         self._rows: dict[tuple[int, int], list[float]] = {}  # (minute since 1970, cell) -> [fixes, sum, n, stopped]
         self._newest: datetime | None = None
         self._horizon = -(2**62)  # minutes before this are forgotten
+        self._changed: set[tuple[int, int]] | None = set()  # rows changed since the last ``take_changed``
 
     def add(self, fix_time: datetime, h3_cell: int, speed_mps: float | None) -> CellMinute | None:
         """One GPS fix (UTC fix time, H3 cell, reported speed in m/s or None); None when too old."""
@@ -61,6 +65,9 @@ class CellMinutes:
         if row is None:
             row = self._rows[(minute, h3_cell)] = [0, 0.0, 0, 0.0]
         row[0] += 1
+        if self._changed is None:
+            self._changed = set()
+        self._changed.add((minute, h3_cell))
         if speed_mps is not None:
             row[1] += speed_mps
             row[2] += 1
@@ -73,6 +80,17 @@ class CellMinutes:
             if horizon > self._horizon:
                 self._horizon = horizon
                 self._rows = {k: v for k, v in self._rows.items() if k[0] >= horizon}
+        return self._row(minute, h3_cell, row)
+
+    def take_changed(self) -> list[CellMinute]:
+        """The rows ``add`` changed since the last call (each once, as it stands now): a caller
+        that writes a batch of fixes at once writes each minute-cell once, not once per fix."""
+        rows, changed = self._rows, self._changed or ()
+        out = [self._row(m, c, rows[(m, c)]) for m, c in sorted(changed) if (m, c) in rows]
+        self._changed = set()
+        return out
+
+    def _row(self, minute: int, h3_cell: int, row: list[float]) -> CellMinute:
         return CellMinute(
             _EPOCH + timedelta(minutes=minute),
             self.tenant,

@@ -24,7 +24,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-__all__ = ["FleetClock"]
+__all__ = ["FleetClock", "WorkerClock"]
 
 
 @dataclass(slots=True)
@@ -69,4 +69,49 @@ class FleetClock:
         if t.floor is not None and now < t.floor:
             now = t.floor
         t.floor = now
+        return now
+
+
+@dataclass(slots=True)
+class _Seen:
+    stamp: datetime  # the newest fleet-clock stamp this worker received for the tenant
+    wall: datetime  # the wall time it was received
+    floor: datetime  # the latest "now" handed out
+
+
+class WorkerClock:
+    """The fleet clock as one dataflow worker sees it, for timers of vehicles with no new data.
+
+    One ``FleetClock`` stamps every item in stream order on the worker that reads the
+    source, before the items are keyed; in a cluster of several processes a vehicle's
+    logic may run on another worker, which never sees that clock. So each worker keeps,
+    per tenant, the newest stamp it received with the items routed to it, and after
+    ``idle_grace_s`` of wall time with none it moves on with the wall clock from there,
+    the rule ``FleetClock`` applies to a fleet gone silent. With one process every item
+    passes through it, so it trails the stamping clock by at most one input batch.
+    Never decreases. Pure: the wall time is passed in.
+    """
+
+    def __init__(self, idle_grace_s: float = 5.0) -> None:
+        self.idle_grace = timedelta(seconds=idle_grace_s)
+        self._tenants: dict[str, _Seen] = {}
+
+    def seen(self, tenant: str, stamp: datetime, wall: datetime) -> None:
+        """An item of ``tenant`` stamped ``stamp`` reached this worker at wall time ``wall``."""
+        known = self._tenants.get(tenant)
+        if known is None:
+            self._tenants[tenant] = _Seen(stamp, wall, stamp)
+        elif stamp >= known.stamp:
+            known.stamp, known.wall = stamp, wall
+
+    def now(self, tenant: str, wall: datetime) -> datetime | None:
+        """The tenant's event-time now on this worker at wall time ``wall``; None before its first item."""
+        known = self._tenants.get(tenant)
+        if known is None:
+            return None
+        idle = wall - known.wall - self.idle_grace
+        now = known.stamp + idle if idle > timedelta(0) else known.stamp
+        if now < known.floor:
+            return known.floor
+        known.floor = now
         return now

@@ -5,8 +5,8 @@ Built by factories that take their sources and sinks, so tests pass Bytewax's
 
 ``build_analytics_flow`` (the engine's)::
 
-    plan revisions + committed readings ─ fleet clock ─ key by vehicle ─ vehicle analytics ─ flatten ─ store
-                                                                          (timers, trackers, H3 minutes)
+    plan revisions + committed readings ─ fleet clock, group by vehicle ─ vehicle analytics ─ flatten ─ store
+                   (one poll: one batch)      (one item per vehicle and poll)  (timers, trackers, H3 minutes)
 
 Plans and readings come through one source (``connectors.CommittedReadings``), each
 poll's new plan revisions ahead of its readings: as two inputs they would race, and a
@@ -30,10 +30,10 @@ from bytewax.inputs import Source
 from bytewax.operators import StatefulBatchLogic
 from bytewax.outputs import Sink
 
-from core.metrics import FLEET_CLOCK_LAG, LATE_READINGS, REPLAYS, TOO_LATE_READINGS
+from core.metrics import FLEET_CLOCK_LAG, FLOW_VEHICLES, LATE_READINGS, REPLAYS, TOO_LATE_READINGS
 from core.thresholds import AnalyticsConfig, EtaConfig
 from pipelines.analytics import Output, PlanUpdate, Resynced, VehicleEngine
-from pipelines.clock import FleetClock
+from pipelines.clock import FleetClock, WorkerClock
 from pipelines.meter import METER
 from pipelines.trackers.vehicle import StoreReadings
 from pipelines.vehicle_state import StoredReading, VehicleState, VehicleSummary
@@ -72,14 +72,19 @@ def build_flow(
 
 
 Stamped = tuple[StoredReading | PlanUpdate, datetime | None]  # an item and the fleet clock where it stood
+Group = list[Stamped]  # one vehicle's items of one input batch, in stream order
 
 
 class _FleetClockStamp:
-    """Advances the fleet clock in stream order and stamps each item with it.
+    """Advances the fleet clock in stream order, stamps each item with it, and groups an input
+    batch by vehicle: ``(key, [(item, clock), ...])`` per vehicle, in order of first appearance.
 
-    This must happen before the items are keyed: Bytewax hands a stateful step a
-    batch grouped by key, so one vehicle's whole backlog would move a clock kept
-    there past every other vehicle's readings in the same batch. Reports each tenant's
+    Stamping must happen before the items are keyed: Bytewax hands a stateful step a batch
+    grouped by key, so one vehicle's whole backlog would move a clock kept there past every
+    other vehicle's readings in the same batch. It runs on the worker that reads the source
+    (there is one partition), so a tenant has one clock whatever the number of processes.
+    One item per vehicle and batch (not per reading) is what crosses into the keyed step:
+    Bytewax's cost per item is paid once per vehicle and poll. Reports each tenant's
     fleet-clock lag (wall minus fleet clock) at most once a second of wall time.
     """
 
@@ -87,18 +92,31 @@ class _FleetClockStamp:
         self.clock, self.wall = clock, wall
         self._reported: dict[str, datetime] = {}
 
-    def __call__(self, item: StoredReading | PlanUpdate) -> Stamped:
+    def __call__(self, batch: list[StoredReading | PlanUpdate]) -> list[tuple[str, Group]]:
         wall = self.wall()
-        if isinstance(item, PlanUpdate):
-            return item, self.clock.now(item.plan.tenant, wall)
-        tenant = item.reading.tenant
-        self.clock.observe(tenant, item.shard, item.reading.fix_time, item.received_at, wall)
-        now = self.clock.now(tenant, wall)
-        last = self._reported.get(tenant)
-        if now is not None and (last is None or wall - last >= _REPORT_EVERY):
-            self._reported[tenant] = wall
-            FLEET_CLOCK_LAG.labels(tenant).set((wall - now).total_seconds())
-        return item, now
+        clock = self.clock
+        groups: dict[str, Group] = {}
+        tenants: set[str] = set()
+        for item in batch:
+            if isinstance(item, PlanUpdate):
+                stamped: Stamped = (item, clock.now(item.plan.tenant, wall))
+            else:
+                tenant = item.reading.tenant
+                clock.observe(tenant, item.shard, item.reading.fix_time, item.received_at, wall)
+                stamped = (item, clock.now(tenant, wall))
+                tenants.add(tenant)
+            group = groups.get(item.key)
+            if group is None:
+                groups[item.key] = [stamped]
+            else:
+                group.append(stamped)
+        for tenant in tenants:
+            last = self._reported.get(tenant)
+            now = clock.now(tenant, wall)
+            if now is not None and (last is None or wall - last >= _REPORT_EVERY):
+                self._reported[tenant] = wall
+                FLEET_CLOCK_LAG.labels(tenant).set((wall - now).total_seconds())
+        return list(groups.items())
 
 
 _REPORT_EVERY = timedelta(seconds=1)
@@ -118,22 +136,23 @@ def _count_lateness(before: tuple[int, int, int], after: tuple[int, int, int]) -
             counter.inc(now - was)
 
 
-class _VehicleLogic(StatefulBatchLogic[Stamped, list[Output], bytes]):
-    """Adapts one vehicle's ``VehicleEngine`` to Bytewax: stamped items in, wake-ups out.
+class _VehicleLogic(StatefulBatchLogic[Group, list[Output], bytes]):
+    """Adapts one vehicle's ``VehicleEngine`` to Bytewax: groups of stamped items in, wake-ups out.
 
     A vehicle with timers pending (in event time) is woken every ``tick`` of wall time
-    and runs what the fleet clock says is due, so alerts fire with no new data. Bytewax
-    hands over one vehicle's items of an input batch together: what fell due during
-    the batch (a late-data replay above all) runs once, at its end, so a burst of late
+    and runs what this worker's clock (``WorkerClock``) says is due, so alerts fire with
+    no new data. Each group is the vehicle's items of one input batch: what fell due during
+    the group (a late-data replay above all) runs once, at its end, so a burst of late
     readings (a batching device's message) costs one replay, not one per reading; and the
-    vehicle's summary is emitted once, at its end, not once per reading.
+    vehicle's summary is emitted once per Bytewax batch, not once per reading. Results do
+    not depend on how Bytewax batches the groups, so they are the same on one worker or several.
     """
 
     def __init__(
         self,
         engine: VehicleEngine | None,
         config: AnalyticsConfig,
-        clock: FleetClock,
+        clock: WorkerClock,
         tick: timedelta,
         wall: Wall,
         eta: EtaConfig | None = None,
@@ -143,6 +162,8 @@ class _VehicleLogic(StatefulBatchLogic[Stamped, list[Output], bytes]):
         self.engine, self.config, self.clock, self.tick, self.wall = engine, config, clock, tick, wall
         if engine is not None and history is not None:
             engine.analytics.attach_history(history)  # a snapshot leaves the readings in the store
+        if engine is not None:
+            FLOW_VEHICLES.inc()  # resumed from its snapshot in this process
         self.eta = eta
         self._wake: datetime | None = None
         self._resync = engine is not None  # resumed from a snapshot: rewrite its results once
@@ -150,42 +171,55 @@ class _VehicleLogic(StatefulBatchLogic[Stamped, list[Output], bytes]):
         # snapshot): the crashed run may have stored results for it all the same
         self._claim = engine is None and resumed
 
-    def on_batch(self, values: list[Stamped]) -> tuple[Iterable[list[Output]], bool]:
+    def on_batch(self, values: list[Group]) -> tuple[Iterable[list[Output]], bool]:
         with METER.phase("step"):
             return self._on_batch(values)
 
-    def _on_batch(self, values: list[Stamped]) -> tuple[Iterable[list[Output]], bool]:
+    def _on_batch(self, groups: list[Group]) -> tuple[Iterable[list[Output]], bool]:
         before, replays = _lateness(self.engine), self._replays()
         out = self._resynced(self.wall())
+        readings = 0
+        for group in groups:
+            out += self._on_group(group)
+            readings += sum(1 for item, _ in group if not isinstance(item, PlanUpdate))
+        if readings and self.engine is not None:  # once per batch: the store keeps the last of each
+            out += self.engine.batch_end()
+        after = self._replays()
+        _count_lateness(before, _lateness(self.engine))
+        METER.count(readings=readings, batches=1, corrections=after[0] - replays[0], replayed=after[1] - replays[1])
+        return [out], StatefulBatchLogic.RETAIN
+
+    def _on_group(self, group: Group) -> list[Output]:
+        """One input batch's items of this vehicle; then what fell due by its last clock stamp
+        (a burst of late readings costs one replay, not one per reading)."""
+        out: list[Output] = []
         last: datetime | None = None
-        for item, now in values:
+        wall = self.wall()
+        for item, now in group:
             engine = self.engine
             if engine is None:  # the builder does not see the key: the first item names the vehicle
                 tenant, vehicle = item.key.split("/", 1)
                 engine = self.engine = VehicleEngine(tenant, vehicle, self.config, self.eta)
+                FLOW_VEHICLES.inc()
             if isinstance(item, PlanUpdate):
                 out += engine.on_plan(item, now)
             else:
                 assert now is not None
                 out += engine.on_reading(item, now, run_due=False, summarize=False)
                 METER.seen(item.received_at)
-                last = now
-        if last is not None and self.engine is not None:
-            due = self.engine.on_timer(last)
-            out += due
-            if not (due and isinstance(due[-1], VehicleSummary)):
-                out.append(self.engine.summary())  # one per batch: the store keeps the last anyway
+        for _, now in group:
+            if now is not None:
+                last = now if last is None or now > last else last
+        if self.engine is None:
+            return out
+        if last is not None:
+            self.clock.seen(self.engine.basic.tenant, last, wall)
+        if any(isinstance(item, StoredReading) for item, _ in group):
+            assert last is not None
+            out += self.engine.on_timer(last)
             if self._claim:
-                out.insert(0, self._fresh_claim(self.engine, values))
-        after = self._replays()
-        _count_lateness(before, _lateness(self.engine))
-        METER.count(
-            readings=sum(1 for item, _ in values if not isinstance(item, PlanUpdate)),
-            batches=1,
-            corrections=after[0] - replays[0],
-            replayed=after[1] - replays[1],
-        )
-        return [out], StatefulBatchLogic.RETAIN
+                out.insert(0, self._fresh_claim(self.engine, group))
+        return out
 
     def _replays(self) -> tuple[int, int]:
         if self.engine is None:
@@ -193,7 +227,7 @@ class _VehicleLogic(StatefulBatchLogic[Stamped, list[Output], bytes]):
         stats = self.engine.analytics.lateness
         return stats.corrections, stats.replayed_entries
 
-    def _fresh_claim(self, engine: VehicleEngine, values: list[Stamped]) -> Resynced:
+    def _fresh_claim(self, engine: VehicleEngine, values: Group) -> Resynced:
         """The claim of a vehicle first seen in a resumed execution, ahead of its first batch with
         readings: of its results stored with an event time from one correction window (seconds)
         before those readings on, and of its open ones, only what this state emitted is its own.
@@ -273,8 +307,8 @@ def build_analytics_flow(
 ) -> Dataflow:
     """plans and readings → key by vehicle → vehicle analytics → flatten → analytics store.
 
-    ``wall`` is the wall clock (tests pass their own); the fleet clock shared by every
-    vehicle of this flow is built here (one worker: every key lives in this process).
+    ``wall`` is the wall clock (tests pass their own); the fleet clock that stamps the items
+    and each process's worker clock are built here (see ``_FleetClockStamp``, ``WorkerClock``).
     ``eta``: live ETAs per remaining stop and ``predicted_late`` (None: off).
     ``resumed``: this execution restarts one that ran on the same recovery store, which may
     have crashed before it snapshotted a vehicle (then that vehicle starts afresh here, and
@@ -282,16 +316,16 @@ def build_analytics_flow(
     ``history``: the store's readings, which a vehicle resumed from a snapshot reloads for a
     late-data replay that reaches behind the snapshot (None: such a reading is too late).
     """
-    clock = FleetClock(idle_grace_s)
+    stamp = _FleetClockStamp(FleetClock(idle_grace_s), wall)
+    worker_clock = WorkerClock(idle_grace_s)  # this process's: see WorkerClock
     tick = timedelta(seconds=tick_s)
     flow = Dataflow(flow_id)
     inputs = op.input("plans_and_readings", flow, source)
-    stamped = op.map("fleet_clock", inputs, _FleetClockStamp(clock, wall))
-    by_vehicle = op.key_on("key_by_vehicle", stamped, lambda pair: pair[0].key)
+    by_vehicle = op.flat_map_batch("fleet_clock_and_key", inputs, stamp)
     outputs = op.stateful_batch(
         "vehicle_analytics",
         by_vehicle,
-        lambda resume: _VehicleLogic(_resumed(resume), config, clock, tick, wall, eta, resumed, history),
+        lambda resume: _VehicleLogic(_resumed(resume), config, worker_clock, tick, wall, eta, resumed, history),
     )
     rows = op.flat_map("flatten", outputs, lambda kv: kv[1])
     op.output("analytics_store", rows, store)

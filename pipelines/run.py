@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import signal
+import time
 from dataclasses import fields
 from datetime import timedelta
 from pathlib import Path
@@ -31,6 +32,7 @@ __all__ = [
     "eta_models_dir",
     "load_baselines",
     "load_eta_models",
+    "prepare_recovery",
     "run_flow",
 ]
 
@@ -158,18 +160,53 @@ def build_engine_flow(settings: Settings, resumed: bool = False) -> Dataflow:
     )
 
 
-def run_flow(settings: Settings) -> None:
-    """Blocks; resumes from the last snapshot in ``settings.recovery_dir`` if there is one."""
+def prepare_recovery(settings: Settings) -> bool:
+    """Create the recovery store if there is none (private to this user); whether there was one,
+    i.e. whether the dataflow resumes an earlier execution (which may have crashed before it
+    snapshotted anything: a vehicle with no snapshot then still has results stored).
+
+    A new store gets one recovery partition per process of the cluster. Bytewax resumes a store
+    with another number of processes (stop-start rescaling): the partitions are not the workers."""
     recovery = settings.recovery_dir
-    # the snapshots hold every vehicle's state and pending results: for this process's user only
     recovery.mkdir(mode=0o700, parents=True, exist_ok=True)
     recovery.chmod(0o700)
-    # an existing store means an earlier execution ran on it, and it may have crashed before
-    # it snapshotted anything: a vehicle with no snapshot then still has results stored
-    resumed = any(recovery.glob("*.sqlite3"))
-    if not resumed:
-        init_db_dir(recovery, 1)
-        log.info("flow: initialised recovery store in %s", recovery)
+    if any(recovery.glob("*.sqlite3")):
+        return True
+    init_db_dir(recovery, max(1, len(settings.flow_cluster())))
+    log.info("flow: initialised recovery store in %s", recovery)
+    return False
+
+
+def _wait_for_store(settings: Settings, timeout_s: float = 60.0) -> None:
+    """A process other than the first of a cluster: the first (or the engine) creates the store."""
+    deadline = time.monotonic() + timeout_s
+    while not any(settings.recovery_dir.glob("*.sqlite3")):
+        if time.monotonic() > deadline:
+            raise RuntimeError(
+                f"no recovery store in {settings.recovery_dir} after {timeout_s:.0f} s: "
+                "start process 0 of the cluster (or the engine) first"
+            )
+        time.sleep(0.1)
+
+
+def run_flow(settings: Settings, process_id: int = 0, resumed: bool | None = None) -> None:
+    """Blocks; resumes from the last snapshot in ``settings.recovery_dir`` if there is one.
+
+    ``process_id``: this process's place in the cluster (``Settings.flow_cluster()``; 0 alone).
+    ``resumed``: whether this execution resumes an earlier one on the same store, as decided by
+    whoever prepared the store for the whole cluster (the engine); None: decide here.
+    """
+    addresses = settings.flow_cluster()
+    if addresses and not 0 <= process_id < len(addresses):
+        raise ValueError(f"process {process_id} is not in the cluster of {len(addresses)}: {', '.join(addresses)}")
+    if not addresses and process_id != 0:
+        raise ValueError(f"process {process_id} given, but the dataflow runs as one process (flow_processes 1)")
+    if resumed is None:
+        if process_id == 0:
+            resumed = prepare_recovery(settings)
+        else:
+            _wait_for_store(settings)
+            resumed = True
     if settings.flow_analytics:
         log.info("flow: %d dwell baseline cell-hours loaded", load_baselines(settings))
         METER.watch_gc()
@@ -178,9 +215,14 @@ def run_flow(settings: Settings) -> None:
         load_eta_models(models, network=network)
         # SIGHUP (the engine forwards its own): reload the ETA set, e.g. after `fleetstream train eta`
         signal.signal(signal.SIGHUP, lambda *_: load_eta_models(models, keep_current=True, network=network))
+    log.info("flow: %s the recovery store in %s", "resuming from" if resumed else "starting on", settings.recovery_dir)
+    if addresses:
+        log.info("flow: process %d of a cluster of %d (%s)", process_id, len(addresses), ", ".join(addresses))
     cli_main(
         build_engine_flow(settings, resumed),
         workers_per_process=1,
+        process_id=process_id if addresses else None,
+        addresses=addresses or None,
         epoch_interval=timedelta(seconds=settings.flow_epoch_s),
-        recovery_config=RecoveryConfig(str(recovery)),
+        recovery_config=RecoveryConfig(str(settings.recovery_dir)),
     )

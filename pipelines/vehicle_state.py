@@ -71,6 +71,11 @@ class VehicleState:
     last_received_at: datetime | None = None
 
     def update(self, item: StoredReading) -> VehicleSummary:
+        self.observe(item)
+        return self.summary()
+
+    def observe(self, item: StoredReading) -> None:
+        """Take one reading (``update`` without building the summary)."""
         r = item.reading
         if isinstance(r, GpsFix):
             self.gps_count += 1
@@ -87,7 +92,6 @@ class VehicleState:
                 self.doors[r.door] = r
         if self.last_received_at is None or item.received_at > self.last_received_at:
             self.last_received_at = item.received_at
-        return self.summary()
 
     def summary(self) -> VehicleSummary:
         fix = self.last_fix

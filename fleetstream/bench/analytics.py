@@ -3,13 +3,15 @@ engine without analytics, in one run.
 
 A seeded simulated fleet (plans, stops, anomalies: the trackers do their real work) is
 queued in the broker as batch messages while the engine is stopped; then the engine
-drains it, four times on four copies of the backlog (other tenants):
+drains it, five times on five copies of the backlog (other tenants):
 
 1. gateway only: time from the first reading received to the last commit;
 2. gateway + basic dataflow (per-vehicle state): to the last reading processed;
 3. gateway + analytics dataflow without ETAs (all trackers, H3 minutes, alerts, stop events);
 4. the same with live ETAs and predicted_late (``flow_eta``; no ETA model in the bench state
-   folder: the constant-speed estimate), writing ETA updates too.
+   folder: the constant-speed estimate), writing ETA updates too;
+5. the same as 4 with the dataflow as a Bytewax cluster of two processes (``flow_processes``);
+   on two cores shared with the gateway shards and PostgreSQL.
 
 Two rates per round: the gateway's stored-readings rate (first reading received to the
 last one committed) while that round's dataflow runs beside it on the same backlog, and
@@ -75,6 +77,7 @@ def bench_settings(settings: Settings) -> Settings:
         mqtt_port=settings.mqtt_port + 2,
         mqtt_tls_port=settings.mqtt_tls_port + 2 if settings.mqtt_tls_port else 0,
         pg_port=settings.pg_port + 2,
+        flow_port=settings.flow_port + 10,
     )
 
 
@@ -174,7 +177,7 @@ def _drain(settings: Settings, tenant: str, readings: int, flow: bool) -> tuple[
 
 
 def run_analytics_benchmark(main: Settings, vehicles: int = 100, hours: float = 2.0) -> dict[str, Any]:
-    """Print the four rounds' rates and their ratios; returns them."""
+    """Print the rounds' rates and their ratios; returns them."""
     settings = bench_settings(main)
     services.up(settings)
     try:
@@ -193,6 +196,7 @@ def _rounds(settings: Settings, vehicles: int, hours: float) -> dict[str, Any]:
         ("gateway + basic dataflow", True, 0, 0),
         ("gateway + analytics, no ETAs", True, 1, 0),
         ("gateway + analytics + ETAs", True, 1, 1),
+        ("the same, 2 flow processes", True, 1, 2),  # flow_processes 2: a Bytewax cluster
     )
     figures: list[tuple[str, int, float, float]] = []
     for i, (name, flow, analytics, etas) in enumerate(rounds):
@@ -214,7 +218,8 @@ def _rounds(settings: Settings, vehicles: int, hours: float) -> dict[str, Any]:
         primer.wait_ready()
         primer.stop()
         _publish(settings, tenant, messages, passwords)
-        stored_s, done_s = _drain(replace(settings, flow_analytics=analytics, flow_eta=etas), tenant, readings, flow)
+        drain = replace(settings, flow_analytics=analytics, flow_eta=min(etas, 1), flow_processes=max(1, etas))
+        stored_s, done_s = _drain(drain, tenant, readings, flow)
         figures.append((name, readings, stored_s, done_s))
     base = figures[0][1] / figures[0][2]
     print(
@@ -249,6 +254,7 @@ def _rounds(settings: Settings, vehicles: int, hours: float) -> dict[str, Any]:
         "etas_vs_gateway_only": round(eta_rate / base, 3),
         "etas_vs_analytics": round(eta_rate / analytics_rate, 3),
         "stored_with_etas_vs_gateway_only": round(eta_stored_rate / base, 3),
+        "etas_2_processes_vs_1": round(figures[4][1] / figures[4][3] / eta_rate, 3),
     }
     with connect(settings.dsn(), autocommit=True) as conn:
         summary["eta_updates"] = int(scalar(conn, "SELECT count(*) FROM eta_updates"))

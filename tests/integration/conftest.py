@@ -42,6 +42,8 @@ TEST_API_PORT = int(os.environ.get("FLEETSTREAM_TEST_API_PORT", "18839"))
 # the tracker listeners are off in the test settings; a test that needs one takes ports from here
 # (FLEETSTREAM_TEST_LISTEN_PORT, +1, +2, ...: never the defaults 5027 / 5023 / 5055)
 TEST_LISTEN_PORT = int(os.environ.get("FLEETSTREAM_TEST_LISTEN_PORT", "18840"))
+# the dataflow's cluster ports in the tests that run it as several processes (never the default 18890)
+TEST_FLOW_PORT = int(os.environ.get("FLEETSTREAM_TEST_FLOW_PORT", str(TEST_MQTT_PORT + 60)))
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -62,6 +64,7 @@ def integration_settings() -> Settings:
         mqtt_url="",
         pg_dsn="",
         api_port=TEST_API_PORT,
+        flow_port=TEST_FLOW_PORT,
         engine_api=0,  # the API's own tests start it
         teltonika_port=0,
         gt06_port=0,

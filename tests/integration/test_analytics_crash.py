@@ -54,14 +54,14 @@ TABLES = (
 )
 
 
-def _fleet(settings: Any, start: datetime) -> FleetSimulator:
+def _fleet(settings: Any, start: datetime, tenant: str = "crash") -> FleetSimulator:
     network = RoadNetwork.from_settings(settings)
     return FleetSimulator(
         network,
         vehicles=VEHICLES,
         seed=11,
         start=start,
-        tenant="crash",
+        tenant=tenant,
         anomalies=AnomalyPlan.every(malformed_rate=0.0, duplicate_rate=0.0),
         stagger_s=120.0,
     )
@@ -108,7 +108,17 @@ def _decided(a: Results, b: Results, table: str) -> tuple[dict[str, Any], dict[s
     )
 
 
-def _run(settings: Any, db: Any, sim: FleetSimulator, passwords: dict[str, str], kills: tuple[float, ...]) -> Results:
+def _run(
+    settings: Any,
+    db: Any,
+    sim: FleetSimulator,
+    passwords: dict[str, str],
+    kills: tuple[float, ...],
+    restart_with: Any = None,
+) -> Results:
+    """Publish the fleet through ``settings``' engine, SIGKILLed at each fraction of ``kills`` and
+    started again; or (``restart_with``: other settings) stopped there and followed by an engine
+    of those settings on the same state (the same recovery store)."""
     tenant = sim.tenant
     for table in TABLES:
         db.execute(f"DELETE FROM {table} WHERE tenant = %s", (tenant,))
@@ -137,7 +147,11 @@ def _run(settings: Any, db: Any, sim: FleetSimulator, passwords: dict[str, str],
         for i, chunk in enumerate(chunks):
             if i in marks:
                 time.sleep(1.0)  # let the flow take some of it, then kill it mid-stream
-                _kill_engine(engine)
+                if restart_with is None:
+                    _kill_engine(engine)
+                else:
+                    engine.stop()
+                    engine = Engine(restart_with)
                 engine.start()
                 # the fleet sends on once the gateway shards are back, as a live fleet would be only
                 # seconds ahead: this one runs ~240 times real time, and what it sent meanwhile would

@@ -8,7 +8,7 @@ from datetime import UTC, datetime, timedelta
 from core.contract import GpsFix
 from core.thresholds import AnalyticsConfig
 from pipelines.analytics import Resynced, VehicleEngine
-from pipelines.clock import FleetClock
+from pipelines.clock import WorkerClock
 from pipelines.flow import _resumed, _VehicleLogic
 from pipelines.vehicle_state import StoredReading
 
@@ -21,11 +21,11 @@ def stored(seq: int) -> StoredReading:
 
 
 def test_a_snapshot_does_not_move_with_the_engine() -> None:
-    logic = _VehicleLogic(None, AnalyticsConfig(), FleetClock(), timedelta(seconds=1), lambda: T0, None)
-    logic.on_batch([(stored(1), T0 + timedelta(seconds=1))])
+    logic = _VehicleLogic(None, AnalyticsConfig(), WorkerClock(), timedelta(seconds=1), lambda: T0, None)
+    logic.on_batch([[(stored(1), T0 + timedelta(seconds=1))]])
     snapshot = logic.snapshot()
     assert isinstance(snapshot, bytes)
-    logic.on_batch([(stored(2), T0 + timedelta(seconds=2)), (stored(3), T0 + timedelta(seconds=3))])
+    logic.on_batch([[(stored(2), T0 + timedelta(seconds=2)), (stored(3), T0 + timedelta(seconds=3))]])
     assert logic.engine is not None and logic.engine.basic.gps_count == 3
     resumed = _resumed(snapshot)
     assert resumed is not None and resumed.basic.gps_count == 1  # what it was when the snapshot was taken
@@ -42,8 +42,8 @@ def test_a_vehicle_new_to_a_resumed_execution_disowns_what_the_crashed_run_store
     # the crash came before the vehicle's first snapshot: it starts afresh, and the crashed run may
     # have stored results for it from the same readings on
     config = AnalyticsConfig()
-    logic = _VehicleLogic(None, config, FleetClock(), timedelta(seconds=1), lambda: T0, None, resumed=True)
-    first = logic.on_batch([(stored(5), T0 + timedelta(seconds=5)), (stored(4), T0 + timedelta(seconds=5))])
+    logic = _VehicleLogic(None, config, WorkerClock(), timedelta(seconds=1), lambda: T0, None, resumed=True)
+    first = logic.on_batch([[(stored(5), T0 + timedelta(seconds=5)), (stored(4), T0 + timedelta(seconds=5))]])
     [out], _ = first
     claim = out[0]
     assert isinstance(claim, Resynced)
@@ -51,11 +51,11 @@ def test_a_vehicle_new_to_a_resumed_execution_disowns_what_the_crashed_run_store
     assert logic.engine is not None
     assert set(claim.ids) == {e.id for e in logic.engine.analytics.emitted()}
     assert claim.horizon == T0 + timedelta(seconds=4) - timedelta(seconds=config.correction_window_s)
-    [later], _ = logic.on_batch([(stored(6), T0 + timedelta(seconds=6))])
+    [later], _ = logic.on_batch([[(stored(6), T0 + timedelta(seconds=6))]])
     assert not any(isinstance(o, Resynced) for o in later)  # once
 
 
 def test_a_vehicle_new_to_a_first_execution_claims_nothing() -> None:
-    logic = _VehicleLogic(None, AnalyticsConfig(), FleetClock(), timedelta(seconds=1), lambda: T0, None)
-    [out], _ = logic.on_batch([(stored(1), T0 + timedelta(seconds=1))])
+    logic = _VehicleLogic(None, AnalyticsConfig(), WorkerClock(), timedelta(seconds=1), lambda: T0, None)
+    [out], _ = logic.on_batch([[(stored(1), T0 + timedelta(seconds=1))]])
     assert not any(isinstance(o, Resynced) for o in out)
