@@ -82,6 +82,7 @@ class AnalyticsConfig:
 
     # -- doors
     door_open_max_s: float = 300.0  # a door of a refrigerated load open this long -> door_open_too_long
+    door_reach_mps: float = 20.0  # a door opened after the last fix is placed at once if no stop lay within this speed x the time since (else the next fix places it)
 
     # -- live ETAs (the ETA tracker's own knobs: pipelines/trackers/eta.py EtaConfig)
     predicted_late_margin_s: float = (

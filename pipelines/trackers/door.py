@@ -39,6 +39,8 @@ __all__ = ["AtStop", "DoorTracker"]
 
 AtStop = Callable[[float, float, int | None], bool | None]
 """``at_stop(lat, lon, h3_cell)``: inside a stop circle plus the margin; None without a plan."""
+StopWithin = Callable[[float, float, float], bool | None]
+"""``stop_within(lat, lon, metres)``: some stop circle plus the margin that close; None without a plan."""
 
 
 @dataclass(slots=True)
@@ -88,7 +90,13 @@ class DoorTracker:
         return out
 
     def update(
-        self, event: DoorEvent, where: CheckedFix | None, at_stop: AtStop, refrigerated: bool, h3_cell: int | None
+        self,
+        event: DoorEvent,
+        where: CheckedFix | None,
+        at_stop: AtStop,
+        refrigerated: bool,
+        h3_cell: int | None,
+        stop_within: StopWithin | None = None,
     ) -> list[Alert]:
         """Feed one door event; ``where`` is the last usable fix (None: unknown)."""
         out = self.hear(event.fix_time)
@@ -98,9 +106,15 @@ class DoorTracker:
                 return out  # repeated "open": still the same opening
             door = self.open[event.door] = _OpenDoor(event.fix_time, refrigerated, h3_cell)
             if where is not None and at_stop(where.lat, where.lon, where.h3_cell) is not None:
-                if (event.fix_time - where.time).total_seconds() > 1.0:
+                since_s = (event.fix_time - where.time).total_seconds()
+                away = at_stop(where.lat, where.lon, where.h3_cell) is False
+                if since_s > 1.0 and away and stop_within is not None:
+                    reach_m = max(self.config.door_reach_mps, 1.5 * (where.speed_mps or 0.0)) * since_s
+                    if stop_within(where.lat, where.lon, reach_m) is False:  # no stop it could have reached
+                        return out + self._away(event.door, door, where.h3_cell) + self.on_timer(event.fix_time)
+                if since_s > 1.0:
                     door.before = where  # where was it when the door opened? the next fix tells
-                    door.before_away = at_stop(where.lat, where.lon, where.h3_cell) is False
+                    door.before_away = away
                 elif at_stop(where.lat, where.lon, where.h3_cell) is False:
                     out += self._away(event.door, door, where.h3_cell)  # the position is the door's
             return out + self.on_timer(event.fix_time)

@@ -338,6 +338,18 @@ class GeofenceTracker:
             return None
         return self.index.containing(lat, lon, cell, self.config.fence_exit_margin_m) is not None
 
+    def stop_within(self, lat: float, lon: float, distance_m: float) -> bool | None:
+        """Whether some stop's circle plus the exit margin lies within ``distance_m`` of the point
+        (visited stops too: a vehicle may go back); None when there is no plan to tell."""
+        if self.index is None:
+            return None
+        margin = self.config.fence_exit_margin_m
+        for stop in self.index.stops:
+            reach = distance_m + stop.radius_m + margin
+            if abs(lat - stop.lat) * M_PER_DEG_LAT <= reach and haversine_m(lat, lon, stop.lat, stop.lon) <= reach:
+                return True
+        return False
+
     def stands_at_stop(self, lat: float, lon: float, cell: int | None) -> bool | None:
         """Whether a vehicle standing at the point stands at a stop, for dwell timing: inside a stop
         circle plus the exit margin while a visit is open (the band holds it there until it

@@ -270,7 +270,12 @@ class VehicleTrackers:
         elif isinstance(reading, DoorEvent):
             self.coldchain.hear(t)
             out += self.door.update(
-                reading, self.position, self.geofence.at_stop, self.temp_range() is not None, self._cell()
+                reading,
+                self.position,
+                self.geofence.at_stop,
+                self.temp_range() is not None,
+                self._cell(),
+                self.geofence.stop_within,
             )
             out += self.coldchain.observe(t, self._cell())
         return out

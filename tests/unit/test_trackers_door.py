@@ -74,6 +74,29 @@ def test_an_opening_after_the_last_fix_is_placed_by_the_next_one() -> None:
     assert d.on_timer(at(155)) == [] and d.next_timer() is None
 
 
+def test_an_opening_no_stop_was_within_reach_of_is_judged_at_once() -> None:
+    # the last fix 3 km from the only stop, the door opens 20 s later: at 20 m/s (the default reach)
+    # or 1.5 times the fix's speed, no van gets to a stop in 20 s
+    def stop_within(lat: float, lon: float, metres: float) -> bool:
+        return metres >= 3000.0
+
+    d = DoorTracker("acme", "van-1", AnalyticsConfig())
+    (opened,) = d.update(door(110, True), fix(90, AWAY), at_stop, False, 1, stop_within)
+    assert (opened.type, opened.start) == ("door_open_away", at(110))
+    assert d.on_fix(fix(120, STOP), at_stop) == []  # placed already: the next fix changes nothing
+    # 150 s after the fix the stop was within reach (3,000 m at 20 m/s): the next fix tells
+    d = DoorTracker("acme", "van-1", AnalyticsConfig())
+    assert d.update(door(240, True), fix(90, AWAY), at_stop, False, 1, stop_within) == []
+    assert d.on_fix(fix(250, STOP), at_stop) == []
+    # a fast van reaches further: 1.5 x 40 m/s x 60 s = 3,600 m
+    d = DoorTracker("acme", "van-1", AnalyticsConfig())
+    fast = CheckedFix(at(90), AWAY, LON, 40.0, 5.0, None)
+    assert d.update(door(150, True), fast, at_stop, False, 1, stop_within) == []
+    # without a plan there is no telling
+    d = DoorTracker("acme", "van-1", AnalyticsConfig())
+    assert d.update(door(110, True), fix(90, AWAY), unknown, False, 1, lambda *_: None) == []
+
+
 def test_unknown_location_raises_nothing() -> None:
     d = DoorTracker("acme", "van-1", AnalyticsConfig())
     assert d.update(door(0, True), None, at_stop, refrigerated=False, h3_cell=None) == []
