@@ -127,7 +127,9 @@ class Settings:
     )  # H3 resolution of the route corridor (k = 1: about 110 m each side)
     excursion_min_s: float = _A.excursion_min_s  # temperature outside the load's range this long -> temp_excursion
     door_open_max_s: float = _A.door_open_max_s  # reefer door open this long -> door_open_too_long
-    door_reach_mps: float = _A.door_reach_mps  # no stop reachable at this speed since the last fix: door_open_away at once
+    door_reach_mps: float = (
+        _A.door_reach_mps
+    )  # no stop reachable at this speed since the last fix: door_open_away at once
     offline_after_s: float = _A.offline_after_s  # no data this long (fleet clock) while on duty -> offline
     plan_end_grace_s: float = _A.plan_end_grace_s  # a plan is over this long after its last window end: off duty
     silence_min_s: float = _A.silence_min_s  # a gap between fixes longer than this (and 2x the cadence) is a silence
