@@ -297,7 +297,11 @@ class GeofenceTracker:
         plan = self.plan
         if plan is None or not plan.stops:
             return False
-        return plan.stops[-1].id in self.arrivals or all(s.id in self.arrivals for s in plan.stops)
+        arrivals = self.arrivals
+        if plan.stops[-1].id in arrivals:
+            return True
+        # stop ids are unique in a plan (core/plan.py): fewer arrivals than stops cannot be all of them
+        return len(arrivals) >= len(plan.stops) and all(s.id in arrivals for s in plan.stops)
 
     def _is_final(self, stop: Stop) -> bool:
         plan = self.plan

@@ -631,7 +631,7 @@ class VehicleAnalytics:
         ends_at = trackers.active.ends_at
         if now is not None and ends_at is not None and now >= ends_at:
             return False
-        return geofence.visit is not None or bool(geofence.remaining_stops())
+        return geofence.visit is not None or geofence.next_stop() is not None  # stops remain
 
     def _reaching_final_stop(self) -> bool:
         """The round has begun and the plan's last stop is still ahead, and at the last fix's
