@@ -122,6 +122,43 @@ class _FleetClockStamp:
 _REPORT_EVERY = timedelta(seconds=1)
 
 
+def _in_event_order(group: Group) -> Group:
+    """The group's items with each run of readings between plan revisions sorted by fix time
+    (stable), each reading carrying the run's first clock stamp.
+
+    Two gateway shards draining a backlog (or a device's outbox burst) commit a vehicle's
+    consecutive batch messages out of order: shard 1 commits message k + 1 before shard 0
+    commits k. Taken in stream order, k + 1 moves the vehicle past k, and the whole of k
+    costs a late-data replay; read in one poll, taken in fix-time order they are just in
+    order. The run's first stamp is the earliest clock any of its readings saw, so sorting
+    makes none of them later than it was; the timers run at the group's last stamp after.
+    """
+    out: Group = []
+    run: list[StoredReading] = []
+    run_now: datetime | None = None
+
+    def flush() -> None:
+        if run:
+            run.sort(key=_fix_time)
+            out.extend((r, run_now) for r in run)
+            run.clear()
+
+    for item, now in group:
+        if isinstance(item, PlanUpdate):
+            flush()
+            out.append((item, now))
+        else:
+            if not run:
+                run_now = now
+            run.append(item)
+    flush()
+    return out
+
+
+def _fix_time(item: StoredReading) -> datetime:
+    return item.reading.fix_time
+
+
 def _lateness(engine: VehicleEngine | None) -> tuple[int, int, int]:
     if engine is None:
         return 0, 0, 0
@@ -141,8 +178,8 @@ class _VehicleLogic(StatefulBatchLogic[Group, list[Output], bytes]):
 
     A vehicle with timers pending (in event time) is woken every ``tick`` of wall time
     and runs what this worker's clock (``WorkerClock``) says is due, so alerts fire with
-    no new data. Each group is the vehicle's items of one input batch: what fell due during
-    the group (a late-data replay above all) runs once, at its end, so a burst of late
+    no new data. Each group is the vehicle's items of one input batch, its readings in
+    fix-time order (``_in_event_order``): what fell due during the group (a late-data replay above all) runs once, at its end, so a burst of late
     readings (a batching device's message) costs one replay, not one per reading; and the
     vehicle's summary is emitted once per Bytewax batch, not once per reading. Results do
     not depend on how Bytewax batches the groups, so they are the same on one worker or several.
@@ -195,7 +232,7 @@ class _VehicleLogic(StatefulBatchLogic[Group, list[Output], bytes]):
         out: list[Output] = []
         last: datetime | None = None
         wall = self.wall()
-        for item, now in group:
+        for item, now in _in_event_order(group):
             engine = self.engine
             if engine is None:  # the builder does not see the key: the first item names the vehicle
                 tenant, vehicle = item.key.split("/", 1)
