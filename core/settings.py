@@ -94,7 +94,7 @@ class Settings:
     flow_poll_ms: int = 200  # how often the replay source looks for new rows
     flow_batch_rows: int = 20_000  # rows per source read (and shard): a poll is one input batch of the dataflow
     flow_analytics: int = 1  # 1 = the per-vehicle analytics trackers run in the dataflow; 0 = basic state only
-    flow_tick_ms: int = 1000  # how often a vehicle with pending timers is woken (wall clock)
+    flow_tick_ms: int = 1000  # shortest sleep of a vehicle waiting for a timer (wall clock); at most 10x this
     flow_processes: int = 1  # the dataflow as a Bytewax cluster of this many processes on this host
     flow_port: int = 18890  # with flow_processes > 1: process i of the cluster listens on 127.0.0.1:flow_port + i
     flow_addresses: str = ""  # host:port of every process of a cluster across hosts, comma separated (overrides both)

@@ -77,6 +77,11 @@ class _Seen:
     stamp: datetime  # the newest fleet-clock stamp this worker received for the tenant
     wall: datetime  # the wall time it was received
     floor: datetime  # the latest "now" handed out
+    rate: float = 1.0  # fleet-clock seconds per wall second, lately (a replayed or simulated fleet runs faster)
+    since: tuple[datetime, datetime] | None = None  # (stamp, wall) where the current rate window began
+
+
+_RATE_WINDOW_S = 5.0  # wall seconds over which a worker measures how fast its fleet clock runs
 
 
 class WorkerClock:
@@ -88,7 +93,9 @@ class WorkerClock:
     per tenant, the newest stamp it received with the items routed to it, and after
     ``idle_grace_s`` of wall time with none it moves on with the wall clock from there,
     the rule ``FleetClock`` applies to a fleet gone silent. With one process every item
-    passes through it, so it trails the stamping clock by at most one input batch.
+    passes through it, so it trails the stamping clock by at most one input batch. It also
+    measures how fast the clock runs against the wall (``seconds_to``), so a vehicle sleeps
+    until its next timer is due instead of waking every tick.
     Never decreases. Pure: the wall time is passed in.
     """
 
@@ -100,9 +107,25 @@ class WorkerClock:
         """An item of ``tenant`` stamped ``stamp`` reached this worker at wall time ``wall``."""
         known = self._tenants.get(tenant)
         if known is None:
-            self._tenants[tenant] = _Seen(stamp, wall, stamp)
-        elif stamp >= known.stamp:
+            self._tenants[tenant] = _Seen(stamp, wall, stamp, since=(stamp, wall))
+            return
+        if stamp >= known.stamp:
             known.stamp, known.wall = stamp, wall
+        start = known.since
+        if start is None:
+            known.since = (stamp, wall)
+        elif (span := (wall - start[1]).total_seconds()) >= _RATE_WINDOW_S:
+            known.rate = max(1.0, (known.stamp - start[0]).total_seconds() / span)
+            known.since = (known.stamp, wall)
+
+    def seconds_to(self, tenant: str, due: datetime, wall: datetime) -> float | None:
+        """Wall seconds until the tenant's clock on this worker reaches ``due`` at its recent
+        rate (never slower than real time); None before the tenant's first item."""
+        now = self.now(tenant, wall)
+        if now is None:
+            return None
+        known = self._tenants[tenant]
+        return (due - now).total_seconds() / known.rate
 
     def now(self, tenant: str, wall: datetime) -> datetime | None:
         """The tenant's event-time now on this worker at wall time ``wall``; None before its first item."""

@@ -120,6 +120,7 @@ class _FleetClockStamp:
 
 
 _REPORT_EVERY = timedelta(seconds=1)
+_MAX_SLEEP_TICKS = 10  # a vehicle with a timer pending sleeps at most this many ticks (flow_tick_ms)
 
 
 def _in_event_order(group: Group) -> Group:
@@ -176,9 +177,9 @@ def _count_lateness(before: tuple[int, int, int], after: tuple[int, int, int]) -
 class _VehicleLogic(StatefulBatchLogic[Group, list[Output], bytes]):
     """Adapts one vehicle's ``VehicleEngine`` to Bytewax: groups of stamped items in, wake-ups out.
 
-    A vehicle with timers pending (in event time) is woken every ``tick`` of wall time
-    and runs what this worker's clock (``WorkerClock``) says is due, so alerts fire with
-    no new data. Each group is the vehicle's items of one input batch, its readings in
+    A vehicle with timers pending (in event time) sleeps until its next one comes due on
+    this worker's clock (``WorkerClock``; ``notify_at``) and runs what is due, so alerts fire
+    with no new data. Each group is the vehicle's items of one input batch, its readings in
     fix-time order (``_in_event_order``): what fell due during the group (a late-data replay above all) runs once, at its end, so a burst of late
     readings (a batching device's message) costs one replay, not one per reading; and the
     vehicle's summary is emitted once per Bytewax batch, not once per reading. Results do
@@ -299,10 +300,24 @@ class _VehicleLogic(StatefulBatchLogic[Group, list[Output], bytes]):
         return ([out] if out else []), StatefulBatchLogic.RETAIN
 
     def notify_at(self) -> datetime | None:
-        if self.engine is None or self.engine.next_timer() is None:
+        """When to wake: when the vehicle's next timer comes due on this worker's clock, at the
+        rate that clock has lately run (a fleet replayed at 20x is woken 20x sooner), no sooner
+        than one ``tick`` and no later than ``_MAX_SLEEP_TICKS`` ticks, so a clock that speeds up
+        is caught. Waking every vehicle with a pending timer every tick (an on-duty vehicle
+        always has its offline timer) touched, and so snapshotted, every planned vehicle every
+        epoch whatever it sent (``docs/measurements.md``, the soak)."""
+        engine = self.engine
+        due = engine.next_timer() if engine is not None else None
+        if engine is None or due is None:
             self._wake = None
-        elif self._wake is None:
-            self._wake = self.wall() + self.tick
+            return None
+        wall = self.wall()
+        ahead_s = self.clock.seconds_to(engine.basic.tenant, due, wall)
+        tick_s = self.tick.total_seconds()
+        sleep_s = tick_s if ahead_s is None else min(max(ahead_s, tick_s), _MAX_SLEEP_TICKS * tick_s)
+        wake = wall + timedelta(seconds=sleep_s)
+        if self._wake is None or wake < self._wake or self._wake <= wall:
+            self._wake = wake
         return self._wake
 
     def snapshot(self) -> bytes:

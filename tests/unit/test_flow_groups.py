@@ -87,3 +87,31 @@ def test_messages_committed_out_of_order_in_one_poll_need_no_replay() -> None:
     assert one.gps_count == apart.gps_count == 100
     assert one.corrections == 0  # taken in fix-time order: nothing ran past message k
     assert apart.corrections >= 1  # k + 1 read a poll before k: k is replayed
+
+
+def test_a_worker_clock_measures_its_rate_so_a_sleeping_vehicle_wakes_when_its_timer_is_due() -> None:
+    clock = WorkerClock(idle_grace_s=5)
+    assert clock.seconds_to("acme", T0, WALL) is None
+    clock.seen("acme", T0, WALL)
+    assert clock.seconds_to("acme", T0 + timedelta(seconds=30), WALL) == 30.0  # real time until measured
+    clock.seen("acme", T0 + timedelta(seconds=100), WALL + timedelta(seconds=5))  # a fleet replayed at 20x
+    assert clock.seconds_to("acme", T0 + timedelta(seconds=300), WALL + timedelta(seconds=5)) == 10.0
+
+
+def test_a_vehicle_sleeps_until_its_next_timer_within_one_to_ten_ticks() -> None:
+    from core.thresholds import AnalyticsConfig
+    from pipelines.flow import _VehicleLogic
+
+    clock, wall = WorkerClock(), [WALL]
+    logic = _VehicleLogic(None, AnalyticsConfig(), clock, timedelta(seconds=1), lambda: wall[0], None)
+    assert logic.notify_at() is None  # no vehicle yet
+    stamp = T0 + timedelta(seconds=5)
+    logic.on_batch([[(fix("van-1", 1, 5), stamp)]])
+    due = logic.engine.next_timer() if logic.engine is not None else None
+    assert due is not None  # its reorder buffer holds the fix for reorder_max_delay_s
+    wake = logic.notify_at()
+    assert wake == WALL + timedelta(seconds=min(max((due - stamp).total_seconds(), 1.0), 10.0))
+    logic.on_notify()
+    wall[0] = WALL + timedelta(seconds=30)  # the fleet went quiet: its clock follows the wall
+    later = logic.notify_at()
+    assert later is not None and wall[0] + timedelta(seconds=1) <= later <= wall[0] + timedelta(seconds=10)
