@@ -97,6 +97,11 @@ class _FleetClockStamp:
         clock = self.clock
         groups: dict[str, Group] = {}
         tenants: set[str] = set()
+        # the clock as it stood when the batch came: a fleet silent for longer than the idle grace
+        # has its clock running with the wall (its timers fired on it), and what it sends after the
+        # silence (an outbox burst) is behind that clock, not the clock's new start
+        for tenant in {item.reading.tenant for item in batch if isinstance(item, StoredReading)}:
+            clock.now(tenant, wall)
         for item in batch:
             if isinstance(item, PlanUpdate):
                 stamped: Stamped = (item, clock.now(item.plan.tenant, wall))
