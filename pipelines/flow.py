@@ -130,38 +130,43 @@ _MAX_SLEEP_TICKS = 10  # a vehicle with a timer pending sleeps at most this many
 
 def _in_event_order(group: Group) -> Group:
     """The group's items with each run of readings between plan revisions sorted by fix time
-    (stable), each reading carrying the run's first clock stamp.
+    (stable), each item carrying the latest clock stamp up to it (a vehicle's clock never
+    runs backwards).
 
     Two gateway shards draining a backlog (or a device's outbox burst) commit a vehicle's
     consecutive batch messages out of order: shard 1 commits message k + 1 before shard 0
     commits k. Taken in stream order, k + 1 moves the vehicle past k, and the whole of k
     costs a late-data replay; read in one poll, taken in fix-time order they are just in
-    order. The run's first stamp is the earliest clock any of its readings saw, so sorting
-    makes none of them later than it was; the timers run at the group's last stamp after.
+    order. Readings that came in order keep their order and their own stamps, so a gap the
+    clock jumped over inside one poll is still seen as one (``offline``).
     """
-    out: Group = []
-    run: list[StoredReading] = []
-    run_now: datetime | None = None
+    ordered: Group = []
+    run: Group = []
 
     def flush() -> None:
-        if run:
-            run.sort(key=_fix_time)
-            out.extend((r, run_now) for r in run)
-            run.clear()
+        run.sort(key=_pair_fix_time)
+        ordered.extend(run)
+        run.clear()
 
-    for item, now in group:
-        if isinstance(item, PlanUpdate):
+    for pair in group:
+        if isinstance(pair[0], PlanUpdate):
             flush()
-            out.append((item, now))
+            ordered.append(pair)
         else:
-            if not run:
-                run_now = now
-            run.append(item)
+            run.append(pair)
     flush()
+    out: Group = []
+    latest: datetime | None = None
+    for item, now in ordered:
+        if now is not None and (latest is None or now > latest):
+            latest = now
+        out.append((item, latest if now is not None else None))
     return out
 
 
-def _fix_time(item: StoredReading) -> datetime:
+def _pair_fix_time(pair: Stamped) -> datetime:
+    item = pair[0]
+    assert isinstance(item, StoredReading)
     return item.reading.fix_time
 
 

@@ -48,7 +48,7 @@ def test_a_worker_clock_follows_the_stamps_it_receives_then_the_wall_clock() -> 
     assert clock.now("other", WALL) is None
 
 
-def test_a_vehicles_readings_between_plan_revisions_are_taken_in_fix_time_order_at_the_runs_first_stamp() -> None:
+def test_a_vehicles_readings_between_plan_revisions_are_taken_in_fix_time_order_with_a_clock_that_never_runs_back() -> None:
     plan = PlanUpdate(PLAN, 1, T0)
     t = [T0 + timedelta(seconds=k) for k in range(6)]
     group = [
@@ -60,7 +60,7 @@ def test_a_vehicles_readings_between_plan_revisions_are_taken_in_fix_time_order_
     ]
     ordered = _in_event_order(group)
     assert [item.reading.seq if isinstance(item, StoredReading) else None for item, _ in ordered] == [1, 3, None, 4, 5]
-    assert [now for _, now in ordered] == [t[1], t[1], t[3], t[4], t[4]]
+    assert [now for _, now in ordered] == [t[2], t[2], t[3], t[5], t[5]]
 
 
 def _shard_fix(vehicle: str, seq: int, s: float, shard: int, received: float) -> StoredReading:
