@@ -48,7 +48,9 @@ def test_a_worker_clock_follows_the_stamps_it_receives_then_the_wall_clock() -> 
     assert clock.now("other", WALL) is None
 
 
-def test_a_vehicles_readings_between_plan_revisions_are_taken_in_fix_time_order_with_a_clock_that_never_runs_back() -> None:
+def test_a_vehicles_readings_between_plan_revisions_are_taken_in_fix_time_order_with_a_clock_that_never_runs_back() -> (
+    None
+):
     plan = PlanUpdate(PLAN, 1, T0)
     t = [T0 + timedelta(seconds=k) for k in range(6)]
     group = [
