@@ -278,7 +278,12 @@ def _bench(settings: Settings, args: argparse.Namespace) -> int:
 
         return run_eta_benchmark(settings, vehicles=args.vehicles or 50, days=2 if args.quick else 7)
     if args.soak:
+        import signal
+
         from fleetstream.bench.soak import run_soak
+
+        # a soak run in the background (SIGINT ignored there) stops cleanly on SIGTERM too: engine, services
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
 
         vans, minutes = (
             (args.vans or 200, args.minutes or 1.5) if args.quick else (args.vans or 20_000, args.minutes or 10)

@@ -123,7 +123,9 @@ class SoakReport:
     generator_cpu_s: float = 0.0
     rss_mb: dict[str, float] = field(default_factory=dict)
     load: tuple[tuple[float, float, float], tuple[float, float, float]] = ((0.0,) * 3, (0.0,) * 3)
-    generate_s: float = 0.0
+    generate_s: float = 0.0  # encoding the messages
+    plans_s: float = 0.0  # simulating the routes and storing the plans
+    plans_absorbed_s: float = 0.0  # then until the dataflow had taken the plans in
 
     def summary(self) -> dict[str, Any]:
         all_alert_lags = [x for v in self.alert_lag_s.values() for x in v]
@@ -189,34 +191,68 @@ def _pct(values: list[float], p: float) -> float | None:
 @dataclass
 class _Fleet:
     messages: list[tuple[float, str, bytes]]  # (epoch seconds due, topic, payload), in time order
-    plans: list[Plan]
     planted: list[Planted]
     readings: int
 
 
-def _generate(settings: Settings, tenant: str, vans: int, t0: datetime, duration_s: float) -> _Fleet:
-    """Every message of the run, encoded, with its due time; the plans; the planted anomalies."""
+@dataclass
+class _Routes:
+    """The simulated routes from ``start`` (UTC) for ``duration_s``, and each van's copy of one."""
+
+    start: datetime
+    duration_s: float
+    base: dict[str, list[Reading]]  # simulated van -> what it sends in the run, in order
+    plans: dict[str, Plan]  # simulated van -> its plan
+    ids: list[str]
+    source: dict[str, str]  # van -> the simulated van it copies
+    shifts: dict[str, timedelta]  # van -> how much later than its simulated van
+
+    def van_plans(self) -> list[Plan]:
+        return [replace(self.plans[self.source[vid]], vehicle=vid) for vid in self.ids]
+
+    def messages(self) -> int:
+        return sum(len(self.base[self.source[vid]]) for vid in self.ids)
+
+
+def _routes(settings: Settings, tenant: str, vans: int, start: datetime, duration_s: float) -> _Routes:
+    """``BASE_VANS`` simulated vans on their rounds from ``start`` on (they left their depots up to
+    15 minutes before), and ``vans`` copies of them."""
     base_n = min(vans, BASE_VANS)
     sim = FleetSimulator(
         RoadNetwork.from_settings(settings),
         vehicles=base_n,
         seed=16,
-        start=t0 - timedelta(minutes=15),  # on their rounds when the run starts
+        start=start - timedelta(minutes=15),
         gps_period_s=PERIOD_S,
         anomalies=AnomalyPlan.none(),
         tenant=tenant,
         stagger_s=600.0,
     )
-    end = t0 + timedelta(seconds=duration_s)
     base: dict[str, list[Reading]] = {v: [] for v in sim.vehicle_ids}
-    for event in sim.events(until=end):
-        if event.at >= t0 and not isinstance(event.item, RawMessage):
+    for event in sim.events(until=start + timedelta(seconds=duration_s)):
+        if event.at >= start and not isinstance(event.item, RawMessage):
             base[event.vehicle].append(event.item)
-    base_plans = {p["vehicle"]: Plan.from_dict(p) for p in sim.contract_plans()}
     ids = [f"van-{i:05d}" for i in range(vans)]
-    source = {vid: sim.vehicle_ids[i % base_n] for i, vid in enumerate(ids)}
-    # copy k of a route runs k/(copies) of the 5 s period later: the load is even over the period
-    shifts = {vid: timedelta(seconds=PERIOD_S * (i // base_n) * base_n / vans) for i, vid in enumerate(ids)}
+    return _Routes(
+        start,
+        duration_s,
+        base,
+        {p["vehicle"]: Plan.from_dict(p) for p in sim.contract_plans()},
+        ids,
+        {vid: sim.vehicle_ids[i % base_n] for i, vid in enumerate(ids)},
+        # copy k of a route runs k/(copies) of the 5 s period later: the load is even over the period
+        {vid: timedelta(seconds=PERIOD_S * (i // base_n) * base_n / vans) for i, vid in enumerate(ids)},
+    )
+
+
+def _generate(settings: Settings, routes: _Routes, t0: datetime) -> _Fleet:
+    """Every message of the run starting at ``t0``, encoded, with its due time; the planted
+    anomalies. The routes move from their start to ``t0`` (the plans stay as stored: their
+    windows are half an hour wide; what moves is the few minutes the set-up took)."""
+    duration_s = routes.duration_s
+    end = t0 + timedelta(seconds=duration_s)
+    base, source, ids, base_plans = routes.base, routes.source, routes.ids, routes.plans
+    shifts = {vid: shift + (t0 - routes.start) for vid, shift in routes.shifts.items()}
     planted = _plant(settings, ids, source, base, base_plans, shifts, t0, duration_s)
     by_vehicle = {p.vehicle: p for p in planted}
     out: list[tuple[float, str, bytes]] = []
@@ -243,8 +279,7 @@ def _generate(settings: Settings, tenant: str, vans: int, t0: datetime, duration
             out.append((when.timestamp(), topic, payload))
             readings += 1
     out.sort(key=lambda m: m[0])
-    plans = [replace(base_plans[source[vid]], vehicle=vid) for vid in ids]
-    return _Fleet(out, plans, planted, readings)
+    return _Fleet(out, planted, readings)
 
 
 def _plant(
@@ -471,12 +506,22 @@ def run_soak(main: Settings, vans: int = 20_000, minutes: float = 10.0) -> dict[
     return summary
 
 
-def lead_s(vans: int, minutes: float) -> float:
-    """Seconds from choosing the start to the first message: the road network and the simulated
-    routes (about 30 ms a van here), encoding (about 30 µs a message) and the plans (about 4 ms
-    each), with room to spare on a shared machine."""
-    messages = vans * minutes * 60 / PERIOD_S * 1.25
-    return 20.0 + min(vans, BASE_VANS) * 0.03 + messages * 45e-6 + vans * 4e-3
+def lead_s(messages: int) -> float:
+    """Seconds from choosing the start to the first message: encoding (about 30 µs a message
+    here, twice that on a busy machine) with room to spare."""
+    return 15.0 + messages * 60e-6
+
+
+def _flow_idle(pid: int, timeout_s: float) -> float:
+    """Wait until the dataflow process uses under a fifth of a core over 3 s (it has taken the
+    plans in); returns the seconds waited."""
+    began = time.monotonic()
+    while time.monotonic() - began < timeout_s:
+        cpu = _cpu_s(pid)
+        time.sleep(3.0)
+        if _cpu_s(pid) - cpu < 0.6:
+            break
+    return time.monotonic() - began
 
 
 def _soak(settings: Settings, vans: int, minutes: float, fresh: bool = True) -> SoakReport:
@@ -496,21 +541,27 @@ def _soak(settings: Settings, vans: int, minutes: float, fresh: bool = True) -> 
         )
     tenant = f"soak{int(time.time())}"
     report = SoakReport(vans, minutes, load=(os.getloadavg(), (0.0, 0.0, 0.0)))
-    t0 = (datetime.now(UTC) + timedelta(seconds=lead_s(vans, minutes))).replace(microsecond=0)
     engine = Engine(settings, with_dispatch=False, with_delivery=True, with_api=False, with_listeners=False)
-    engine.start()  # starting while the messages are generated
+    engine.start()  # starting while the routes are simulated
     try:
         began = time.monotonic()
-        fleet = _generate(settings, tenant, vans, t0, duration_s)
+        routes = _routes(settings, tenant, vans, datetime.now(UTC), duration_s)
         engine.wait_ready()
         manager = _Manager(settings, tenant)
         with connect(settings.dsn(), autocommit=True) as conn:
-            for plan in fleet.plans:
+            for plan in routes.van_plans():
                 store_plan(conn, plan, "bench")
+        report.plans_s = time.monotonic() - began
+        # the dataflow takes every plan in (a fleet's morning dispatch) before the run starts
+        report.plans_absorbed_s = _flow_idle(engine.pids()["flow"], 900.0)
+        t0 = (datetime.now(UTC) + timedelta(seconds=lead_s(routes.messages()))).replace(microsecond=0)
+        began = time.monotonic()
+        fleet = _generate(settings, routes, t0)
+        del routes
         report.generate_s = time.monotonic() - began
         publisher = _Publisher(settings, PUBLISHERS)
         if datetime.now(UTC) > t0 - timedelta(seconds=1):
-            raise RuntimeError(f"generating took {report.generate_s:.0f} s, past the planned start: raise lead_s")
+            raise RuntimeError(f"encoding took {report.generate_s:.0f} s, past the planned start: raise lead_s")
         report.planted = {k: sum(p.kind == k for p in fleet.planted) for k in KINDS}
         flow = engine.pids()["flow"]
         memory = _Memory(engine.pids() | {"mosquitto": broker_pid(settings) or 0}, services.postgres_pid(settings))
@@ -626,7 +677,7 @@ def _print(report: SoakReport, s: dict[str, Any], settings: Settings) -> None:
     print(
         f"\nfleetstream soak — {report.vans:,} vans with plans, a fix every {PERIOD_S:g} s ({rate:,.0f} fixes/s) plus "
         f"reefer readings and doors, {report.minutes:g} min, every tracker and live ETAs on "
-        f"(generated in {report.generate_s:.0f} s; {PUBLISHERS} publisher connections)"
+        f"({PUBLISHERS} publisher connections)"
     )
     rows = [
         ("readings sent / stored / analysed", f"{report.sent:,} / {report.stored:,} / {report.analysed:,}"),
@@ -660,6 +711,10 @@ def _print(report: SoakReport, s: dict[str, Any], settings: Settings) -> None:
         ("load average before / after", f"{s['load_avg_before'][0]:.2f} / {s['load_avg_after'][0]:.2f}"),
         ("p99 lag under 5 s, nothing lost", "yes" if s["holds_p99_under_5_s"] else "NO"),
     ]
+    print(
+        f"set-up: routes and {report.vans:,} plans stored in {report.plans_s:.0f} s, taken in by the dataflow "
+        f"{report.plans_absorbed_s:.0f} s later; messages encoded in {report.generate_s:.0f} s"
+    )
     print(
         f"thresholds: offline {settings.offline_after_s:g} s, excursion {settings.excursion_min_s:g} s, "
         f"dwell {settings.unplanned_dwell_s:g} s"
