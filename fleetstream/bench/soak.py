@@ -121,11 +121,13 @@ class SoakReport:
     flow_cpu_s: float = 0.0
     flow_wall_s: float = 0.0  # the run plus the settling after it
     generator_cpu_s: float = 0.0
+    flow_phases: dict[str, float] = field(default_factory=dict)  # share of the dataflow's wall time
     rss_mb: dict[str, float] = field(default_factory=dict)
     load: tuple[tuple[float, float, float], tuple[float, float, float]] = ((0.0,) * 3, (0.0,) * 3)
     generate_s: float = 0.0  # encoding the messages
     plans_s: float = 0.0  # simulating the routes and storing the plans
     plans_absorbed_s: float = 0.0  # then until the dataflow had taken the plans in
+    idle_flow_cpu_share: float = 0.0  # the dataflow before the first reading (plans and timers only)
 
     def summary(self) -> dict[str, Any]:
         all_alert_lags = [x for v in self.alert_lag_s.values() for x in v]
@@ -160,6 +162,8 @@ class SoakReport:
             "other_alerts": self.other_alerts,
             "flow_cpu_us_per_reading": round(self.flow_cpu_s / self.analysed * 1e6, 1) if self.analysed else None,
             "flow_cpu_share": round(self.flow_cpu_s / self.flow_wall_s, 3) if self.flow_wall_s else None,
+            "flow_wall_time_shares": self.flow_phases,
+            "flow_cpu_share_before_first_reading": self.idle_flow_cpu_share,
             "peak_rss_mb": self.rss_mb,
             "load_avg_before": self.load[0],
             "load_avg_after": self.load[1],
@@ -512,16 +516,19 @@ def lead_s(messages: int) -> float:
     return 15.0 + messages * 60e-6
 
 
-def _flow_idle(pid: int, timeout_s: float) -> float:
+def _flow_idle(pid: int, timeout_s: float) -> tuple[float, float]:
     """Wait until the dataflow process uses under a fifth of a core over 3 s (it has taken the
-    plans in); returns the seconds waited."""
+    plans in), at most ``timeout_s``; returns the seconds waited and its last 3 s share of a core
+    (with no readings yet: what the plans and timers alone cost)."""
     began = time.monotonic()
+    share = 0.0
     while time.monotonic() - began < timeout_s:
         cpu = _cpu_s(pid)
         time.sleep(3.0)
-        if _cpu_s(pid) - cpu < 0.6:
+        share = (_cpu_s(pid) - cpu) / 3.0
+        if share < 0.2:
             break
-    return time.monotonic() - began
+    return time.monotonic() - began, round(share, 3)
 
 
 def _soak(settings: Settings, vans: int, minutes: float, fresh: bool = True) -> SoakReport:
@@ -541,19 +548,19 @@ def _soak(settings: Settings, vans: int, minutes: float, fresh: bool = True) -> 
         )
     tenant = f"soak{int(time.time())}"
     report = SoakReport(vans, minutes, load=(os.getloadavg(), (0.0, 0.0, 0.0)))
+    began = time.monotonic()
+    routes = _routes(settings, tenant, vans, datetime.now(UTC), duration_s)
+    with connect(settings.dsn(), autocommit=True) as conn:  # a fleet's morning dispatch, before the engine
+        for plan in routes.van_plans():
+            store_plan(conn, plan, "bench")
+    report.plans_s = time.monotonic() - began
     engine = Engine(settings, with_dispatch=False, with_delivery=True, with_api=False, with_listeners=False)
-    engine.start()  # starting while the routes are simulated
+    engine.start()
     try:
-        began = time.monotonic()
-        routes = _routes(settings, tenant, vans, datetime.now(UTC), duration_s)
         engine.wait_ready()
         manager = _Manager(settings, tenant)
-        with connect(settings.dsn(), autocommit=True) as conn:
-            for plan in routes.van_plans():
-                store_plan(conn, plan, "bench")
-        report.plans_s = time.monotonic() - began
-        # the dataflow takes every plan in (a fleet's morning dispatch) before the run starts
-        report.plans_absorbed_s = _flow_idle(engine.pids()["flow"], 900.0)
+        # the dataflow takes every plan in before the run starts (or 2 minutes, if it never idles)
+        report.plans_absorbed_s, report.idle_flow_cpu_share = _flow_idle(engine.pids()["flow"], 120.0)
         t0 = (datetime.now(UTC) + timedelta(seconds=lead_s(routes.messages()))).replace(microsecond=0)
         began = time.monotonic()
         fleet = _generate(settings, routes, t0)
@@ -564,7 +571,10 @@ def _soak(settings: Settings, vans: int, minutes: float, fresh: bool = True) -> 
             raise RuntimeError(f"encoding took {report.generate_s:.0f} s, past the planned start: raise lead_s")
         report.planted = {k: sum(p.kind == k for p in fleet.planted) for k in KINDS}
         flow = engine.pids()["flow"]
-        memory = _Memory(engine.pids() | {"mosquitto": broker_pid(settings) or 0}, services.postgres_pid(settings))
+        memory = _Memory(
+            engine.pids() | {"mosquitto": broker_pid(settings) or 0, "generator": os.getpid()},
+            services.postgres_pid(settings),
+        )
         memory.start()
         time.sleep(max(0.0, t0.timestamp() - time.time()))
         cpu0, wall0, gen0 = _cpu_s(flow), time.time(), _own_cpu_s()
@@ -670,6 +680,18 @@ def _lags(settings: Settings, report: SoakReport, t0: datetime, t1: datetime) ->
     for at, lag in rows:
         minutes.setdefault(int((float(at) - t0.timestamp()) // 60), []).append(float(lag))
     report.worst_minute_p99_s = max((_pct(v, 99) or 0.0 for v in minutes.values()), default=0.0)
+    phases = ("source", "step", "notify", "sink", "snapshot", "other", "gc")
+    with connect(settings.dsn(), autocommit=True) as conn:
+        totals = conn.execute(
+            f"SELECT sum(interval_s), {', '.join(f'sum({p}_s)' for p in phases)} FROM flow_lag WHERE at BETWEEN %s AND %s",
+            (t0, t1 + timedelta(seconds=5)),
+        ).fetchone()
+    if totals is not None and totals[0]:
+        # where the dataflow's wall time went (shares; gc overlaps the phases it interrupted)
+        report.flow_phases = {
+            ("bytewax" if p == "other" else p): round(float(v or 0) / float(totals[0]), 3)
+            for p, v in zip(phases, totals[1:], strict=True)
+        }
 
 
 def _print(report: SoakReport, s: dict[str, Any], settings: Settings) -> None:
@@ -707,13 +729,15 @@ def _print(report: SoakReport, s: dict[str, Any], settings: Settings) -> None:
         ("other alerts (the fleet's own)", ", ".join(f"{t} {n}" for t, n in report.other_alerts.items()) or "none"),
         ("generator CPU", f"{s['generator_cpu_share']} of a core"),
         ("flow CPU per analysed reading", f"{s['flow_cpu_us_per_reading']} µs ({s['flow_cpu_share']} of a core)"),
+        ("flow wall time", ", ".join(f"{p} {v:.0%}" for p, v in report.flow_phases.items())),
         *((f"peak RSS {name}", f"{mb:,.0f} MB") for name, mb in sorted(report.rss_mb.items())),
         ("load average before / after", f"{s['load_avg_before'][0]:.2f} / {s['load_avg_after'][0]:.2f}"),
         ("p99 lag under 5 s, nothing lost", "yes" if s["holds_p99_under_5_s"] else "NO"),
     ]
     print(
-        f"set-up: routes and {report.vans:,} plans stored in {report.plans_s:.0f} s, taken in by the dataflow "
-        f"{report.plans_absorbed_s:.0f} s later; messages encoded in {report.generate_s:.0f} s"
+        f"set-up: routes and {report.vans:,} plans stored in {report.plans_s:.0f} s; the dataflow then busy for "
+        f"{report.plans_absorbed_s:.0f} s (at the end {report.idle_flow_cpu_share:.2f} of a core, no readings yet); "
+        f"messages encoded in {report.generate_s:.0f} s"
     )
     print(
         f"thresholds: offline {settings.offline_after_s:g} s, excursion {settings.excursion_min_s:g} s, "
