@@ -347,56 +347,84 @@ def _plant(
 
 class _Publisher:
     """A few paho connections publishing the pre-encoded messages at their due times (QoS 1);
-    a vehicle always goes through the same connection, so its order is kept."""
+    a vehicle always goes through the same connection, so its order is kept.
+
+    A message's lateness is from its due time to the broker's PUBACK (so a client that queues
+    what it cannot send in time counts as late, not as on time). At most ``MAX_UNACKED``
+    messages per connection wait for their PUBACK (paho's message ids wrap at 65,535): past
+    that the pacing waits, and the wait shows as lateness."""
+
+    MAX_UNACKED = 20_000
 
     def __init__(self, settings: Settings, connections: int) -> None:
         user, password = credentials.mqtt_account(settings, "bench")
         self.clients: list[mqtt.Client] = []
+        # per connection, in order: (message id, due) as published, (message id, wall time) as
+        # acknowledged; the k-th use of an id pairs with its k-th PUBACK (ids wrap at 65,535)
+        self.sent: list[list[tuple[int, float]]] = []
+        self.acked: list[list[tuple[int, float]]] = []
         for i in range(connections):
             c = mqtt.Client(
                 CallbackAPIVersion.VERSION2, client_id=f"soak-{i}-{uuid.uuid4().hex[:6]}", protocol=mqtt.MQTTv5
             )
             c.username_pw_set(user, password)
             c.max_queued_messages_set(0)
-            c.max_inflight_messages_set(1000)
+            c.max_inflight_messages_set(0)  # the broker's receive maximum still bounds it
+            c.user_data_set(i)
+            c.on_publish = self._on_puback
             c.connect(*settings.mqtt_endpoint())
             c.loop_start()
             self.clients.append(c)
-        self.behind: list[float] = []
+            self.sent.append([])
+            self.acked.append([])
+
+    def _on_puback(self, _c: Any, index: int, mid: int, _rc: Any, _props: Any) -> None:
+        self.acked[index].append((mid, time.time()))  # list.append: atomic, no lock under paho's own
+
+    def _unacked(self) -> int:
+        return sum(len(s) - len(a) for s, a in zip(self.sent, self.acked, strict=True))
 
     def run(self, messages: list[tuple[float, str, bytes]]) -> list[float]:
-        """Publish each message at its due time; returns how late each one went out (seconds)."""
+        """Publish each message at its due time; returns how late each one was acknowledged (seconds)."""
         parts: list[list[tuple[float, str, bytes]]] = [[] for _ in self.clients]
         for m in messages:
             parts[hash(m[1].split("/", 3)[2]) % len(self.clients)].append(m)  # by vehicle
-        lates: list[list[float]] = [[] for _ in self.clients]
-        infos: list[list[mqtt.MQTTMessageInfo]] = [[] for _ in self.clients]
-        threads = [
-            threading.Thread(target=self._pace, args=(c, p, lates[i], infos[i]), daemon=True)
-            for i, (c, p) in enumerate(zip(self.clients, parts, strict=True))
-        ]
+        threads = [threading.Thread(target=self._pace, args=(i, p), daemon=True) for i, p in enumerate(parts)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
-        deadline = time.monotonic() + 120
-        for batch in infos:
-            for info in batch:
-                info.wait_for_publish(max(0.1, deadline - time.monotonic()))
-                if not info.is_published():
-                    raise RuntimeError("the broker did not acknowledge the generator's messages")
-        return [x for part in lates for x in part]
+        deadline = time.monotonic() + 300
+        while self._unacked() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if self._unacked():
+            raise RuntimeError(f"the broker did not acknowledge {self._unacked()} of the generator's messages")
+        if sum(map(len, self.sent)) != len(messages):
+            raise RuntimeError(f"published {sum(map(len, self.sent))} of {len(messages)} messages")
+        late: list[float] = []
+        for sent, acked in zip(self.sent, self.acked, strict=True):
+            acks: dict[int, list[float]] = {}
+            for mid, at in acked:
+                acks.setdefault(mid, []).append(at)
+            used: dict[int, int] = {}
+            for mid, due in sent:
+                k = used.get(mid, 0)
+                used[mid] = k + 1
+                late.append(max(0.0, acks[mid][k] - due))
+        return late
 
-    @staticmethod
-    def _pace(
-        client: mqtt.Client, part: list[tuple[float, str, bytes]], late: list[float], infos: list[mqtt.MQTTMessageInfo]
-    ) -> None:
-        for due, topic, payload in part:
-            wait = due - time.time()
+    def _pace(self, index: int, part: list[tuple[float, str, bytes]]) -> None:
+        client, sent, acked = self.clients[index], self.sent[index], self.acked[index]
+        for when, topic, payload in part:
+            wait = when - time.time()
             if wait > 0:
                 time.sleep(wait)
-            late.append(max(0.0, time.time() - due))
-            infos.append(client.publish(topic, payload, qos=1))
+            while len(sent) - len(acked) >= self.MAX_UNACKED:
+                time.sleep(0.005)
+            info = client.publish(topic, payload, qos=1)
+            if info.rc != mqtt.MQTT_ERR_SUCCESS:
+                raise RuntimeError(f"publish failed: {mqtt.error_string(info.rc)}")
+            sent.append((info.mid, when))
 
     def close(self) -> None:
         for c in self.clients:
