@@ -197,6 +197,7 @@ class _Fleet:
     messages: list[tuple[float, str, bytes]]  # (epoch seconds due, topic, payload), in time order
     planted: list[Planted]
     readings: int
+    end: datetime  # the last message's due time at the latest: the fleet goes silent then
 
 
 @dataclass
@@ -283,7 +284,7 @@ def _generate(settings: Settings, routes: _Routes, t0: datetime) -> _Fleet:
             out.append((when.timestamp(), topic, payload))
             readings += 1
     out.sort(key=lambda m: m[0])
-    return _Fleet(out, planted, readings)
+    return _Fleet(out, planted, readings, end)
 
 
 def _plant(
@@ -671,9 +672,13 @@ def _count_alerts(fleet: _Fleet, manager: _Manager, report: SoakReport) -> None:
     report.alerted = {k: sum(p.kind == k for p, _, _ in found.values()) for k in KINDS}
     planted_ids = {doc["id"] for _, _, doc in found.values()}
     other: dict[str, int] = {}
+    silent_from = (fleet.end - timedelta(seconds=3 * PERIOD_S)).timestamp()
     for _, doc in manager.alerts():
         if doc["id"] not in planted_ids:
-            other[doc["type"]] = other.get(doc["type"], 0) + 1
+            kind = doc["type"]
+            if kind == "offline" and datetime.fromisoformat(doc["start_time"]).timestamp() >= silent_from:
+                kind = "offline after the run (the fleet stops)"
+            other[kind] = other.get(kind, 0) + 1
     report.other_alerts = dict(sorted(other.items()))
 
 
