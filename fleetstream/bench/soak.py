@@ -555,7 +555,7 @@ def _flow_idle(pid: int, timeout_s: float) -> tuple[float, float]:
         cpu = _cpu_s(pid)
         time.sleep(3.0)
         share = (_cpu_s(pid) - cpu) / 3.0
-        if share < 0.2:
+        if share < 0.2 and time.monotonic() - began > 15.0:  # not before it has read its first poll
             break
     return time.monotonic() - began, round(share, 3)
 
