@@ -278,6 +278,18 @@ def _bench(settings: Settings, args: argparse.Namespace) -> int:
         from fleetstream.bench.eta import run_eta_benchmark
 
         return run_eta_benchmark(settings, vehicles=args.vehicles or 50, days=2 if args.quick else 7)
+    if args.soak:
+        import signal
+
+        from fleetstream.bench.soak import run_soak
+
+        # a soak run in the background (SIGINT ignored there) stops cleanly on SIGTERM too: engine, services
+        signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+        vans, minutes = (
+            (args.vans or 200, args.minutes or 1.5) if args.quick else (args.vans or 20_000, args.minutes or 10)
+        )
+        return 0 if run_soak(settings, vans=vans, minutes=minutes)["holds_p99_under_5_s"] else 1
     if args.eta_cost:
         from fleetstream.bench.eta_cost import run_eta_cost_benchmark
 
@@ -616,6 +628,15 @@ def main(argv: list[str] | None = None) -> int:
         help="only the API benchmark: request latency with --vehicles vans (default 1000), the stored-readings "
         "rate with and without 50 live-stream clients, and live-stream capacity",
     )
+    p.add_argument(
+        "--soak",
+        action="store_true",
+        help="only the soak: --vans vans (default 20000; --quick 200) with plans, a fix every 5 s plus reefer and "
+        "doors, live for --minutes (default 10; --quick 1.5), every tracker and live ETAs on: lag p50/p99, "
+        "timers, CPU, memory",
+    )
+    p.add_argument("--vans", type=int, help="with --soak: the fleet size (default 20000)")
+    p.add_argument("--minutes", type=float, help="with --soak: how long the fleet reports (default 10)")
     p.add_argument("--vehicles", type=int, help="with --eta: vans in the simulated week (default 50); with --api: 1000")
     p.add_argument(
         "--trackers",
