@@ -274,10 +274,12 @@ def _false_alerts(
     doors: dict[str, list[tuple[datetime, datetime]]] = {}
     for row in labels:
         spans = []
-        if row["kind"] == "stop_visit" and row.get("door_open") and row.get("door_close"):
-            spans = [(_time(row["door_open"]), _time(row["door_close"]))]
+        # a door still open when the simulation ended was open at least until then
+        if row["kind"] == "stop_visit" and row.get("door_open"):
+            close = row.get("door_close")
+            spans = [(_time(row["door_open"]), _time(close) if close else sim_end)]
         elif row["kind"] == "anomaly" and row["type"] == "door_away":
-            spans = [(_time(row["start"]), _time(row["end"]))]
+            spans = [(_time(row["start"]), _time(row["end"]) if row.get("end") else sim_end)]
         doors.setdefault(row["vehicle"], []).extend(
             (a, b) for a, b in spans if (b - a).total_seconds() >= door_open_max_s
         )

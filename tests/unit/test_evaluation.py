@@ -211,6 +211,21 @@ def test_false_alerts_per_vehicle_day_at_shift_ends_and_in_silences() -> None:
     assert false["predicted_late"] == {"alerts": 1, "came_true": 0}
 
 
+def test_a_door_still_open_when_the_simulation_ends_was_open_until_then() -> None:
+    labels = [
+        {"kind": "trip", "vehicle": "v1", "start": at(0).isoformat(), "end": at(6800).isoformat(), "last_stop": "d"},
+        visit("d", 6700, 400) | {"door_open": at(6750).isoformat(), "door_close": None},
+    ]
+    # open 5 min before the end and still open then (its close came after the simulation): true
+    true = alert("v1", "door_open_too_long", 6750, None, 7060, status="open")
+    false = score(labels, [true], [], sim_end=END, thresholds=THRESHOLDS)["false_alerts"]
+    assert (false["false_alerts"], false["end_of_shift"]) == (0, 0)
+    # an alert for a door the labels say was not open that long is still false
+    wrong = alert("v1", "door_open_too_long", 6000, 6400, 6300)
+    false = score(labels, [wrong], [], sim_end=END, thresholds=THRESHOLDS)["false_alerts"]
+    assert false["false_alerts"] == 1
+
+
 def test_targets_and_the_printed_table() -> None:
     labels = [
         label("v1", t, 100, 1500) for t in ("long_dwell", "route_deviation", "temp_excursion", "door_away", "offline")
