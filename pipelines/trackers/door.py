@@ -13,10 +13,22 @@
   else arrives, as long as the vehicle is heard within its cadence (``silence_s``).
   Applies at stops too.
 
-Silence is not evidence: doors report changes only, so after a silence (nothing from the
-vehicle for longer than ``silence_s``: its "closed" may have been lost in a dead zone) an
-open door's state is unknown. It is forgotten, and its alerts resolve at the last reading
-before the silence (``details["silence"]``); its next "open" starts afresh.
+Doors report changes only, so a "closed" lost in a tunnel or a dead zone leaves a door open
+that is not. Where the vehicle is next seen decides (a van does not drive off with its
+reefer door open; one that stands where the door opened has not left it):
+
+- after a silence (nothing from the vehicle for longer than ``silence_s``) an open door's
+  state is unknown: no alert is raised or judged for it until the next usable fix. If that
+  fix is where the door opened (within ``start_distance_m``, the motion tracker's "this far
+  from where it stopped is driving"), the vehicle stood there all along and the door is
+  taken to be still open, but its open time counts afresh from that fix (a door may close
+  and open again unheard in a long silence: only time it was heard open counts towards
+  ``door_open_max_s``); if it is elsewhere, the door is forgotten and its alerts resolve at the last
+  reading before the silence (``details["silence"]``);
+- a door still open on a vehicle seen ``start_distance_m`` from where it opened was closed
+  unheard: its alerts resolve at the last fix where it stood (``details["closed_unheard"]``).
+
+A new "open" of a door whose state is unknown starts afresh.
 
 Both start when the door opened and resolve when it closes; one alert per door and
 condition (subject = door id).
@@ -30,6 +42,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from core.contract import DoorEvent
+from core.geo import haversine_m
 from core.thresholds import AnalyticsConfig
 from pipelines.trackers.events import Alert, new_alert
 from pipelines.trackers.quality import CheckedFix
@@ -52,6 +65,10 @@ class _OpenDoor:
     too_long: Alert | None = None
     before: CheckedFix | None = None  # the last fix before an opening still to be placed
     before_away: bool = False  # ... and whether it lay away from every stop (if no later fix places it)
+    place: tuple[float, float] | None = None  # where the vehicle stood when it opened (lat, lon)
+    stood: datetime | None = None  # the last fix there
+    unsure: datetime | None = None  # after a silence: the last reading before it (the next fix decides)
+    counted: datetime | None = None  # after a silence where it stood on: the open time counts from here
 
     def __setstate__(self, state: Any) -> None:  # states pickled before ``before`` existed
         restore_fields(self, state)
@@ -77,12 +94,8 @@ class DoorTracker:
         heard = self.heard
         if heard is not None and self.open and (t - heard).total_seconds() > self.silence_s:
             for door in self.open.values():
-                out += [
-                    a.resolve(heard, silence=True, open_s=(heard - door.since).total_seconds())
-                    for a in (door.away, door.too_long)
-                    if a is not None
-                ]
-            self.open = {}
+                if door.unsure is None:
+                    door.unsure = heard
         if heard is None or t > heard:
             self.heard = t
         if silence_s is not None:
@@ -102,9 +115,13 @@ class DoorTracker:
         out = self.hear(event.fix_time)
         door = self.open.get(event.door)
         if event.open:
-            if door is not None:
+            if door is not None and door.unsure is None:
                 return out  # repeated "open": still the same opening
+            if door is not None:  # its "closed" was lost in the silence: this is a new opening
+                out += self._forget(event.door, door, silence=True)
             door = self.open[event.door] = _OpenDoor(event.fix_time, refrigerated, h3_cell)
+            if where is not None and (event.fix_time - where.time).total_seconds() <= 1.0:
+                door.place, door.stood = (where.lat, where.lon), where.time
             if where is not None and at_stop(where.lat, where.lon, where.h3_cell) is not None:
                 since_s = (event.fix_time - where.time).total_seconds()
                 away = at_stop(where.lat, where.lon, where.h3_cell) is False
@@ -130,13 +147,32 @@ class DoorTracker:
         """A usable fix (call ``hear`` for it first): place the openings that waited for it (the
         door still open, the vehicle has stood where it opened: this fix is that place)."""
         out: list[Alert] = []
-        for name, door in self.open.items():
-            if door.before is None:
+        for name, door in list(self.open.items()):
+            if door.before is not None:
+                door.before = None
+                if at_stop(fix.lat, fix.lon, fix.h3_cell) is False:
+                    out += self._away(name, door, fix.h3_cell)
+            if door.place is None:  # this fix is where it stood when the door opened
+                door.place, door.stood = (fix.lat, fix.lon), fix.time
                 continue
-            door.before = None
-            if at_stop(fix.lat, fix.lon, fix.h3_cell) is False:
-                out += self._away(name, door, fix.h3_cell)
+            if haversine_m(fix.lat, fix.lon, *door.place) <= self.config.start_distance_m:
+                if door.unsure is not None:  # still there after a silence: open, counted from now
+                    door.counted, door.unsure = fix.time, None
+                door.stood = fix.time
+            elif door.unsure is not None:
+                out += self._forget(name, door, silence=True)
+            else:
+                out += self._forget(name, door, closed_unheard=True)
         return out
+
+    def _forget(self, name: str, door: _OpenDoor, **why: bool) -> list[Alert]:
+        """Drop an open door whose "closed" was lost; its alerts resolve at the last reading
+        before the silence, or at the last fix where the vehicle stood."""
+        del self.open[name]
+        end = door.unsure if door.unsure is not None else (door.stood or door.since)
+        end = max(end, door.since)
+        open_s = (end - door.since).total_seconds()
+        return [a.resolve(end, open_s=open_s, **why) for a in (door.away, door.too_long) if a is not None]
 
     def on_timer(self, now: datetime) -> list[Alert]:
         """Open door_open_too_long for refrigerated doors open past the limit (while heard), and
@@ -157,7 +193,8 @@ class DoorTracker:
                     door.since,
                     subject=name,
                     h3_cell=door.h3_cell,
-                    details={"door": name, "limit_s": self.config.door_open_max_s},
+                    details={"door": name, "limit_s": self.config.door_open_max_s}
+                    | ({"counted_from": door.counted.isoformat()} if door.counted is not None else {}),
                 )
                 out.append(door.too_long)
         return out
@@ -170,9 +207,9 @@ class DoorTracker:
     def _due(self, door: _OpenDoor) -> datetime | None:
         """When a refrigerated door has been open ``door_open_max_s``, if the vehicle is heard by then
         (its last reading at most ``silence_s`` before); None until it is heard again."""
-        if not door.refrigerated or door.too_long is not None:
+        if not door.refrigerated or door.too_long is not None or door.unsure is not None:
             return None
-        due = door.since + timedelta(seconds=self.config.door_open_max_s)
+        due = (door.counted or door.since) + timedelta(seconds=self.config.door_open_max_s)
         heard = self.heard if self.heard is not None else door.since
         return due if due <= heard + timedelta(seconds=self.silence_s) else None
 

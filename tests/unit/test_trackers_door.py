@@ -125,14 +125,45 @@ def test_refrigerated_door_open_too_long_fires_from_the_timer_while_the_vehicle_
     assert (closed.id, closed.status, closed.end, closed.details["open_s"]) == (too_long.id, "resolved", at(420), 420.0)
 
 
-def test_after_a_silence_an_open_door_is_unknown() -> None:
+def test_after_a_silence_an_open_door_is_unknown_until_a_fix_shows_where_the_vehicle_is() -> None:
     d = DoorTracker("acme", "van-1", AnalyticsConfig())
     d.update(door(0, True), fix(0, AWAY), at_stop, refrigerated=True, h3_cell=5)  # away: alert open
     d.hear(at(30), 60.0)
     assert d.next_timer() is None  # no too-long alert from the silence that follows
-    (resolved,) = d.hear(at(900), 60.0)  # back after 14.5 minutes: its "closed" may be lost
+    assert d.hear(at(900), 60.0) == []  # back after 14.5 minutes: its "closed" may be lost
+    assert d.next_timer() is None  # ... so nothing is judged until a fix says where the van is
+    (resolved,) = d.on_fix(fix(900, STOP), at_stop)  # elsewhere: it closed and drove off unheard
     assert (resolved.type, resolved.end, resolved.details["silence"]) == ("door_open_away", at(30), True)
     assert d.open == {} and d.update(door(950, False), fix(900, AWAY), at_stop, refrigerated=True, h3_cell=5) == []
+
+
+def test_a_door_open_through_a_silence_where_the_van_stood_stays_open() -> None:
+    # a reefer door open at a stop while the van is in a dead zone: still there after it, still open
+    d = DoorTracker("acme", "van-1", AnalyticsConfig())
+    assert d.update(door(0, True), fix(0, STOP), at_stop, refrigerated=True, h3_cell=5) == []
+    d.hear(at(30), 60.0)
+    assert d.hear(at(240), 60.0) == [] and d.next_timer() is None
+    assert d.on_fix(fix(240, STOP), at_stop) == []
+    for s in range(270, 540, 30):  # standing there, heard: the 300 s limit counts from the return
+        d.hear(at(s), 60.0)
+        assert d.on_fix(fix(s, STOP), at_stop) == [] and d.on_timer(at(s)) == []
+    assert d.next_timer() == at(540)
+    (too_long,) = d.on_timer(at(540))
+    assert (too_long.type, too_long.start) == ("door_open_too_long", at(0))
+    assert too_long.details["counted_from"] == at(240).isoformat()
+
+
+def test_a_door_on_a_van_that_drove_off_was_closed_unheard() -> None:
+    d = DoorTracker("acme", "van-1", AnalyticsConfig())
+    assert d.update(door(0, True), fix(0, STOP), at_stop, refrigerated=True, h3_cell=5) == []
+    for s in range(30, 330, 30):
+        d.hear(at(s), 60.0)
+        d.on_fix(fix(s, STOP), at_stop)
+    (too_long,) = d.on_timer(at(330))
+    d.hear(at(350), 60.0)
+    (closed,) = d.on_fix(fix(350, STOP + 0.002), at_stop)  # 220 m on, no "closed" heard
+    assert (closed.id, closed.status, closed.end) == (too_long.id, "resolved", at(300))
+    assert closed.details["closed_unheard"] is True and d.open == {}
 
 
 def _gps(seq: int, s: float, east: float) -> StoredReading:
