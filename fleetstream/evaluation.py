@@ -287,6 +287,7 @@ def _false_alerts(
     false: Counter[str] = Counter()
     end_of_shift: Counter[str] = Counter()
     in_silence: Counter[str] = Counter()
+    examples: list[dict[str, Any]] = []
     for a in alerts:
         if a["status"] == "retracted" or _time(a["detected_at"]) > sim_end or a["type"] == "predicted_late":
             continue
@@ -302,6 +303,8 @@ def _false_alerts(
         if true:
             continue
         false[a["type"]] += 1
+        if len(examples) < 10:  # enough to look one up in the store
+            examples.append({k: a.get(k) for k in ("id", "type", "vehicle_id", "start_time", "end_time")})
         if vehicle in shift_end and start >= shift_end[vehicle]:
             end_of_shift[a["type"]] += 1
         elif _overlaps(start, end, silences.get(vehicle, [])):
@@ -319,6 +322,7 @@ def _false_alerts(
         "silence_induced": sum(in_silence.values()),
         "silence_induced_by_type": dict(sorted(in_silence.items())),
         "predicted_late": {"alerts": len(late), "came_true": came_true},
+        "examples": examples,
     }
 
 

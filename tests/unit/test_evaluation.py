@@ -209,6 +209,13 @@ def test_false_alerts_per_vehicle_day_at_shift_ends_and_in_silences() -> None:
     assert false["by_type"] == {"gps_jump": 1, "long_dwell": 1, "offline": 1, "unplanned_dwell": 1}
     assert (false["end_of_shift"], false["silence_induced"]) == (2, 1)
     assert false["predicted_late"] == {"alerts": 1, "came_true": 0}
+    # the false ones are listed to be looked up in the store
+    assert sorted((e["vehicle_id"], e["type"]) for e in false["examples"]) == [
+        ("v1", "long_dwell"),
+        ("v1", "offline"),
+        ("v1", "unplanned_dwell"),
+        ("v2", "gps_jump"),
+    ]
 
 
 def test_a_door_still_open_when_the_simulation_ends_was_open_until_then() -> None:
