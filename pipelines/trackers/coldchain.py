@@ -185,11 +185,12 @@ class ColdChainTracker:
 
     def _due(self, probe: _Probe) -> datetime | None:
         """When an excursion is confirmed with no further reading: ``excursion_min_s`` after it
-        began, if the vehicle is heard within its cadence by then (else the next reading decides)."""
+        began, if the vehicle was heard about a reporting interval before (``silence_s /
+        silence_factor``: one a report overdue may be in a silence), else the next reading decides."""
         if probe.out_since is None or probe.excursion is not None:
             return None
         due = probe.out_since + timedelta(seconds=self.config.excursion_min_s)
-        if self.heard is not None and due > self.heard + timedelta(seconds=self.silence_s):
+        if self.heard is not None and due > self.heard + timedelta(seconds=self.silence_s / self.config.silence_factor):
             return None
         return due
 

@@ -10,7 +10,8 @@
   them there is no telling where opening is expected.
 - ``door_open_too_long``: a door of a refrigerated load (the plan's or the config's
   ``temp_range_c``) open for ``door_open_max_s``, from ``on_timer`` even when nothing
-  else arrives, as long as the vehicle is heard within its cadence (``silence_s``).
+  else arrives, as long as the vehicle was heard within about a reporting interval
+  (``silence_s / silence_factor``) before the limit; else its next reading decides.
   Applies at stops too.
 
 Doors report changes only, so a "closed" lost in a tunnel or a dead zone leaves a door open
@@ -205,13 +206,14 @@ class DoorTracker:
         return min(dues) if dues else None
 
     def _due(self, door: _OpenDoor) -> datetime | None:
-        """When a refrigerated door has been open ``door_open_max_s``, if the vehicle is heard by then
-        (its last reading at most ``silence_s`` before); None until it is heard again."""
+        """When a refrigerated door has been open ``door_open_max_s``, if the vehicle was heard about a
+        reporting interval before (``silence_s / silence_factor``: a vehicle a report overdue may be
+        in a silence its "closed" was lost in); else None, and its next reading decides."""
         if not door.refrigerated or door.too_long is not None or door.unsure is not None:
             return None
         due = (door.counted or door.since) + timedelta(seconds=self.config.door_open_max_s)
         heard = self.heard if self.heard is not None else door.since
-        return due if due <= heard + timedelta(seconds=self.silence_s) else None
+        return due if due <= heard + timedelta(seconds=self.silence_s / self.config.silence_factor) else None
 
     def _away(self, name: str, door: _OpenDoor, h3_cell: int | None) -> list[Alert]:
         if door.away is not None:

@@ -110,7 +110,9 @@ def test_refrigerated_door_open_too_long_fires_from_the_timer_while_the_vehicle_
     assert d.next_timer() is None  # 300 s away: the vehicle must still be heard by then
     for s in range(30, 270, 30):
         d.hear(at(s), 60.0)
-    assert d.next_timer() == at(300)
+    assert d.next_timer() is None  # heard at 240 s: a report overdue by 300 s, it may be in a silence
+    d.hear(at(270), 60.0)
+    assert d.next_timer() == at(300)  # heard within a reporting interval (60 s / silence_factor 2)
     assert d.on_timer(at(299)) == []
     (too_long,) = d.on_timer(at(300))
     assert (too_long.type, too_long.start, too_long.details) == (
@@ -119,7 +121,7 @@ def test_refrigerated_door_open_too_long_fires_from_the_timer_while_the_vehicle_
         {"door": "rear", "limit_s": 300.0},
     )
     assert d.next_timer() is None
-    for s in range(270, 420, 30):
+    for s in range(300, 420, 30):
         d.hear(at(s), 60.0)
     (closed,) = d.update(door(420, False), fix(400, STOP), at_stop, refrigerated=True, h3_cell=5)
     assert (closed.id, closed.status, closed.end, closed.details["open_s"]) == (too_long.id, "resolved", at(420), 420.0)
@@ -164,6 +166,19 @@ def test_a_door_on_a_van_that_drove_off_was_closed_unheard() -> None:
     (closed,) = d.on_fix(fix(350, STOP + 0.002), at_stop)  # 220 m on, no "closed" heard
     assert (closed.id, closed.status, closed.end) == (too_long.id, "resolved", at(300))
     assert closed.details["closed_unheard"] is True and d.open == {}
+
+
+def test_a_door_closed_in_a_silence_that_began_just_before_the_limit_raises_nothing() -> None:
+    # open 245 s, then nothing: its "closed" at 275 s is lost in a dead zone, the van drives off
+    d = DoorTracker("acme", "van-1", AnalyticsConfig())
+    assert d.update(door(0, True), fix(0, STOP), at_stop, refrigerated=True, h3_cell=5) == []
+    for s in range(30, 270, 30):
+        d.hear(at(s), 60.0)
+        assert d.on_fix(fix(s, STOP), at_stop) == []
+    assert d.next_timer() is None and d.on_timer(at(300)) == []  # a report overdue: no alert yet
+    assert d.hear(at(390), 60.0) == []  # back after the silence, elsewhere
+    assert d.on_fix(fix(390, STOP + 0.003), at_stop) == [] and d.open == {}
+    assert d.on_timer(at(400)) == [] and d.next_timer() is None
 
 
 def _gps(seq: int, s: float, east: float) -> StoredReading:

@@ -395,9 +395,11 @@ def test_pickle_round_trip_mid_route_continues_identically() -> None:
     assert fixed_a == fixed_b and [(e.kind, round((e.at - T0).total_seconds(), 1)) for e in fixed_a] == [
         ("arrival", 691.7)  # 100 m at 690 s, 70 m at 692 s: the 75 m circle at 691.7 s
     ]
-    # the door opened at 100 s is never closed; the probe reported once, at 30 s
+    # the door opened at 100 s is never heard closed: the van drove off, so it closed unheard
+    # (resolved at the last fix where it stood); the probe reported once, at 30 s
     assert [r[1:3] for r in brief(a)] == [
         ("door_open_too_long", "open"),
+        ("door_open_too_long", "resolved"),
         ("departure", "ok"),
         ("sensor_fault", "open"),
         ("arrival", "ok"),
