@@ -307,7 +307,7 @@ def _false_alerts(
             examples.append({k: a.get(k) for k in ("id", "type", "vehicle_id", "start_time", "end_time")})
         if vehicle in shift_end and start >= shift_end[vehicle]:
             end_of_shift[a["type"]] += 1
-        elif _overlaps(start, end, silences.get(vehicle, [])):
+        elif _overlaps(start, max(end, _time(a["detected_at"])), silences.get(vehicle, [])):  # raised in one too
             in_silence[a["type"]] += 1
     vehicles = max(1, len(by_vehicle))
     late = [a for a in alerts if a["type"] == "predicted_late" and a["status"] != "retracted"]

@@ -200,17 +200,25 @@ def test_false_alerts_per_vehicle_day_at_shift_ends_and_in_silences() -> None:
         alert("v1", "offline", 4100, None, 4400, status="open"),  # at the shift's end
         alert("v1", "long_dwell", 4000, None, 5800, status="open"),  # at the shift's end
         alert("v1", "unplanned_dwell", 900, 1500, 1500),  # in a silence, no label
+        alert("v1", "door_open_too_long", 650, 950, 1050),  # raised in a silence, resolved before it
         alert("v2", "offline", 2000, 2600, 2300),  # true
         alert("v2", "gps_jump", 300, 310, 300),  # false
         alert("v2", "predicted_late", 300, 310, 300),  # a forecast: apart
     ]
     false = score(labels, alerts, [], sim_end=END, thresholds=THRESHOLDS)["false_alerts"]
-    assert false["vehicle_days"] == 2 and false["false_alerts"] == 4 and false["per_vehicle_day"] == 2.0
-    assert false["by_type"] == {"gps_jump": 1, "long_dwell": 1, "offline": 1, "unplanned_dwell": 1}
-    assert (false["end_of_shift"], false["silence_induced"]) == (2, 1)
+    assert false["vehicle_days"] == 2 and false["false_alerts"] == 5 and false["per_vehicle_day"] == 2.5
+    assert false["by_type"] == {
+        "door_open_too_long": 1,
+        "gps_jump": 1,
+        "long_dwell": 1,
+        "offline": 1,
+        "unplanned_dwell": 1,
+    }
+    assert (false["end_of_shift"], false["silence_induced"]) == (2, 2)
     assert false["predicted_late"] == {"alerts": 1, "came_true": 0}
     # the false ones are listed to be looked up in the store
     assert sorted((e["vehicle_id"], e["type"]) for e in false["examples"]) == [
+        ("v1", "door_open_too_long"),
         ("v1", "long_dwell"),
         ("v1", "offline"),
         ("v1", "unplanned_dwell"),
