@@ -90,7 +90,8 @@ class DoorTracker:
 
     def hear(self, t: datetime, silence_s: float | None = None) -> list[Alert]:
         """The vehicle sent something at fix time ``t`` (``silence_s``: the cadence after a fix);
-        after a silence, open doors are forgotten (see the module docstring)."""
+        after a silence, open doors become unknown until the next fix (``on_fix``; see the module
+        docstring). Returns no alerts now; kept a list for its callers."""
         out: list[Alert] = []
         heard = self.heard
         if heard is not None and self.open and (t - heard).total_seconds() > self.silence_s:
