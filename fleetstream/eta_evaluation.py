@@ -51,6 +51,7 @@ from store.history import EtaHistory
 __all__ = [
     "EVAL_HORIZONS_S",
     "EtaEvalDay",
+    "baselines_missed",
     "eta_targets_missed",
     "format_baselines_table",
     "format_eta_table",
@@ -205,6 +206,18 @@ def eta_targets_missed(table: list[dict[str, Any]], naive_gain: float = NAIVE_GA
             missed.append(f"{h}: model MAE {model:.0f} s is not {naive_gain:.0%} below naive {naive:.0f} s")
         if model >= profile or (e["profile_mae_all_s"] is not None and e["model_mae_all_s"] >= e["profile_mae_all_s"]):
             missed.append(f"{h}: model MAE {model:.0f} s is not below the profile's {profile:.0f} s")
+    return missed + [m for m in baselines_missed(table) if m not in missed]
+
+
+def baselines_missed(table: list[dict[str, Any]]) -> list[str]:
+    """Horizons where the model's MAE over every row is not below the untrained engine's and
+    the straight baseline's (empty: it beats both everywhere)."""
+    missed = []
+    for e in table:
+        h = f"{e['horizon_s'] / 60:g} min"
+        if e["model_mae_all_s"] is None:
+            missed.append(f"{h}: no rows to score")
+            continue
         for name in ("untrained", "straight"):
             other = e.get(f"{name}_mae_all_s")
             if other is not None and e["model_mae_all_s"] >= other:
@@ -302,6 +315,7 @@ def run_eta_evaluation(
         detour_factor=training.detour_factor,
         horizons_s=EVAL_HORIZONS_S,
         mean_speed_mps=training.mean_speed_mps,
+        stop_dwell_s=training.stop_dwell_s,
     )
     from models.eta import FEATURES
     from models.paths import DEFAULT_DETOUR_FACTOR

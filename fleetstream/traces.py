@@ -88,6 +88,7 @@ TRACES = {
     "dg100.gpx": TraceFile("gpsbabel", "reference/track/dg100.gpx"),
     "josm-1433.nmea": TraceFile("josm", "test/data/regress/1433/2008-08-14-16-04-58.nmea"),
     "mjolby.gpx": TraceFile("marble", "examples/gpx/mjolby.gpx"),
+    "drumlish.gpx": TraceFile("josm", "test/data/regress/15634/drumlish.gpx"),
 }
 
 

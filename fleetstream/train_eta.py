@@ -72,7 +72,13 @@ def run_train_eta(
     models_dir = models_dir or eta_models_dir(settings)
     folder = publish_eta_set(
         models_dir,
-        EtaModels(training.profiles, model, training.detour_factor, mean_speed_mps=training.mean_speed_mps),
+        EtaModels(
+            training.profiles,
+            model,
+            training.detour_factor,
+            mean_speed_mps=training.mean_speed_mps,
+            stop_dwell_s=training.stop_dwell_s,
+        ),
         model.version,
         keep=settings.eta_models_keep,
     )
@@ -84,6 +90,7 @@ def run_train_eta(
         trips=training.rows["trip"].n_unique(),
         detour_factor=round(training.detour_factor, 3),
         mean_speed_mps=None if training.mean_speed_mps is None else round(training.mean_speed_mps, 2),
+        stop_dwell_s=None if training.stop_dwell_s is None else round(training.stop_dwell_s, 1),
         profile_cells=sum(len(t) for t in training.profiles.cell_hour),
         metrics=model.metrics,
         train_s=round(trained - loaded, 2),

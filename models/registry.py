@@ -9,7 +9,7 @@ plan's route), and no model correction.
 Files (``save_dir`` / ``load_dir``, all optional)::
 
     <dir>/speed_profiles.json   SpeedProfiles.to_dict()
-    <dir>/detour.json           {"detour_factor": 1.31, "mean_speed_mps": 6.2}
+    <dir>/detour.json           {"detour_factor": 1.31, "mean_speed_mps": 6.2, "stop_dwell_s": 95.0}
     <dir>/eta_model.joblib      EtaModel.save() (+ eta_model.joblib.json sidecar)
 
 Replacing a set while trackers run is safe (each fix reads the current one), but a
@@ -24,6 +24,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from core.plan import Stop
 from models.paths import DEFAULT_DETOUR_FACTOR, NetworkPaths
 from models.profiles import SpeedProfiles
 
@@ -46,6 +47,12 @@ class EtaModels:
     detour_factor: float = DEFAULT_DETOUR_FACTOR
     network: NetworkPaths | None = None
     mean_speed_mps: float | None = None  # travelled metres / seconds over the trips, stops and waits included
+    stop_dwell_s: float | None = None  # the learned time at a stop, for the stops whose plan gives no service_s
+
+    def service_s(self, stop: Stop) -> float:
+        """Seconds a visit to ``stop`` takes: its planned ``service_s``, or where the plan gives
+        none (0), the learned ``stop_dwell_s`` (0 when nothing was learned)."""
+        return stop.service_s or self.stop_dwell_s or 0.0
 
 
 _NOTHING = EtaModels()
@@ -82,6 +89,8 @@ def save_dir(directory: Path | str, models: EtaModels) -> None:
     detour: dict[str, float] = {"detour_factor": models.detour_factor}
     if models.mean_speed_mps is not None:
         detour["mean_speed_mps"] = models.mean_speed_mps
+    if models.stop_dwell_s is not None:
+        detour["stop_dwell_s"] = models.stop_dwell_s
     (directory / DETOUR_FILE).write_text(json.dumps(detour) + "\n")
     if models.model is not None:
         models.model.save(directory / MODEL_FILE)
@@ -96,16 +105,17 @@ def load_dir(directory: Path | str, name: str = "default", network: NetworkPaths
     profiles = None
     if (directory / PROFILES_FILE).is_file():
         profiles = SpeedProfiles.from_dict(json.loads((directory / PROFILES_FILE).read_text()))
-    detour, mean_speed = DEFAULT_DETOUR_FACTOR, None
+    detour, mean_speed, dwell = DEFAULT_DETOUR_FACTOR, None, None
     if (directory / DETOUR_FILE).is_file():
         fitted = json.loads((directory / DETOUR_FILE).read_text())
         detour = float(fitted["detour_factor"])
         mean_speed = float(fitted["mean_speed_mps"]) if fitted.get("mean_speed_mps") else None
+        dwell = float(fitted["stop_dwell_s"]) if fitted.get("stop_dwell_s") is not None else None
     model = None
     if (directory / MODEL_FILE).is_file():
         from models.eta import EtaModel
 
         model = EtaModel.load(directory / MODEL_FILE)
-    models = EtaModels(profiles, model, detour, network, mean_speed)
+    models = EtaModels(profiles, model, detour, network, mean_speed, dwell)
     _sets[name] = models
     return models

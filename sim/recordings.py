@@ -7,7 +7,8 @@ Times are UTC. Pure: text in, values out (``fleetstream/traces.py`` fetches the 
 
 Ground truth from the dense trace (``dense_stops``), by the definitions used throughout:
 a fix's *speed* is its displacement across a window of +-3 s (at least one fix on each
-side) over the window's span; a *stop* is a run of fixes slower than 1 m/s lasting more
+side; a logger that records less often, or not at all while it stands, leaves none: then
+its nearest fixes up to 300 s away) over the window's span; a *stop* is a run of fixes slower than 1 m/s lasting more
 than 20 s, placed at the median of its positions. ``subsample`` keeps the first fix at or
 after each tick of a grid of ``period_s`` seconds from ``offset_s`` (what a device
 reporting every ``period_s`` seconds would have sent).
@@ -196,10 +197,12 @@ def sessions(fixes: Sequence[Fix], gap_s: float = 300.0) -> list[list[Fix]]:
     return out
 
 
-def dense_speeds(fixes: Sequence[Fix], half_window_s: float = 3.0, reach_s: float = 15.0) -> list[float | None]:
+def dense_speeds(fixes: Sequence[Fix], half_window_s: float = 3.0, reach_s: float = 300.0) -> list[float | None]:
     """Each fix's speed (m/s): displacement across +-``half_window_s`` (the furthest fixes within
-    it, at least one on each side; a logger that records less often while standing leaves
-    none, then the nearest one up to ``reach_s`` away) over their time span; None at the ends."""
+    it, at least one on each side; a logger that records less often, or pauses while the
+    vehicle stands, leaves none: then the nearest one up to ``reach_s`` away, so a pause of a
+    few minutes with the vehicle where it was reads as standing) over their time span; None
+    at the ends."""
     times = [f.time.timestamp() for f in fixes]
     out: list[float | None] = []
     for i, t in enumerate(times):

@@ -16,6 +16,9 @@ quality filter does (``derive_speeds``), for the speed profiles and the trip leg
 Every trip teaches the detour factor and the mean trip speed (``trip_legs``): a leg runs to
 each arrival from the vehicle's first moving fix after its previous arrival (or, for the
 first stop of a plan, within ``lead_s`` before it), so a one-stop plan (a taxi trip) counts.
+Every visit to a stop whose plan gives no ``service_s`` teaches the time at a stop
+(``stop_dwells``: arrival to the exit from its circle; the median of at least five), which
+the ETA then adds for such stops (``EtaModels.service_s``).
 
 One trip = one vehicle's plan version. Its fixes, from ``max(horizons_s) + warmup_s``
 before its first arrival to its last, are replayed in fix-time order through the
@@ -30,16 +33,18 @@ than ``tolerance_s`` older): the tracker's ``FEATURES``, the label
 from __future__ import annotations
 
 import itertools
-from bisect import bisect_left
+import math
+from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
+from statistics import median
 from typing import Any
 
 import polars as pl
 
 from core.contract import GpsFix
-from core.geo import EARTH_RADIUS_M
+from core.geo import EARTH_RADIUS_M, M_PER_DEG_LAT
 from core.plan import Plan
 from core.thresholds import AnalyticsConfig, EtaConfig
 from models import registry
@@ -56,8 +61,10 @@ __all__ = [
     "derive_speeds",
     "detour_pairs",
     "mean_trip_speed",
+    "stop_dwells",
     "train_eta_from_frames",
     "trip_legs",
+    "typical_stop_dwell",
 ]
 
 HORIZONS_S: tuple[float, ...] = (120, 300, 600, 900, 1800, 2700, 3600, 5400)
@@ -149,6 +156,68 @@ def trip_legs(
     return [(float(a), float(b), float(c)) for a, b, c in legs.select("straight", "travelled", "seconds").iter_rows()]
 
 
+def stop_dwells(
+    positions: pl.DataFrame,
+    arrivals: pl.DataFrame,
+    plans: Iterable[Plan],
+    *,
+    silence_s: float = 120.0,
+    leave_mps: float = 8.0,
+    max_s: float = 3600.0,
+) -> list[float]:
+    """Seconds from each arrival at a stop whose plan gives no ``service_s`` to the vehicle's
+    exit from the stop's circle: interpolated on the step from its last fix inside to its
+    first fix outside, or across a silence (a step over ``silence_s``: many trackers go quiet
+    while the vehicle stands) the moment it would have left at ``leave_mps`` to be where it
+    was next seen. Visits not left within ``max_s`` (parked for the night) count not."""
+    by_version = {(p.tenant, p.vehicle, p.version): p for p in plans}
+    latest: dict[tuple[str, str], Plan] = {}
+    for p in by_version.values():
+        if (p.tenant, p.vehicle) not in latest or p.version > latest[(p.tenant, p.vehicle)].version:
+            latest[(p.tenant, p.vehicle)] = p
+    fixes = {
+        key: frame.sort("fix_time").select("fix_time", "lat", "lon").rows()
+        for key, frame in positions.partition_by(_KEY, as_dict=True).items()
+    }
+    times = {key: [f[0] for f in rows] for key, rows in fixes.items()}
+    versioned = "plan_version" in arrivals.columns
+    out: list[float] = []
+    for row in arrivals.iter_rows(named=True):
+        key = (row["tenant"], row["vehicle_id"])
+        plan = by_version.get((*key, row["plan_version"])) if versioned else latest.get(key)
+        stop = next((s for s in plan.stops if s.id == row["stop_id"]), None) if plan is not None else None
+        if stop is None or stop.service_s > 0 or key not in fixes:
+            continue
+        at: datetime = row["at"]
+        last_t, last_d = at, 0.0
+        for t, lat, lon in fixes[key][bisect_right(times[key], at) :]:
+            if (t - at).total_seconds() > max_s:
+                break
+            d = _metres(lat, lon, stop.lat, stop.lon)
+            if d <= stop.radius_m:
+                last_t, last_d = t, d
+                continue
+            step = (t - last_t).total_seconds()
+            if step > silence_s:
+                out_s = max((last_t - at).total_seconds(), (t - at).total_seconds() - (d - stop.radius_m) / leave_mps)
+            else:
+                share = (stop.radius_m - last_d) / (d - last_d) if d > last_d else 0.0
+                out_s = (last_t - at).total_seconds() + share * step
+            out.append(max(0.0, out_s))
+            break
+    return out
+
+
+def typical_stop_dwell(dwells: Sequence[float], min_visits: int = 5) -> float | None:
+    """The median of ``dwells`` (``stop_dwells``); None with fewer than ``min_visits``."""
+    return float(median(dwells)) if len(dwells) >= min_visits else None
+
+
+def _metres(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
+    k = math.cos(math.radians((lat1 + lat2) / 2)) * M_PER_DEG_LAT
+    return math.hypot((lon2 - lon1) * k, (lat2 - lat1) * M_PER_DEG_LAT)
+
+
 def detour_pairs(positions: pl.DataFrame, arrivals: pl.DataFrame) -> list[tuple[float, float]]:
     """(straight-line metres, travelled metres) of every leg of ``trip_legs``."""
     return [(straight, travelled) for straight, travelled, _ in trip_legs(positions, arrivals)]
@@ -171,6 +240,7 @@ def build_training_rows(
     detour_factor: float,
     horizons_s: Sequence[float] = HORIZONS_S,
     mean_speed_mps: float | None = None,
+    stop_dwell_s: float | None = None,
     tolerance_s: float = 60.0,
     warmup_s: float = 600.0,
     eta_config: EtaConfig = EtaConfig(),
@@ -199,7 +269,13 @@ def build_training_rows(
         )
     name = f"training-{next(_counter)}"
     registry.set_models(
-        name, profiles=profiles, detour_factor=detour_factor, model=None, network=None, mean_speed_mps=mean_speed_mps
+        name,
+        profiles=profiles,
+        detour_factor=detour_factor,
+        model=None,
+        network=None,
+        mean_speed_mps=mean_speed_mps,
+        stop_dwell_s=stop_dwell_s,
     )
     config = replace(eta_config, models=name)
     fixes = {
@@ -318,6 +394,7 @@ class EtaTraining:
     detour_factor: float
     rows: pl.DataFrame
     mean_speed_mps: float | None = None
+    stop_dwell_s: float | None = None
 
 
 def train_eta_from_frames(
@@ -333,7 +410,8 @@ def train_eta_from_frames(
     **train_options: Any,
 ) -> EtaTraining:
     """Speed profiles (from ``positions`` unless given), the detour factor (from the legs
-    between arrivals unless given), the training rows, and the ``EtaModel`` fitted on them.
+    between arrivals unless given), the time at a stop for stops without planned service
+    (``stop_dwells``), the training rows, and the ``EtaModel`` fitted on them.
 
     The held-out split is by trip; ``metrics`` include the naive baseline's error
     (``naive_mae_s``) on the held-out rows where it answers. ValueError when there are
@@ -346,6 +424,7 @@ def train_eta_from_frames(
     if detour_factor is None:
         detour_factor = fit_detour_factor((straight, travelled) for straight, travelled, _ in legs)
     mean_speed = mean_trip_speed(legs)
+    dwell = typical_stop_dwell(stop_dwells(positions, arrivals, plans))
     rows = build_training_rows(
         positions,
         arrivals,
@@ -354,6 +433,7 @@ def train_eta_from_frames(
         detour_factor=detour_factor,
         horizons_s=horizons_s,
         mean_speed_mps=mean_speed,
+        stop_dwell_s=dwell,
         eta_config=eta_config,
     )
     model = train(
@@ -364,4 +444,4 @@ def train_eta_from_frames(
         baselines={"naive": rows["naive_s"].to_list(), "straight": rows["straight_s"].to_list()},
         **train_options,
     )
-    return EtaTraining(model, profiles, detour_factor, rows, mean_speed)
+    return EtaTraining(model, profiles, detour_factor, rows, mean_speed, dwell)

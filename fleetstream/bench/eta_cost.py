@@ -157,6 +157,7 @@ def run_eta_cost_benchmark(settings: Settings, vehicles: int = 20, days: int = 3
                 profiles=training.profiles,
                 detour_factor=training.detour_factor,
                 mean_speed_mps=training.mean_speed_mps,
+                stop_dwell_s=training.stop_dwell_s,
             )
             runs["ETA, no model"].append(_replay(rows, plans, config, eta))
             registry.set_models(_SET, model=training.model)

@@ -3,9 +3,12 @@
 For each usable fix, with the stops still to do (plan order)::
 
     ETA(stop i) = fix time
-                + what is left of the planned service at a stop the vehicle is at
+                + what is left of the service at a stop the vehicle is at
                 + travel time to stop 1, + service at 1, + travel 1 -> 2, ... up to stop i
                 (+ extra time while in traffic; then the model's correction, if any)
+
+Service at a stop is the plan's ``service_s``; a stop without one (0) takes the learned
+time at a stop (``EtaModels.stop_dwell_s``, ``train eta``), or nothing when none was learned.
 
 Path (``details["method"]``):
     ``route``    along the plan's route from the vehicle's projection on it (monotone:
@@ -307,6 +310,7 @@ class EtaTracker:
                 legs.append((s, p.length_m, p, None, None))
                 prev = s
 
+        dwell = models.stop_dwell_s or 0.0  # for the stops without planned service
         clock = t_s + service_left + lead_m / here_mps
         metres, service_before = lead_m, service_left
         rows: list[tuple[Stop, float, float, float]] = []  # stop, metres, profile s, service before
@@ -319,8 +323,9 @@ class EtaTracker:
             rows.append(
                 (s, metres, clock - t_s + (metres if metres < horizon else horizon) * slow_pace, service_before)
             )
-            clock += s.service_s
-            service_before += s.service_s
+            service = s.service_s or dwell
+            clock += service
+            service_before += service
         # straight metres from the fix to each stop: a local flat-earth approximation (well under
         # 0.1 % off over a city; a haversine per stop and fix is a fair share of an estimate's cost)
         kx = _M_PER_DEG * math.cos(math.radians(fix.lat))
@@ -410,13 +415,15 @@ class EtaTracker:
         visit: tuple[Stop, datetime] | None,
         ids: tuple[str, ...] | None = None,
     ) -> float:
-        """Seconds of planned service left at the stop being visited (``visit``, else the one that
-        just left the remaining list: training replays know arrivals only), 0 once the vehicle left it."""
+        """Seconds of service left at the stop being visited (``visit``, else the one that just
+        left the remaining list: training replays know arrivals only), 0 once the vehicle left
+        it; planned service, or the learned time at a stop where the plan gives none."""
         if ids is None:
             ids = tuple(s.id for s in remaining)
         if visit is not None:
             stop, arrived = visit
-            self.at_stop = (stop.id, stop.lat, stop.lon, stop.radius_m, stop.service_s, arrived.timestamp())
+            service = registry.current(self.config.models).service_s(stop)
+            self.at_stop = (stop.id, stop.lat, stop.lon, stop.radius_m, service, arrived.timestamp())
         elif self.prev_ids is not None and self.plan is not None and ids != self.prev_ids:
             gone = [i for i in self.prev_ids if i not in ids]
             if gone:
@@ -425,7 +432,8 @@ class EtaTracker:
                 except KeyError:
                     s = None
                 if s is not None:
-                    self.at_stop = (s.id, s.lat, s.lon, s.radius_m, s.service_s, t_s)
+                    service = registry.current(self.config.models).service_s(s)
+                    self.at_stop = (s.id, s.lat, s.lon, s.radius_m, service, t_s)
         self.prev_ids = ids
         if self.at_stop is None:
             return 0.0

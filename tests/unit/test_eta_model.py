@@ -68,6 +68,18 @@ def test_groups_are_held_out_whole() -> None:
     assert model.metrics["n_test"] == 20 and model.metrics["n_train"] == 80
 
 
+def test_the_model_that_serves_learned_from_the_held_out_trips_too() -> None:
+    # two trips: the split holds one out to measure; the model returned knows both (with a
+    # handful of trips, fitting on 80 % of them left out what the held-out one taught)
+    X, y = dataset(200)
+    first = X[:, FEATURES.index("remaining_m")] < 10_000
+    y = np.where(first, X[:, 1] * 0.5, X[:, 1] * 2.0)  # trip a: half the profile; trip b: twice
+    model = train(X, y, groups=np.where(first, "a", "b"), random_state=0, trained_at=TRAINED_AT)
+    assert model.metrics["n_test"] in (int(first.sum()), int((~first).sum()))  # one trip measured it
+    probe = np.array([features(2_000, 600, 8.0, 1, 10), features(18_000, 600, 8.0, 1, 10)])
+    assert model.predict(probe) == pytest.approx([300.0, 1200.0], rel=0.05)
+
+
 def test_predictions_are_clipped_to_a_factor_of_four() -> None:
     X, y = dataset(200)
     model = train(X, y * 10.0, random_state=0, trained_at=TRAINED_AT)  # a 10x ratio is beyond belief
@@ -104,11 +116,14 @@ def test_registry_saves_and_loads_a_model_set(tmp_path: Path) -> None:
     assert registry.current("nothing-here") == registry.EtaModels()  # nothing required
     X, y = dataset(100)
     model = train(X, y, random_state=0, trained_at=TRAINED_AT, version="eta-test-2")
-    registry.save_dir(tmp_path, registry.EtaModels(SpeedProfiles.constant(9.0), model, 1.4))
+    registry.save_dir(
+        tmp_path, registry.EtaModels(SpeedProfiles.constant(9.0), model, 1.4, mean_speed_mps=7.5, stop_dwell_s=95.0)
+    )
     try:
         loaded = registry.load_dir(tmp_path, name="test-registry")
         assert registry.current("test-registry") is loaded
         assert loaded.profiles == SpeedProfiles.constant(9.0) and loaded.detour_factor == 1.4
+        assert (loaded.mean_speed_mps, loaded.stop_dwell_s) == (7.5, 95.0)
         assert loaded.model is not None and loaded.model.version == "eta-test-2"
         kept = registry.set_models("test-registry", detour_factor=1.2)  # replaces one part, keeps the rest
         assert kept.model is loaded.model and kept.detour_factor == 1.2

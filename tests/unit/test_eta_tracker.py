@@ -144,6 +144,21 @@ def test_service_left_at_the_stop_just_arrived_at() -> None:
     assert t.at_stop is None
 
 
+def test_stops_without_planned_service_take_the_learned_time_at_a_stop() -> None:
+    registry.set_models(NAME, stop_dwell_s=45.0)
+    t = tracker()
+    out = by_stop(t.update(fix(0, 60.001), STOPS))
+    assert out["s2"].eta == eta_at(0, m(0.009) / 10 + 120)  # s1 plans 120 s: the plan wins
+    assert out["s3"].eta == eta_at(0, m(0.014) / 10 + 120 + 45)  # s2 plans none: the 45 s learned
+    rest = (S3,)
+    t.update(fix(100, 60.010, speed=0.0), (S2, S3))
+    est = by_stop_estimate(t.observe(fix(115, 60.010, speed=0.0), rest))  # arrived at s2: it left the list
+    assert est["s3"].profile_s == pytest.approx(45 + m(0.005) / 10)  # its 45 s are still ahead
+    est = by_stop_estimate(t.observe(fix(130, 60.010, speed=0.0), rest))
+    assert est["s3"].profile_s == pytest.approx(30 + m(0.005) / 10)  # 15 s later, 15 s less
+    assert registry.current(NAME).service_s(S2) == 45.0 and registry.current(NAME).service_s(S1) == 120.0
+
+
 def by_stop_estimate(estimates: list) -> dict:
     return {e.stop_id: e for e in estimates}
 

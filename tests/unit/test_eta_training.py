@@ -5,6 +5,7 @@ exact labels, detour pairs, and a model trained end to end."""
 from __future__ import annotations
 
 import math
+import statistics
 from datetime import UTC, datetime, timedelta
 
 import h3.api.basic_int as h3
@@ -20,8 +21,10 @@ from training.eta import (
     derive_speeds,
     detour_pairs,
     mean_trip_speed,
+    stop_dwells,
     train_eta_from_frames,
     trip_legs,
+    typical_stop_dwell,
 )
 
 T0 = datetime(2026, 11, 23, 8, 0, tzinfo=UTC)
@@ -166,3 +169,52 @@ def test_training_works_without_device_speed_and_learns_from_one_stop_trips() ->
     assert result.detour_factor == pytest.approx(1.0)
     assert {"straight_mae_s", "straight_model_mae_s"} <= set(result.model.metrics)
     assert result.rows["straight_s"].is_not_null().all()
+
+
+def _visits(*legs: tuple[float, float, float]) -> pl.DataFrame:
+    """Fixes of one van from (seconds after T0, metres north of s1, speed or NaN) triples."""
+    return pl.DataFrame(
+        [
+            {
+                "tenant": "acme",
+                "vehicle_id": "van-1",
+                "fix_time": T0 + timedelta(seconds=s),
+                "lat": STOPS[0].lat + north / M_PER_DEG,
+                "lon": LON,
+                "speed_mps": None,
+                "h3_cell": 0,
+            }
+            for s, north, _ in legs
+        ]
+    )
+
+
+def test_the_time_at_a_stop_is_learned_from_visits_to_stops_without_planned_service() -> None:
+    radius = STOPS[0].radius_m
+    arrival = {"tenant": "acme", "vehicle_id": "van-1", "stop_id": "s1", "at": T0 + timedelta(seconds=30)}
+    # a fix every 30 s: inside from 30 s to 150 s, then 30 s later 2 * radius north (left at 10 m/s)
+    stood = _visits((0, -300, 0), (30, 0, 0), (60, 2, 0), (150, 3, 0), (180, 2 * radius, 0))
+    plan = Plan("acme", "van-1", 1, STOPS, None)
+    (dwell,) = stop_dwells(stood, pl.DataFrame([arrival]), [plan])
+    assert dwell == pytest.approx(120 + 30 * (radius - 3) / (2 * radius - 3))  # the exit, interpolated
+    # the tracker went quiet while the van stood: seen outside 400 s later, 200 m on; it left at
+    # 8 m/s just in time to be there, not halfway through the silence
+    quiet = _visits((0, -300, 0), (30, 0, 0), (430, 200, 0))
+    (dwell,) = stop_dwells(quiet, pl.DataFrame([arrival]), [plan])
+    assert dwell == pytest.approx(400 - (200 - radius) / 8.0)
+    # planned service: nothing to learn there; parked for the night: no visit to learn from
+    served = Plan("acme", "van-1", 1, (Stop("s1", STOPS[0].lat, LON, service_s=300.0), *STOPS[1:]), None)
+    assert stop_dwells(stood, pl.DataFrame([arrival]), [served]) == []
+    parked = _visits((0, -300, 0), (30, 0, 0), (3700, 0, 0), (3730, 300, 0))
+    assert stop_dwells(parked, pl.DataFrame([arrival]), [plan]) == []
+    assert typical_stop_dwell([60.0, 90.0, 120.0, 150.0]) is None  # too few visits to say
+    assert typical_stop_dwell([60.0, 90.0, 120.0, 150.0, 600.0]) == 120.0  # the median: one long stay moves it not
+
+
+def test_training_learns_the_time_at_stops_the_plans_give_no_service_for() -> None:
+    positions, arrivals, plans = frames({f"van-{i}": 6.0 + i for i in range(8)})
+    result = train_eta_from_frames(
+        positions, arrivals, plans, horizons_s=(30, 60, 90, 120), random_state=0, max_iter=20, trained_at=T0
+    )
+    # they drove through each stop (arrived at its centre): from there to the circle's edge
+    assert result.stop_dwell_s == pytest.approx(statistics.median(75.0 / v for v in range(6, 14)), abs=0.5)

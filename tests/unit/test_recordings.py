@@ -62,3 +62,13 @@ def test_standstills_sessions_and_thinning() -> None:
     assert [len(s) for s in sessions(fixes + later)] == [200, 200]
     every_30 = subsample(fixes, 30.0, offset_s=10.0)
     assert [(f.time - T0).total_seconds() for f in every_30] == [10, 40, 70, 100, 130, 160, 190]
+
+
+def test_a_logger_that_pauses_while_the_vehicle_stands_still_shows_the_stop() -> None:
+    # a fix every 10 s at 10 m/s; nothing for 3 min at a stop (it moved 20 m, jitter and
+    # creeping); then on. A 60 s gap in a tunnel, 600 m on, is no stop.
+    fixes = [Fix(T0 + timedelta(seconds=10 * k), *offset(52.0, 4.3, 0.0, 100.0 * k)) for k in range(10)]
+    fixes += [Fix(T0 + timedelta(seconds=270 + 10 * k), *offset(52.0, 4.3, 0.0, 920.0 + 100 * k)) for k in range(10)]
+    fixes += [Fix(T0 + timedelta(seconds=420 + 10 * k), *offset(52.0, 4.3, 0.0, 2420.0 + 100 * k)) for k in range(5)]
+    (stop,) = dense_stops(fixes)
+    assert (stop.start, stop.end) == (T0 + timedelta(seconds=90), T0 + timedelta(seconds=270))
