@@ -154,6 +154,10 @@ def test_train_eta_from_a_history_without_device_speed(services_settings: Settin
     sparse = Realism(period_jitter=0.3, no_speed_share=1.0, gaps_per_hour=1.0, depot_stop=True)
     history = simulated_history(network, days, 4, tenant=t, stagger_s=3600.0, gps_period_s=30.0, realism=sparse)
     assert history.positions["speed_mps"].is_null().all()
+    # plans without service times, as dispatchers often send them: the time at a stop is learned
+    history = replace(
+        history, plans=[replace(p, stops=tuple(replace(s, service_s=0.0) for s in p.stops)) for p in history.plans]
+    )
     # the models go to tmp_path; the database stays the suite's (its owner's login), as above
     settings = replace(services_settings, state_dir=tmp_path, pg_dsn=services_settings.dsn("migrate"))
     with connect(settings.dsn(), autocommit=True) as conn:
@@ -164,3 +168,10 @@ def test_train_eta_from_a_history_without_device_speed(services_settings: Settin
     assert summary["rows"] > 20 and summary["profile_cells"] > 0
     assert summary["mean_speed_mps"] is not None and 1.0 < summary["mean_speed_mps"] < 20.0
     assert {"mae_s", "straight_mae_s", "naive_mae_s"} <= set(summary["metrics"])
+    # the vans served each stop 3-5 minutes (x 0.5-2): learned from arrivals and positions alone
+    assert summary["stop_dwell_s"] is not None and 90.0 <= summary["stop_dwell_s"] <= 900.0
+    loaded = registry.load_dir(eta_models_dir(settings), name="test-eta-dwell")
+    try:
+        assert loaded.stop_dwell_s == pytest.approx(summary["stop_dwell_s"], abs=0.05)
+    finally:
+        registry.clear("test-eta-dwell")
