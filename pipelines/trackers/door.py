@@ -11,7 +11,10 @@
 - ``door_open_too_long``: a door of a refrigerated load (the plan's or the config's
   ``temp_range_c``) open for ``door_open_max_s``, from ``on_timer`` even when nothing
   else arrives, as long as the vehicle was heard within about a reporting interval
-  (``silence_s / silence_factor``) before the limit; else its next reading decides.
+  (``silence_s / silence_factor``) before the limit; else its next reading decides. When
+  the last fix where it stood is older than ``silence_s`` at the limit (temperatures still
+  come, positions do not), the next fix decides (a van seen elsewhere closed the door
+  unheard, below), or a silence after the limit the limit does (a GPS-blind loading dock).
   Applies at stops too.
 
 Doors report changes only, so a "closed" lost in a tunnel or a dead zone leaves a door open
@@ -214,7 +217,14 @@ class DoorTracker:
             return None
         due = (door.counted or door.since) + timedelta(seconds=self.config.door_open_max_s)
         heard = self.heard if self.heard is not None else door.since
-        return due if due <= heard + timedelta(seconds=self.silence_s / self.config.silence_factor) else None
+        if due > heard + timedelta(seconds=self.silence_s / self.config.silence_factor):
+            return None
+        silence = timedelta(seconds=self.silence_s)
+        if door.stood is not None and due > door.stood + silence:
+            # heard (a temperature, say), but no fix where it stood for a silence: it may have
+            # driven off, its "closed" lost in a gap; the next fix decides, or a silence later the limit
+            return due + silence
+        return due
 
     def _away(self, name: str, door: _OpenDoor, h3_cell: int | None) -> list[Alert]:
         if door.away is not None:

@@ -112,6 +112,7 @@ def test_refrigerated_door_open_too_long_fires_from_the_timer_while_the_vehicle_
         d.hear(at(s), 60.0)
     assert d.next_timer() is None  # heard at 240 s: a report overdue by 300 s, it may be in a silence
     d.hear(at(270), 60.0)
+    d.on_fix(fix(270, STOP), at_stop)
     assert d.next_timer() == at(300)  # heard within a reporting interval (60 s / silence_factor 2)
     assert d.on_timer(at(299)) == []
     (too_long,) = d.on_timer(at(300))
@@ -204,3 +205,28 @@ def test_door_away_from_stop_through_the_whole_pipeline() -> None:
         ("door_open_away", "open", at(105), None),
         ("door_open_away", "resolved", at(105), at(200)),
     ]
+
+
+def test_a_door_on_a_van_heard_but_not_seen_at_the_limit_waits_for_the_next_fix() -> None:
+    # temperatures come every 30 s, the last fix where it stood is 90 s old at the limit: its
+    # "closed" may have been lost in a gap as it drove off; the next fix tells
+    def opened() -> DoorTracker:
+        d = DoorTracker("acme", "van-1", AnalyticsConfig())
+        d.update(door(0, True), fix(0, STOP), at_stop, refrigerated=True, h3_cell=5)
+        for s in range(30, 330, 30):
+            d.hear(at(s), 60.0)
+            if s <= 210:
+                d.on_fix(fix(s, STOP), at_stop)
+        return d
+
+    drove_off = opened()
+    assert drove_off.next_timer() == at(360) and drove_off.on_timer(at(300)) == []
+    assert drove_off.on_fix(fix(310, STOP + 0.002), at_stop) == [] and drove_off.open == {}  # 220 m on
+    stood = opened()
+    assert stood.on_fix(fix(310, STOP), at_stop) == []  # still there: the limit is due
+    (too_long,) = stood.on_timer(at(310))
+    assert (too_long.type, too_long.start) == ("door_open_too_long", at(0))
+    blind = opened()  # a GPS-blind loading dock: no fix comes, the limit a silence late
+    assert blind.on_timer(at(359)) == []
+    (too_long,) = blind.on_timer(at(360))
+    assert too_long.start == at(0)
