@@ -33,7 +33,6 @@ than ``tolerance_s`` older): the tracker's ``FEATURES``, the label
 from __future__ import annotations
 
 import itertools
-import math
 from bisect import bisect_left, bisect_right
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
@@ -44,7 +43,7 @@ from typing import Any
 import polars as pl
 
 from core.contract import GpsFix
-from core.geo import EARTH_RADIUS_M, M_PER_DEG_LAT
+from core.geo import EARTH_RADIUS_M, haversine_m
 from core.plan import Plan
 from core.thresholds import AnalyticsConfig, EtaConfig
 from models import registry
@@ -193,7 +192,7 @@ def stop_dwells(
         for t, lat, lon in fixes[key][bisect_right(times[key], at) :]:
             if (t - at).total_seconds() > max_s:
                 break
-            d = _metres(lat, lon, stop.lat, stop.lon)
+            d = haversine_m(lat, lon, stop.lat, stop.lon)
             if d <= stop.radius_m:
                 last_t, last_d = t, d
                 continue
@@ -211,11 +210,6 @@ def stop_dwells(
 def typical_stop_dwell(dwells: Sequence[float], min_visits: int = 5) -> float | None:
     """The median of ``dwells`` (``stop_dwells``); None with fewer than ``min_visits``."""
     return float(median(dwells)) if len(dwells) >= min_visits else None
-
-
-def _metres(lat1: float, lon1: float, lat2: float, lon2: float) -> float:
-    k = math.cos(math.radians((lat1 + lat2) / 2)) * M_PER_DEG_LAT
-    return math.hypot((lon2 - lon1) * k, (lat2 - lat1) * M_PER_DEG_LAT)
 
 
 def detour_pairs(positions: pl.DataFrame, arrivals: pl.DataFrame) -> list[tuple[float, float]]:
