@@ -288,7 +288,10 @@ def _false_alerts(
     end_of_shift: Counter[str] = Counter()
     in_silence: Counter[str] = Counter()
     examples: list[dict[str, Any]] = []
+    retracted: Counter[str] = Counter()  # raised, then withdrawn on later data: not false, but seen
     for a in alerts:
+        if a["status"] == "retracted" and _time(a["detected_at"]) <= sim_end and a["type"] != "predicted_late":
+            retracted[a["type"]] += 1
         if a["status"] == "retracted" or _time(a["detected_at"]) > sim_end or a["type"] == "predicted_late":
             continue
         start = _time(a["start_time"])
@@ -321,6 +324,7 @@ def _false_alerts(
         "end_of_shift_by_type": dict(sorted(end_of_shift.items())),
         "silence_induced": sum(in_silence.values()),
         "silence_induced_by_type": dict(sorted(in_silence.items())),
+        "retracted_by_type": dict(sorted(retracted.items())),
         "predicted_late": {"alerts": len(late), "came_true": came_true},
         "examples": examples,
     }
@@ -503,8 +507,8 @@ def format_report(report: dict[str, Any]) -> str:
             f"false alerts: {false['false_alerts']} over {false['vehicle_days']} vehicle-days "
             f"({false['per_vehicle_day']:.2f} per vehicle-day) {false['by_type']}; at a shift's end "
             f"{false['end_of_shift']} {false['end_of_shift_by_type']}, in a silence {false['silence_induced']} "
-            f"{false['silence_induced_by_type']}; predicted_late {false['predicted_late']['alerts']}, "
-            f"{false['predicted_late']['came_true']} came true"
+            f"{false['silence_induced_by_type']}; retracted after raised {false.get('retracted_by_type', {})}; "
+            f"predicted_late {false['predicted_late']['alerts']}, {false['predicted_late']['came_true']} came true"
         )
     lag = report.get("flow_lag")
     if lag:

@@ -32,6 +32,9 @@ reefer door open; one that stands where the door opened has not left it):
 - a door still open on a vehicle seen ``start_distance_m`` from where it opened was closed
   unheard: its alerts resolve at the last fix where it stood (``details["closed_unheard"]``).
 
+Either way a ``door_open_too_long`` raised at the limit whose door, so judged, was last known
+open before the limit is retracted (the limit was confirmed on a belief the next fix undid).
+
 A new "open" of a door whose state is unknown starts afresh.
 
 Both start when the door opened and resolve when it closes; one alert per door and
@@ -172,12 +175,18 @@ class DoorTracker:
 
     def _forget(self, name: str, door: _OpenDoor, **why: bool) -> list[Alert]:
         """Drop an open door whose "closed" was lost; its alerts resolve at the last reading
-        before the silence, or at the last fix where the vehicle stood."""
+        before the silence, or at the last fix where the vehicle stood. A too-long alert whose
+        door was, by that, not known open up to the limit is retracted: raised at the limit on a
+        report overdue, it never held."""
         del self.open[name]
         end = door.unsure if door.unsure is not None else (door.stood or door.since)
         end = max(end, door.since)
         open_s = (end - door.since).total_seconds()
-        return [a.resolve(end, open_s=open_s, **why) for a in (door.away, door.too_long) if a is not None]
+        out = [door.away.resolve(end, open_s=open_s, **why)] if door.away is not None else []
+        if door.too_long is not None:
+            limit = (door.counted or door.since) + timedelta(seconds=self.config.door_open_max_s)
+            out.append(door.too_long.retract() if end < limit else door.too_long.resolve(end, open_s=open_s, **why))
+        return out
 
     def on_timer(self, now: datetime) -> list[Alert]:
         """Open door_open_too_long for refrigerated doors open past the limit (while heard), and

@@ -204,8 +204,10 @@ def test_false_alerts_per_vehicle_day_at_shift_ends_and_in_silences() -> None:
         alert("v2", "offline", 2000, 2600, 2300),  # true
         alert("v2", "gps_jump", 300, 310, 300),  # false
         alert("v2", "predicted_late", 300, 310, 300),  # a forecast: apart
+        alert("v2", "door_open_too_long", 700, None, 1000, status="retracted"),  # withdrawn: counted apart
     ]
     false = score(labels, alerts, [], sim_end=END, thresholds=THRESHOLDS)["false_alerts"]
+    assert false["retracted_by_type"] == {"door_open_too_long": 1}
     assert false["vehicle_days"] == 2 and false["false_alerts"] == 5 and false["per_vehicle_day"] == 2.5
     assert false["by_type"] == {
         "door_open_too_long": 1,

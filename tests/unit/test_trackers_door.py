@@ -230,3 +230,17 @@ def test_a_door_on_a_van_heard_but_not_seen_at_the_limit_waits_for_the_next_fix(
     assert blind.on_timer(at(359)) == []
     (too_long,) = blind.on_timer(at(360))
     assert too_long.start == at(0)
+
+
+def test_a_too_long_alert_the_next_fix_shows_was_never_due_is_retracted() -> None:
+    # its last fix where it stood came a second before the limit; the "closed" was lost as
+    # it drove off: by the last sign of it open, the door never reached the limit
+    d = DoorTracker("acme", "van-1", AnalyticsConfig())
+    d.update(door(0, True), fix(0, STOP), at_stop, refrigerated=True, h3_cell=5)
+    for s in (*range(30, 300, 30), 299):
+        d.hear(at(s), 60.0)
+        d.on_fix(fix(s, STOP), at_stop)
+    (too_long,) = d.on_timer(at(300))
+    d.hear(at(330), 60.0)
+    (withdrawn,) = d.on_fix(fix(330, STOP + 0.002), at_stop)  # 220 m on
+    assert (withdrawn.id, withdrawn.status) == (too_long.id, "retracted") and d.open == {}
