@@ -11,11 +11,11 @@
 - ``door_open_too_long``: a door of a refrigerated load (the plan's or the config's
   ``temp_range_c``) open for ``door_open_max_s``, from ``on_timer`` even when nothing
   else arrives, as long as the vehicle was heard within about a reporting interval
-  (``silence_s / silence_factor``) before the limit; else its next reading decides. When
-  the last fix where it stood is older than ``silence_s`` at the limit (temperatures still
-  come, positions do not), the next fix decides (a van seen elsewhere closed the door
-  unheard, below), or a silence after the limit the limit does (a GPS-blind loading dock).
-  Applies at stops too.
+  (``silence_s / silence_factor``) before the limit; else its next reading decides. The
+  limit is confirmed by the first fix at or after it that still finds the vehicle where the
+  door opened (one seen elsewhere closed it unheard, below: a "closed" lost in a short gap
+  as it drove off raises nothing); with no fix (a GPS-blind loading dock, temperatures
+  still coming) a silence after the limit confirms it. Applies at stops too.
 
 Doors report changes only, so a "closed" lost in a tunnel or a dead zone leaves a door open
 that is not. Where the vehicle is next seen decides (a van does not drive off with its
@@ -228,11 +228,11 @@ class DoorTracker:
         heard = self.heard if self.heard is not None else door.since
         if due > heard + timedelta(seconds=self.silence_s / self.config.silence_factor):
             return None
-        silence = timedelta(seconds=self.silence_s)
-        if door.stood is not None and due > door.stood + silence:
-            # heard (a temperature, say), but no fix where it stood for a silence: it may have
-            # driven off, its "closed" lost in a gap; the next fix decides, or a silence later the limit
-            return due + silence
+        if door.stood is not None and door.stood < due:
+            # a fix at or after the limit must still find it where the door opened: a van that
+            # drove off with its "closed" lost in a gap shows elsewhere (closed unheard, no alert);
+            # without a fix (a GPS-blind dock, temperatures still coming) a silence after the limit
+            return due + timedelta(seconds=self.silence_s)
         return due
 
     def _away(self, name: str, door: _OpenDoor, h3_cell: int | None) -> list[Alert]:
