@@ -11,11 +11,11 @@
 - ``door_open_too_long``: a door of a refrigerated load (the plan's or the config's
   ``temp_range_c``) open for ``door_open_max_s``, from ``on_timer`` even when nothing
   else arrives, as long as the vehicle was heard within about a reporting interval
-  (``silence_s / silence_factor``) before the limit; else its next reading decides. The
-  limit is confirmed by the first fix at or after it that still finds the vehicle where the
-  door opened (one seen elsewhere closed it unheard, below: a "closed" lost in a short gap
-  as it drove off raises nothing); with no fix (a GPS-blind loading dock, temperatures
-  still coming) a silence after the limit confirms it. Applies at stops too.
+  (``silence_s / silence_factor``) before the limit; else its next reading decides. It must
+  also have been *seen* where the door opened within that interval: if not (temperatures
+  come, positions do not), the next fix decides (one elsewhere closed the door unheard,
+  below: nothing is raised), or with no fix (a GPS-blind loading dock) a silence after the
+  limit. Applies at stops too.
 
 Doors report changes only, so a "closed" lost in a tunnel or a dead zone leaves a door open
 that is not. Where the vehicle is next seen decides (a van does not drive off with its
@@ -228,10 +228,10 @@ class DoorTracker:
         heard = self.heard if self.heard is not None else door.since
         if due > heard + timedelta(seconds=self.silence_s / self.config.silence_factor):
             return None
-        if door.stood is not None and door.stood < due:
-            # a fix at or after the limit must still find it where the door opened: a van that
-            # drove off with its "closed" lost in a gap shows elsewhere (closed unheard, no alert);
-            # without a fix (a GPS-blind dock, temperatures still coming) a silence after the limit
+        if door.stood is not None and due > door.stood + timedelta(seconds=self.silence_s / self.config.silence_factor):
+            # heard (a temperature, say), but not seen where the door opened for a reporting
+            # interval: it may have driven off, its "closed" lost in a gap; the next fix decides
+            # (elsewhere: closed unheard, nothing raised), or with none (a GPS-blind dock) a silence
             return due + timedelta(seconds=self.silence_s)
         return due
 

@@ -113,10 +113,7 @@ def test_refrigerated_door_open_too_long_fires_from_the_timer_while_the_vehicle_
     assert d.next_timer() is None  # heard at 240 s: a report overdue by 300 s, it may be in a silence
     d.hear(at(270), 60.0)
     d.on_fix(fix(270, STOP), at_stop)
-    assert d.next_timer() == at(360)  # heard within a reporting interval (60 s / silence_factor 2) ...
-    d.hear(at(300), 60.0)
-    d.on_fix(fix(300, STOP), at_stop)  # ... and seen still there at the limit
-    assert d.next_timer() == at(300)
+    assert d.next_timer() == at(300)  # heard and seen within a reporting interval (60 s / silence_factor 2)
     assert d.on_timer(at(299)) == []
     (too_long,) = d.on_timer(at(300))
     assert (too_long.type, too_long.start, too_long.details) == (
@@ -153,8 +150,6 @@ def test_a_door_open_through_a_silence_where_the_van_stood_stays_open() -> None:
     for s in range(270, 540, 30):  # standing there, heard: the 300 s limit counts from the return
         d.hear(at(s), 60.0)
         assert d.on_fix(fix(s, STOP), at_stop) == [] and d.on_timer(at(s)) == []
-    d.hear(at(540), 60.0)
-    d.on_fix(fix(540, STOP), at_stop)  # still there at the limit
     assert d.next_timer() == at(540)
     (too_long,) = d.on_timer(at(540))
     assert (too_long.type, too_long.start) == ("door_open_too_long", at(0))
@@ -237,20 +232,21 @@ def test_a_door_on_a_van_heard_but_not_seen_at_the_limit_waits_for_the_next_fix(
     assert too_long.start == at(0)
 
 
-def test_a_door_closed_unheard_just_before_the_limit_raises_nothing() -> None:
+def test_a_too_long_alert_on_a_door_closed_unheard_before_the_limit_is_retracted() -> None:
     # its last fix where it stood came a second before the limit; the "closed" was lost as it
-    # drove off: the limit waits for a fix, which finds it elsewhere
+    # drove off: the next fix, elsewhere, shows the door was last known open before the limit
     d = DoorTracker("acme", "van-1", AnalyticsConfig())
     d.update(door(0, True), fix(0, STOP), at_stop, refrigerated=True, h3_cell=5)
     for s in (*range(30, 300, 30), 299):
         d.hear(at(s), 60.0)
         d.on_fix(fix(s, STOP), at_stop)
-    assert d.on_timer(at(300)) == [] and d.next_timer() == at(360)
+    (too_long,) = d.on_timer(at(300))
     d.hear(at(326), 60.0)
-    assert d.on_fix(fix(326, STOP + 0.002), at_stop) == [] and d.open == {}  # 220 m on
+    (withdrawn,) = d.on_fix(fix(326, STOP + 0.002), at_stop)  # 220 m on
+    assert (withdrawn.id, withdrawn.status) == (too_long.id, "retracted") and d.open == {}
 
 
-def test_a_too_long_alert_the_next_fix_shows_was_never_due_is_retracted() -> None:
+def test_a_too_long_alert_from_a_gps_blind_stop_is_retracted_when_the_van_shows_elsewhere() -> None:
     # no fix for minutes (a GPS-blind dock), the limit confirmed a silence after it; then the
     # van is seen elsewhere: by the last sign of it open (210 s), the door never reached it
     d = DoorTracker("acme", "van-1", AnalyticsConfig())
