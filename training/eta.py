@@ -155,6 +155,18 @@ def trip_legs(
     return [(float(a), float(b), float(c)) for a, b, c in legs.select("straight", "travelled", "seconds").iter_rows()]
 
 
+def _plan_lookup(
+    plans: Iterable[Plan],
+) -> tuple[dict[tuple[str, str, int], Plan], dict[tuple[str, str], Plan]]:
+    """Plans by (tenant, vehicle, version), and each vehicle's highest version."""
+    by_version = {(p.tenant, p.vehicle, p.version): p for p in plans}
+    latest: dict[tuple[str, str], Plan] = {}
+    for p in by_version.values():
+        if (p.tenant, p.vehicle) not in latest or p.version > latest[(p.tenant, p.vehicle)].version:
+            latest[(p.tenant, p.vehicle)] = p
+    return by_version, latest
+
+
 def stop_dwells(
     positions: pl.DataFrame,
     arrivals: pl.DataFrame,
@@ -169,11 +181,7 @@ def stop_dwells(
     first fix outside, or across a silence (a step over ``silence_s``: many trackers go quiet
     while the vehicle stands) the moment it would have left at ``leave_mps`` to be where it
     was next seen. Visits not left within ``max_s`` (parked for the night) count not."""
-    by_version = {(p.tenant, p.vehicle, p.version): p for p in plans}
-    latest: dict[tuple[str, str], Plan] = {}
-    for p in by_version.values():
-        if (p.tenant, p.vehicle) not in latest or p.version > latest[(p.tenant, p.vehicle)].version:
-            latest[(p.tenant, p.vehicle)] = p
+    by_version, latest = _plan_lookup(plans)
     fixes = {
         key: frame.sort("fix_time").select("fix_time", "lat", "lon").rows()
         for key, frame in positions.partition_by(_KEY, as_dict=True).items()
@@ -246,11 +254,7 @@ def build_training_rows(
     the ``FEATURES``, label_s, naive_s (null when the vehicle was too slow), straight_s
     (straight metres x detour factor / ``mean_speed_mps``), method, state.
     """
-    by_version = {(p.tenant, p.vehicle, p.version): p for p in plans}
-    latest: dict[tuple[str, str], Plan] = {}
-    for p in by_version.values():
-        if (p.tenant, p.vehicle) not in latest or p.version > latest[(p.tenant, p.vehicle)].version:
-            latest[(p.tenant, p.vehicle)] = p
+    by_version, latest = _plan_lookup(plans)
     if "plan_version" not in arrivals.columns:
         arrivals = arrivals.join(
             pl.DataFrame(
